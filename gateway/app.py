@@ -1,0 +1,70 @@
+"""The gateway process: webhook receiver, Graph client and call manager on one aiohttp app."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from . import rtc
+from .calls import CallManager, SessionFactory
+from .config import Settings
+from .graph import GraphClient
+from .webhooks import MAX_BODY_BYTES, WebhookReceiver
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Everything one gateway process runs; ``start()`` serves it, ``aclose()`` ends it."""
+
+    def __init__(self, settings: Settings, *, session: SessionFactory | None = None) -> None:
+        self.settings = settings
+        rtc.configure(settings.media_addresses)
+        self.graph = GraphClient(
+            base_url=settings.graph_url,
+            access_token=settings.access_token.value,
+            phone_number_id=settings.phone_number_id,
+        )
+        self.calls = CallManager(
+            self.graph,
+            max_calls=settings.max_calls,
+            answer_timeout=settings.answer_timeout,
+            session=session,
+        )
+        self.webhooks = WebhookReceiver(
+            app_secret=settings.app_secret.value,
+            verify_token=settings.verify_token.value,
+            sink=self.calls.dispatch,
+        )
+        self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        self.webhooks.add_routes(self.app)
+        self.app.router.add_get("/healthz", self._healthz)
+        self._runner: web.AppRunner | None = None
+        self.port = settings.port
+
+    @property
+    def url(self) -> str:
+        """Base URL the gateway listens on."""
+        return f"http://{self.settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Start the call manager and listen for HTTP."""
+        await self.calls.start()
+        self._runner = web.AppRunner(self.app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        await site.start()
+        if self.port == 0:
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("gateway listening on %s (bot: %s)", self.url, self.settings.bot)
+
+    async def aclose(self) -> None:
+        """End every call, stop serving, close the Graph client."""
+        await self.calls.aclose()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.graph.aclose()
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok", "active_calls": len(self.calls.calls)})

@@ -1,0 +1,492 @@
+"""Calls: one state machine per call, and the manager that routes events to them.
+
+A user-initiated call goes::
+
+    NEW --(answer built, pre_accept sent)--> PRE_ACCEPTED --(accept sent)--> ACTIVE
+        --(terminate webhook | bot hangs up | media fails)--> ENDED
+
+Every transition goes through :meth:`Call.set_state`, which logs ``old -> new``
+with the call id. Every task a call starts is owned by the call and cancelled
+when it ends, so an ended call leaves no task and no peer connection behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from . import rtc, sdp
+from .errors import CallError, GatewayError, GraphAPIError, SDPError
+from .events import (
+    CallConnect,
+    CallStatus,
+    CallTerminate,
+    Contact,
+    Direction,
+    Event,
+    PermissionReply,
+)
+from .graph import GraphClient
+from .media.inbound import InboundAudio
+from .media.playout import PlayoutTrack
+
+log = logging.getLogger(__name__)
+
+
+class CallState(StrEnum):
+    """Where a call is in its life."""
+
+    NEW = "NEW"
+    DIALING = "DIALING"  # business-initiated: connect sent, waiting for the user
+    RINGING = "RINGING"
+    PRE_ACCEPTED = "PRE_ACCEPTED"
+    ACTIVE = "ACTIVE"
+    ENDING = "ENDING"
+    ENDED = "ENDED"
+
+
+# Which transitions are legal; anything else is a bug worth a loud log line.
+_NEXT: dict[CallState, set[CallState]] = {
+    CallState.NEW: {CallState.PRE_ACCEPTED, CallState.DIALING, CallState.ENDING},
+    CallState.DIALING: {CallState.RINGING, CallState.ACTIVE, CallState.ENDING},
+    CallState.RINGING: {CallState.ACTIVE, CallState.ENDING},
+    CallState.PRE_ACCEPTED: {CallState.ACTIVE, CallState.ENDING},
+    CallState.ACTIVE: {CallState.ENDING},
+    CallState.ENDING: {CallState.ENDED},
+    CallState.ENDED: set(),
+}
+
+
+@dataclass
+class CallRecord:
+    """What is known about a call after (and while) it happens."""
+
+    call_id: str
+    direction: Direction
+    peer: str
+    contact_name: str | None = None
+    biz_opaque_callback_data: str | None = None
+    state: CallState = CallState.NEW
+    created_at: float = field(default_factory=time.time)
+    accepted_at: float | None = None
+    ended_at: float | None = None
+    end_reason: str | None = None
+    terminate_status: str | None = None
+    duration: int | None = None
+    start_time: int | None = None
+    end_time: int | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready view."""
+        return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in self.__dict__.items()}
+
+
+SessionFactory = Callable[["Call"], Awaitable[None]]
+
+
+class Call:
+    """One call: its peer connection, media tracks, state and tasks."""
+
+    def __init__(
+        self,
+        record: CallRecord,
+        *,
+        graph: GraphClient,
+        contact: Contact | None = None,
+        on_ended: Callable[[Call], None] | None = None,
+    ) -> None:
+        self.record = record
+        self.contact = contact
+        self.graph = graph
+        self.pc: RTCPeerConnection = rtc.new_peer_connection()
+        self.playout = PlayoutTrack()
+        self.inbound: InboundAudio | None = None
+        self.answer_sdp: str | None = None
+        self.remote_sdp: str | None = None
+        self.media_up = asyncio.Event()
+        self.ended = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._on_ended = on_ended
+        self._closing: asyncio.Task[None] | None = None
+        self.frame_listeners: list[Callable[[Any], None]] = []
+        self.dtmf_listeners: list[Callable[[str, int], None]] = []
+        # Awaited (briefly) when the call ends, before its tasks are cancelled.
+        self.end_hooks: list[Callable[[], Awaitable[None]]] = []
+        # The bot session running on this call, if any (see gateway.pipeline).
+        self.session: Any = None
+
+        @self.pc.on("connectionstatechange")
+        def _on_pc_state() -> None:
+            state = self.pc.connectionState
+            log.info("call %s: media %s", self.id, state)
+            if state == "connected":
+                self.media_up.set()
+            elif state == "failed" and self.state is not CallState.ENDED:
+                self.end("media path failed", terminate=True)
+
+    @property
+    def id(self) -> str:
+        """The Cloud API call id (``wacid...``)."""
+        return self.record.call_id
+
+    @property
+    def state(self) -> CallState:
+        """The current state; change it only through :meth:`set_state`."""
+        return self.record.state
+
+    def set_state(self, new: CallState, reason: str = "") -> None:
+        """The one place a call changes state."""
+        old = self.record.state
+        if new is old:
+            return
+        if new not in _NEXT[old]:
+            raise CallError(f"call {self.id}: illegal transition {old} -> {new}")
+        self.record.state = new
+        log.info("call %s: %s -> %s%s", self.id, old, new, f" ({reason})" if reason else "")
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        """Start a task owned by this call (cancelled when the call ends)."""
+        task = asyncio.create_task(coro, name=f"{self.id}:{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and self.state is not CallState.ENDED:
+            log.error("call %s: task %s failed: %r", self.id, task.get_name(), exc, exc_info=exc)
+            self.end(f"internal error in {task.get_name()}", terminate=True)
+
+    @property
+    def tasks(self) -> frozenset[asyncio.Task[Any]]:
+        """Tasks the call still owns."""
+        return frozenset(self._tasks)
+
+    # --- media ----------------------------------------------------------------
+
+    def _attach_media(self) -> None:
+        # Called once the remote description created the audio transceiver.
+        transceivers = self.pc.getTransceivers()
+        if len(transceivers) != 1 or transceivers[0].kind != "audio":
+            raise SDPError("expected exactly one audio media section")
+        transceiver = transceivers[0]
+        transceiver.sender.replaceTrack(self.playout)
+        transceiver.direction = "sendrecv"
+        self.inbound = InboundAudio(
+            transceiver.receiver,
+            on_frame=self._on_frame,
+            on_dtmf=self._on_dtmf,
+            opus_pt=rtc.OPUS_PT,
+            dtmf_pt=rtc.DTMF_PT,
+        )
+        self.inbound.attach()
+
+    def _on_frame(self, frame: Any) -> None:
+        for listener in self.frame_listeners:
+            listener(frame)
+
+    def _on_dtmf(self, digit: str, duration_ms: int) -> None:
+        log.info("call %s: DTMF %s (%d ms)", self.id, digit, duration_ms)
+        for listener in self.dtmf_listeners:
+            listener(digit, duration_ms)
+
+    async def build_answer(self, offer: str) -> str:
+        """Apply the user's offer and return our SDP answer in Meta's form."""
+        sdp.validate_offer(offer)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        except ValueError as exc:
+            raise SDPError(f"offer rejected by the WebRTC stack: {exc}") from exc
+        self._attach_media()
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        self.remote_sdp = offer
+        self.answer_sdp = sdp.prepare_answer(self.pc.localDescription.sdp)
+        return self.answer_sdp
+
+    # --- ending ----------------------------------------------------------------
+
+    def end(self, reason: str, *, terminate: bool) -> asyncio.Task[None]:
+        """End the call once (idempotent); ``terminate`` also tells the Cloud API."""
+        if self._closing is None:
+            self._closing = asyncio.create_task(
+                self._close(reason, terminate), name=f"{self.id}:close"
+            )
+        return self._closing
+
+    async def _close(self, reason: str, terminate: bool) -> None:
+        if self.state is CallState.ENDED:
+            return
+        self.set_state(CallState.ENDING, reason)
+        self.record.end_reason = reason
+        for hook in self.end_hooks:
+            try:
+                await hook()
+            except Exception:
+                log.exception("call %s: end hook failed", self.id)
+        current = asyncio.current_task()
+        pending = [t for t in self._tasks if t is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        self.playout.flush()
+        if self.inbound is not None:
+            self.inbound.detach()
+        await self.pc.close()
+        if terminate:
+            try:
+                await self.graph.terminate(self.id)
+            except GraphAPIError as exc:
+                log.warning("call %s: terminate failed: %s", self.id, exc)
+        self.record.ended_at = time.time()
+        self.set_state(CallState.ENDED, reason)
+        self.ended.set()
+        if self._on_ended is not None:
+            self._on_ended(self)
+
+
+class CallManager:
+    """Routes webhook events to calls, enforces the call limit, owns every call.
+
+    ``dispatch`` is the webhook receiver's sink: it only queues. One worker task
+    handles events in arrival order; slow work (answering, Graph requests) runs in
+    tasks owned by the call it concerns.
+    """
+
+    def __init__(
+        self,
+        graph: GraphClient,
+        *,
+        max_calls: int = 100,
+        answer_timeout: float = 20.0,
+        session: SessionFactory | None = None,
+        history_size: int = 1000,
+    ) -> None:
+        self.graph = graph
+        self.max_calls = max_calls
+        self.answer_timeout = answer_timeout
+        self.session = session
+        self.calls: dict[str, Call] = {}
+        self.history: OrderedDict[str, CallRecord] = OrderedDict()
+        self._history_size = history_size
+        # Terminates that came before their connect (deliveries can be out of order).
+        self._ended_early: OrderedDict[str, CallTerminate] = OrderedDict()
+        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._worker: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.permission_listeners: list[Callable[[PermissionReply], None]] = []
+        self.rejected_for_capacity = 0
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the event worker."""
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name="call-manager")
+
+    async def aclose(self) -> None:
+        """End every call (telling the Cloud API) and stop the worker."""
+        await asyncio.gather(
+            *(c.end("gateway shutting down", terminate=True) for c in list(self.calls.values())),
+            return_exceptions=True,
+        )
+        for task in [*self._tasks, *([self._worker] if self._worker else [])]:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._worker is not None:
+            await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+
+    def dispatch(self, event: Event) -> None:
+        """Queue an event (the webhook receiver's sink; never blocks)."""
+        self._queue.put_nowait(event)
+
+    async def drain(self) -> None:
+        """Wait until every queued event was handled (for tests and shutdown)."""
+        await self._queue.join()
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self) -> None:
+        while True:
+            event = await self._queue.get()
+            try:
+                self._handle(event)
+            except Exception:  # one bad event must not stop the others
+                log.exception("error handling %s", event)
+            finally:
+                self._queue.task_done()
+
+    # --- routing ---------------------------------------------------------------
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, CallConnect):
+            self._on_connect(event)
+        elif isinstance(event, CallTerminate):
+            self._on_terminate(event)
+        elif isinstance(event, CallStatus):
+            self._on_status(event)
+        else:
+            for listener in self.permission_listeners:
+                listener(event)
+
+    def _on_connect(self, event: CallConnect) -> None:
+        if event.sdp_type == "answer":
+            self._on_connect_answer(event)
+            return
+        early = self._ended_early.pop(event.call_id, None)
+        if early is not None:
+            log.info("call %s: connect arrived after its terminate; not answering", event.call_id)
+            self._remember(self._record_for(event, early))
+            return
+        if event.call_id in self.calls:
+            log.warning("call %s: second offer for a known call ignored", event.call_id)
+            return
+        if len(self.calls) >= self.max_calls:
+            self.rejected_for_capacity += 1
+            log.warning("call %s: rejected, at capacity (%d calls)", event.call_id, self.max_calls)
+            self._spawn(self._reject(event.call_id), f"{event.call_id}:reject")
+            return
+        record = CallRecord(
+            call_id=event.call_id,
+            direction=event.direction,
+            peer=event.from_,
+            contact_name=event.contact.name if event.contact else None,
+            biz_opaque_callback_data=event.biz_opaque_callback_data,
+        )
+        call = Call(record, graph=self.graph, contact=event.contact, on_ended=self._ended)
+        self.calls[call.id] = call
+        call.spawn(self._answer(call, event.sdp), "answer")
+
+    def _on_connect_answer(self, event: CallConnect) -> None:
+        # Business-initiated calls are placed elsewhere; without one, this is stale.
+        call = self.calls.get(event.call_id)
+        if call is None:
+            log.warning("call %s: SDP answer for an unknown call ignored", event.call_id)
+            return
+        call.spawn(self._apply_answer(call, event.sdp), "apply-answer")
+
+    async def _apply_answer(self, call: Call, answer: str) -> None:
+        try:
+            await call.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        except ValueError as exc:
+            log.warning("call %s: bad SDP answer: %s", call.id, exc)
+            call.end("bad SDP answer", terminate=True)
+
+    def _on_terminate(self, event: CallTerminate) -> None:
+        call = self.calls.get(event.call_id)
+        if call is None:
+            if event.call_id not in self.history:
+                log.info("call %s: terminate before connect; remembered", event.call_id)
+                self._ended_early[event.call_id] = event
+                while len(self._ended_early) > 10_000:
+                    self._ended_early.popitem(last=False)
+            return
+        rec = call.record
+        rec.terminate_status = event.status
+        rec.duration, rec.start_time, rec.end_time = (
+            event.duration,
+            event.start_time,
+            event.end_time,
+        )
+        rec.errors = [e.__dict__ for e in event.errors]
+        rec.biz_opaque_callback_data = (
+            event.biz_opaque_callback_data or rec.biz_opaque_callback_data
+        )
+        call.end(f"terminated by WhatsApp ({event.status.lower()})", terminate=False)
+
+    def _on_status(self, event: CallStatus) -> None:
+        call = self.calls.get(event.call_id)
+        if call is None:
+            log.info("call %s: status %s for an unknown call", event.call_id, event.status)
+            return
+        if event.status == "RINGING" and call.state is CallState.DIALING:
+            call.set_state(CallState.RINGING, "user's phone rings")
+        elif event.status == "REJECTED":
+            call.end("rejected by the user", terminate=False)
+
+    # --- actions ---------------------------------------------------------------
+
+    async def _reject(self, call_id: str) -> None:
+        try:
+            await self.graph.reject(call_id)
+        except GraphAPIError as exc:
+            log.warning("call %s: reject failed: %s", call_id, exc)
+
+    async def _answer(self, call: Call, offer: str) -> None:
+        try:
+            async with asyncio.timeout(self.answer_timeout):
+                answer = await call.build_answer(offer)
+                await self.graph.pre_accept(call.id, answer)
+                call.set_state(CallState.PRE_ACCEPTED, "answer sent")
+                # Meta requires the accept SDP to be byte-identical to pre_accept's.
+                await self.graph.accept(call.id, answer)
+        except SDPError as exc:
+            log.warning("call %s: cannot answer: %s", call.id, exc)
+            await self._reject(call.id)
+            call.end(f"bad offer: {exc.message}", terminate=False)
+            return
+        except GraphAPIError as exc:
+            log.warning("call %s: answering failed: %s", call.id, exc)
+            call.end(f"answer failed: {exc}", terminate=call.state is CallState.PRE_ACCEPTED)
+            return
+        except TimeoutError:
+            log.warning("call %s: not answered within %.0fs", call.id, self.answer_timeout)
+            call.end("answer timed out", terminate=True)
+            return
+        call.record.accepted_at = time.time()
+        call.set_state(CallState.ACTIVE, "accepted")
+        if self.session is not None:
+            call.spawn(self._run_session(call), "session")
+
+    async def _run_session(self, call: Call) -> None:
+        assert self.session is not None
+        try:
+            await self.session(call)
+        except GatewayError as exc:
+            log.warning("call %s: session ended with error: %s", call.id, exc)
+            call.end(f"session error: {exc.message}", terminate=True)
+
+    # --- bookkeeping -------------------------------------------------------------
+
+    def _record_for(self, event: CallConnect, term: CallTerminate) -> CallRecord:
+        return CallRecord(
+            call_id=event.call_id,
+            direction=event.direction,
+            peer=event.from_,
+            state=CallState.ENDED,
+            end_reason="terminated before it was answered",
+            terminate_status=term.status,
+            ended_at=time.time(),
+        )
+
+    def _ended(self, call: Call) -> None:
+        self.calls.pop(call.id, None)
+        self._remember(call.record)
+
+    def _remember(self, record: CallRecord) -> None:
+        self.history[record.call_id] = record
+        while len(self.history) > self._history_size:
+            self.history.popitem(last=False)
+
+    def get(self, call_id: str) -> Call:
+        """The live call with this id, or CallError."""
+        try:
+            return self.calls[call_id]
+        except KeyError:
+            raise CallError(f"no active call {call_id}") from None

@@ -1,0 +1,118 @@
+"""The ``gateway`` command: ``serve``, ``sandbox`` (the demo), ``bots``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+from .errors import GatewayError
+
+log = logging.getLogger("gateway")
+
+ENV_HELP = """\
+environment (flags override):
+  WHATSAPP_ACCESS_TOKEN     Graph API bearer token (required for serve)
+  WHATSAPP_APP_SECRET       app secret that signs webhooks (required for serve)
+  WHATSAPP_VERIFY_TOKEN     token for the webhook verification handshake (required for serve)
+  WHATSAPP_PHONE_NUMBER_ID  the business phone number id (required for serve)
+  WHATSAPP_GRAPH_URL        default https://graph.facebook.com/v23.0
+  GATEWAY_HOST, GATEWAY_PORT  default 127.0.0.1:8080
+  GATEWAY_BOT               bot plugin name, default echo
+  GATEWAY_MAX_CALLS         concurrent calls before new ones are rejected, default 100
+  GATEWAY_MEDIA_ADDRESSES   comma-separated ICE host addresses, default every interface
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway",
+        description="Voice-bot media gateway for WhatsApp Business calling.",
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the gateway: receive webhooks, answer calls, run the bot",
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("--host", help="listen address (GATEWAY_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
+    serve.add_argument("--bot", help="bot plugin to run on each call (GATEWAY_BOT)")
+    serve.add_argument("--max-calls", type=int, help="concurrent call limit (GATEWAY_MAX_CALLS)")
+
+    demo = sub.add_parser(
+        "sandbox",
+        help="run the gateway against the built-in Cloud API sandbox and place a demo call",
+    )
+    demo.add_argument("--bot", default="echo", help="bot plugin to talk to (default: echo)")
+    demo.add_argument(
+        "--audio",
+        help="WAV file the simulated user says (default: ../shared/audio/goforward.wav when "
+        "present, else synthesized speech)",
+    )
+    demo.add_argument(
+        "--record", default="artifacts/demo-heard.wav", help="where to save what the user heard"
+    )
+    demo.add_argument("--digits", default="", help="DTMF keys the user presses after speaking")
+
+    sub.add_parser("bots", help="list the installed bot plugins")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gateway`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
+    if not args.verbose:
+        for noisy in ("aioice", "aiortc", "aiohttp.access", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        if args.command == "serve":
+            return asyncio.run(_serve(args))
+        if args.command == "sandbox":
+            from .sandbox.demo import run_demo
+
+            return asyncio.run(
+                run_demo(bot=args.bot, audio=args.audio, record=args.record, digits=args.digits)
+            )
+        if args.command == "bots":
+            from .pipeline.plugins import available_bots
+
+            for name in available_bots():
+                print(name)
+            return 0
+    except GatewayError as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from .app import Gateway
+    from .config import load_settings
+    from .pipeline.plugins import session_for
+
+    settings = load_settings(host=args.host, port=args.port, bot=args.bot, max_calls=args.max_calls)
+    gateway = Gateway(settings, session=session_for(settings.bot))
+    await gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"gateway: serving webhooks on {gateway.url}/webhook (bot {settings.bot}); Ctrl-C stops")
+    await stop.wait()
+    await gateway.aclose()
+    return 0

@@ -1,0 +1,112 @@
+"""Settings, read from the environment (CLI flags override them).
+
+Secrets are held in :class:`Secret` so they never show up in a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .errors import ConfigError
+
+DEFAULT_GRAPH_URL = "https://graph.facebook.com/v23.0"
+
+
+class Secret(str):
+    """A string that does not print itself."""
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:  # keeps f-strings and %s in logs safe
+        return "***"
+
+    @property
+    def value(self) -> str:
+        """The real value, for the one place that needs it."""
+        return str.__str__(self)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway needs to run; see the README for each variable."""
+
+    access_token: Secret
+    app_secret: Secret
+    verify_token: Secret
+    phone_number_id: str
+    graph_url: str = DEFAULT_GRAPH_URL
+    host: str = "127.0.0.1"
+    port: int = 8080
+    bot: str = "echo"
+    max_calls: int = 100
+    # Addresses offered as ICE host candidates; empty means every interface.
+    media_addresses: tuple[str, ...] = ()
+    api_key: Secret | None = None
+    # Seconds between the connect webhook and accept; Meta gives up after 30-60 s.
+    answer_timeout: float = 20.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        """A copy with the given (non-None) fields replaced, as CLI flags do."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+_REQUIRED = {
+    "access_token": "WHATSAPP_ACCESS_TOKEN",
+    "app_secret": "WHATSAPP_APP_SECRET",
+    "verify_token": "WHATSAPP_VERIFY_TOKEN",
+    "phone_number_id": "WHATSAPP_PHONE_NUMBER_ID",
+}
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from ``env`` (default ``os.environ``).
+
+    Raises ConfigError naming every missing variable.
+
+    ``overrides`` (CLI flags) win over the environment and can supply required values.
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    missing = []
+    for attr, var in _REQUIRED.items():
+        value = overrides.pop(attr, None) or env.get(var)
+        if not value:
+            missing.append(var)
+        else:
+            values[attr] = value
+    if missing:
+        raise ConfigError("missing required environment variable(s): " + ", ".join(missing))
+    api_key = overrides.pop("api_key", None) or env.get("GATEWAY_API_KEY")
+    addresses = env.get("GATEWAY_MEDIA_ADDRESSES", "")
+    settings = Settings(
+        access_token=Secret(values["access_token"]),
+        app_secret=Secret(values["app_secret"]),
+        verify_token=Secret(values["verify_token"]),
+        phone_number_id=values["phone_number_id"],
+        graph_url=env.get("WHATSAPP_GRAPH_URL") or DEFAULT_GRAPH_URL,
+        host=env.get("GATEWAY_HOST") or "127.0.0.1",
+        port=_int(env, "GATEWAY_PORT", 8080, minimum=0),
+        bot=env.get("GATEWAY_BOT") or "echo",
+        max_calls=_int(env, "GATEWAY_MAX_CALLS", 100),
+        media_addresses=tuple(a.strip() for a in addresses.split(",") if a.strip()),
+        api_key=Secret(api_key) if api_key else None,
+    )
+    return settings.with_overrides(**overrides)

@@ -1,0 +1,204 @@
+"""Runs one bot on one call: VAD turn-taking, barge-in, TTS and playout.
+
+The per-frame path is synchronous and in-loop: each decoded 20 ms frame goes
+through the VAD segmenter inside the media callback; only whole utterances and
+DTMF digits are queued to the bot, whose handlers run one at a time in the
+call's session task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..calls import Call, SessionFactory
+from ..media.audio import load_wav
+from ..media.playout import Playback
+from .bot import (
+    Bot,
+    CallInfo,
+    Interruption,
+    ListenSettings,
+    PlaybackResult,
+    Utterance,
+)
+from .tts import TTS
+from .vad import SpeechEnded, SpeechStarted, VadConfig, VadSegmenter
+
+log = logging.getLogger(__name__)
+
+# How long a bot's on_hangup may take before it is abandoned.
+HANGUP_GRACE = 2.0
+
+
+@dataclass
+class SessionMetrics:
+    """Per-call figures the benchmarks and the load tester read."""
+
+    utterances: int = 0
+    barge_ins: int = 0
+    # End of caller speech (VAD closed the turn) -> first bot frame handed to the sender.
+    response_latencies_ms: list[float] = field(default_factory=list)
+    # Barge-in: speech-start detection -> playout stopped (frames still sent after).
+    barge_in_frames_after: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Dtmf:
+    digit: str
+
+
+class BotSession:
+    """The :class:`~gateway.pipeline.bot.CallControl` a bot acts through, and its loop."""
+
+    def __init__(self, call: Call, bot: Bot, tts: TTS, vad: VadConfig | None = None) -> None:
+        self.call = call
+        self.bot = bot
+        self.tts = tts
+        self.settings = ListenSettings()
+        self.metrics = SessionMetrics()
+        self._segmenter = VadSegmenter(vad or VadConfig())
+        self._inbox: asyncio.Queue[Utterance | _Dtmf | Interruption] = asyncio.Queue()
+        self._current: tuple[Playback, str, bool] | None = None
+        self._turn_ended_at: float | None = None
+        rec = call.record
+        self._info = CallInfo(
+            call_id=call.id,
+            direction=rec.direction,
+            caller=rec.peer,
+            caller_name=rec.contact_name,
+            biz_opaque_callback_data=rec.biz_opaque_callback_data,
+        )
+
+    # --- CallControl ---------------------------------------------------------------
+
+    @property
+    def info(self) -> CallInfo:
+        """Call metadata."""
+        return self._info
+
+    async def say(self, text: str, *, interruptible: bool = True) -> PlaybackResult:
+        """Synthesize ``text`` (off the loop, cached) and play it."""
+        chunks = [chunk async for chunk in self.tts.synthesize(text)]
+        pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+        return await self.play(pcm, interruptible=interruptible, label=text)
+
+    async def play(
+        self, audio: np.ndarray | str | Path, *, interruptible: bool = True, label: str = ""
+    ) -> PlaybackResult:
+        """Play PCM or a WAV file; returns when it finished or was cut off."""
+        if not isinstance(audio, np.ndarray):
+            label = label or str(audio)
+            audio = await asyncio.get_running_loop().run_in_executor(None, load_wav, audio)
+        if len(audio) == 0:
+            return PlaybackResult(0, 0, False)
+        playback = self.call.playout.play(audio)
+        self._current = (playback, label, interruptible)
+        try:
+            await playback.wait()
+        finally:
+            if self._current is not None and self._current[0] is playback:
+                self._current = None
+        return PlaybackResult(playback.frames_sent, playback.frames_total, playback.interrupted)
+
+    def listen(self, *, enabled: bool = True, barge_in: bool = True) -> None:
+        """Turn listening and barge-in on or off."""
+        self.settings = ListenSettings(enabled=enabled, barge_in=barge_in)
+        if not enabled:
+            self._segmenter.reset()
+
+    async def hangup(self, reason: str = "bot hung up") -> None:
+        """Terminate the call through the Cloud API, then close it."""
+        log.info("call %s: bot hangs up (%s)", self.call.id, reason)
+        # Let the last words leave before the media path closes.
+        if self._current is not None:
+            await self._current[0].wait()
+        # Closing cancels this session task; shield so the close itself completes.
+        await asyncio.shield(self.call.end(reason, terminate=True))
+
+    # --- media callbacks (in-loop, per frame) -------------------------------------------
+
+    def _on_frame(self, frame: np.ndarray) -> None:
+        if not self.settings.enabled:
+            return
+        for event in self._segmenter.push(frame):
+            if isinstance(event, SpeechStarted):
+                self._on_speech_started()
+            elif isinstance(event, SpeechEnded):
+                self.metrics.utterances += 1
+                self._turn_ended_at = time.perf_counter()
+                self._inbox.put_nowait(Utterance(event.pcm, event.started_at_ms, event.at_ms))
+
+    def _on_speech_started(self) -> None:
+        current = self._current
+        if current is None or not self.settings.barge_in:
+            return
+        playback, label, interruptible = current
+        if not interruptible or playback.done.done():
+            return
+        dropped = self.call.playout.flush()
+        self.metrics.barge_ins += 1
+        log.info("call %s: barge-in, %d frames dropped", self.call.id, dropped)
+        self._inbox.put_nowait(Interruption(label, playback.frames_sent, dropped))
+
+    def _on_dtmf(self, digit: str, duration_ms: int) -> None:
+        self._inbox.put_nowait(_Dtmf(digit))
+
+    def _on_frame_sent(self, pts: int, is_speech: bool) -> None:
+        if is_speech and self._turn_ended_at is not None:
+            self.metrics.response_latencies_ms.append(
+                (time.perf_counter() - self._turn_ended_at) * 1000
+            )
+            self._turn_ended_at = None
+
+    # --- the session loop ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Feed the bot until the call ends (this is the call's session task)."""
+        call = self.call
+        call.frame_listeners.append(self._on_frame)
+        call.dtmf_listeners.append(self._on_dtmf)
+        call.playout.on_frame_sent = self._on_frame_sent
+        call.end_hooks.append(self._on_call_end)
+        try:
+            await self.bot.on_start(self)
+            while True:
+                item = await self._inbox.get()
+                if isinstance(item, Utterance):
+                    await self.bot.on_utterance(self, item)
+                elif isinstance(item, _Dtmf):
+                    await self.bot.on_dtmf(self, item.digit)
+                else:
+                    await self.bot.on_barge_in(self, item)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A broken bot ends its own call cleanly and nothing else.
+            log.exception("call %s: bot %s raised", call.id, type(self.bot).__name__)
+            call.end(f"bot error: {exc!r}", terminate=True)
+
+    async def _on_call_end(self) -> None:
+        try:
+            async with asyncio.timeout(HANGUP_GRACE):
+                await self.bot.on_hangup(self)
+        except Exception:
+            log.exception("call %s: on_hangup failed", self.call.id)
+
+
+def session_factory(
+    make_bot: Callable[[], Bot], tts: TTS, vad: VadConfig | None = None
+) -> SessionFactory:
+    """A :data:`gateway.calls.SessionFactory` running a fresh bot on each call."""
+
+    async def run(call: Call) -> None:
+        session = BotSession(call, make_bot(), tts, vad)
+        call.session = session
+        await session.run()
+
+    return run

@@ -1,0 +1,293 @@
+"""A stand-in for Meta's side of the Cloud API: a fake Graph API and webhook delivery.
+
+The fake Graph API answers ``POST /<PHONE_NUMBER_ID>/calls`` the way Meta does
+(bodies, error bodies, the checks Meta makes on SDP and call state), records every
+request for inspection, and can be told to fail the next requests with any
+status and Cloud API code. Webhooks go to the gateway signed with the app secret,
+exactly as Meta signs them. Simulated users (:mod:`gateway.sandbox.user`) plug in
+to place and receive calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from aiohttp import web
+
+from ..webhooks import SIGNATURE_HEADER, sign
+from . import payloads
+
+if TYPE_CHECKING:
+    from .user import UserCall
+
+log = logging.getLogger(__name__)
+
+GRAPH_VERSION = "v23.0"
+ACTIONS = ("connect", "pre_accept", "accept", "reject", "terminate")
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the fake Graph API received, and what it answered."""
+
+    at: float
+    method: str
+    path: str
+    body: Any
+    status: int
+    action: str | None = None
+
+
+@dataclass
+class _Failure:
+    status: int
+    code: int
+    message: str
+    details: str | None
+    times: int
+
+
+@dataclass
+class Timeline:
+    """Readable, timestamped events of the sandbox, for demos and debugging."""
+
+    started: float = field(default_factory=time.monotonic)
+    entries: list[tuple[float, str]] = field(default_factory=list)
+    echo: Callable[[str], None] | None = None
+
+    def add(self, text: str) -> None:
+        """Record ``text`` now (and print it if an echo function is set)."""
+        t = time.monotonic() - self.started
+        self.entries.append((t, text))
+        if self.echo is not None:
+            self.echo(f"{t * 1000:8.0f} ms  {text}")
+
+
+class CloudAPISandbox:
+    """The fake Graph API server plus signed webhook delivery to one gateway."""
+
+    def __init__(
+        self,
+        *,
+        webhook_url: str,
+        app_secret: str,
+        access_token: str,
+        phone_number_id: str = "106540352242922",
+        business_number: str = "15550783881",
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.webhook_url = webhook_url
+        self.app_secret = app_secret
+        self.access_token = access_token
+        self.phone_number_id = phone_number_id
+        self.business_number = business_number
+        self.host = host
+        self.port = port
+        self.requests: list[RecordedRequest] = []
+        self.timeline = Timeline()
+        self.calls: dict[str, UserCall] = {}
+        self._failures: dict[str, list[_Failure]] = {}
+        self._runner: web.AppRunner | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    # --- lifecycle -------------------------------------------------------------
+
+    @property
+    def graph_url(self) -> str:
+        """Base URL to give the gateway as ``WHATSAPP_GRAPH_URL``."""
+        return f"http://{self.host}:{self.port}/{GRAPH_VERSION}"
+
+    async def start(self) -> None:
+        """Start serving the fake Graph API."""
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_post("/{version}/{pnid}/calls", self._handle_calls)
+        app.router.add_post("/{version}/{pnid}/messages", self._handle_messages)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        if self.port == 0:
+            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._http = httpx.AsyncClient(timeout=20.0)
+
+    async def aclose(self) -> None:
+        """Hang up every simulated call and stop serving."""
+        await asyncio.gather(
+            *(c.close() for c in list(self.calls.values())), return_exceptions=True
+        )
+        if self._http is not None:
+            await self._http.aclose()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # --- test controls -----------------------------------------------------------
+
+    def fail_next(
+        self,
+        action: str,
+        *,
+        code: int,
+        message: str = "(#error) sandbox-injected failure",
+        status: int = 400,
+        details: str | None = None,
+        times: int = 1,
+    ) -> None:
+        """Make the next ``times`` requests for ``action`` fail like Meta would."""
+        self._failures.setdefault(action, []).append(
+            _Failure(status, code, message, details, times)
+        )
+
+    def actions(self, call_id: str | None = None) -> list[RecordedRequest]:
+        """Recorded ``/calls`` requests that succeeded, optionally for one call."""
+        return [
+            r
+            for r in self.requests
+            if r.action
+            and r.status == 200
+            and (call_id is None or (isinstance(r.body, dict) and r.body.get("call_id") == call_id))
+        ]
+
+    # --- webhooks ------------------------------------------------------------------
+
+    async def deliver(self, *changes: dict[str, Any], signed: bool = True) -> httpx.Response:
+        """POST one webhook delivery carrying ``changes`` to the gateway."""
+        body = json.dumps(payloads.envelope(list(changes))).encode()
+        return await self.post_raw(body, signature=sign(body, self.app_secret) if signed else None)
+
+    async def post_raw(self, body: bytes, *, signature: str | None) -> httpx.Response:
+        """POST arbitrary bytes to the webhook (for bad-input tests)."""
+        assert self._http is not None, "sandbox not started"
+        headers = {"Content-Type": "application/json"}
+        if signature is not None:
+            headers[SIGNATURE_HEADER] = signature
+        return await self._http.post(self.webhook_url, content=body, headers=headers)
+
+    def new_call_id(self) -> str:
+        """A fresh id in Meta's format."""
+        return "wacid." + secrets.token_urlsafe(24)
+
+    # --- the fake Graph API ------------------------------------------------------------
+
+    def _record(self, request: web.Request, body: Any, status: int, action: str | None) -> None:
+        self.requests.append(
+            RecordedRequest(time.time(), request.method, request.path, body, status, action)
+        )
+
+    def _error(
+        self,
+        request: web.Request,
+        body: Any,
+        action: str | None,
+        status: int,
+        code: int,
+        message: str,
+        details: str | None = None,
+    ) -> web.Response:
+        self._record(request, body, status, action)
+        log.info("graph sandbox: %s -> %d (code %d): %s", action, status, code, message)
+        return web.json_response(
+            payloads.graph_error(code, message, details=details), status=status
+        )
+
+    async def _read(self, request: web.Request) -> tuple[Any, web.Response | None]:
+        auth = request.headers.get("Authorization", "")
+        if auth != f"Bearer {self.access_token}":
+            return None, self._error(
+                request,
+                None,
+                None,
+                401,
+                190,
+                "Invalid OAuth access token - Cannot parse access token",
+            )
+        if request.match_info["pnid"] != self.phone_number_id:
+            return None, self._error(
+                request,
+                None,
+                None,
+                400,
+                100,
+                f"Unsupported post request. Object with ID "
+                f"'{request.match_info['pnid']}' does not exist",
+            )
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None, self._error(request, None, None, 400, 100, "Invalid JSON body")
+        if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
+            return body, self._error(
+                request, body, None, 400, 100, "(#100) The parameter messaging_product is required."
+            )
+        return body, None
+
+    def _injected(self, action: str) -> _Failure | None:
+        queue = self._failures.get(action)
+        if not queue:
+            return None
+        failure = queue[0]
+        failure.times -= 1
+        if failure.times <= 0:
+            queue.pop(0)
+        return failure
+
+    async def _handle_calls(self, request: web.Request) -> web.Response:
+        body, refused = await self._read(request)
+        if refused is not None:
+            return refused
+        action = body.get("action")
+        if action not in ACTIONS:
+            return self._error(
+                request, body, None, 400, 100, f"(#100) Invalid parameter: action {action!r}"
+            )
+        failure = self._injected(action)
+        if failure is not None:
+            return self._error(
+                request,
+                body,
+                action,
+                failure.status,
+                failure.code,
+                failure.message,
+                failure.details,
+            )
+        if action == "connect":
+            return self._error(
+                request,
+                body,
+                action,
+                400,
+                138000,
+                "Business-initiated calls: not in this sandbox yet",
+            )
+        call = self.calls.get(str(body.get("call_id", "")))
+        if call is None:
+            return self._error(
+                request,
+                body,
+                action,
+                400,
+                100,
+                f"(#100) Invalid parameter: call_id {body.get('call_id')!r}",
+            )
+        problem = call.check_action(action, body)
+        if problem is not None:
+            return self._error(request, body, action, 400, 100, "(#100) Invalid parameter", problem)
+        self._record(request, body, 200, action)
+        self.timeline.add(f"graph: {action} for {call.user.name}'s call")
+        call.on_action(action, body)
+        return web.json_response({"messaging_product": "whatsapp", "success": True})
+
+    async def _handle_messages(self, request: web.Request) -> web.Response:
+        body, refused = await self._read(request)
+        if refused is not None:
+            return refused
+        return self._error(request, body, None, 400, 100, "messages: not in this sandbox yet")

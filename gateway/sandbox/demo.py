@@ -1,0 +1,121 @@
+"""``gateway sandbox``: a whole call, gateway and WhatsApp side, on this machine.
+
+Starts the fake Graph API and a gateway pointed at it, then a simulated user
+calls, speaks a recording, listens to the bot, optionally presses keys, and
+hangs up. Prints a timeline of everything both sides did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from ..app import Gateway
+from ..config import load_settings
+from ..media.audio import SAMPLE_RATE, load_wav, save_wav
+from ..pipeline.plugins import default_tts, session_for
+from .cloud import CloudAPISandbox, Timeline
+from .user import SimulatedUser
+
+DEFAULT_AUDIO = Path("../shared/audio/goforward.wav")
+DEFAULT_SENTENCE = "Hello, I would like to go forward ten meters."
+
+
+class _TimelineHandler(logging.Handler):
+    # Shows the gateway's own state changes in the same timeline as the sandbox's.
+    def __init__(self, timeline: Timeline) -> None:
+        super().__init__(logging.INFO)
+        self.timeline = timeline
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.timeline.add("gateway: " + record.getMessage())
+
+
+async def _caller_audio(audio: str | None) -> tuple[np.ndarray, str]:
+    loop = asyncio.get_running_loop()
+    path = audio or (str(DEFAULT_AUDIO) if DEFAULT_AUDIO.is_file() else None)  # noqa: ASYNC240
+    if path:
+        return await loop.run_in_executor(None, load_wav, path), path
+    chunks = [c async for c in default_tts().synthesize(DEFAULT_SENTENCE)]
+    return np.concatenate(chunks), f"synthesized: {DEFAULT_SENTENCE!r}"
+
+
+async def run_demo(
+    *, bot: str = "echo", audio: str | None = None, record: str | None = None, digits: str = ""
+) -> int:
+    """Run the demo call; returns the process exit code."""
+    secret, token = secrets.token_hex(16), secrets.token_hex(16)
+    sandbox = CloudAPISandbox(webhook_url="", app_secret=secret, access_token=token)
+    sandbox.timeline.echo = print
+    await sandbox.start()
+    settings = load_settings(
+        {
+            "WHATSAPP_ACCESS_TOKEN": token,
+            "WHATSAPP_APP_SECRET": secret,
+            "WHATSAPP_VERIFY_TOKEN": secrets.token_hex(8),
+            "WHATSAPP_PHONE_NUMBER_ID": sandbox.phone_number_id,
+            "WHATSAPP_GRAPH_URL": sandbox.graph_url,
+            "GATEWAY_PORT": "0",
+            "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
+            "GATEWAY_BOT": bot,
+        }
+    )
+    gateway = Gateway(settings, session=session_for(bot))
+    handler = _TimelineHandler(sandbox.timeline)
+    for name in ("gateway.calls", "gateway.pipeline.session"):
+        logging.getLogger(name).addHandler(handler)
+        logging.getLogger(name).propagate = False
+    try:
+        await gateway.start()
+        sandbox.webhook_url = f"{gateway.url}/webhook"
+        pcm, source = await _caller_audio(audio)
+        print(f"gateway on {gateway.url}, fake Graph API on {sandbox.graph_url}, bot {bot!r}")
+        print(f"the caller will say: {source} ({len(pcm) / SAMPLE_RATE:.2f} s)\n")
+        user = SimulatedUser(sandbox, "15551234567", "Ana")
+        call = await user.place_call()
+        async with asyncio.timeout(20):
+            await call.accepted.wait()
+            await call.media_up.wait()
+        await asyncio.sleep(0.3)
+        await call.play(pcm).wait()
+        # Listen for the bot's answer: speech plus the VAD hangover plus playback.
+        await _wait(call.ended, len(pcm) / SAMPLE_RATE + 3.0)
+        if digits and not call.ended.is_set():
+            await call.press(digits)
+            await _wait(call.ended, 4.0)
+        if not call.ended.is_set():
+            await call.hang_up()
+        async with asyncio.timeout(10):
+            for live in list(gateway.calls.calls.values()):
+                await live.ended.wait()
+        heard = call.heard
+        loud = int(np.count_nonzero(np.abs(heard) > 500))
+        print()
+        print(f"the caller heard {len(heard) / SAMPLE_RATE:.2f} s of audio ({loud} loud samples)")
+        if record:
+            Path(record).parent.mkdir(parents=True, exist_ok=True)
+            save_wav(record, heard)
+            print(f"what the caller heard is saved in {record}")
+        graph = [r.action for r in sandbox.requests if r.action]
+        print(f"Graph API requests the gateway made: {', '.join(graph)}")
+        records = list(gateway.calls.history.values())
+        if records:
+            open_calls = len(gateway.calls.calls)
+            print(f"call ended: {records[-1].end_reason}; calls still open: {open_calls}")
+        return 0
+    finally:
+        await sandbox.aclose()
+        await gateway.aclose()
+        logging.getLogger("gateway.calls").removeHandler(handler)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    # Wait for the event, or give up quietly after ``seconds``.
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except TimeoutError:
+        pass

@@ -1,0 +1,210 @@
+"""Webhook bodies exactly as the Cloud API sends them (see shared/whatsapp-calling.md)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+WABA_ID = "102290129340398"
+
+
+def _now() -> str:
+    return str(int(time.time()))
+
+
+def envelope(changes: list[dict[str, Any]], waba_id: str = WABA_ID) -> dict[str, Any]:
+    """The ``whatsapp_business_account`` envelope around one entry of changes."""
+    return {"object": "whatsapp_business_account", "entry": [{"id": waba_id, "changes": changes}]}
+
+
+def _metadata(phone_number_id: str, display: str) -> dict[str, str]:
+    return {"display_phone_number": display, "phone_number_id": phone_number_id}
+
+
+def connect_offer(
+    *,
+    call_id: str,
+    user: str,
+    user_name: str,
+    business: str,
+    phone_number_id: str,
+    sdp: str,
+) -> dict[str, Any]:
+    """A ``calls`` change: a user calls the business with an SDP offer."""
+    return {
+        "field": "calls",
+        "value": {
+            "messaging_product": "whatsapp",
+            "metadata": _metadata(phone_number_id, business),
+            "contacts": [{"profile": {"name": user_name}, "wa_id": user}],
+            "calls": [
+                {
+                    "id": call_id,
+                    "from": user,
+                    "to": business,
+                    "event": "connect",
+                    "timestamp": _now(),
+                    "direction": "USER_INITIATED",
+                    "session": {"sdp_type": "offer", "sdp": sdp},
+                }
+            ],
+        },
+    }
+
+
+def connect_answer(
+    *,
+    call_id: str,
+    user: str,
+    user_name: str,
+    business: str,
+    phone_number_id: str,
+    sdp: str,
+    biz_opaque_callback_data: str | None = None,
+) -> dict[str, Any]:
+    """A ``calls`` change: the user answered a business-initiated call."""
+    call: dict[str, Any] = {
+        "id": call_id,
+        "from": business,
+        "to": user,
+        "event": "connect",
+        "timestamp": _now(),
+        "direction": "BUSINESS_INITIATED",
+        "session": {"sdp_type": "answer", "sdp": sdp},
+    }
+    if biz_opaque_callback_data is not None:
+        call["biz_opaque_callback_data"] = biz_opaque_callback_data
+    return {
+        "field": "calls",
+        "value": {
+            "messaging_product": "whatsapp",
+            "metadata": _metadata(phone_number_id, business),
+            "contacts": [{"profile": {"name": user_name}, "wa_id": user}],
+            "calls": [call],
+        },
+    }
+
+
+def terminate(
+    *,
+    call_id: str,
+    from_: str,
+    to: str,
+    business: str,
+    phone_number_id: str,
+    direction: str,
+    status: str = "COMPLETED",
+    start_time: int | None = None,
+    end_time: int | None = None,
+    biz_opaque_callback_data: str | None = None,
+    errors: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A ``calls`` change: the call is over."""
+    call: dict[str, Any] = {
+        "id": call_id,
+        "from": from_,
+        "to": to,
+        "event": "terminate",
+        "direction": direction,
+        "timestamp": _now(),
+        "status": status,
+    }
+    if start_time is not None:
+        end = end_time or int(time.time())
+        call.update(start_time=str(start_time), end_time=str(end), duration=end - start_time)
+    if biz_opaque_callback_data is not None:
+        call["biz_opaque_callback_data"] = biz_opaque_callback_data
+    value: dict[str, Any] = {
+        "messaging_product": "whatsapp",
+        "metadata": _metadata(phone_number_id, business),
+        "calls": [call],
+    }
+    if errors:
+        value["errors"] = errors
+    return {"field": "calls", "value": value}
+
+
+def call_status(
+    *,
+    call_id: str,
+    status: str,
+    recipient: str,
+    business: str,
+    phone_number_id: str,
+    biz_opaque_callback_data: str | None = None,
+) -> dict[str, Any]:
+    """A ``calls`` change carrying a RINGING/ACCEPTED/REJECTED status."""
+    entry: dict[str, Any] = {
+        "id": call_id,
+        "timestamp": _now(),
+        "type": "call",
+        "status": status,
+        "recipient_id": recipient,
+    }
+    if biz_opaque_callback_data is not None:
+        entry["biz_opaque_callback_data"] = biz_opaque_callback_data
+    return {
+        "field": "calls",
+        "value": {
+            "messaging_product": "whatsapp",
+            "metadata": _metadata(phone_number_id, business),
+            "statuses": [entry],
+        },
+    }
+
+
+def permission_reply(
+    *,
+    user: str,
+    user_name: str,
+    business: str,
+    phone_number_id: str,
+    context_id: str,
+    accept: bool,
+    permanent: bool = False,
+    expiration_timestamp: int | None = None,
+) -> dict[str, Any]:
+    """A ``messages`` change: the user's answer to a call permission request."""
+    reply: dict[str, Any] = {
+        "response": "accept" if accept else "reject",
+        "is_permanent": permanent,
+        "response_source": "user_action",
+    }
+    if expiration_timestamp is not None:
+        reply["expiration_timestamp"] = str(expiration_timestamp)
+    return {
+        "field": "messages",
+        "value": {
+            "messaging_product": "whatsapp",
+            "metadata": _metadata(phone_number_id, business),
+            "contacts": [{"profile": {"name": user_name}, "wa_id": user}],
+            "messages": [
+                {
+                    "context": {"from": business, "id": context_id},
+                    "from": user,
+                    "id": f"wamid.{context_id}r",
+                    "timestamp": _now(),
+                    "type": "interactive",
+                    "interactive": {
+                        "type": "call_permission_reply",
+                        "call_permission_reply": reply,
+                    },
+                }
+            ],
+        },
+    }
+
+
+def graph_error(
+    code: int, message: str, *, details: str | None = None, error_type: str = "OAuthException"
+) -> dict[str, Any]:
+    """A Graph API error body."""
+    error: dict[str, Any] = {
+        "message": message,
+        "type": error_type,
+        "code": code,
+        "fbtrace_id": "AbCdEfGhIjKlMnOp",
+    }
+    if details is not None:
+        error["error_data"] = {"messaging_product": "whatsapp", "details": details}
+    return {"error": error}

@@ -1,0 +1,281 @@
+"""Simulated WhatsApp users: real aiortc peers that call the gateway like a phone would.
+
+A user places a call by posting a signed ``connect`` webhook with an SDP offer in
+WhatsApp's format (``a=mid:audio``, Opus on 111, telephone-event on 126, ICE-lite,
+one sha-256 fingerprint), plays recorded speech, records what it hears, sends
+DTMF as RFC 4733 packets, and hangs up by posting a ``terminate`` webhook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from aiortc import RTCSessionDescription
+
+from .. import rtc, sdp
+from ..media.audio import SAMPLE_RATE
+from ..media.dtmf import DtmfSender
+from ..media.inbound import InboundAudio
+from ..media.playout import Playback, PlayoutTrack
+from . import payloads
+
+if TYPE_CHECKING:
+    from .cloud import CloudAPISandbox
+
+log = logging.getLogger(__name__)
+
+# Opus parameters Meta's offers carry (shared/whatsapp-calling.md, section 4).
+WHATSAPP_OPUS_FMTP = (
+    "minptime=10;useinbandfec=1;maxaveragebitrate=20000;"
+    "maxplaybackrate=16000;sprop-maxcapturerate=16000"
+)
+# Frames quieter than this (int16 RMS) count as silence for "first heard" marks.
+HEARD_RMS = 200.0
+
+
+def whatsapp_offer(aiortc_offer: str) -> str:
+    """Rewrite an aiortc offer into the form WhatsApp sends."""
+    text = sdp.keep_fingerprint(sdp.rename_mid(aiortc_offer, "0", "audio"))
+    out: list[str] = []
+    for line in sdp.lines(text):
+        if line.startswith(f"a=fmtp:{rtc.OPUS_PT} "):
+            continue
+        out.append(line)
+        if line.startswith("t="):
+            out.append("a=ice-lite")
+        elif line.startswith(f"a=rtpmap:{rtc.OPUS_PT} "):
+            out.append(f"a=fmtp:{rtc.OPUS_PT} {WHATSAPP_OPUS_FMTP}")
+    return sdp.join(out)
+
+
+class UserCallState(StrEnum):
+    """The call as the simulated phone sees it."""
+
+    OFFERED = "OFFERED"
+    PRE_ACCEPTED = "PRE_ACCEPTED"
+    ACCEPTED = "ACCEPTED"
+    ENDED = "ENDED"
+
+
+class SimulatedUser:
+    """A WhatsApp user with a phone number, a name, and a phone that makes calls."""
+
+    def __init__(self, sandbox: CloudAPISandbox, wa_id: str, name: str = "Sandbox User") -> None:
+        self.sandbox = sandbox
+        self.wa_id = wa_id
+        self.name = name
+
+    async def place_call(self) -> UserCall:
+        """Call the business: post a signed connect webhook with our offer."""
+        call = UserCall(self, self.sandbox.new_call_id())
+        await call.start()
+        return call
+
+
+class UserCall:
+    """One call from a simulated user's phone."""
+
+    def __init__(self, user: SimulatedUser, call_id: str) -> None:
+        self.user = user
+        self.call_id = call_id
+        self.sandbox = user.sandbox
+        self.state = UserCallState.OFFERED
+        self.pc = rtc.new_peer_connection()
+        self.playout = PlayoutTrack()
+        self.inbound: InboundAudio | None = None
+        self.offer_sdp = ""
+        self.answer_sdp: str | None = None
+        self.accepted = asyncio.Event()
+        self.media_up = asyncio.Event()
+        self.ended = asyncio.Event()
+        self.end_reason: str | None = None
+        self.started_at = time.monotonic()
+        self.accepted_at: float | None = None
+        self.first_heard_at: float | None = None
+        self._heard: list[np.ndarray] = []
+        self.frames_heard = 0
+        self.digits_heard: list[str] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+        @self.pc.on("connectionstatechange")
+        def _on_state() -> None:
+            if self.pc.connectionState == "connected":
+                self.media_up.set()
+                self.sandbox.timeline.add(f"{user.name}: media connected (ICE + DTLS)")
+
+    # --- setup ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        sender = self.pc.addTrack(self.playout)
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        # A phone is the controlled side: Meta's edge is ICE-lite, the business controls.
+        ice = sender.transport.transport
+        ice._connection.ice_controlling = False
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.sender is sender)
+        self.inbound = InboundAudio(
+            receiver,
+            on_frame=self._on_frame,
+            on_dtmf=None,
+            opus_pt=rtc.OPUS_PT,
+            dtmf_pt=rtc.DTMF_PT,
+        )
+        self.inbound.attach()
+        self.offer_sdp = whatsapp_offer(self.pc.localDescription.sdp)
+        self.sandbox.calls[self.call_id] = self
+        self.sandbox.timeline.add(f"{self.user.name} ({self.user.wa_id}) calls the business")
+        response = await self.sandbox.deliver(
+            payloads.connect_offer(
+                call_id=self.call_id,
+                user=self.user.wa_id,
+                user_name=self.user.name,
+                business=self.sandbox.business_number,
+                phone_number_id=self.sandbox.phone_number_id,
+                sdp=self.offer_sdp,
+            )
+        )
+        self.sandbox.timeline.add(f"webhook: connect delivered -> HTTP {response.status_code}")
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- what the fake Graph API tells us -------------------------------------------
+
+    def check_action(self, action: str, body: dict[str, Any]) -> str | None:
+        """Meta's checks on a business action for this call; a reason when refused."""
+        if self.state is UserCallState.ENDED:
+            return f"call {self.call_id} has already ended"
+        if action in ("pre_accept", "accept"):
+            session = body.get("session")
+            if not isinstance(session, dict) or session.get("sdp_type") != "answer":
+                return "session.sdp_type must be 'answer'"
+            answer = session.get("sdp")
+            if not isinstance(answer, str):
+                return "session.sdp is required"
+            if action == "accept" and self.answer_sdp is not None and answer != self.answer_sdp:
+                return "the accept SDP must be identical to the pre_accept SDP"
+            if action == "pre_accept" and self.state is not UserCallState.OFFERED:
+                return f"cannot pre_accept a call in state {self.state}"
+            return _check_answer(answer)
+        return None
+
+    def on_action(self, action: str, body: dict[str, Any]) -> None:
+        """Apply an accepted business action to the phone."""
+        if action == "pre_accept":
+            self.answer_sdp = body["session"]["sdp"]
+            self.state = UserCallState.PRE_ACCEPTED
+            self._spawn(self._apply_answer(body["session"]["sdp"]))
+        elif action == "accept":
+            if self.answer_sdp is None:
+                self.answer_sdp = body["session"]["sdp"]
+                self._spawn(self._apply_answer(self.answer_sdp))
+            self.state = UserCallState.ACCEPTED
+            self.accepted_at = time.monotonic()
+            self.accepted.set()
+        elif action in ("reject", "terminate"):
+            # Meta confirms the end of the call with a terminate webhook.
+            self._spawn(self._end(f"{action}ed by the business", notify=True))
+
+    async def _apply_answer(self, answer: str) -> None:
+        local_mid = sdp.mids(self.pc.localDescription.sdp)[0]
+        text = sdp.rename_mid(answer, "audio", local_mid)
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
+
+    def _on_frame(self, frame: np.ndarray) -> None:
+        self._heard.append(frame.copy())
+        self.frames_heard += 1
+        if self.first_heard_at is None:
+            rms = float(np.sqrt(np.mean(frame.astype(np.float32) ** 2)))
+            if rms > HEARD_RMS:
+                self.first_heard_at = time.monotonic()
+                self.sandbox.timeline.add(f"{self.user.name} hears the bot")
+
+    # --- what the user does --------------------------------------------------------------
+
+    @property
+    def heard(self) -> np.ndarray:
+        """Everything the user heard so far (16 kHz mono int16)."""
+        return np.concatenate(self._heard) if self._heard else np.zeros(0, np.int16)
+
+    def play(self, pcm: np.ndarray) -> Playback:
+        """Speak ``pcm`` (16 kHz mono int16) into the call."""
+        self.sandbox.timeline.add(
+            f"{self.user.name} speaks ({len(pcm) / SAMPLE_RATE:.1f} s of audio)"
+        )
+        return self.playout.play(pcm)
+
+    def play_packets(self, packets: Sequence[bytes]) -> Playback:
+        """Speak pre-encoded Opus packets (cheap, for load tests)."""
+        return self.playout.play_packets(packets)
+
+    async def press(self, digits: str, duration_ms: int = 160) -> None:
+        """Press keys: RFC 4733 events on payload type 126."""
+        sender = next(t.sender for t in self.pc.getTransceivers())
+        dtmf = DtmfSender(sender, payload_type=rtc.DTMF_PT)
+        for digit in digits:
+            self.sandbox.timeline.add(f"{self.user.name} presses {digit}")
+            await dtmf.send(digit, duration_ms=duration_ms)
+
+    async def hang_up(self) -> None:
+        """Hang up from the phone: Meta posts a terminate webhook."""
+        await self._end("user hung up", notify=True)
+
+    async def close(self) -> None:
+        """Tear down without telling anyone (sandbox shutdown)."""
+        await self._end("sandbox closed", notify=False)
+
+    async def _end(self, reason: str, *, notify: bool) -> None:
+        if self.state is UserCallState.ENDED:
+            return
+        was_accepted = self.accepted_at is not None
+        self.state = UserCallState.ENDED
+        self.end_reason = reason
+        self.sandbox.timeline.add(f"{self.user.name}'s call ends: {reason}")
+        if self.inbound is not None:
+            self.inbound.detach()
+        await self.pc.close()
+        if notify:
+            now = int(time.time())
+            start = now - int(time.monotonic() - self.accepted_at) if self.accepted_at else None
+            await self.sandbox.deliver(
+                payloads.terminate(
+                    call_id=self.call_id,
+                    from_=self.user.wa_id,
+                    to=self.sandbox.business_number,
+                    business=self.sandbox.business_number,
+                    phone_number_id=self.sandbox.phone_number_id,
+                    direction="USER_INITIATED",
+                    status="COMPLETED" if was_accepted else "FAILED",
+                    start_time=start,
+                    end_time=now if start is not None else None,
+                )
+            )
+        self.sandbox.calls.pop(self.call_id, None)
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current:
+                task.cancel()
+        self.ended.set()
+
+
+def _check_answer(answer: str) -> str | None:
+    # The SDP checks Meta makes on a business's answer (contract, section 4).
+    lines = sdp.lines(answer)
+    if not answer.endswith("\r\n") or "\n" in answer.replace("\r\n", ""):
+        return "SDP lines must end with CRLF"
+    fingerprints = [line for line in lines if line.startswith("a=fingerprint:")]
+    if len(fingerprints) != 1 or not fingerprints[0].startswith("a=fingerprint:sha-256 "):
+        return "the answer must carry exactly one a=fingerprint:sha-256 line"
+    if "a=setup:active" not in lines:
+        return "the answer must carry a=setup:active"
+    if "a=mid:audio" not in lines:
+        return "the answer must keep a=mid:audio"
+    return None

@@ -1,0 +1,371 @@
+"""The webhook receiver: verify, parse and hand off Cloud API deliveries.
+
+Meta retries a delivery for days unless it gets a 200 within about 20 s, may send
+it twice, and may batch many changes into one body. So the receiver checks the
+signature, parses everything into :mod:`gateway.events` objects, hands them to a
+non-blocking sink and answers at once; the call logic runs elsewhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aiohttp import web
+
+from .errors import WebhookError
+from .events import (
+    CallConnect,
+    CallErrorInfo,
+    CallStatus,
+    CallTerminate,
+    Contact,
+    Direction,
+    Event,
+    PermissionReply,
+    event_key,
+)
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+# A batch of 1000 connects with SDP is about 2 MB; leave room.
+MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def sign(body: bytes, app_secret: str) -> str:
+    """The ``X-Hub-Signature-256`` header value Meta sends for ``body``."""
+    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(body: bytes, header: str | None, app_secret: str) -> None:
+    """Raise WebhookError(401) unless ``header`` signs ``body`` (constant-time compare)."""
+    if not header:
+        raise WebhookError(f"missing {SIGNATURE_HEADER} header", status=401)
+    if not header.startswith("sha256="):
+        raise WebhookError(f"{SIGNATURE_HEADER} must start with 'sha256='", status=401)
+    if not hmac.compare_digest(sign(body, app_secret).encode(), header.strip().encode()):
+        raise WebhookError("signature does not match the body", status=401)
+
+
+# --- parsing ---------------------------------------------------------------
+
+
+class _Shape(Exception):
+    """A part of the payload has the wrong shape; the message says where."""
+
+
+def _str(obj: dict[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise _Shape(f"{where}.{key} must be a non-empty string")
+    return value
+
+
+def _opt_str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _ts(value: Any) -> int:
+    # Timestamps are unix seconds as strings; be lenient about ints and junk.
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _opt_int(value: Any) -> int | None:
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _dict(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Shape(f"{where} must be an object")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise _Shape(f"{where} must be a list")
+    return value
+
+
+def _direction(value: Any) -> Direction | None:
+    try:
+        return Direction(value)
+    except ValueError:
+        return None
+
+
+def _call_errors(value: Any) -> tuple[CallErrorInfo, ...]:
+    if not isinstance(value, list):
+        return ()
+    out = []
+    for err in value:
+        if not isinstance(err, dict):
+            continue
+        data = err.get("error_data")
+        details = data.get("details") if isinstance(data, dict) else None
+        out.append(
+            CallErrorInfo(
+                code=_opt_int(err.get("code")),
+                message=_opt_str(err, "message") or _opt_str(err, "title"),
+                details=details if isinstance(details, str) else None,
+            )
+        )
+    return tuple(out)
+
+
+def _parse_call(call: dict[str, Any], value: dict[str, Any], pnid: str, where: str) -> Event | None:
+    call_id = _str(call, "id", where)
+    kind = call.get("event")
+    if kind == "connect":
+        session = call.get("session")
+        if not isinstance(session, dict):
+            # Legacy payloads carried the SDP here only.
+            webrtc = (call.get("connection") or {}).get("webrtc") or {}
+            session = {"sdp": webrtc.get("sdp"), "sdp_type": None}
+        sdp = session.get("sdp")
+        if not isinstance(sdp, str) or not sdp.strip():
+            raise _Shape(f"{where}.session.sdp must be a non-empty string (call {call_id})")
+        direction = _direction(call.get("direction")) or Direction.USER_INITIATED
+        sdp_type = session.get("sdp_type") or (
+            "answer" if direction is Direction.BUSINESS_INITIATED else "offer"
+        )
+        if sdp_type not in ("offer", "answer"):
+            raise _Shape(f"{where}.session.sdp_type must be offer or answer (call {call_id})")
+        contact = None
+        contacts = value.get("contacts")
+        if isinstance(contacts, list) and contacts and isinstance(contacts[0], dict):
+            profile = contacts[0].get("profile")
+            name = profile.get("name") if isinstance(profile, dict) else None
+            wa_id = contacts[0].get("wa_id")
+            if isinstance(wa_id, str):
+                contact = Contact(wa_id=wa_id, name=name if isinstance(name, str) else None)
+        return CallConnect(
+            call_id=call_id,
+            phone_number_id=pnid,
+            from_=str(call.get("from", "")),
+            to=str(call.get("to", "")),
+            direction=direction,
+            sdp_type=sdp_type,
+            sdp=sdp,
+            timestamp=_ts(call.get("timestamp")),
+            contact=contact,
+            biz_opaque_callback_data=_opt_str(call, "biz_opaque_callback_data"),
+            deeplink_payload=_opt_str(value, "deeplink_payload"),
+            cta_payload=_opt_str(value, "cta_payload"),
+        )
+    if kind == "terminate":
+        return CallTerminate(
+            call_id=call_id,
+            phone_number_id=pnid,
+            from_=str(call.get("from", "")),
+            to=str(call.get("to", "")),
+            direction=_direction(call.get("direction")),
+            status=str(call.get("status", "")).upper(),
+            timestamp=_ts(call.get("timestamp")),
+            start_time=_opt_int(call.get("start_time")),
+            end_time=_opt_int(call.get("end_time")),
+            duration=_opt_int(call.get("duration")),
+            biz_opaque_callback_data=_opt_str(call, "biz_opaque_callback_data"),
+            errors=_call_errors(call.get("errors") or value.get("errors")),
+        )
+    log.info("ignoring call event %r for call %s", kind, call_id)
+    return None
+
+
+def _parse_calls_value(value: dict[str, Any], pnid: str, where: str) -> Iterable[Event | _Shape]:
+    for i, call in enumerate(value.get("calls") or []):
+        try:
+            event = _parse_call(
+                _dict(call, f"{where}.calls[{i}]"), value, pnid, f"{where}.calls[{i}]"
+            )
+        except _Shape as exc:
+            yield exc
+            continue
+        if event is not None:
+            yield event
+    for i, status in enumerate(value.get("statuses") or []):
+        w = f"{where}.statuses[{i}]"
+        try:
+            status = _dict(status, w)
+            if status.get("type", "call") != "call":
+                continue
+            yield CallStatus(
+                call_id=_str(status, "id", w),
+                phone_number_id=pnid,
+                status=_str(status, "status", w).upper(),
+                timestamp=_ts(status.get("timestamp")),
+                recipient_id=_opt_str(status, "recipient_id"),
+                biz_opaque_callback_data=_opt_str(status, "biz_opaque_callback_data"),
+            )
+        except _Shape as exc:
+            yield exc
+
+
+def _parse_messages_value(value: dict[str, Any], pnid: str) -> Iterable[Event]:
+    # Only permission replies matter here; every other message is someone else's business.
+    for message in value.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        interactive = message.get("interactive")
+        if not isinstance(interactive, dict) or interactive.get("type") != "call_permission_reply":
+            continue
+        reply = interactive.get("call_permission_reply")
+        if not isinstance(reply, dict):
+            continue
+        context = message.get("context")
+        yield PermissionReply(
+            phone_number_id=pnid,
+            from_=str(message.get("from", "")),
+            accepted=reply.get("response") == "accept",
+            permanent=bool(reply.get("is_permanent", False)),
+            timestamp=_ts(message.get("timestamp")),
+            context_id=_opt_str(context, "id") if isinstance(context, dict) else None,
+            expiration_timestamp=_opt_int(reply.get("expiration_timestamp")),
+            response_source=_opt_str(reply, "response_source"),
+        )
+
+
+def parse_payload(payload: Any) -> tuple[list[Event], list[str]]:
+    """Parse a decoded delivery into events, plus a list of what was malformed.
+
+    Unknown fields and other ``field`` values are ignored. Envelope-level damage
+    raises WebhookError(400); a bad entry inside a good envelope is reported in the
+    second list while the good ones are still returned.
+    """
+    try:
+        root = _dict(payload, "body")
+        entries = _list(root.get("entry"), "entry")
+    except _Shape as exc:
+        raise WebhookError(str(exc)) from None
+    events: list[Event] = []
+    problems: list[str] = []
+    for i, entry in enumerate(entries):
+        try:
+            changes = _list(_dict(entry, f"entry[{i}]").get("changes"), f"entry[{i}].changes")
+        except _Shape as exc:
+            problems.append(str(exc))
+            continue
+        for j, change in enumerate(changes):
+            where = f"entry[{i}].changes[{j}]"
+            try:
+                change = _dict(change, where)
+                field = change.get("field")
+                if field not in ("calls", "messages"):
+                    continue
+                value = _dict(change.get("value"), f"{where}.value")
+                metadata = value.get("metadata")
+                pnid = (
+                    str(metadata.get("phone_number_id", "")) if isinstance(metadata, dict) else ""
+                )
+            except _Shape as exc:
+                problems.append(str(exc))
+                continue
+            if field == "messages":
+                events.extend(_parse_messages_value(value, pnid))
+                continue
+            for item in _parse_calls_value(value, pnid, f"{where}.value"):
+                if isinstance(item, _Shape):
+                    problems.append(str(item))
+                else:
+                    events.append(item)
+    return events, problems
+
+
+# --- the aiohttp side --------------------------------------------------------
+
+EventSink = Callable[[Event], None]
+
+
+class WebhookReceiver:
+    """aiohttp handlers for ``GET``/``POST /webhook``, with duplicate suppression.
+
+    ``sink`` must not block: it is called inside the request for every new event
+    (the call manager queues it and answers later).
+    """
+
+    def __init__(
+        self,
+        *,
+        app_secret: str,
+        verify_token: str,
+        sink: EventSink,
+        dedupe_size: int = 20_000,
+    ) -> None:
+        self._app_secret = app_secret
+        self._verify_token = verify_token
+        self._sink = sink
+        self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._dedupe_size = dedupe_size
+        self.duplicates = 0
+
+    def add_routes(self, app: web.Application, path: str = "/webhook") -> None:
+        """Register the verification and delivery handlers on ``app``."""
+        app.router.add_get(path, self.handle_verify)
+        app.router.add_post(path, self.handle_delivery)
+
+    async def handle_verify(self, request: web.Request) -> web.Response:
+        """The subscription handshake: echo ``hub.challenge`` when the token matches."""
+        q = request.query
+        token = q.get("hub.verify_token", "")
+        if q.get("hub.mode") == "subscribe" and hmac.compare_digest(
+            token.encode(), self._verify_token.encode()
+        ):
+            return web.Response(text=q.get("hub.challenge", ""))
+        log.warning("webhook verification refused (mode=%r)", q.get("hub.mode"))
+        return web.Response(status=403, text="verification failed")
+
+    async def handle_delivery(self, request: web.Request) -> web.Response:
+        """Verify, parse, hand off, and answer; never raises to aiohttp."""
+        try:
+            body = await request.read()
+            verify_signature(body, request.headers.get(SIGNATURE_HEADER), self._app_secret)
+            try:
+                payload = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise WebhookError(f"body is not valid JSON: {exc}") from None
+            events, problems = parse_payload(payload)
+        except WebhookError as exc:
+            log.warning("webhook refused (%d): %s", exc.status, exc.message)
+            return web.json_response({"error": exc.message}, status=exc.status)
+        accepted = 0
+        for event in events:
+            if self._is_duplicate(event):
+                self.duplicates += 1
+                log.info("duplicate %s for call %s dropped", type(event).__name__, _call_id(event))
+                continue
+            accepted += 1
+            self._sink(event)
+        if problems:
+            # Good events were taken (a retry is deduplicated); say what was wrong.
+            for problem in problems:
+                log.warning("malformed webhook part: %s", problem)
+            return web.json_response(
+                {"error": "malformed entries", "problems": problems}, status=400
+            )
+        return web.json_response({"received": accepted})
+
+    def _is_duplicate(self, event: Event) -> bool:
+        key = event_key(event)
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return True
+        self._seen[key] = None
+        if len(self._seen) > self._dedupe_size:
+            self._seen.popitem(last=False)
+        return False
+
+
+def _call_id(event: Event) -> str:
+    return getattr(event, "call_id", "-")
