@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 
 from . import rtc
+from .api import CallsAPI
 from .calls import CallManager, SessionFactory
 from .config import Settings
 from .graph import GraphClient
@@ -18,7 +20,13 @@ log = logging.getLogger(__name__)
 class Gateway:
     """Everything one gateway process runs; ``start()`` serves it, ``aclose()`` ends it."""
 
-    def __init__(self, settings: Settings, *, session: SessionFactory | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        session: SessionFactory | None = None,
+        sessions: Callable[[str], SessionFactory] | None = None,
+    ) -> None:
         self.settings = settings
         rtc.configure(settings.media_addresses)
         self.graph = GraphClient(
@@ -30,6 +38,7 @@ class Gateway:
             self.graph,
             max_calls=settings.max_calls,
             answer_timeout=settings.answer_timeout,
+            ring_timeout=settings.ring_timeout,
             session=session,
         )
         self.webhooks = WebhookReceiver(
@@ -40,6 +49,10 @@ class Gateway:
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
         self.webhooks.add_routes(self.app)
         self.app.router.add_get("/healthz", self._healthz)
+        if settings.api_key is not None:
+            CallsAPI(
+                self.calls, self.graph, api_key=settings.api_key.value, sessions=sessions
+            ).add_routes(self.app)
         self._runner: web.AppRunner | None = None
         self.port = settings.port
 

@@ -84,6 +84,7 @@ class CallRecord:
     start_time: int | None = None
     end_time: int | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
+    statuses: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""
@@ -114,6 +115,7 @@ class Call:
         self.remote_sdp: str | None = None
         self.media_up = asyncio.Event()
         self.ended = asyncio.Event()
+        self.state_changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._on_ended = on_ended
         self._closing: asyncio.Task[None] | None = None
@@ -123,6 +125,8 @@ class Call:
         self.end_hooks: list[Callable[[], Awaitable[None]]] = []
         # The bot session running on this call, if any (see gateway.pipeline).
         self.session: Any = None
+        # Overrides the manager's session factory for this call (a per-call bot).
+        self.session_factory: SessionFactory | None = None
 
         @self.pc.on("connectionstatechange")
         def _on_pc_state() -> None:
@@ -151,6 +155,7 @@ class Call:
         if new not in _NEXT[old]:
             raise CallError(f"call {self.id}: illegal transition {old} -> {new}")
         self.record.state = new
+        self.state_changed.set()
         log.info("call %s: %s -> %s%s", self.id, old, new, f" ({reason})" if reason else "")
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
@@ -216,6 +221,22 @@ class Call:
         self.answer_sdp = sdp.prepare_answer(self.pc.localDescription.sdp)
         return self.answer_sdp
 
+    async def build_offer(self) -> str:
+        """Our SDP offer for a business-initiated call, in Meta's form."""
+        sender = self.pc.addTrack(self.playout)
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.sender is sender)
+        offer = await self.pc.createOffer()
+        await self.pc.setLocalDescription(offer)
+        self.inbound = InboundAudio(
+            receiver,
+            on_frame=self._on_frame,
+            on_dtmf=self._on_dtmf,
+            opus_pt=rtc.OPUS_PT,
+            dtmf_pt=rtc.DTMF_PT,
+        )
+        self.inbound.attach()
+        return sdp.keep_fingerprint(self.pc.localDescription.sdp)
+
     # --- ending ----------------------------------------------------------------
 
     def end(self, reason: str, *, terminate: bool) -> asyncio.Task[None]:
@@ -273,6 +294,7 @@ class CallManager:
         answer_timeout: float = 20.0,
         session: SessionFactory | None = None,
         history_size: int = 1000,
+        ring_timeout: float = 45.0,
     ) -> None:
         self.graph = graph
         self.max_calls = max_calls
@@ -287,7 +309,11 @@ class CallManager:
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.permission_listeners: list[Callable[[PermissionReply], None]] = []
+        self.permission_replies: dict[str, PermissionReply] = {}
         self.rejected_for_capacity = 0
+        # SDP answers that arrived before our connect request returned the call id.
+        self._early_answers: OrderedDict[str, CallConnect] = OrderedDict()
+        self.ring_timeout = ring_timeout
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -342,6 +368,13 @@ class CallManager:
         elif isinstance(event, CallStatus):
             self._on_status(event)
         else:
+            log.info(
+                "permission reply from %s: %s%s",
+                event.from_,
+                "accepted" if event.accepted else "declined",
+                " (permanent)" if event.permanent else "",
+            )
+            self.permission_replies[event.from_] = event
             for listener in self.permission_listeners:
                 listener(event)
 
@@ -374,19 +407,98 @@ class CallManager:
         call.spawn(self._answer(call, event.sdp), "answer")
 
     def _on_connect_answer(self, event: CallConnect) -> None:
-        # Business-initiated calls are placed elsewhere; without one, this is stale.
         call = self.calls.get(event.call_id)
         if call is None:
-            log.warning("call %s: SDP answer for an unknown call ignored", event.call_id)
+            # Possibly faster than our own connect request's response: keep it briefly.
+            log.info("call %s: SDP answer before the call is known; held", event.call_id)
+            self._early_answers[event.call_id] = event
+            while len(self._early_answers) > 1000:
+                self._early_answers.popitem(last=False)
             return
         call.spawn(self._apply_answer(call, event.sdp), "apply-answer")
 
     async def _apply_answer(self, call: Call, answer: str) -> None:
+        if call.state not in (CallState.DIALING, CallState.RINGING):
+            log.warning("call %s: SDP answer in state %s ignored", call.id, call.state)
+            return
         try:
             await call.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         except ValueError as exc:
             log.warning("call %s: bad SDP answer: %s", call.id, exc)
             call.end("bad SDP answer", terminate=True)
+            return
+        call.remote_sdp = answer
+        call.record.accepted_at = time.time()
+        call.set_state(CallState.ACTIVE, "user answered")
+        try:
+            async with asyncio.timeout(self.answer_timeout):
+                await call.media_up.wait()
+        except TimeoutError:
+            log.warning("call %s: answered but media never came up", call.id)
+            call.end("no media after answer", terminate=True)
+            return
+        if call.session_factory or self.session:
+            call.spawn(self._run_session(call), "session")
+
+    # --- business-initiated calls ------------------------------------------------
+
+    async def place_call(
+        self,
+        to: str,
+        *,
+        biz_opaque_callback_data: str | None = None,
+        ring_timeout: float | None = None,
+        session: SessionFactory | None = None,
+    ) -> Call:
+        """Call WhatsApp user ``to``; returns once the Cloud API gave the call an id.
+
+        Raises GraphAPIError (e.g. 138006: no permission) or CallError at capacity.
+        The call then rings; it becomes ACTIVE when the user answers, and ends by
+        itself after ``ring_timeout`` seconds unanswered.
+        """
+        if len(self.calls) >= self.max_calls:
+            raise CallError(f"at capacity ({self.max_calls} calls)")
+        if biz_opaque_callback_data is not None and len(biz_opaque_callback_data) > 512:
+            raise GatewayError(
+                f"biz_opaque_callback_data is {len(biz_opaque_callback_data)} characters;"
+                " the Cloud API allows at most 512"
+            )
+        record = CallRecord(
+            call_id="(dialing)",
+            direction=Direction.BUSINESS_INITIATED,
+            peer=to,
+            biz_opaque_callback_data=biz_opaque_callback_data,
+        )
+        call = Call(record, graph=self.graph, on_ended=self._ended)
+        call.session_factory = session
+        try:
+            offer = await call.build_offer()
+            call_id = await self.graph.connect(
+                to, offer, biz_opaque_callback_data=biz_opaque_callback_data
+            )
+        except BaseException:
+            if call.inbound is not None:
+                call.inbound.detach()
+            await call.pc.close()
+            raise
+        record.call_id = call_id
+        self.calls[call_id] = call
+        call.set_state(CallState.DIALING, f"connect sent to {to}")
+        call.spawn(self._ring(call, ring_timeout or self.ring_timeout), "ring")
+        early = self._early_answers.pop(call_id, None)
+        if early is not None:
+            call.spawn(self._apply_answer(call, early.sdp), "apply-answer")
+        return call
+
+    async def _ring(self, call: Call, seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                while call.state in (CallState.DIALING, CallState.RINGING):
+                    await call.state_changed.wait()
+                    call.state_changed.clear()
+        except TimeoutError:
+            log.info("call %s: not answered within %.0f s", call.id, seconds)
+            call.end(f"not answered within {seconds:.0f} s", terminate=True)
 
     def _on_terminate(self, event: CallTerminate) -> None:
         call = self.calls.get(event.call_id)
@@ -451,13 +563,14 @@ class CallManager:
             return
         call.record.accepted_at = time.time()
         call.set_state(CallState.ACTIVE, "accepted")
-        if self.session is not None:
+        if call.session_factory or self.session:
             call.spawn(self._run_session(call), "session")
 
     async def _run_session(self, call: Call) -> None:
-        assert self.session is not None
+        factory = call.session_factory or self.session
+        assert factory is not None
         try:
-            await self.session(call)
+            await factory(call)
         except GatewayError as exc:
             log.warning("call %s: session ended with error: %s", call.id, exc)
             call.end(f"session error: {exc.message}", terminate=True)

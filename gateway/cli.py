@@ -63,6 +63,25 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--digits", default="", help="DTMF keys the user presses after speaking")
 
+    call = sub.add_parser(
+        "call",
+        help="place a call to a WhatsApp user through a running gateway's HTTP API",
+        description="Place a business-initiated call. Needs a running gateway with "
+        "GATEWAY_API_KEY set; this command uses the same key.",
+    )
+    call.add_argument("wa_id", help="the user's WhatsApp number")
+    call.add_argument("--bot", help="bot plugin for this call (default: the gateway's)")
+    call.add_argument("--callback-data", help="biz_opaque_callback_data (at most 512 characters)")
+    call.add_argument("--ring-timeout", type=float, help="seconds to ring before giving up")
+    call.add_argument(
+        "--request-permission",
+        action="store_true",
+        help="if the user has not granted call permission, send a permission request instead",
+    )
+    call.add_argument("--wait", action="store_true", help="follow the call until it ends")
+    call.add_argument("--url", help="gateway base URL (GATEWAY_URL, default http://127.0.0.1:8080)")
+    call.add_argument("--api-key", help="API key (GATEWAY_API_KEY)")
+
     sub.add_parser("bots", help="list the installed bot plugins")
     return parser
 
@@ -86,6 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(
                 run_demo(bot=args.bot, audio=args.audio, record=args.record, digits=args.digits)
             )
+        if args.command == "call":
+            from .client import place_call
+
+            return asyncio.run(place_call(args))
         if args.command == "bots":
             from .pipeline.plugins import available_bots
 
@@ -106,7 +129,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from .pipeline.plugins import session_for
 
     settings = load_settings(host=args.host, port=args.port, bot=args.bot, max_calls=args.max_calls)
-    gateway = Gateway(settings, session=session_for(settings.bot))
+    gateway = Gateway(settings, session=session_for(settings.bot), sessions=session_for)
     await gateway.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

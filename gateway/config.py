@@ -48,6 +48,8 @@ class Settings:
     api_key: Secret | None = None
     # Seconds between the connect webhook and accept; Meta gives up after 30-60 s.
     answer_timeout: float = 20.0
+    # Seconds a business-initiated call may ring before we give up on it.
+    ring_timeout: float = 45.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -108,5 +110,6 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         max_calls=_int(env, "GATEWAY_MAX_CALLS", 100),
         media_addresses=tuple(a.strip() for a in addresses.split(",") if a.strip()),
         api_key=Secret(api_key) if api_key else None,
+        ring_timeout=float(_int(env, "GATEWAY_RING_TIMEOUT", 45)),
     )
     return settings.with_overrides(**overrides)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +29,16 @@ class Stack:
     sandbox: CloudAPISandbox
 
 
+API_KEY = "test-api-key"
+
+
 async def start_stack(
-    *, max_calls: int = 10, session: SessionFactory | None = None, bot: str = "echo"
+    *,
+    max_calls: int = 10,
+    session: SessionFactory | None = None,
+    sessions: Callable[[str], SessionFactory] | None = None,
+    bot: str = "echo",
+    api_key: str | None = None,
 ) -> Stack:
     """Start the sandbox's Graph API, then a gateway pointed at it, on free ports."""
     sandbox = CloudAPISandbox(
@@ -51,9 +59,10 @@ async def start_stack(
             "GATEWAY_MAX_CALLS": str(max_calls),
             "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
             "GATEWAY_BOT": bot,
+            **({"GATEWAY_API_KEY": api_key} if api_key else {}),
         }
     )
-    gateway = Gateway(settings, session=session)
+    gateway = Gateway(settings, session=session, sessions=sessions)
     await gateway.start()
     sandbox.webhook_url = f"{gateway.url}/webhook"
     return Stack(gateway, sandbox)

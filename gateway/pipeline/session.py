@@ -105,7 +105,7 @@ class BotSession:
         finally:
             if self._current is not None and self._current[0] is playback:
                 self._current = None
-        return PlaybackResult(playback.frames_sent, playback.frames_total, playback.interrupted)
+        return PlaybackResult(playback.frames_sent, playback.frames, playback.interrupted)
 
     def listen(self, *, enabled: bool = True, barge_in: bool = True) -> None:
         """Turn listening and barge-in on or off."""

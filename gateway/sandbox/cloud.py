@@ -22,11 +22,14 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from aiohttp import web
 
+from .. import sdp
+from ..errors import SDPError
 from ..webhooks import SIGNATURE_HEADER, sign
 from . import payloads
+from .permissions import PermissionStore
 
 if TYPE_CHECKING:
-    from .user import UserCall
+    from .user import SimulatedUser, UserCall
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,9 @@ class CloudAPISandbox:
         self.requests: list[RecordedRequest] = []
         self.timeline = Timeline()
         self.calls: dict[str, UserCall] = {}
+        self.users: dict[str, SimulatedUser] = {}
+        self.permissions = PermissionStore()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._failures: dict[str, list[_Failure]] = {}
         self._runner: web.AppRunner | None = None
         self._http: httpx.AsyncClient | None = None
@@ -111,6 +117,7 @@ class CloudAPISandbox:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_post("/{version}/{pnid}/calls", self._handle_calls)
         app.router.add_post("/{version}/{pnid}/messages", self._handle_messages)
+        app.router.add_get("/{version}/{pnid}/call_permissions", self._handle_permissions)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -286,8 +293,145 @@ class CloudAPISandbox:
         call.on_action(action, body)
         return web.json_response({"messaging_product": "whatsapp", "success": True})
 
+    def _connect(self, request: web.Request, body: dict[str, Any]) -> web.Response:
+        # Meta's checks on a business-initiated call, in the order it makes them.
+        to = body.get("to")
+        session = body.get("session")
+        if not isinstance(to, str) or not to:
+            return self._error(
+                request, body, "connect", 400, 100, "(#100) The parameter to is required."
+            )
+        if not isinstance(session, dict) or session.get("sdp_type") != "offer":
+            return self._error(
+                request,
+                body,
+                "connect",
+                400,
+                100,
+                "(#100) Invalid parameter",
+                "session.sdp_type must be 'offer'",
+            )
+        offer = session.get("sdp")
+        try:
+            if not isinstance(offer, str):
+                raise SDPError("session.sdp is required")
+            sdp.validate_offer(offer)
+            sdp.keep_fingerprint(offer)
+        except SDPError as exc:
+            return self._error(
+                request,
+                body,
+                "connect",
+                400,
+                100,
+                "(#100) Invalid parameter",
+                f"SDP validation error: {exc.message}",
+            )
+        callback = body.get("biz_opaque_callback_data")
+        if callback is not None and (not isinstance(callback, str) or len(callback) > 512):
+            return self._error(
+                request,
+                body,
+                "connect",
+                400,
+                100,
+                "(#100) Invalid parameter",
+                "biz_opaque_callback_data must be a string of at most 512 characters",
+            )
+        if not self.permissions.can_call(to):
+            return self._error(
+                request,
+                body,
+                "connect",
+                400,
+                138006,
+                "No approved call permission from the recipient",
+                "Call permission is required: send a call permission request to the user first.",
+            )
+        user = self.users.get(to)
+        if user is None:
+            return self._error(
+                request, body, "connect", 400, 138001, "Receiver is unable to receive calls"
+            )
+        if any(c.user is user and c.direction == "BUSINESS_INITIATED" for c in self.calls.values()):
+            return self._error(
+                request,
+                body,
+                "connect",
+                400,
+                138003,
+                "Duplicate call: a call to this user is ongoing",
+            )
+        call_id = self.new_call_id()
+        self._record(request, body, 200, "connect")
+        self.timeline.add(f"graph: connect to {user.name} ({to})")
+        user.receive_call(call_id, offer, callback)
+        return web.json_response({"messaging_product": "whatsapp", "calls": [{"id": call_id}]})
+
     async def _handle_messages(self, request: web.Request) -> web.Response:
         body, refused = await self._read(request)
         if refused is not None:
             return refused
-        return self._error(request, body, None, 400, 100, "messages: not in this sandbox yet")
+        interactive = body.get("interactive")
+        if body.get("type") != "interactive" or not isinstance(interactive, dict):
+            return self._error(
+                request, body, None, 400, 100, "(#100) Only interactive messages in this sandbox"
+            )
+        if interactive.get("type") != "call_permission_request":
+            return self._error(request, body, None, 400, 100, "(#100) Unsupported interactive type")
+        to = body.get("to")
+        if not isinstance(to, str) or not to:
+            return self._error(
+                request, body, None, 400, 100, "(#100) The parameter to is required."
+            )
+        refusal = self.permissions.request_refusal(to)
+        if refusal is not None:
+            return self._error(
+                request, body, None, 400, 138009, "Call permission request limit reached", refusal
+            )
+        self.permissions.record_request(to)
+        message_id = "wamid." + secrets.token_urlsafe(18)
+        self._record(request, body, 200, None)
+        self.timeline.add(f"graph: call permission request to {to}")
+        user = self.users.get(to)
+        if user is not None and user.permission_reply != "ignore":
+            task = asyncio.create_task(self._reply_permission(user, message_id))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return web.json_response(
+            {
+                "messaging_product": "whatsapp",
+                "contacts": [{"input": to, "wa_id": to}],
+                "messages": [{"id": message_id}],
+            }
+        )
+
+    async def _reply_permission(self, user: SimulatedUser, message_id: str) -> None:
+        accept = user.permission_reply.startswith("accept")
+        permanent = user.permission_reply == "accept_permanent"
+        if accept:
+            self.permissions.grant(user.wa_id, permanent=permanent)
+        self.timeline.add(f"{user.name} {'accepts' if accept else 'declines'} call permission")
+        await self.deliver(
+            payloads.permission_reply(
+                user=user.wa_id,
+                user_name=user.name,
+                business=self.business_number,
+                phone_number_id=self.phone_number_id,
+                context_id=message_id,
+                accept=accept,
+                permanent=permanent,
+            )
+        )
+
+    async def _handle_permissions(self, request: web.Request) -> web.Response:
+        auth = request.headers.get("Authorization", "")
+        if auth != f"Bearer {self.access_token}":
+            return self._error(request, None, None, 401, 190, "Invalid OAuth access token")
+        wa_id = request.query.get("user_wa_id")
+        if not wa_id:
+            return self._error(
+                request, None, None, 400, 100, "(#100) The parameter user_wa_id is required."
+            )
+        self._record(request, dict(request.query), 200, None)
+        return web.json_response(self.permissions.as_graph(wa_id))

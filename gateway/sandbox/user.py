@@ -64,12 +64,32 @@ class UserCallState(StrEnum):
 
 
 class SimulatedUser:
-    """A WhatsApp user with a phone number, a name, and a phone that makes calls."""
+    """A WhatsApp user with a phone number, a name, and a phone.
 
-    def __init__(self, sandbox: CloudAPISandbox, wa_id: str, name: str = "Sandbox User") -> None:
+    For calls from the business, ``answer`` says what the phone does: ``"answer"``
+    after ``ring_seconds``, ``"reject"``, or ``"ignore"`` (ring until someone gives
+    up). ``permission_reply`` is how the user answers a call permission request:
+    ``"accept"``, ``"accept_permanent"``, ``"reject"`` or ``"ignore"``.
+    """
+
+    def __init__(
+        self,
+        sandbox: CloudAPISandbox,
+        wa_id: str,
+        name: str = "Sandbox User",
+        *,
+        answer: str = "answer",
+        ring_seconds: float = 0.3,
+        permission_reply: str = "ignore",
+    ) -> None:
         self.sandbox = sandbox
         self.wa_id = wa_id
         self.name = name
+        self.answer = answer
+        self.ring_seconds = ring_seconds
+        self.permission_reply = permission_reply
+        self.incoming: asyncio.Queue[UserCall] = asyncio.Queue()
+        sandbox.users[wa_id] = self
 
     async def place_call(self) -> UserCall:
         """Call the business: post a signed connect webhook with our offer."""
@@ -77,13 +97,30 @@ class SimulatedUser:
         await call.start()
         return call
 
+    def receive_call(self, call_id: str, offer: str, callback_data: str | None) -> UserCall:
+        """The business calls this user (the fake Graph API accepted ``connect``)."""
+        call = UserCall(self, call_id, direction="BUSINESS_INITIATED", callback_data=callback_data)
+        self.sandbox.calls[call_id] = call
+        call._spawn(call._ring(offer))
+        self.incoming.put_nowait(call)
+        return call
+
 
 class UserCall:
     """One call from a simulated user's phone."""
 
-    def __init__(self, user: SimulatedUser, call_id: str) -> None:
+    def __init__(
+        self,
+        user: SimulatedUser,
+        call_id: str,
+        *,
+        direction: str = "USER_INITIATED",
+        callback_data: str | None = None,
+    ) -> None:
         self.user = user
         self.call_id = call_id
+        self.direction = direction
+        self.callback_data = callback_data
         self.sandbox = user.sandbox
         self.state = UserCallState.OFFERED
         self.pc = rtc.new_peer_connection()
@@ -141,6 +178,68 @@ class UserCall:
             )
         )
         self.sandbox.timeline.add(f"webhook: connect delivered -> HTTP {response.status_code}")
+
+    async def _ring(self, offer: str) -> None:
+        # A business call reaches the phone: ring, then do what the user would.
+        user = self.user
+        self.sandbox.timeline.add(f"{user.name}'s phone rings")
+        await self._status("RINGING")
+        if user.answer == "ignore":
+            return
+        await asyncio.sleep(user.ring_seconds)
+        if self.state is UserCallState.ENDED:
+            return
+        if user.answer == "reject":
+            self.sandbox.timeline.add(f"{user.name} declines the call")
+            await self._status("REJECTED")
+            await self._end("rejected by the user", notify=True)
+            return
+        await self._answer(offer)
+
+    async def _answer(self, offer: str) -> None:
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        transceiver = self.pc.getTransceivers()[0]
+        transceiver.sender.replaceTrack(self.playout)
+        transceiver.direction = "sendrecv"
+        self.inbound = InboundAudio(
+            transceiver.receiver,
+            on_frame=self._on_frame,
+            on_dtmf=None,
+            opus_pt=rtc.OPUS_PT,
+            dtmf_pt=rtc.DTMF_PT,
+        )
+        self.inbound.attach()
+        answer = await self.pc.createAnswer()
+        await self.pc.setLocalDescription(answer)
+        self.answer_sdp = sdp.keep_fingerprint(self.pc.localDescription.sdp)
+        self.sandbox.timeline.add(f"{self.user.name} answers")
+        await self.sandbox.deliver(
+            payloads.connect_answer(
+                call_id=self.call_id,
+                user=self.user.wa_id,
+                user_name=self.user.name,
+                business=self.sandbox.business_number,
+                phone_number_id=self.sandbox.phone_number_id,
+                sdp=self.answer_sdp,
+                biz_opaque_callback_data=self.callback_data,
+            )
+        )
+        self.state = UserCallState.ACCEPTED
+        self.accepted_at = time.monotonic()
+        self.accepted.set()
+        await self._status("ACCEPTED")
+
+    async def _status(self, status: str) -> None:
+        await self.sandbox.deliver(
+            payloads.call_status(
+                call_id=self.call_id,
+                status=status,
+                recipient=self.user.wa_id,
+                business=self.sandbox.business_number,
+                phone_number_id=self.sandbox.phone_number_id,
+                biz_opaque_callback_data=self.callback_data,
+            )
+        )
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -242,20 +341,25 @@ class UserCall:
         if self.inbound is not None:
             self.inbound.detach()
         await self.pc.close()
+        business = self.sandbox.business_number
+        outgoing = self.direction == "USER_INITIATED"
+        if not outgoing:
+            self.sandbox.permissions.record_call(self.user.wa_id, answered=was_accepted)
         if notify:
             now = int(time.time())
             start = now - int(time.monotonic() - self.accepted_at) if self.accepted_at else None
             await self.sandbox.deliver(
                 payloads.terminate(
                     call_id=self.call_id,
-                    from_=self.user.wa_id,
-                    to=self.sandbox.business_number,
-                    business=self.sandbox.business_number,
+                    from_=self.user.wa_id if outgoing else business,
+                    to=business if outgoing else self.user.wa_id,
+                    business=business,
                     phone_number_id=self.sandbox.phone_number_id,
-                    direction="USER_INITIATED",
+                    direction=self.direction,
                     status="COMPLETED" if was_accepted else "FAILED",
                     start_time=start,
                     end_time=now if start is not None else None,
+                    biz_opaque_callback_data=self.callback_data,
                 )
             )
         self.sandbox.calls.pop(self.call_id, None)

@@ -1,0 +1,195 @@
+"""Business-initiated calls and call permissions, through the sandbox, the HTTP API and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import AsyncIterator
+
+import httpx
+import numpy as np
+import pytest
+
+from gateway.calls import SessionFactory
+from gateway.cli import main as cli_main
+from gateway.pipeline.bot import BaseBot, CallControl
+from gateway.pipeline.plugins import default_tts
+from gateway.pipeline.session import session_factory
+from gateway.sandbox.user import SimulatedUser
+
+from .conftest import API_KEY, Stack, start_stack, stop_stack
+
+GREETING = "Hello, this is a reminder of your appointment tomorrow at nine."
+
+
+class ReminderBot(BaseBot):
+    """Says one sentence when the callee answers, then hangs up."""
+
+    async def on_start(self, call: CallControl) -> None:
+        await call.say(GREETING)
+        await call.hangup("reminder delivered")
+
+
+def _sessions(name: str) -> SessionFactory:
+    return session_factory(ReminderBot, default_tts())
+
+
+@pytest.fixture
+async def api_stack() -> AsyncIterator[Stack]:
+    s = await start_stack(api_key=API_KEY, sessions=_sessions, session=_sessions("reminder"))
+    try:
+        yield s
+    finally:
+        await stop_stack(s)
+
+
+def _api(stack: Stack, key: str | None = API_KEY) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.AsyncClient(base_url=stack.gateway.url, headers=headers, timeout=20)
+
+
+async def _wait_ended(stack: Stack, call_id: str, seconds: float = 15) -> dict[str, object]:
+    async with _api(stack) as api, asyncio.timeout(seconds):
+        while True:
+            data = (await api.get(f"/calls/{call_id}")).json()
+            # Ended, and Meta's terminate webhook has been applied to the record.
+            if data["state"] == "ENDED" and data["terminate_status"]:
+                return data  # type: ignore[no-any-return]
+            await asyncio.sleep(0.1)
+
+
+async def test_answered_call_bot_speaks_and_callback_data_round_trips(api_stack: Stack) -> None:
+    stack = api_stack
+    callee = SimulatedUser(stack.sandbox, "15557654321", "Eve", answer="answer")
+    stack.sandbox.permissions.grant(callee.wa_id)
+    async with _api(stack) as api:
+        r = await api.post(
+            "/calls", json={"to": callee.wa_id, "biz_opaque_callback_data": "ticket=4711"}
+        )
+    assert r.status_code == 201, r.text
+    call_id = r.json()["call_id"]
+    assert r.json()["state"] in ("DIALING", "RINGING")
+    heard_call = await asyncio.wait_for(callee.incoming.get(), 5)
+    record = await _wait_ended(stack, call_id)
+    assert record["end_reason"] == "reminder delivered"
+    assert record["terminate_status"] == "COMPLETED"
+    assert record["biz_opaque_callback_data"] == "ticket=4711"
+    assert "RINGING" in record["statuses"]  # type: ignore[operator]
+    # The callee heard the sentence: well over a second of loud audio.
+    heard = heard_call.heard
+    frames = heard[: len(heard) // 320 * 320].reshape(-1, 320).astype(np.float32)
+    loud_frames = int(np.count_nonzero(np.sqrt((frames**2).mean(axis=1)) > 300))
+    assert loud_frames * 20 > 1200, loud_frames
+    actions = [a.action for a in stack.sandbox.actions() if a.action]
+    assert actions[0] == "connect" and actions[-1] == "terminate"
+    connect = next(a for a in stack.sandbox.actions() if a.action == "connect")
+    assert connect.body["session"]["sdp"].count("a=fingerprint:") == 1
+
+
+async def test_rejected_call(api_stack: Stack) -> None:
+    stack = api_stack
+    callee = SimulatedUser(stack.sandbox, "15557654322", "Finn", answer="reject")
+    stack.sandbox.permissions.grant(callee.wa_id)
+    call = await stack.gateway.calls.place_call(callee.wa_id)
+    record = await _wait_ended(stack, call.id)
+    assert record["end_reason"] == "rejected by the user"
+    assert record["statuses"] == ["RINGING", "REJECTED"]
+    assert record["terminate_status"] == "FAILED" and record["accepted_at"] is None
+    assert [a.action for a in stack.sandbox.actions() if a.action] == ["connect"]
+
+
+async def test_unanswered_call_times_out_and_is_terminated(api_stack: Stack) -> None:
+    stack = api_stack
+    callee = SimulatedUser(stack.sandbox, "15557654323", "Gus", answer="ignore")
+    stack.sandbox.permissions.grant(callee.wa_id)
+    call = await stack.gateway.calls.place_call(callee.wa_id, ring_timeout=1.0)
+    record = await _wait_ended(stack, call.id)
+    assert record["end_reason"] == "not answered within 1 s"
+    terminate = [a for a in stack.sandbox.actions() if a.action == "terminate"]
+    assert len(terminate) == 1 and terminate[0].body["call_id"] == call.id
+    assert stack.gateway.calls.calls == {}
+    assert [
+        t for t in asyncio.all_tasks() if t.get_name().startswith(call.id) and not t.done()
+    ] == []
+
+
+async def test_no_permission_138006_through_api_and_cli(api_stack: Stack) -> None:
+    stack = api_stack
+    SimulatedUser(stack.sandbox, "15557654324", "Hal")
+    async with _api(stack) as api:
+        r = await api.post("/calls", json={"to": "15557654324"})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == 138006 and "permission request first" in error["hint"]
+    out = io.StringIO()
+    loop = asyncio.get_running_loop()
+
+    def run_cli() -> int:
+        with contextlib.redirect_stdout(out):
+            return cli_main(
+                ["call", "15557654324", "--url", stack.gateway.url, "--api-key", API_KEY]
+            )
+
+    code = await loop.run_in_executor(None, run_cli)
+    assert code == 1
+    assert "138006" in out.getvalue() and "permission" in out.getvalue()
+    assert stack.gateway.calls.calls == {}
+
+
+async def test_permission_request_then_reply_then_call(api_stack: Stack) -> None:
+    stack = api_stack
+    callee = SimulatedUser(stack.sandbox, "15557654325", "Ida", permission_reply="accept")
+    async with _api(stack) as api:
+        before = (await api.get(f"/permissions/{callee.wa_id}")).json()
+        assert before["status"] == "no_permission" and not before["can_call"]
+        r = await api.post(
+            f"/permissions/{callee.wa_id}/request", json={"text": "May we call you?"}
+        )
+        assert r.status_code == 202 and r.json()["message_id"].startswith("wamid.")
+        async with asyncio.timeout(5):
+            while callee.wa_id not in stack.gateway.calls.permission_replies:
+                await asyncio.sleep(0.05)
+        after = (await api.get(f"/permissions/{callee.wa_id}")).json()
+        assert after["status"] == "temporary" and after["can_call"]
+        assert after["last_reply"]["accepted"] is True
+        # A second request within 24 h hits the limit (138009).
+        again = await api.post(f"/permissions/{callee.wa_id}/request")
+        assert again.status_code == 400 and again.json()["error"]["code"] == 138009
+        r = await api.post("/calls", json={"to": callee.wa_id})
+        assert r.status_code == 201
+    record = await _wait_ended(stack, r.json()["call_id"])
+    assert record["accepted_at"] is not None and record["end_reason"] == "reminder delivered"
+
+
+async def test_request_permission_instead_of_calling(api_stack: Stack) -> None:
+    stack = api_stack
+    SimulatedUser(stack.sandbox, "15557654326", "Jo")
+    async with _api(stack) as api:
+        r = await api.post("/calls", json={"to": "15557654326", "request_permission": True})
+    assert r.status_code == 202
+    assert r.json()["permission_requested"] is True and r.json()["error"]["code"] == 138006
+
+
+async def test_api_key_is_required(api_stack: Stack) -> None:
+    stack = api_stack
+    for key in (None, "wrong-key"):
+        async with _api(stack, key) as api:
+            for method, path in (("GET", "/calls"), ("POST", "/calls"), ("GET", "/permissions/1")):
+                r = await api.request(method, path, json={"to": "1"})
+                assert r.status_code == 401, (key, method, path)
+    async with _api(stack, None) as api:
+        spec = (await api.get("/openapi.json")).json()
+    assert spec["openapi"].startswith("3.") and "/calls/{call_id}" in spec["paths"]
+
+
+async def test_api_is_off_without_a_key(stack: Stack) -> None:
+    async with _api(stack) as api:
+        assert (await api.get("/calls")).status_code == 404
+
+
+async def test_callback_data_too_long_is_refused_locally(api_stack: Stack) -> None:
+    async with _api(api_stack) as api:
+        r = await api.post("/calls", json={"to": "1555", "biz_opaque_callback_data": "x" * 600})
+    assert r.status_code == 400 and "512" in r.json()["error"]["message"]
+    assert not [a for a in api_stack.sandbox.requests if a.action == "connect"]
