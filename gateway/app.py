@@ -12,6 +12,7 @@ from .api import CallsAPI
 from .calls import CallManager, SessionFactory
 from .config import Settings
 from .graph import GraphClient
+from .metrics import Metrics
 from .webhooks import MAX_BODY_BYTES, WebhookReceiver
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class Gateway:
         self.app = web.Application(client_max_size=MAX_BODY_BYTES)
         self.webhooks.add_routes(self.app)
         self.app.router.add_get("/healthz", self._healthz)
+        self.metrics = Metrics(self.calls, self.webhooks)
+        self.app.router.add_get("/metrics", self.metrics.handle)
         if settings.api_key is not None:
             CallsAPI(
                 self.calls, self.graph, api_key=settings.api_key.value, sessions=sessions
@@ -64,6 +67,7 @@ class Gateway:
     async def start(self) -> None:
         """Start the call manager and listen for HTTP."""
         await self.calls.start()
+        self.metrics.lag.start()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
@@ -75,6 +79,7 @@ class Gateway:
     async def aclose(self) -> None:
         """End every call, stop serving, close the Graph client."""
         await self.calls.aclose()
+        await self.metrics.lag.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.graph.aclose()

@@ -9,7 +9,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .errors import GatewayError
+from .errors import ConfigError, GatewayError
 
 log = logging.getLogger("gateway")
 
@@ -82,6 +82,36 @@ def _parser() -> argparse.ArgumentParser:
     call.add_argument("--url", help="gateway base URL (GATEWAY_URL, default http://127.0.0.1:8080)")
     call.add_argument("--api-key", help="API key (GATEWAY_API_KEY)")
 
+    load = sub.add_parser(
+        "loadtest",
+        help="drive many simulated calls with recorded speech and report what they measured",
+        description="Places N concurrent sandbox calls, ramped at R per second, each speaking "
+        "the given recordings with pauses between utterances, and reports setup time, "
+        "response latency, barge-in stop time, packet loss and lateness, and the gateway's "
+        "CPU per call-second, memory and event-loop lag (read from its /metrics). "
+        "Without --gateway-url it starts a local gateway subprocess for the run.",
+    )
+    load.add_argument("--calls", type=int, default=10, help="concurrent calls (default 10)")
+    load.add_argument(
+        "--rate", type=float, default=5.0, help="calls started per second (default 5)"
+    )
+    load.add_argument(
+        "--duration", type=float, default=20.0, help="seconds each call talks (default 20)"
+    )
+    load.add_argument(
+        "--audio",
+        nargs="+",
+        required=True,
+        metavar="WAV_OR_DIR",
+        help="WAV files or folders of them (any rate/channels; unreadable files are refused)",
+    )
+    load.add_argument("--bot", default="echo", help="bot the local gateway runs (default echo)")
+    load.add_argument("--report", help="write the JSON report here")
+    load.add_argument("--charts", metavar="DIR", help="write PNG charts here (needs matplotlib)")
+    load.add_argument("--gateway-url", help="load a running gateway instead of starting one")
+    load.add_argument("--graph-port", type=int, default=0, help="port of the sandbox's Graph API")
+    load.add_argument("--seed", type=int, default=1, help="random seed for pauses (default 1)")
+
     sub.add_parser("bots", help="list the installed bot plugins")
     return parser
 
@@ -109,6 +139,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .client import place_call
 
             return asyncio.run(place_call(args))
+        if args.command == "loadtest":
+            return asyncio.run(_loadtest(args))
         if args.command == "bots":
             from .pipeline.plugins import available_bots
 
@@ -139,3 +171,39 @@ async def _serve(args: argparse.Namespace) -> int:
     await stop.wait()
     await gateway.aclose()
     return 0
+
+
+async def _loadtest(args: argparse.Namespace) -> int:
+    import os
+
+    from .sandbox.loadtest import (
+        LoadTestConfig,
+        run_load_test,
+        save_report,
+        summary_table,
+        write_charts,
+    )
+
+    if args.calls < 1 or args.rate <= 0 or args.duration <= 0:
+        raise ConfigError("--calls, --rate and --duration must be positive")
+    config = LoadTestConfig(
+        calls=args.calls,
+        rate=args.rate,
+        duration=args.duration,
+        audio=args.audio,
+        bot=args.bot,
+        gateway_url=args.gateway_url,
+        app_secret=os.environ.get("WHATSAPP_APP_SECRET"),
+        access_token=os.environ.get("WHATSAPP_ACCESS_TOKEN"),
+        graph_port=args.graph_port,
+        seed=args.seed,
+    )
+    report = await run_load_test(config)
+    print(summary_table(report))
+    if args.report:
+        save_report(report, args.report)
+        print(f"report: {args.report}")
+    if args.charts:
+        for path in write_charts(report, args.charts):
+            print(f"chart: {path}")
+    return 0 if report["ended_cleanly"] == report["calls"] else 1

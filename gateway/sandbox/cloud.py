@@ -102,6 +102,8 @@ class CloudAPISandbox:
         self.permissions = PermissionStore()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failures: dict[str, list[_Failure]] = {}
+        # Extra routes served beside the fake Graph API (e.g. the browser phone).
+        self.route_hooks: list[Callable[[web.Application], None]] = []
         self._runner: web.AppRunner | None = None
         self._http: httpx.AsyncClient | None = None
 
@@ -118,6 +120,8 @@ class CloudAPISandbox:
         app.router.add_post("/{version}/{pnid}/calls", self._handle_calls)
         app.router.add_post("/{version}/{pnid}/messages", self._handle_messages)
         app.router.add_get("/{version}/{pnid}/call_permissions", self._handle_permissions)
+        for hook in self.route_hooks:
+            hook(app)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)

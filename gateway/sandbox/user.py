@@ -91,10 +91,13 @@ class SimulatedUser:
         self.incoming: asyncio.Queue[UserCall] = asyncio.Queue()
         sandbox.users[wa_id] = self
 
-    async def place_call(self) -> UserCall:
-        """Call the business: post a signed connect webhook with our offer."""
+    async def place_call(self, *, inbound: bool = True) -> UserCall:
+        """Call the business: post a signed connect webhook with our offer.
+
+        ``inbound=False`` leaves received audio undecoded (load tests count packets).
+        """
         call = UserCall(self, self.sandbox.new_call_id())
-        await call.start()
+        await call.start(decode=inbound)
         return call
 
     def receive_call(self, call_id: str, offer: str, callback_data: str | None) -> UserCall:
@@ -148,22 +151,23 @@ class UserCall:
 
     # --- setup ------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, *, decode: bool = True) -> None:
         sender = self.pc.addTrack(self.playout)
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
         # A phone is the controlled side: Meta's edge is ICE-lite, the business controls.
         ice = sender.transport.transport
         ice._connection.ice_controlling = False
-        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.sender is sender)
-        self.inbound = InboundAudio(
-            receiver,
-            on_frame=self._on_frame,
-            on_dtmf=None,
-            opus_pt=rtc.OPUS_PT,
-            dtmf_pt=rtc.DTMF_PT,
-        )
-        self.inbound.attach()
+        if decode:
+            receiver = next(t.receiver for t in self.pc.getTransceivers() if t.sender is sender)
+            self.inbound = InboundAudio(
+                receiver,
+                on_frame=self._on_frame,
+                on_dtmf=None,
+                opus_pt=rtc.OPUS_PT,
+                dtmf_pt=rtc.DTMF_PT,
+            )
+            self.inbound.attach()
         self.offer_sdp = whatsapp_offer(self.pc.localDescription.sdp)
         self.sandbox.calls[self.call_id] = self
         self.sandbox.timeline.add(f"{self.user.name} ({self.user.wa_id}) calls the business")

@@ -1,0 +1,114 @@
+"""The baseline: a stock aiortc echo behind the same WhatsApp signaling.
+
+Webhooks, Graph actions and SDP fixes are the gateway's own (they are not the
+hot path); the media is what a straightforward aiortc app does: the remote
+track (decoded in aiortc's decoder thread, 48 kHz stereo) is added back as the
+outgoing track (re-encoded by aiortc's encoder in an executor thread). No
+pipeline, no VAD. Serves /metrics like the gateway, so the load tester can read
+its CPU per call-second.
+
+Run by benchmarks/cpu_per_call.py; configured by the same environment variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+from gateway import sdp
+from gateway.events import CallConnect, CallTerminate, Event
+from gateway.graph import GraphClient
+from gateway.media.ice import use_host_addresses
+from gateway.metrics import process_cpu_seconds, process_rss_bytes
+from gateway.webhooks import WebhookReceiver
+
+log = logging.getLogger("stock_echo")
+
+
+class StockEcho:
+    def __init__(self) -> None:
+        env = os.environ
+        self.graph = GraphClient(
+            base_url=env["WHATSAPP_GRAPH_URL"],
+            access_token=env["WHATSAPP_ACCESS_TOKEN"],
+            phone_number_id=env["WHATSAPP_PHONE_NUMBER_ID"],
+        )
+        self.pcs: dict[str, tuple[RTCPeerConnection, float]] = {}
+        self.ended_seconds = 0.0
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.webhooks = WebhookReceiver(
+            app_secret=env["WHATSAPP_APP_SECRET"],
+            verify_token=env["WHATSAPP_VERIFY_TOKEN"],
+            sink=self.on_event,
+        )
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, CallConnect) and event.sdp_type == "offer":
+            task = asyncio.create_task(self.answer(event))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        elif isinstance(event, CallTerminate) and event.call_id in self.pcs:
+            pc, accepted = self.pcs.pop(event.call_id)
+            self.ended_seconds += time.time() - accepted
+            task = asyncio.create_task(pc.close())
+            self.tasks.add(task)  # type: ignore[arg-type]
+            task.add_done_callback(self.tasks.discard)  # type: ignore[arg-type]
+
+    async def answer(self, event: CallConnect) -> None:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+        @pc.on("track")
+        def on_track(track: object) -> None:
+            pc.addTrack(track)  # echo: decoded frames straight back to the encoder
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=event.sdp, type="offer"))
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+        text = sdp.prepare_answer(pc.localDescription.sdp)
+        await self.graph.pre_accept(event.call_id, text)
+        await self.graph.accept(event.call_id, text)
+        self.pcs[event.call_id] = (pc, time.time())
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        now = time.time()
+        live = sum(now - t for _, t in self.pcs.values())
+        text = (
+            f"process_cpu_seconds_total {process_cpu_seconds():.6f}\n"
+            f"process_resident_memory_bytes {process_rss_bytes()}\n"
+            f"gateway_active_calls {len(self.pcs)}\n"
+            f"gateway_call_seconds_total {self.ended_seconds + live:.6f}\n"
+        )
+        return web.Response(text=text)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+
+async def main() -> None:
+    use_host_addresses(["127.0.0.1"])
+    echo = StockEcho()
+    app = web.Application(client_max_size=16 * 2**20)
+    echo.webhooks.add_routes(app)
+    app.router.add_get("/metrics", echo.metrics)
+    app.router.add_get("/healthz", echo.healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", int(os.environ["GATEWAY_PORT"])).start()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    for pc, _ in list(echo.pcs.values()):
+        await pc.close()
+    await runner.cleanup()
+    await echo.graph.aclose()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(main())
