@@ -15,10 +15,11 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.codecs import CODECS
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from .media.dtmf import DTMF_PAYLOAD_TYPE, add_telephone_event_codec
 from .media.ice import use_host_addresses
 
 OPUS_PT = 111
-DTMF_PT = 126
+DTMF_PT = DTMF_PAYLOAD_TYPE
 
 _configured = False
 

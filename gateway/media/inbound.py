@@ -1,0 +1,326 @@
+"""Inbound audio: RTP packets to 16 kHz frames on the event loop, without aiortc's decoder.
+
+aiortc's :class:`~aiortc.RTCRtpReceiver` passes each RTP packet through a jitter
+buffer that holds 4 packets back (80 ms) and, after a single lost packet, until
+it overflows, leaving it 18 packets (360 ms) behind for the rest of the call;
+then through a decoder thread, with two queue hops between threads per frame.
+:class:`InboundAudio` takes the packets before all that. It is called where
+aiortc would be: ``RTCDtlsTransport`` routes each packet (by SSRC and
+negotiated payload type) to the receiver's ``_handle_rtp_packet``, which
+:meth:`InboundAudio.attach` shadows on that one receiver instance. The
+receiver's RTCP task keeps running, and the packets still feed its reception
+statistics, so RTCP receiver reports go on.
+
+Its own :class:`JitterBuffer` adds no delay while packets come in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from aiortc import RTCRtpReceiver
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import RtpPacket
+
+from gateway.media.audio import FRAME_MS, PCM
+from gateway.media.dtmf import DtmfDetector
+from gateway.media.opus import FRAME_TICKS, OPUS_RATE, OpusDecoder, packet_duration
+
+logger = logging.getLogger(__name__)
+
+_HALF_RANGE: Final = 1 << 31
+
+
+def _timestamp_delta(a: int, b: int) -> int:
+    """``a - b`` for 32-bit RTP timestamps, across wrap-around."""
+    return ((a - b + _HALF_RANGE) & 0xFFFFFFFF) - _HALF_RANGE
+
+
+class JitterBuffer:
+    """Puts audio packets back in RTP timestamp order, with no delay when they are in order.
+
+    Sequence numbers cannot be used: DTMF packets share the audio stream's
+    sequence space, so a gap in audio sequence numbers is not a loss. Each
+    packet is handed to ``output`` as soon as every packet before it in time
+    was. A missing packet is waited for while at most ``window`` frames of
+    later audio are held back for it (or until :meth:`release`), then given
+    up: ``output(None)`` stands for it, and everything held goes out at once,
+    so a loss adds no lasting delay. Packets older than what was handed on are
+    dropped as late.
+    A jump of more than ``max_gap`` frames is a discontinuity, not a loss: the
+    buffer restarts at the new timestamp without filling the gap.
+    """
+
+    def __init__(
+        self,
+        output: Callable[[bytes | None], None],
+        *,
+        window: int = 2,
+        max_gap: int = 25,
+        frame_ticks: int = FRAME_TICKS,
+    ) -> None:
+        if window < 0 or max_gap <= window:
+            raise ValueError("need 0 <= window < max_gap")
+        self._output = output
+        self._window = window * frame_ticks
+        self._max_gap = max_gap * frame_ticks
+        self._slot = frame_ticks  # duration of the last packet: the size of a lost one
+        # Timestamps below are unwrapped (64-bit): the first packet's, then deltas.
+        self._next: int | None = None
+        self._held: dict[int, tuple[bytes, int]] = {}
+        self._far_behind = 0
+        self.late = 0
+        """Packets dropped because they came after their time (or twice)."""
+        self.discontinuities = 0
+
+    @property
+    def holding(self) -> bool:
+        """Whether packets wait for a missing one."""
+        return bool(self._held)
+
+    def push(self, timestamp: int, payload: bytes, duration: int = FRAME_TICKS) -> None:
+        """Add a packet with its RTP timestamp and duration (in RTP clock ticks)."""
+        next_ts = self._next
+        if next_ts is None:
+            self._play(timestamp, payload, duration)
+            return
+        ts = next_ts + _timestamp_delta(timestamp, next_ts)
+        ahead = ts - next_ts
+        if ahead == 0:
+            self._far_behind = 0
+            self._play(ts, payload, duration)
+            if self._held:
+                self._drain()
+        elif ahead < 0:
+            if ahead >= -self._max_gap:
+                self._far_behind = 0
+            else:
+                # One very late packet, or a new timeline: a second such packet decides.
+                self._far_behind += 1
+                if self._far_behind >= 2:
+                    self._far_behind = 0
+                    self._held.clear()
+                    self.discontinuities += 1
+                    self._play(ts, payload, duration)
+                    return
+            self.late += 1
+        else:
+            self._far_behind = 0
+            if ahead > self._max_gap:
+                self.release()
+                self.discontinuities += 1
+                self._play(ts, payload, duration)
+            elif ts in self._held:
+                self.late += 1
+            else:
+                self._held[ts] = (payload, duration)
+                self._drain()
+
+    def release(self) -> None:
+        """Stop waiting: give up the missing packets and hand on all held ones."""
+        while self._held:
+            self._give_up_or_play()
+
+    def _drain(self) -> None:
+        assert self._next is not None
+        while self._held:
+            if self._next not in self._held and max(self._held) - self._next <= self._window:
+                return  # still within the reorder window
+            self._give_up_or_play()
+
+    def _give_up_or_play(self) -> None:
+        assert self._next is not None
+        entry = self._held.pop(self._next, None)
+        if entry is not None:
+            self._play(self._next, *entry)
+            return
+        gap = min(self._held) - self._next
+        self._next += min(self._slot, gap)
+        self._output(None)
+
+    def _play(self, ts: int, payload: bytes, duration: int) -> None:
+        self._next = ts + duration
+        self._slot = duration
+        self._output(payload)
+
+
+@dataclass(frozen=True, slots=True)
+class InboundStats:
+    """Counters of an :class:`InboundAudio` since it was attached."""
+
+    packets: int
+    """Opus packets received."""
+    lost: int
+    """Frames that never came (concealed), not counting audio paused for DTMF."""
+    late: int
+    """Opus packets dropped because they came too late (or twice)."""
+    concealed: int
+    """Frames made up by packet-loss concealment, lost or undecodable."""
+    dtmf: int
+    """Key presses reported."""
+    dtmf_packets: int
+    decode_errors: int
+    discontinuities: int
+
+
+class InboundAudio:
+    """Decodes a receiver's Opus and DTMF packets in the event loop, as they arrive.
+
+    ``on_frame`` gets each 16 kHz mono frame (320 samples per 20 ms packet);
+    the array belongs to the callee. ``on_dtmf`` gets (digit, duration in ms)
+    once per key press. Other payload types are ignored.
+
+    Attach before media flows (e.g. right after ``setRemoteDescription``):
+    packets that reach aiortc's own path go to the receiver's track, which
+    this class leaves unused.
+    """
+
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver,
+        on_frame: Callable[[PCM], None],
+        on_dtmf: Callable[[str, int], None] | None = None,
+        opus_pt: int = 111,
+        dtmf_pt: int = 126,
+        *,
+        window: int = 2,
+        max_gap: int = 25,
+    ) -> None:
+        self.receiver = receiver
+        self.on_frame = on_frame
+        self.on_dtmf = on_dtmf
+        self.opus_pt = opus_pt
+        self.dtmf_pt = dtmf_pt
+        self._decoder = OpusDecoder()
+        self._jitter = JitterBuffer(self._on_payload, window=window, max_gap=max_gap)
+        self._detector = DtmfDetector(self._on_key)
+        # If packets stop while some are held, stop waiting a little after the window.
+        self._release_after = (window * FRAME_MS + FRAME_MS / 2) / 1000
+        self._release_timer: asyncio.TimerHandle | None = None
+        self._rtcp_streams: dict[int, StreamStatistics] | None = None
+        self._dtmf_since_audio = False
+        self._attached = False
+        self._packets = 0
+        self._lost = 0
+        self._concealed = 0
+        self._dtmf = 0
+        self._dtmf_packets = 0
+        self._decode_errors = 0
+
+    def attach(self) -> None:
+        """Take the receiver's RTP packets from now on."""
+        if self._attached:
+            return
+        self._rtcp_streams = _reception_statistics(self.receiver)
+        self.receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
+        self._attached = True
+
+    def detach(self) -> None:
+        """Give the packets back to aiortc, and report a key press still in progress."""
+        if not self._attached:
+            return
+        self.receiver.__dict__.pop("_handle_rtp_packet", None)
+        self._attached = False
+        self._cancel_release()
+        self._detector.flush()
+
+    @property
+    def stats(self) -> InboundStats:
+        """A snapshot of the counters."""
+        return InboundStats(
+            packets=self._packets,
+            lost=self._lost,
+            late=self._jitter.late,
+            concealed=self._concealed,
+            dtmf=self._dtmf,
+            dtmf_packets=self._dtmf_packets,
+            decode_errors=self._decode_errors,
+            discontinuities=self._jitter.discontinuities,
+        )
+
+    async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        """Stands in for ``RTCRtpReceiver._handle_rtp_packet``."""
+        if not self.receiver._enabled:
+            return
+        streams = self._rtcp_streams
+        if streams is not None:
+            stream = streams.get(packet.ssrc)
+            if stream is None:
+                stream = streams[packet.ssrc] = StreamStatistics(OPUS_RATE)
+            stream.add(packet)
+        try:
+            if packet.payload_type == self.opus_pt:
+                self._packets += 1
+                self._push_audio(packet)
+            elif packet.payload_type == self.dtmf_pt:
+                self._dtmf_packets += 1
+                self._dtmf_since_audio = True
+                self._detector.feed(packet.timestamp, packet.payload)
+        except Exception:
+            # Raising here would end aiortc's receive loop: the whole call.
+            logger.exception("inbound RTP packet handling failed: %s", packet)
+
+    def _push_audio(self, packet: RtpPacket) -> None:
+        try:
+            duration = packet_duration(packet.payload)
+        except ValueError:
+            duration = FRAME_TICKS  # undecodable: it will be concealed
+        self._jitter.push(packet.timestamp, packet.payload, duration)
+        if self._jitter.holding:
+            if self._release_timer is None:
+                loop = asyncio.get_running_loop()
+                self._release_timer = loop.call_later(self._release_after, self._release)
+        elif self._release_timer is not None:
+            self._cancel_release()
+
+    def _release(self) -> None:
+        self._release_timer = None
+        try:
+            self._jitter.release()
+        except Exception:
+            logger.exception("inbound jitter buffer release failed")
+
+    def _cancel_release(self) -> None:
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+
+    def _on_payload(self, payload: bytes | None) -> None:
+        if payload is None:
+            if not self._dtmf_since_audio:
+                # Senders may pause audio while a key is down; that is no loss.
+                self._lost += 1
+            frame = self._decoder.conceal()
+            self._concealed += 1
+        else:
+            self._dtmf_since_audio = False
+            try:
+                frame = self._decoder.decode(payload)
+            except ValueError:
+                self._decode_errors += 1
+                self._concealed += 1
+                frame = self._decoder.conceal()
+        self.on_frame(frame)
+
+    def _on_key(self, digit: str, duration_ms: int) -> None:
+        self._dtmf += 1
+        if self.on_dtmf is not None:
+            self.on_dtmf(digit, duration_ms)
+
+
+def _reception_statistics(receiver: RTCRtpReceiver) -> dict[int, StreamStatistics] | None:
+    """The receiver's per-SSRC reception statistics, which its RTCP reports are built from.
+
+    aiortc fills them in the ``_handle_rtp_packet`` we replace; without them
+    it would stop sending receiver reports. This is the one private attribute
+    read here; if a future aiortc renames it, reports stop but audio goes on.
+    """
+    streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
+    if not isinstance(streams, dict):
+        logger.warning("aiortc internals changed: no RTCP receiver reports for inbound audio")
+        return None
+    return streams

@@ -1,0 +1,265 @@
+"""Outbound audio: the track that aiortc sends to the caller.
+
+:class:`PlayoutTrack` hands aiortc one Opus packet every 20 ms, as an
+``av.Packet``. aiortc's :class:`~aiortc.RTCRtpSender` then takes its ``pack()``
+path: no encoder of its own, no executor hop. The track always has something to
+send: queued speech if there is any, else a cached silence packet, because
+WhatsApp drops a call that goes 20 s without media.
+
+Speech is queued as 16 kHz PCM (:meth:`PlayoutTrack.play`, encoded one frame
+per ``recv()`` so a long utterance never means a long encode on the event loop)
+or as Opus packets encoded earlier (:meth:`PlayoutTrack.play_packets`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import av
+import numpy as np
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from gateway.media.audio import FRAME_MS, FRAME_SAMPLES, PCM
+from gateway.media.opus import FRAME_TICKS, OPUS_RATE, OpusEncoder, frames_for, silence_packet
+
+logger = logging.getLogger(__name__)
+
+TIME_BASE: Final = fractions.Fraction(1, OPUS_RATE)
+FRAME_SECONDS: Final = FRAME_MS / 1000
+
+
+@dataclass(frozen=True, slots=True)
+class PlayoutStats:
+    """Counters of a :class:`PlayoutTrack` since it started."""
+
+    frames_sent: int
+    speech_frames: int
+    silence_frames: int
+    late_frames: int
+    """Frames sent more than one frame period after they were due."""
+    skipped_frames: int
+    """Frame slots given up after an event-loop stall, instead of bursting to catch up."""
+
+
+class Playback:
+    """One queued utterance: await :meth:`wait` until it is sent or flushed."""
+
+    def __init__(self, frames: int) -> None:
+        self.frames = frames
+        """Frames queued."""
+        self.frames_sent = 0
+        self.interrupted = False
+        """True if :meth:`PlayoutTrack.flush` (or stop) dropped frames of it."""
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def wait(self) -> Playback:
+        """Wait until the last frame was sent or the playback was flushed."""
+        await asyncio.shield(self.done)
+        return self
+
+    def _finish(self, *, interrupted: bool) -> None:
+        self.interrupted = interrupted
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def __repr__(self) -> str:
+        state = "interrupted" if self.interrupted else "done" if self.done.done() else "playing"
+        return f"<Playback {self.frames_sent}/{self.frames} frames, {state}>"
+
+
+class _Queued:
+    """A playback's source: PCM to encode on the fly, or Opus packets."""
+
+    __slots__ = ("next_index", "packets", "pcm", "playback")
+
+    def __init__(self, playback: Playback, pcm: PCM | None, packets: Sequence[bytes]) -> None:
+        self.playback = playback
+        self.pcm = pcm
+        self.packets = packets
+        self.next_index = 0
+
+    @property
+    def remaining(self) -> int:
+        return self.playback.frames - self.next_index
+
+
+class PlayoutTrack(MediaStreamTrack):
+    """An audio track that sends queued speech, or silence, every 20 ms.
+
+    ``max_burst`` bounds catching up after the event loop stalled: up to that
+    many frames go out back to back; beyond it the clock jumps forward instead
+    (the RTP timestamps skip, so the receiver conceals the gap rather than
+    buffering the delay for the rest of the call).
+
+    ``on_frame_sent(pts, is_speech)`` is called as each frame leaves, pts in
+    48 kHz units.
+    """
+
+    kind = "audio"
+
+    def __init__(
+        self,
+        *,
+        bitrate: int = 20000,
+        max_burst: int = 3,
+        on_frame_sent: Callable[[int, bool], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.on_frame_sent = on_frame_sent
+        self._bitrate = bitrate
+        self._max_burst = max_burst
+        self._encoder: OpusEncoder | None = None
+        self._silence = silence_packet()
+        self._pad = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._queue: deque[_Queued] = deque()
+        self._start: float | None = None
+        self._pts = 0
+        self._frames_sent = 0
+        self._speech_frames = 0
+        self._late_frames = 0
+        self._skipped_frames = 0
+
+    # --- what the bot calls --------------------------------------------------------
+
+    def play(self, pcm: PCM) -> Playback:
+        """Queue 16 kHz mono int16 speech; it is encoded a frame at a time as it is sent.
+
+        The array is not copied: do not modify it until the playback is done.
+        """
+        if pcm.ndim != 1 or pcm.dtype != np.int16:
+            raise ValueError(f"expected 1-D int16 samples, got {pcm.ndim}-D {pcm.dtype}")
+        return self._enqueue(pcm, (), frames_for(len(pcm)) if len(pcm) else 0)
+
+    def play_packets(self, packets: Sequence[bytes]) -> Playback:
+        """Queue speech already encoded as 20 ms Opus packets (e.g. a cached prompt)."""
+        return self._enqueue(None, packets, len(packets))
+
+    def flush(self) -> int:
+        """Drop all queued speech from the next frame on (barge-in); returns frames dropped."""
+        dropped = 0
+        while self._queue:
+            item = self._queue.popleft()
+            dropped += item.remaining
+            if item.pcm is not None and item.next_index:
+                # The encoder holds the interrupted speech in its lookahead and
+                # state; a fresh one keeps it out of the next utterance.
+                self._encoder = None
+            item.playback._finish(interrupted=True)
+        return dropped
+
+    @property
+    def is_playing(self) -> bool:
+        """Whether speech is queued or being sent."""
+        return bool(self._queue)
+
+    @property
+    def stats(self) -> PlayoutStats:
+        """A snapshot of the counters."""
+        return PlayoutStats(
+            frames_sent=self._frames_sent,
+            speech_frames=self._speech_frames,
+            silence_frames=self._frames_sent - self._speech_frames,
+            late_frames=self._late_frames,
+            skipped_frames=self._skipped_frames,
+        )
+
+    def stop(self) -> None:
+        """End the track: queued playbacks finish as interrupted."""
+        self.flush()
+        super().stop()
+
+    # --- what aiortc calls ---------------------------------------------------------
+
+    async def recv(self) -> av.Packet:
+        """The next 20 ms Opus packet, returned when it is due."""
+        if self.readyState != "live":
+            raise MediaStreamError
+        loop = asyncio.get_running_loop()
+        if self._start is None:
+            self._start = loop.time()
+        else:
+            self._pts += FRAME_TICKS
+            await self._wait_until_due(loop)
+            if self.readyState != "live":
+                raise MediaStreamError
+
+        # Chosen only now, so a flush() while we slept takes effect at this frame.
+        payload = self._next_speech()
+        is_speech = payload is not None
+        if payload is None:
+            payload = self._silence
+        else:
+            self._speech_frames += 1
+        self._frames_sent += 1
+
+        packet = av.Packet(payload)
+        packet.pts = self._pts
+        packet.time_base = TIME_BASE
+        if self.on_frame_sent is not None:
+            try:
+                self.on_frame_sent(self._pts, is_speech)
+            except Exception:
+                # An exception here would end aiortc's RTP loop, and the call's audio.
+                logger.exception("on_frame_sent callback failed")
+        return packet
+
+    async def _wait_until_due(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert self._start is not None
+        delay = self._start + self._pts / OPUS_RATE - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+            return
+        late = -delay
+        if late > FRAME_SECONDS:
+            self._late_frames += 1
+        if late > self._max_burst * FRAME_SECONDS:
+            # Skip the missed slots but this one; the media clock stays on the loop clock.
+            skip = int(late / FRAME_SECONDS)
+            self._pts += skip * FRAME_TICKS
+            self._skipped_frames += skip
+
+    def _next_speech(self) -> bytes | None:
+        if not self._queue:
+            return None
+        item = self._queue[0]
+        index = item.next_index
+        item.next_index += 1
+        if item.pcm is None:
+            payload = item.packets[index]
+        else:
+            payload = self._encode(item.pcm, index)
+        item.playback.frames_sent += 1
+        if item.remaining == 0:
+            # Awaiters of the playback run once this packet is on its way.
+            self._queue.popleft()
+            item.playback._finish(interrupted=False)
+        return payload
+
+    def _encode(self, pcm: PCM, index: int) -> bytes:
+        if self._encoder is None:
+            self._encoder = OpusEncoder(self._bitrate)
+        start = index * FRAME_SAMPLES
+        end = start + FRAME_SAMPLES
+        if end <= len(pcm):
+            return self._encoder.encode(pcm[start:end])
+        # The last frames: the tail padded with zeros, which also flushes the
+        # encoder's lookahead so this utterance ends inside its own packets.
+        pad = self._pad
+        tail = max(0, len(pcm) - start)
+        pad[:tail] = pcm[start:]
+        pad[tail:] = 0
+        return self._encoder.encode(pad)
+
+    def _enqueue(self, pcm: PCM | None, packets: Sequence[bytes], frames: int) -> Playback:
+        playback = Playback(frames)
+        if self.readyState != "live" or frames == 0:
+            playback._finish(interrupted=frames > 0)
+            return playback
+        self._queue.append(_Queued(playback, pcm, packets))
+        return playback

@@ -1,0 +1,230 @@
+"""PlayoutTrack: pacing, speech and silence, playbacks, barge-in."""
+
+from __future__ import annotations
+
+import asyncio
+import fractions
+import time
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from aiortc.codecs.opus import OpusEncoder as AiortcOpusEncoder
+from aiortc.mediastreams import MediaStreamError
+from numpy.typing import NDArray
+
+import gateway.media.playout
+from gateway.media.audio import FRAME_SAMPLES, load_wav
+from gateway.media.opus import OpusDecoder, OpusEncoder, frames_for, silence_packet
+from gateway.media.playout import PlayoutTrack
+
+AUDIO = Path(__file__).resolve().parent / ".." / ".." / "shared" / "audio"
+
+
+@pytest.fixture(scope="module")
+def speech() -> NDArray[np.int16]:
+    return load_wav(AUDIO / "cards-005.wav")
+
+
+def block_the_event_loop(seconds: float) -> None:
+    """A stall, as a slow callback elsewhere in the process would cause."""
+    time.sleep(seconds)
+
+
+async def collect(track: PlayoutTrack, count: int) -> list[av.Packet]:
+    return [await track.recv() for _ in range(count)]
+
+
+def envelope(pcm: NDArray[np.int16]) -> NDArray[np.float64]:
+    n = len(pcm) // FRAME_SAMPLES
+    f = pcm[: n * FRAME_SAMPLES].astype(np.float64).reshape(n, FRAME_SAMPLES)
+    result: NDArray[np.float64] = np.sqrt((f**2).mean(axis=1))
+    return result
+
+
+async def test_idle_track_sends_silence_on_time() -> None:
+    track = PlayoutTrack()
+    loop = asyncio.get_running_loop()
+    times = []
+    packets = []
+    for _ in range(6):
+        packets.append(await track.recv())
+        times.append(loop.time())
+    assert [bytes(p) for p in packets] == [silence_packet()] * 6
+    assert [p.pts for p in packets] == [0, 960, 1920, 2880, 3840, 4800]
+    assert all(p.time_base == fractions.Fraction(1, 48000) for p in packets)
+    # Never ahead of schedule (a track that bursts would be).
+    for k, t in enumerate(times):
+        assert t - times[0] >= k * 0.020 - 0.002
+    stats = track.stats
+    assert (stats.frames_sent, stats.speech_frames, stats.silence_frames) == (6, 0, 6)
+    assert not track.is_playing
+
+
+async def test_aiortc_packs_our_packets_with_pts_as_timestamp() -> None:
+    track = PlayoutTrack()
+    await track.recv()
+    packet = await track.recv()
+    payloads, timestamp = AiortcOpusEncoder().pack(packet)
+    assert payloads == [silence_packet()]
+    assert timestamp == 960
+
+
+async def test_play_sends_the_speech_then_silence(speech: NDArray[np.int16]) -> None:
+    pcm = speech[16000:32000]  # one second, mid-sentence
+    track = PlayoutTrack()
+    playback = track.play(pcm)
+    count = frames_for(len(pcm))
+    assert playback.frames == count
+    assert track.is_playing
+
+    packets = await collect(track, count)
+    assert playback.done.done()
+    assert playback.frames_sent == count
+    assert not playback.interrupted
+    assert not track.is_playing
+    assert await playback.wait() is playback
+    assert bytes(await track.recv()) == silence_packet()
+
+    # Encoded frame by frame, it is exactly what one encoder makes of the whole.
+    assert [bytes(p) for p in packets] == OpusEncoder().encode_pcm(pcm)
+    decoder = OpusDecoder()
+    decoded = np.concatenate([decoder.decode(bytes(p)) for p in packets])[119:]
+    n = min(len(decoded), len(pcm))
+    assert np.corrcoef(envelope(decoded[:n]), envelope(pcm[:n]))[0, 1] > 0.95
+    stats = track.stats
+    assert (stats.speech_frames, stats.silence_frames) == (count, 1)
+
+
+async def test_pcm_is_encoded_lazily_one_frame_per_recv(
+    speech: NDArray[np.int16], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoded = []
+
+    class CountingEncoder(OpusEncoder):
+        def encode(self, frame: NDArray[np.int16]) -> bytes:
+            encoded.append(len(frame))
+            return super().encode(frame)
+
+    monkeypatch.setattr(gateway.media.playout, "OpusEncoder", CountingEncoder)
+    track = PlayoutTrack()
+    track.play(speech)  # 3.5 s
+    assert encoded == []
+    for sent in range(1, 4):
+        await track.recv()
+        assert encoded == [FRAME_SAMPLES] * sent
+
+
+async def test_play_packets_and_queue_order(speech: NDArray[np.int16]) -> None:
+    prompt = OpusEncoder().encode_pcm(speech[:3200])
+    track = PlayoutTrack()
+    first = track.play_packets(prompt)
+    second = track.play(speech[:1600])
+    third = track.play_packets(prompt[:2])
+    packets = [bytes(p) for p in await collect(track, len(prompt) + frames_for(1600) + 2 + 1)]
+    assert packets[: len(prompt)] == prompt
+    assert packets[len(prompt) : -3] == OpusEncoder().encode_pcm(speech[:1600])
+    assert packets[-3:] == [*prompt[:2], silence_packet()]
+    assert all(p.done.done() and not p.interrupted for p in (first, second, third))
+
+
+async def test_empty_playback_is_done_at_once() -> None:
+    track = PlayoutTrack()
+    playback = track.play(np.zeros(0, dtype=np.int16))
+    assert playback.done.done()
+    assert (playback.frames, playback.interrupted) == (0, False)
+    assert not track.is_playing
+    with pytest.raises(ValueError):
+        track.play(np.zeros(320, dtype=np.float32))
+
+
+async def test_flush_drops_the_queue_at_the_next_frame(speech: NDArray[np.int16]) -> None:
+    track = PlayoutTrack()
+    long = track.play(speech)
+    queued = track.play_packets([silence_packet()] * 7)
+    await collect(track, 5)
+    dropped = track.flush()
+    assert dropped == frames_for(len(speech)) - 5 + 7
+    assert long.interrupted
+    assert long.frames_sent == 5
+    assert queued.interrupted
+    assert queued.frames_sent == 0
+    assert long.done.done() and queued.done.done()
+    assert not track.is_playing
+    assert bytes(await track.recv()) == silence_packet()
+    assert track.flush() == 0
+    assert track.stats.speech_frames == 5
+
+
+async def test_speech_after_a_flush_starts_clean(speech: NDArray[np.int16]) -> None:
+    # Flushed in the middle of a vowel, the encoder still holds 6.5 ms of it in
+    # its lookahead; a reused encoder would start the next utterance with a burst
+    # of it (measured: peak 6136 of a silent utterance).
+    track = PlayoutTrack()
+    decoder = OpusDecoder()
+    track.play(speech)
+    for packet in await collect(track, 75):
+        last = decoder.decode(bytes(packet))
+    assert np.max(np.abs(last)) > 5000
+    track.flush()
+    for packet in await collect(track, 10):
+        decoder.decode(bytes(packet))
+    track.play(np.zeros(3 * FRAME_SAMPLES, dtype=np.int16))
+    decoded = [decoder.decode(bytes(p)) for p in await collect(track, 3)]
+    assert max(int(np.max(np.abs(d))) for d in decoded) < 100
+
+
+async def test_stall_does_not_burst_more_than_a_little() -> None:
+    track = PlayoutTrack(max_burst=3)
+    await collect(track, 3)
+    block_the_event_loop(0.2)  # 10 frames
+    packet = await track.recv()
+    stats = track.stats
+    assert stats.late_frames >= 1
+    assert stats.skipped_frames >= 5
+    # The media clock jumped over the missed slots instead of sending them all now.
+    assert packet.pts == (3 + stats.skipped_frames) * 960
+    following = await collect(track, 3)
+    assert [p.pts for p in following] == [packet.pts + 960 * k for k in (1, 2, 3)]
+
+
+async def test_short_stall_catches_up_without_skipping() -> None:
+    track = PlayoutTrack(max_burst=3)
+    await collect(track, 3)
+    block_the_event_loop(0.045)  # a bit over two frames
+    packets = await collect(track, 4)
+    assert [p.pts for p in packets] == [2880, 3840, 4800, 5760]
+    assert track.stats.skipped_frames == 0
+
+
+async def test_on_frame_sent_reports_each_frame(speech: NDArray[np.int16]) -> None:
+    sent: list[tuple[int, bool]] = []
+    track = PlayoutTrack(on_frame_sent=lambda pts, is_speech: sent.append((pts, is_speech)))
+    await track.recv()
+    track.play(speech[:640])  # two frames, plus one for the lookahead
+    packets = await collect(track, 4)
+    assert sent == [(0, False), (960, True), (1920, True), (2880, True), (3840, False)]
+    assert [p.pts for p in packets] == [960, 1920, 2880, 3840]
+
+
+async def test_a_failing_callback_does_not_stop_the_audio() -> None:
+    def fail(pts: int, is_speech: bool) -> None:
+        raise RuntimeError("boom")
+
+    track = PlayoutTrack(on_frame_sent=fail)
+    assert len(await collect(track, 2)) == 2
+
+
+async def test_stop_interrupts_and_ends(speech: NDArray[np.int16]) -> None:
+    track = PlayoutTrack()
+    playback = track.play(speech)
+    await track.recv()
+    track.stop()
+    assert playback.interrupted
+    assert playback.done.done()
+    assert track.readyState == "ended"
+    with pytest.raises(MediaStreamError):
+        await track.recv()
+    late = track.play(speech)
+    assert late.interrupted and late.done.done()
