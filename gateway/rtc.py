@@ -31,14 +31,13 @@ def configure(media_addresses: Sequence[str] = ()) -> None:
         use_host_addresses(list(media_addresses))
     if _configured:
         return
+    # Opus only (Meta always offers it); G.711/G.722 would only widen the answer.
     CODECS["audio"][:] = [
         RTCRtpCodecParameters(
             mimeType="audio/opus", clockRate=48000, channels=2, payloadType=OPUS_PT
-        ),
-        RTCRtpCodecParameters(
-            mimeType="audio/telephone-event", clockRate=8000, payloadType=DTMF_PT
-        ),
+        )
     ]
+    add_telephone_event_codec(DTMF_PT)
     _configured = True
 
 
