@@ -311,8 +311,9 @@ class CallManager:
         self.permission_listeners: list[Callable[[PermissionReply], None]] = []
         self.permission_replies: dict[str, PermissionReply] = {}
         self.rejected_for_capacity = 0
-        # SDP answers that arrived before our connect request returned the call id.
-        self._early_answers: OrderedDict[str, CallConnect] = OrderedDict()
+        # Events that arrived before our connect request returned the call id.
+        self._early: OrderedDict[str, list[CallConnect | CallStatus]] = OrderedDict()
+        self._dialing = 0
         self.ring_timeout = ring_timeout
 
     # --- lifecycle -------------------------------------------------------------
@@ -409,11 +410,10 @@ class CallManager:
     def _on_connect_answer(self, event: CallConnect) -> None:
         call = self.calls.get(event.call_id)
         if call is None:
-            # Possibly faster than our own connect request's response: keep it briefly.
-            log.info("call %s: SDP answer before the call is known; held", event.call_id)
-            self._early_answers[event.call_id] = event
-            while len(self._early_answers) > 1000:
-                self._early_answers.popitem(last=False)
+            if self._dialing:
+                self._hold(event)
+            else:
+                log.warning("call %s: SDP answer for an unknown call ignored", event.call_id)
             return
         call.spawn(self._apply_answer(call, event.sdp), "apply-answer")
 
@@ -471,6 +471,7 @@ class CallManager:
         )
         call = Call(record, graph=self.graph, on_ended=self._ended)
         call.session_factory = session
+        self._dialing += 1
         try:
             offer = await call.build_offer()
             call_id = await self.graph.connect(
@@ -481,13 +482,14 @@ class CallManager:
                 call.inbound.detach()
             await call.pc.close()
             raise
+        finally:
+            self._dialing -= 1
         record.call_id = call_id
         self.calls[call_id] = call
         call.set_state(CallState.DIALING, f"connect sent to {to}")
         call.spawn(self._ring(call, ring_timeout or self.ring_timeout), "ring")
-        early = self._early_answers.pop(call_id, None)
-        if early is not None:
-            call.spawn(self._apply_answer(call, early.sdp), "apply-answer")
+        for early in self._early.pop(call_id, []):
+            self._handle(early)
         return call
 
     async def _ring(self, call: Call, seconds: float) -> None:
@@ -502,35 +504,44 @@ class CallManager:
 
     def _on_terminate(self, event: CallTerminate) -> None:
         call = self.calls.get(event.call_id)
-        if call is None:
-            if event.call_id not in self.history:
-                log.info("call %s: terminate before connect; remembered", event.call_id)
-                self._ended_early[event.call_id] = event
-                while len(self._ended_early) > 10_000:
-                    self._ended_early.popitem(last=False)
+        record = call.record if call is not None else self.history.get(event.call_id)
+        if record is None:
+            log.info("call %s: terminate before connect; remembered", event.call_id)
+            self._ended_early[event.call_id] = event
+            while len(self._ended_early) > 10_000:
+                self._ended_early.popitem(last=False)
             return
-        rec = call.record
-        rec.terminate_status = event.status
-        rec.duration, rec.start_time, rec.end_time = (
-            event.duration,
-            event.start_time,
-            event.end_time,
-        )
-        rec.errors = [e.__dict__ for e in event.errors]
-        rec.biz_opaque_callback_data = (
-            event.biz_opaque_callback_data or rec.biz_opaque_callback_data
-        )
-        call.end(f"terminated by WhatsApp ({event.status.lower()})", terminate=False)
+        # Meta's terminate is the billing record: keep it even for calls we ended.
+        record.terminate_status = event.status
+        record.duration = event.duration
+        record.start_time, record.end_time = event.start_time, event.end_time
+        record.errors = [e.__dict__ for e in event.errors]
+        if event.biz_opaque_callback_data:
+            record.biz_opaque_callback_data = event.biz_opaque_callback_data
+        if call is not None:
+            call.end(f"terminated by WhatsApp ({event.status.lower()})", terminate=False)
 
     def _on_status(self, event: CallStatus) -> None:
         call = self.calls.get(event.call_id)
         if call is None:
-            log.info("call %s: status %s for an unknown call", event.call_id, event.status)
+            if self._dialing:
+                self._hold(event)
+            else:
+                log.info("call %s: status %s for an unknown call", event.call_id, event.status)
             return
+        call.record.statuses.append(event.status)
         if event.status == "RINGING" and call.state is CallState.DIALING:
             call.set_state(CallState.RINGING, "user's phone rings")
         elif event.status == "REJECTED":
             call.end("rejected by the user", terminate=False)
+        # ACCEPTED may come after the answer and media: nothing to change then.
+
+    def _hold(self, event: CallConnect | CallStatus) -> None:
+        # Meta may report on a call before our connect request has returned its id.
+        log.info("call %s: %s before the call is known; held", event.call_id, type(event).__name__)
+        self._early.setdefault(event.call_id, []).append(event)
+        while len(self._early) > 1000:
+            self._early.popitem(last=False)
 
     # --- actions ---------------------------------------------------------------
 

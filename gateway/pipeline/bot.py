@@ -93,6 +93,13 @@ class CallControl(Protocol):
         """End the call: ``terminate`` through the Cloud API, then close."""
         ...
 
+    def expect_input(self, within: float | None) -> None:
+        """Call ``on_timeout`` if the caller neither speaks nor presses a key ``within`` s.
+
+        ``None`` cancels. Any utterance or key cancels it too.
+        """
+        ...
+
 
 class Bot(Protocol):
     """A bot plugin. One instance serves one call."""
@@ -113,6 +120,10 @@ class Bot(Protocol):
         """The caller talked over the bot and playout was stopped."""
         ...
 
+    async def on_timeout(self, call: CallControl) -> None:
+        """The caller gave no input within the time set by ``expect_input``."""
+        ...
+
     async def on_hangup(self, call: CallControl) -> None:
         """The call is over (either side hung up); the call can no longer be used."""
         ...
@@ -131,6 +142,9 @@ class BaseBot:
         """Nothing by default."""
 
     async def on_barge_in(self, call: CallControl, interruption: Interruption) -> None:
+        """Nothing by default."""
+
+    async def on_timeout(self, call: CallControl) -> None:
         """Nothing by default."""
 
     async def on_hangup(self, call: CallControl) -> None:

@@ -67,6 +67,7 @@ class BotSession:
         self._inbox: asyncio.Queue[Utterance | _Dtmf | Interruption] = asyncio.Queue()
         self._current: tuple[Playback, str, bool] | None = None
         self._turn_ended_at: float | None = None
+        self._input_deadline: float | None = None
         rec = call.record
         self._info = CallInfo(
             call_id=call.id,
@@ -93,12 +94,14 @@ class BotSession:
         self, audio: np.ndarray | str | Path, *, interruptible: bool = True, label: str = ""
     ) -> PlaybackResult:
         """Play PCM or a WAV file; returns when it finished or was cut off."""
-        if not isinstance(audio, np.ndarray):
+        if isinstance(audio, str | Path):
             label = label or str(audio)
-            audio = await asyncio.get_running_loop().run_in_executor(None, load_wav, audio)
-        if len(audio) == 0:
+            pcm = await asyncio.get_running_loop().run_in_executor(None, load_wav, audio)
+        else:
+            pcm = audio.astype(np.int16, copy=False)
+        if len(pcm) == 0:
             return PlaybackResult(0, 0, False)
-        playback = self.call.playout.play(audio)
+        playback = self.call.playout.play(pcm)
         self._current = (playback, label, interruptible)
         try:
             await playback.wait()
@@ -112,6 +115,11 @@ class BotSession:
         self.settings = ListenSettings(enabled=enabled, barge_in=barge_in)
         if not enabled:
             self._segmenter.reset()
+
+    def expect_input(self, within: float | None) -> None:
+        """Arm (or with None, disarm) the no-input timeout."""
+        loop = asyncio.get_running_loop()
+        self._input_deadline = None if within is None else loop.time() + within
 
     async def hangup(self, reason: str = "bot hung up") -> None:
         """Terminate the call through the Cloud API, then close it."""
@@ -136,6 +144,9 @@ class BotSession:
                 self._inbox.put_nowait(Utterance(event.pcm, event.started_at_ms, event.at_ms))
 
     def _on_speech_started(self) -> None:
+        self._barge_in("speech")
+
+    def _barge_in(self, cause: str) -> None:
         current = self._current
         if current is None or not self.settings.barge_in:
             return
@@ -144,10 +155,12 @@ class BotSession:
             return
         dropped = self.call.playout.flush()
         self.metrics.barge_ins += 1
-        log.info("call %s: barge-in, %d frames dropped", self.call.id, dropped)
+        log.info("call %s: barge-in by %s, %d frames dropped", self.call.id, cause, dropped)
         self._inbox.put_nowait(Interruption(label, playback.frames_sent, dropped))
 
     def _on_dtmf(self, digit: str, duration_ms: int) -> None:
+        # A key press cuts the prompt short, as on any IVR ("type-ahead").
+        self._barge_in(f"key {digit}")
         self._inbox.put_nowait(_Dtmf(digit))
 
     def _on_frame_sent(self, pts: int, is_speech: bool) -> None:
@@ -168,8 +181,22 @@ class BotSession:
         call.end_hooks.append(self._on_call_end)
         try:
             await self.bot.on_start(self)
+            loop = asyncio.get_running_loop()
             while True:
-                item = await self._inbox.get()
+                deadline = self._input_deadline
+                if deadline is None:
+                    item = await self._inbox.get()
+                else:
+                    try:
+                        item = await asyncio.wait_for(
+                            self._inbox.get(), max(0.0, deadline - loop.time())
+                        )
+                    except TimeoutError:
+                        self._input_deadline = None
+                        await self.bot.on_timeout(self)
+                        continue
+                if not isinstance(item, Interruption):
+                    self._input_deadline = None
                 if isinstance(item, Utterance):
                     await self.bot.on_utterance(self, item)
                 elif isinstance(item, _Dtmf):

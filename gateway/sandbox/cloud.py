@@ -17,7 +17,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 from aiohttp import web
@@ -29,12 +29,44 @@ from . import payloads
 from .permissions import PermissionStore
 
 if TYPE_CHECKING:
-    from .user import SimulatedUser, UserCall
+    from .user import SimulatedUser
 
 log = logging.getLogger(__name__)
 
 GRAPH_VERSION = "v23.0"
 ACTIONS = ("connect", "pre_accept", "accept", "reject", "terminate")
+
+
+class Caller(Protocol):
+    """The WhatsApp user at the far end of a sandbox call."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def wa_id(self) -> str: ...
+
+
+class SandboxCall(Protocol):
+    """What the fake Graph API needs of a call's user end (a simulated phone, the browser)."""
+
+    @property
+    def user(self) -> Caller: ...
+
+    @property
+    def direction(self) -> str: ...
+
+    def check_action(self, action: str, body: dict[str, Any]) -> str | None:
+        """Meta's checks on a business action for this call; a reason when refused."""
+        ...
+
+    def on_action(self, action: str, body: dict[str, Any]) -> None:
+        """Apply an accepted business action."""
+        ...
+
+    async def close(self) -> None:
+        """Tear down without telling anyone (sandbox shutdown)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -97,7 +129,7 @@ class CloudAPISandbox:
         self.port = port
         self.requests: list[RecordedRequest] = []
         self.timeline = Timeline()
-        self.calls: dict[str, UserCall] = {}
+        self.calls: dict[str, SandboxCall] = {}
         self.users: dict[str, SimulatedUser] = {}
         self.permissions = PermissionStore()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -271,14 +303,7 @@ class CloudAPISandbox:
                 failure.details,
             )
         if action == "connect":
-            return self._error(
-                request,
-                body,
-                action,
-                400,
-                138000,
-                "Business-initiated calls: not in this sandbox yet",
-            )
+            return self._connect(request, body)
         call = self.calls.get(str(body.get("call_id", "")))
         if call is None:
             return self._error(

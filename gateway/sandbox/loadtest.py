@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 # Packets larger than this carry sound; the gateway's silence packet is 8 bytes.
 SOUND_PACKET_BYTES = 16
+DEFAULT_SERVER = (sys.executable, "-m", "gateway", "serve")
 # A packet arriving later than this after its RTP timestamp says is "late".
 LATE_AFTER = 0.060
 
@@ -282,7 +283,7 @@ async def start_local_gateway(
     bot: str,
     max_calls: int,
     extra_env: dict[str, str] | None = None,
-    command: Sequence[str] = (sys.executable, "-m", "gateway", "serve"),
+    command: Sequence[str] = DEFAULT_SERVER,
 ) -> GatewayUnderTest:
     """Run ``command`` (the gateway by default) on a free loopback port, using ``graph_url``."""
     port = _free_port()
@@ -389,7 +390,7 @@ async def run_load_test(config: LoadTestConfig) -> dict[str, Any]:
             sandbox.graph_url,
             bot=config.bot,
             max_calls=config.calls + 10,
-            **({"command": config.server_command} if config.server_command else {}),
+            command=config.server_command or DEFAULT_SERVER,
         )
         sandbox.app_secret, sandbox.access_token = gateway.app_secret, gateway.access_token
     sandbox.webhook_url = f"{gateway.url}/webhook"

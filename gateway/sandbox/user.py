@@ -248,7 +248,13 @@ class UserCall:
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            log.error("sandbox call %s: %r", self.call_id, exc, exc_info=exc)
 
     # --- what the fake Graph API tells us -------------------------------------------
 
@@ -285,7 +291,8 @@ class UserCall:
             self.accepted.set()
         elif action in ("reject", "terminate"):
             # Meta confirms the end of the call with a terminate webhook.
-            self._spawn(self._end(f"{action}ed by the business", notify=True))
+            reason = "rejected" if action == "reject" else "hung up"
+            self._spawn(self._end(f"{reason} by the business", notify=True))
 
     async def _apply_answer(self, answer: str) -> None:
         local_mid = sdp.mids(self.pc.localDescription.sdp)[0]

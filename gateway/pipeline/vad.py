@@ -1,0 +1,230 @@
+"""Turn-taking: cut the caller's 20 ms frames into utterances with WebRTC's VAD.
+
+:class:`VadSegmenter` runs in the media callback, once per frame, so it is built
+to cost a few microseconds a frame: the start window is a bit mask, recent audio
+lives in a fixed ring and the open utterance in one reusable numpy buffer.
+
+Times (``at_ms`` and friends) count from the first frame the segmenter was given
+(or from the last :meth:`VadSegmenter.reset`) and are multiples of 20 ms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, TypeAlias
+
+import numpy as np
+import webrtcvad
+from numpy.typing import NDArray
+
+from ..errors import ConfigError, GatewayError
+
+SAMPLE_RATE: Final = 16000
+FRAME_MS: Final = 20
+FRAME_SAMPLES: Final = SAMPLE_RATE * FRAME_MS // 1000
+
+_PCM: TypeAlias = NDArray[np.int16]
+
+
+@dataclass(frozen=True)
+class VadConfig:
+    """How speech is detected and when a turn is over.
+
+    Defaults measured on the recordings in ``shared/audio`` with
+    ``benchmarks/vad_report.py``: WebRTC's VAD flags 4-5 frames as speech at any
+    sudden change of background noise (the start of a stream, a click), so a start
+    needs 6 voiced frames out of 8. Hangovers from 550 to 900 ms all keep two
+    sentences 300 ms apart as one turn and split them at 1 s; 700 is the middle.
+    """
+
+    aggressiveness: int = 2
+    """WebRTC VAD mode, 0 (most speech) to 3 (least)."""
+    start_window_frames: int = 8
+    """Frames looked at to declare a start."""
+    start_voiced_frames: int = 6
+    """Voiced frames needed within the window to declare a start."""
+    hangover_ms: int = 700
+    """Silence after the last voiced frame that closes the turn."""
+    min_utterance_ms: int = 200
+    """Shorter turns (first to last voiced frame) are discarded, not reported."""
+    max_utterance_ms: int = 20000
+    """Longer turns are closed by force, at this length of audio."""
+    pre_roll_ms: int = 200
+    """Audio kept before the first voiced frame, so the utterance starts cleanly."""
+    post_roll_ms: int = 200
+    """Audio kept after the last voiced frame (at most ``hangover_ms``)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.aggressiveness <= 3:
+            raise ConfigError(f"VadConfig.aggressiveness must be 0-3, not {self.aggressiveness}")
+        if not 1 <= self.start_voiced_frames <= self.start_window_frames <= 64:
+            raise ConfigError(
+                "VadConfig needs 1 <= start_voiced_frames <= start_window_frames <= 64, got "
+                f"{self.start_voiced_frames} of {self.start_window_frames}"
+            )
+        for name in ("hangover_ms", "max_utterance_ms"):
+            if getattr(self, name) < FRAME_MS:
+                raise ConfigError(f"VadConfig.{name} must be at least {FRAME_MS} ms")
+        for name in ("min_utterance_ms", "pre_roll_ms", "post_roll_ms"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"VadConfig.{name} must not be negative")
+        if self.min_utterance_ms >= self.max_utterance_ms:
+            raise ConfigError("VadConfig.min_utterance_ms must be below max_utterance_ms")
+
+
+@dataclass(frozen=True)
+class SpeechStarted:
+    """The caller started talking; ``at_ms`` is the first voiced frame of the turn.
+
+    It is emitted once the start is confirmed, a few frames after ``at_ms``.
+    """
+
+    at_ms: int
+
+
+@dataclass(frozen=True, eq=False)
+class SpeechEnded:
+    """The caller finished a turn.
+
+    ``at_ms`` is the end of the last voiced frame (the event itself comes a
+    hangover later); ``pcm`` runs from ``pre_roll_ms`` before ``started_at_ms`` to
+    ``post_roll_ms`` after ``at_ms``, clipped to the audio there was.
+    """
+
+    at_ms: int
+    started_at_ms: int
+    pcm: _PCM
+
+
+@dataclass(frozen=True)
+class SpeechDiscarded:
+    """A started turn was too short to be speech (a cough, a click); no utterance."""
+
+    at_ms: int
+    started_at_ms: int
+
+
+VadEvent: TypeAlias = SpeechStarted | SpeechEnded | SpeechDiscarded
+
+
+def _frames(ms: int) -> int:
+    return -(-ms // FRAME_MS)  # round up: a partial frame still counts
+
+
+class VadSegmenter:
+    """Feed 20 ms frames, get :data:`VadEvent` s: one start, then one end or discard."""
+
+    def __init__(self, config: VadConfig | None = None) -> None:
+        self.config = cfg = config or VadConfig()
+        self._vad = webrtcvad.Vad(cfg.aggressiveness)
+        self._window_mask = (1 << cfg.start_window_frames) - 1
+        self._hangover = _frames(cfg.hangover_ms)
+        self._min_voiced = _frames(cfg.min_utterance_ms)
+        self._max_frames = _frames(cfg.max_utterance_ms)
+        self._pre_roll = _frames(cfg.pre_roll_ms)
+        self._post_roll = min(_frames(cfg.post_roll_ms), self._hangover)
+        # The ring must reach back over the start window and the pre-roll before it.
+        self._ring = np.zeros((cfg.start_window_frames + self._pre_roll, FRAME_SAMPLES), np.int16)
+        # Grown by doubling up to the longest possible utterance, then reused.
+        self._buf = np.zeros(0, np.int16)
+        self.reset()
+
+    @property
+    def in_speech(self) -> bool:
+        """Whether a turn is open (started, not yet ended)."""
+        return self._start_frame >= 0
+
+    @property
+    def frames_seen(self) -> int:
+        """Frames pushed since construction or the last :meth:`reset`."""
+        return self._index
+
+    def reset(self) -> None:
+        """Forget everything: any open turn is dropped without an event; time restarts at 0."""
+        self._index = 0
+        self._window = 0
+        self._start_frame = -1  # first frame in the utterance buffer; -1 when idle
+        self._onset = 0
+        self._last_voiced = 0
+        self._filled = 0  # samples in the utterance buffer
+        # The VAD's noise model belongs to the audio it has seen.
+        self._vad = webrtcvad.Vad(self.config.aggressiveness)
+
+    def push(self, frame: _PCM) -> list[VadEvent]:
+        """Process one 320-sample int16 frame; return the events it caused (usually none)."""
+        if frame.shape != (FRAME_SAMPLES,) or frame.dtype != np.int16:
+            raise GatewayError(
+                f"VAD frames must be {FRAME_SAMPLES} int16 samples (20 ms at 16 kHz), "
+                f"got shape {frame.shape} {frame.dtype}"
+            )
+        if not frame.flags.c_contiguous:
+            frame = np.ascontiguousarray(frame)
+        index = self._index
+        self._index = index + 1
+        self._ring[index % len(self._ring)] = frame
+        # A byte view: given the int16 array, webrtcvad would take len() (320) as the
+        # byte count and judge only the first 10 ms.
+        voiced = self._vad.is_speech(frame.data.cast("B"), SAMPLE_RATE)
+
+        if self._start_frame < 0:
+            self._window = ((self._window << 1) | voiced) & self._window_mask
+            if self._window.bit_count() < self.config.start_voiced_frames:
+                return []
+            return [self._open(index)]
+
+        self._append(frame)
+        if voiced:
+            self._last_voiced = index
+        events: list[VadEvent] = []
+        if index - self._last_voiced >= self._hangover:
+            events.append(self._close(index, forced=False))
+        elif index + 1 - self._start_frame >= self._max_frames:
+            events.append(self._close(index, forced=True))
+        return events
+
+    def flush(self) -> list[VadEvent]:
+        """End of stream: close an open turn now, as if its hangover had passed."""
+        if self._start_frame < 0:
+            return []
+        return [self._close(self._index - 1, forced=False)]
+
+    def _open(self, index: int) -> SpeechStarted:
+        # Bit 0 is this frame. Voiced frames before two unvoiced ones are a separate
+        # blip (a click, a change of background noise), not the start of this turn.
+        window = self._window
+        unvoiced = ~window & self._window_mask
+        pairs = unvoiced & (unvoiced >> 1)
+        if pairs:
+            window &= (pairs & -pairs) - 1
+        onset = index + 1 - window.bit_length()
+        start = max(onset - self._pre_roll, index + 1 - len(self._ring), 0)
+        rows = np.arange(start, index + 1) % len(self._ring)
+        self._filled = 0
+        self._append(self._ring[rows].reshape(-1))
+        self._start_frame = start
+        self._onset = onset
+        self._last_voiced = index
+        self._window = 0
+        return SpeechStarted(onset * FRAME_MS)
+
+    def _append(self, samples: _PCM) -> None:
+        end = self._filled + len(samples)
+        if end > len(self._buf):
+            limit = (self._max_frames + self._pre_roll + len(self._ring)) * FRAME_SAMPLES
+            grown = np.zeros(min(max(end, 2 * len(self._buf), 4 * SAMPLE_RATE), limit), np.int16)
+            grown[: self._filled] = self._buf[: self._filled]
+            self._buf = grown
+        self._buf[self._filled : end] = samples
+        self._filled = end
+
+    def _close(self, index: int, *, forced: bool) -> SpeechEnded | SpeechDiscarded:
+        # A forced close cuts mid-speech: everything up to now belongs to the turn.
+        last = index if forced else self._last_voiced
+        end_frame = min(last + 1 + self._post_roll, index + 1)
+        start_frame, onset = self._start_frame, self._onset
+        self._start_frame = -1
+        self._window = 0
+        if last + 1 - onset < self._min_voiced:
+            return SpeechDiscarded((last + 1) * FRAME_MS, onset * FRAME_MS)
+        pcm = self._buf[: (end_frame - start_frame) * FRAME_SAMPLES].copy()
+        return SpeechEnded((last + 1) * FRAME_MS, onset * FRAME_MS, pcm)
