@@ -98,7 +98,7 @@ class BotSession:
             label = label or str(audio)
             pcm = await asyncio.get_running_loop().run_in_executor(None, load_wav, audio)
         else:
-            pcm = audio.astype(np.int16, copy=False)
+            pcm = np.asarray(audio, dtype=np.int16)
         if len(pcm) == 0:
             return PlaybackResult(0, 0, False)
         playback = self.call.playout.play(pcm)
