@@ -70,8 +70,9 @@ async def start_stack(
 
 async def stop_stack(stack: Stack) -> None:
     """Stop both sides."""
-    await stack.sandbox.aclose()
+    # Gateway first: its shutdown terminates calls through the (still running) sandbox.
     await stack.gateway.aclose()
+    await stack.sandbox.aclose()
 
 
 @pytest.fixture

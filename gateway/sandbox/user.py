@@ -138,6 +138,7 @@ class UserCall:
         self.started_at = time.monotonic()
         self.accepted_at: float | None = None
         self.first_heard_at: float | None = None
+        self.last_heard_at: float | None = None  # last frame louder than HEARD_RMS
         self._heard: list[np.ndarray] = []
         self.frames_heard = 0
         self.digits_heard: list[str] = []
@@ -302,10 +303,11 @@ class UserCall:
     def _on_frame(self, frame: np.ndarray) -> None:
         self._heard.append(frame.copy())
         self.frames_heard += 1
-        if self.first_heard_at is None:
-            rms = float(np.sqrt(np.mean(frame.astype(np.float32) ** 2)))
-            if rms > HEARD_RMS:
-                self.first_heard_at = time.monotonic()
+        rms = float(np.sqrt(np.mean(frame.astype(np.float32) ** 2)))
+        if rms > HEARD_RMS:
+            self.last_heard_at = time.monotonic()
+            if self.first_heard_at is None:
+                self.first_heard_at = self.last_heard_at
                 self.sandbox.timeline.add(f"{self.user.name} hears the bot")
 
     # --- what the user does --------------------------------------------------------------

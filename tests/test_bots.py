@@ -1,0 +1,165 @@
+"""Bots on real calls: the echo bot, barge-in, hang-up, and a bot that breaks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from gateway.calls import CallState
+from gateway.media.audio import load_wav
+from gateway.pipeline.bot import BaseBot, CallControl, Interruption, Utterance
+from gateway.pipeline.plugins import default_tts, session_for
+from gateway.pipeline.session import BotSession, session_factory
+from gateway.sandbox.user import SimulatedUser, UserCall
+
+from .audio_checks import envelope, find_in, loud_frames
+from .conftest import AUDIO, Stack, start_stack, stop_stack
+
+
+async def _call(stack: Stack, wa_id: str = "15551110001") -> UserCall:
+    call = await SimulatedUser(stack.sandbox, wa_id, "Ana").place_call()
+    async with asyncio.timeout(15):
+        await call.accepted.wait()
+        await call.media_up.wait()
+    await asyncio.sleep(0.2)
+    return call
+
+
+@pytest.fixture
+async def echo_stack() -> AsyncIterator[Stack]:
+    s = await start_stack(session=session_for("echo"))
+    try:
+        yield s
+    finally:
+        await stop_stack(s)
+
+
+async def test_echo_bot_plays_the_utterance_back(echo_stack: Stack) -> None:
+    call = await _call(echo_stack)
+    speech = load_wav(AUDIO / "cards-005.wav")
+    await call.play(speech).wait()
+    # The reply starts after the VAD hangover and lasts as long as the utterance.
+    await asyncio.sleep(len(speech) / 16000 + 1.5)
+    heard = call.heard
+    corr, _ = find_in(heard, speech)
+    assert corr > 0.85, corr
+    assert loud_frames(heard) >= loud_frames(speech) * 0.8
+    session = echo_stack.gateway.calls.get(call.call_id).session
+    assert isinstance(session, BotSession)
+    assert session.metrics.utterances == 1  # cards-005 is one turn
+    assert len(session.metrics.response_latencies_ms) == 1
+    await call.hang_up()
+
+
+async def test_echo_bot_hangs_up_on_hash(echo_stack: Stack) -> None:
+    call = await _call(echo_stack)
+    await call.press("#")
+    async with asyncio.timeout(10):
+        await call.ended.wait()
+    assert call.end_reason == "hung up by the business"
+    assert loud_frames(call.heard) > 10  # "Goodbye." was said before hanging up
+    actions = [a.action for a in echo_stack.sandbox.actions(call.call_id)]
+    assert actions == ["pre_accept", "accept", "terminate"]
+    record = echo_stack.gateway.calls.history[call.call_id]
+    assert record.end_reason == "caller pressed #"
+
+
+class Lecturer(BaseBot):
+    """Talks for a long time; records what barge-in cut."""
+
+    text = (
+        "Thank you for calling. Please listen carefully, as our menu options have changed. "
+        "Our opening hours are Monday to Friday from nine in the morning to five in the "
+        "afternoon, and on Saturdays from ten to two. We are closed on public holidays."
+    )
+    interruptions: list[Interruption] = []
+    utterances: list[Utterance] = []
+
+    async def on_start(self, call: CallControl) -> None:
+        result = await call.say(self.text)
+        assert result.interrupted
+
+    async def on_barge_in(self, call: CallControl, interruption: Interruption) -> None:
+        Lecturer.interruptions.append(interruption)
+
+    async def on_utterance(self, call: CallControl, utterance: Utterance) -> None:
+        Lecturer.utterances.append(utterance)
+
+
+async def test_barge_in_stops_playout_at_once() -> None:
+    Lecturer.interruptions, Lecturer.utterances = [], []
+    stack = await start_stack(session=session_factory(Lecturer, default_tts()))
+    try:
+        call = await _call(stack)
+        async with asyncio.timeout(10):
+            while call.first_heard_at is None:
+                await asyncio.sleep(0.02)
+        await asyncio.sleep(1.5)  # the bot is mid-sentence
+        speech = load_wav(AUDIO / "goforward.wav")
+        # Measure from where the words start in the recording, not from its silent lead-in.
+        lead_in = int(np.argmax(envelope(speech) > 500)) * 0.020
+        playback = call.play(speech)
+        onset = time.monotonic() + lead_in
+        await asyncio.sleep(1.0)
+        assert call.last_heard_at is not None
+        stop_delay_ms = (call.last_heard_at - onset) * 1000
+        print(f"barge-in: speech onset -> last bot frame heard: {stop_delay_ms:.0f} ms")
+        # Detection needs 6 voiced frames of 8 (VAD start window), then the playout stops
+        # within a frame; the prompt had many seconds left.
+        assert stop_delay_ms < 400
+        await playback.wait()
+        await asyncio.sleep(1.2)
+        assert len(Lecturer.interruptions) == 1
+        cut = Lecturer.interruptions[0]
+        assert cut.label == Lecturer.text and cut.frames_dropped > 100
+        assert len(Lecturer.utterances) == 1  # the caller's words still reach the bot
+        await call.hang_up()
+    finally:
+        await stop_stack(stack)
+
+
+class Broken(BaseBot):
+    async def on_start(self, call: CallControl) -> None:
+        raise RuntimeError("bot bug")
+
+
+async def test_a_broken_bot_ends_only_its_own_call() -> None:
+    good_factory = session_for("echo")
+    broken_factory = session_factory(Broken, default_tts())
+
+    async def pick(call: object) -> None:
+        # The first caller gets the broken bot, the second a working echo.
+        factory = broken_factory if getattr(call, "id", "").endswith("x") else good_factory
+        await factory(call)  # type: ignore[arg-type]
+
+    stack = await start_stack(session=pick)  # type: ignore[arg-type]
+    try:
+        good = await _call(stack, "15551110002")
+        stack.sandbox.new_call_id = lambda: "wacid.brokenx"  # type: ignore[method-assign]
+        bad = await SimulatedUser(stack.sandbox, "15551110003", "Bo").place_call()
+        async with asyncio.timeout(10):
+            await bad.ended.wait()
+        assert [a.action for a in stack.sandbox.actions("wacid.brokenx")][-1] == "terminate"
+        assert "bot error" in (stack.gateway.calls.history["wacid.brokenx"].end_reason or "")
+        assert stack.gateway.calls.get(good.call_id).state is CallState.ACTIVE
+        await good.play(load_wav(AUDIO / "cards-001.wav")).wait()
+        await asyncio.sleep(3.0)  # hangover, then the echo itself
+        assert find_in(good.heard, load_wav(AUDIO / "cards-001.wav"))[0] > 0.8
+        await good.hang_up()
+    finally:
+        await stop_stack(stack)
+
+
+def test_unknown_bot_lists_the_available_ones() -> None:
+    from gateway.errors import BotError
+
+    with pytest.raises(BotError, match=r"available: .*echo"):
+        session_for("no-such-bot")
+
+
+def test_silence_stays_quiet() -> None:
+    assert loud_frames(np.zeros(16000, np.int16)) == 0
