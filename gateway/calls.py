@@ -215,6 +215,7 @@ class Call:
         except ValueError as exc:
             raise SDPError(f"offer rejected by the WebRTC stack: {exc}") from exc
         self._attach_media()
+        self.playout.bitrate = sdp.opus_bitrate(offer)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
         self.remote_sdp = offer
@@ -428,6 +429,7 @@ class CallManager:
             call.end("bad SDP answer", terminate=True)
             return
         call.remote_sdp = answer
+        call.playout.bitrate = sdp.opus_bitrate(answer)
         call.record.accepted_at = time.time()
         call.set_state(CallState.ACTIVE, "user answered")
         try:

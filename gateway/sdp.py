@@ -99,3 +99,20 @@ def payload_type(sdp: str, encoding: str) -> int | None:
         if m and m.group(2).lower() == encoding.lower():
             return int(m.group(1))
     return None
+
+
+# What libopus can do; Meta's offers ask for 20000.
+_MIN_OPUS_BITRATE, _MAX_OPUS_BITRATE = 6000, 510000
+
+
+def opus_bitrate(sdp: str, default: int = 20000) -> int:
+    """The Opus bitrate the remote side asks for (``maxaveragebitrate``), clamped."""
+    pt = payload_type(sdp, "opus")
+    if pt is None:
+        return default
+    raw = fmtp(sdp, pt).get("maxaveragebitrate")
+    try:
+        value = int(raw) if raw else default
+    except ValueError:
+        return default
+    return max(_MIN_OPUS_BITRATE, min(_MAX_OPUS_BITRATE, value))

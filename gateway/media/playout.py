@@ -154,6 +154,19 @@ class PlayoutTrack(MediaStreamTrack):
         return dropped
 
     @property
+    def bitrate(self) -> int:
+        """Target Opus bitrate in bit/s for speech encoded from now on."""
+        return self._bitrate
+
+    @bitrate.setter
+    def bitrate(self, value: int) -> None:
+        # Applies from the next encoder; one is made per utterance after a flush anyway.
+        if value != self._bitrate:
+            self._bitrate = value
+            if not self._queue:
+                self._encoder = None
+
+    @property
     def is_playing(self) -> bool:
         """Whether speech is queued or being sent."""
         return bool(self._queue)
