@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo phone chromium test lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,6 +18,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/gateway sandbox
 
+## Serve the browser phone on http://127.0.0.1:8765/phone (Ctrl-C stops).
+phone: $(STAMP)
+	$(BIN)/gateway sandbox --serve
+
+## Debian's Chromium for the browser-phone tests (never a driver's own browser download).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium; }
+
 lint: $(STAMP)
 	$(BIN)/ruff check gateway bots tests benchmarks
 	$(BIN)/ruff format --check gateway bots tests benchmarks
@@ -25,8 +35,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy gateway bots
 
-pytest: $(STAMP)
-	$(BIN)/pytest -q
+# REQUIRE_CHROMIUM: a missing browser fails the run instead of skipping its tests.
+pytest: $(STAMP) chromium
+	REQUIRE_CHROMIUM=1 $(BIN)/pytest -q
 
 test: lint typecheck pytest
 

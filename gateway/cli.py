@@ -62,6 +62,15 @@ def _parser() -> argparse.ArgumentParser:
         "--record", default="artifacts/demo-heard.wav", help="where to save what the user heard"
     )
     demo.add_argument("--digits", default="", help="DTMF keys the user presses after speaking")
+    demo.add_argument(
+        "--serve",
+        action="store_true",
+        help="instead of the demo call, serve a web page to call bots from a browser "
+        "(http://127.0.0.1:PORT/phone) until Ctrl-C",
+    )
+    demo.add_argument(
+        "--port", type=int, default=8765, help="port of the phone page with --serve (default 8765)"
+    )
 
     call = sub.add_parser(
         "call",
@@ -130,8 +139,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "serve":
             return asyncio.run(_serve(args))
         if args.command == "sandbox":
-            from .sandbox.demo import run_demo
+            from .sandbox.demo import run_demo, serve_phone
 
+            if args.serve:
+                return asyncio.run(serve_phone(bot=args.bot, port=args.port))
             return asyncio.run(
                 run_demo(bot=args.bot, audio=args.audio, record=args.record, digits=args.digits)
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from ..config import load_settings
 from ..media.audio import SAMPLE_RATE, load_wav, save_wav
 from ..pipeline.plugins import default_tts, session_for
 from .cloud import CloudAPISandbox, Timeline
+from .phone import BrowserPhone, PhoneSandbox
 from .user import SimulatedUser
 
 DEFAULT_AUDIO = Path("../shared/audio/goforward.wav")
@@ -119,3 +121,28 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
         await asyncio.wait_for(event.wait(), seconds)
     except TimeoutError:
         pass
+
+
+async def serve_phone(*, bot: str = "echo", port: int = 8765) -> int:
+    """Serve the browser phone and a gateway until Ctrl-C; returns the exit code."""
+    try:
+        stack = await PhoneSandbox.start(bot=bot, port=port, echo=print)
+    except OSError as exc:
+        print(f"gateway: error: cannot serve the phone on 127.0.0.1:{port}: {exc.strerror or exc}")
+        return 2
+    # The timeline prints the gateway's call lines already.
+    for name in BrowserPhone.GATEWAY_LOGGERS:
+        logging.getLogger(name).propagate = False
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        print(f"gateway on {stack.gateway.url}, fake Graph API on {stack.sandbox.graph_url}")
+        print(f"\n  Call your bot: open {stack.url}  (default bot {bot!r}; Ctrl-C stops)\n")
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await stack.aclose()
+    return 0

@@ -274,7 +274,7 @@ class UserCall:
                 return "the accept SDP must be identical to the pre_accept SDP"
             if action == "pre_accept" and self.state is not UserCallState.OFFERED:
                 return f"cannot pre_accept a call in state {self.state}"
-            return _check_answer(answer)
+            return check_answer(answer)
         return None
 
     def on_action(self, action: str, body: dict[str, Any]) -> None:
@@ -383,8 +383,8 @@ class UserCall:
         self.ended.set()
 
 
-def _check_answer(answer: str) -> str | None:
-    # The SDP checks Meta makes on a business's answer (contract, section 4).
+def check_answer(answer: str) -> str | None:
+    """Meta's checks on a business's SDP answer (contract, section 4); the reason if refused."""
     lines = sdp.lines(answer)
     if not answer.endswith("\r\n") or "\n" in answer.replace("\r\n", ""):
         return "SDP lines must end with CRLF"
