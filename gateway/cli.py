@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -24,6 +25,10 @@ environment (flags override):
   GATEWAY_BOT               bot plugin name, default echo
   GATEWAY_MAX_CALLS         concurrent calls before new ones are rejected, default 100
   GATEWAY_MEDIA_ADDRESSES   comma-separated ICE host addresses, default every interface
+  GATEWAY_API_KEY           enables the HTTP API for backends (bearer key)
+  GATEWAY_RING_TIMEOUT      seconds a business-initiated call rings, default 45
+  GATEWAY_IVR_MENU          menu file of the ivr bot, default bots/menu.toml
+  GATEWAY_LOG_LEVEL         DEBUG, INFO (default), WARNING, ERROR
 """
 
 
@@ -128,8 +133,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
     args = _parser().parse_args(argv)
+    level = "DEBUG" if args.verbose else os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=level if level in logging.getLevelNamesMapping() else "INFO",
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
     )
     if not args.verbose:
@@ -185,8 +191,6 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _loadtest(args: argparse.Namespace) -> int:
-    import os
-
     from .sandbox.loadtest import (
         LoadTestConfig,
         run_load_test,

@@ -197,3 +197,16 @@ def test_parse_all_event_kinds_leniently() -> None:
         and p.context_id == "wamid.abc"
     )
     assert isinstance(c, CallConnect) and c.sdp_type == "answer" and c.sdp == OFFER
+
+
+async def test_metrics_are_prometheus_text(stack: Stack) -> None:
+    from gateway.metrics import parse_prometheus
+
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"{stack.gateway.url}/metrics")).text
+    values = parse_prometheus(text)
+    assert "# TYPE process_cpu_seconds_total counter" in text
+    assert values["process_cpu_seconds_total"] > 0
+    assert values["process_resident_memory_bytes"] > 10 * 2**20
+    assert values["gateway_active_calls"] == 0
+    assert "gateway_event_loop_lag_p99_seconds" in values

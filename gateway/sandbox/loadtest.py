@@ -300,6 +300,7 @@ async def start_local_gateway(
         "GATEWAY_BOT": bot,
         "GATEWAY_MAX_CALLS": str(max_calls),
         "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
+        "GATEWAY_LOG_LEVEL": "WARNING",
         **(extra_env or {}),
     }
     process = await asyncio.create_subprocess_exec(
