@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from gateway.app import Gateway
-from gateway.config import load_settings
 from gateway.media.audio import load_wav
 from gateway.pipeline.plugins import session_for
 from gateway.pipeline.session import BotSession
 from gateway.sandbox.cloud import CloudAPISandbox
+from gateway.sandbox.stack import start_local_stack
 from gateway.sandbox.user import SimulatedUser
 
 AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
@@ -52,29 +52,13 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--turns", type=int, default=6)
     args = parser.parse_args()
-    sandbox = CloudAPISandbox(webhook_url="", app_secret="s", access_token="t")
-    await sandbox.start()
-    settings = load_settings(
-        {
-            "WHATSAPP_ACCESS_TOKEN": "t",
-            "WHATSAPP_APP_SECRET": "s",
-            "WHATSAPP_VERIFY_TOKEN": "v",
-            "WHATSAPP_PHONE_NUMBER_ID": sandbox.phone_number_id,
-            "WHATSAPP_GRAPH_URL": sandbox.graph_url,
-            "GATEWAY_PORT": "0",
-            "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
-        }
-    )
-    gateway = Gateway(settings, session=session_for("echo"))
-    await gateway.start()
-    sandbox.webhook_url = f"{gateway.url}/webhook"
+    stack = await start_local_stack(session=session_for("echo"))
     try:
         results = await asyncio.gather(
-            *(caller(sandbox, gateway, i, args.turns) for i in range(args.calls))
+            *(caller(stack.sandbox, stack.gateway, i, args.turns) for i in range(args.calls))
         )
     finally:
-        await gateway.aclose()
-        await sandbox.aclose()
+        await stack.aclose()
     ours = np.array([x for r in results for x in r])
     print(
         "gateway-added response latency (VAD turn end -> first reply packet to the RTP sender), "

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from gateway.app import Gateway
 from gateway.calls import SessionFactory
-from gateway.config import load_settings
 from gateway.sandbox.cloud import CloudAPISandbox
+from gateway.sandbox.stack import LocalStack, start_local_stack
 
 AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
 
@@ -19,17 +17,10 @@ APP_SECRET = "test-app-secret"
 ACCESS_TOKEN = "test-access-token"
 VERIFY_TOKEN = "test-verify-token"
 PHONE_NUMBER_ID = "106540352242922"
-
-
-@dataclass
-class Stack:
-    """A running gateway and the sandbox that plays Meta and the users."""
-
-    gateway: Gateway
-    sandbox: CloudAPISandbox
-
-
 API_KEY = "test-api-key"
+
+
+Stack = LocalStack
 
 
 async def start_stack(
@@ -40,39 +31,27 @@ async def start_stack(
     bot: str = "echo",
     api_key: str | None = None,
 ) -> Stack:
-    """Start the sandbox's Graph API, then a gateway pointed at it, on free ports."""
+    """The sandbox (with the tests' fixed secrets) and a gateway, on free loopback ports."""
     sandbox = CloudAPISandbox(
-        webhook_url="http://127.0.0.1:0/webhook",  # set once the gateway has its port
+        webhook_url="",  # set once the gateway has its port
         app_secret=APP_SECRET,
         access_token=ACCESS_TOKEN,
         phone_number_id=PHONE_NUMBER_ID,
     )
-    await sandbox.start()
-    settings = load_settings(
-        {
-            "WHATSAPP_ACCESS_TOKEN": ACCESS_TOKEN,
-            "WHATSAPP_APP_SECRET": APP_SECRET,
-            "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
-            "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
-            "WHATSAPP_GRAPH_URL": sandbox.graph_url,
-            "GATEWAY_PORT": "0",
-            "GATEWAY_MAX_CALLS": str(max_calls),
-            "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
-            "GATEWAY_BOT": bot,
-            **({"GATEWAY_API_KEY": api_key} if api_key else {}),
-        }
+    return await start_local_stack(
+        sandbox,
+        bot=bot,
+        session=session,
+        sessions=sessions,
+        max_calls=max_calls,
+        api_key=api_key,
+        verify_token=VERIFY_TOKEN,
     )
-    gateway = Gateway(settings, session=session, sessions=sessions)
-    await gateway.start()
-    sandbox.webhook_url = f"{gateway.url}/webhook"
-    return Stack(gateway, sandbox)
 
 
 async def stop_stack(stack: Stack) -> None:
     """Stop both sides."""
-    # Gateway first: its shutdown terminates calls through the (still running) sandbox.
-    await stack.gateway.aclose()
-    await stack.sandbox.aclose()
+    await stack.aclose()
 
 
 @pytest.fixture

@@ -193,3 +193,41 @@ async def test_callback_data_too_long_is_refused_locally(api_stack: Stack) -> No
         r = await api.post("/calls", json={"to": "1555", "biz_opaque_callback_data": "x" * 600})
     assert r.status_code == 400 and "512" in r.json()["error"]["message"]
     assert not [a for a in api_stack.sandbox.requests if a.action == "connect"]
+
+
+async def test_daily_call_cap_138012_says_when_it_resets(api_stack: Stack) -> None:
+    stack = api_stack
+    callee = SimulatedUser(stack.sandbox, "15557654327", "Kim")
+    stack.sandbox.permissions.grant(callee.wa_id)
+    for _ in range(100):
+        stack.sandbox.permissions.record_call(callee.wa_id, answered=True)
+    async with _api(stack) as api:
+        r = await api.post("/calls", json={"to": callee.wa_id})
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["code"] == 138012 and "resets at 20" in error["details"]
+    assert "limit" in error["hint"]
+
+
+async def test_sdp_validation_error_100_shows_details(api_stack: Stack) -> None:
+    from gateway.errors import GraphAPIError
+
+    SimulatedUser(api_stack.sandbox, "15557654328", "Lu")
+    api_stack.sandbox.permissions.grant("15557654328")
+    with pytest.raises(GraphAPIError) as err:
+        await api_stack.gateway.graph.connect("15557654328", "v=0\r\nm=video 9 RTP/AVP 0\r\n")
+    assert err.value.code == 100
+    assert err.value.details is not None and "SDP validation error" in err.value.details
+    assert "audio m-line" in err.value.details
+
+
+async def test_four_unanswered_calls_revoke_permission(api_stack: Stack) -> None:
+    stack = api_stack
+    callee = SimulatedUser(stack.sandbox, "15557654329", "Mo", answer="ignore")
+    stack.sandbox.permissions.grant(callee.wa_id)
+    for _ in range(4):
+        call = await stack.gateway.calls.place_call(callee.wa_id, ring_timeout=0.3)
+        await _wait_ended(stack, call.id)
+    async with _api(stack) as api:
+        r = await api.post("/calls", json={"to": callee.wa_id})
+    assert r.status_code == 400 and r.json()["error"]["code"] == 138006

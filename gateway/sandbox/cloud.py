@@ -377,6 +377,19 @@ class CloudAPISandbox:
                 "No approved call permission from the recipient",
                 "Call permission is required: send a call permission request to the user first.",
             )
+        resets_at = self.permissions.daily_limit_resets_at(to)
+        if resets_at is not None:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resets_at))
+            return self._error(
+                request,
+                body,
+                "connect",
+                400,
+                138012,
+                "Business-initiated call limit reached for this user",
+                f"The limit of connected calls to this user in 24 hours was reached; "
+                f"it resets at {when}.",
+            )
         user = self.users.get(to)
         if user is None:
             return self._error(

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..app import Gateway
-from ..config import load_settings
 from ..media.audio import SAMPLE_RATE, load_wav, save_wav
 from ..pipeline.plugins import default_tts, session_for
 from .cloud import CloudAPISandbox, Timeline
 from .phone import BrowserPhone, PhoneSandbox
+from .stack import start_local_stack
 from .user import SimulatedUser
 
 DEFAULT_AUDIO = Path("../shared/audio/goforward.wav")
@@ -50,30 +49,17 @@ async def run_demo(
     *, bot: str = "echo", audio: str | None = None, record: str | None = None, digits: str = ""
 ) -> int:
     """Run the demo call; returns the process exit code."""
-    secret, token = secrets.token_hex(16), secrets.token_hex(16)
-    sandbox = CloudAPISandbox(webhook_url="", app_secret=secret, access_token=token)
-    sandbox.timeline.echo = print
-    await sandbox.start()
-    settings = load_settings(
-        {
-            "WHATSAPP_ACCESS_TOKEN": token,
-            "WHATSAPP_APP_SECRET": secret,
-            "WHATSAPP_VERIFY_TOKEN": secrets.token_hex(8),
-            "WHATSAPP_PHONE_NUMBER_ID": sandbox.phone_number_id,
-            "WHATSAPP_GRAPH_URL": sandbox.graph_url,
-            "GATEWAY_PORT": "0",
-            "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
-            "GATEWAY_BOT": bot,
-        }
+    sandbox = CloudAPISandbox(
+        webhook_url="", app_secret=secrets.token_hex(16), access_token=secrets.token_hex(16)
     )
-    gateway = Gateway(settings, session=session_for(bot))
+    sandbox.timeline.echo = print
     handler = _TimelineHandler(sandbox.timeline)
     for name in ("gateway.calls", "gateway.pipeline.session"):
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).propagate = False
+    stack = await start_local_stack(sandbox, bot=bot, session=session_for(bot))
+    gateway = stack.gateway
     try:
-        await gateway.start()
-        sandbox.webhook_url = f"{gateway.url}/webhook"
         pcm, source = await _caller_audio(audio)
         print(f"gateway on {gateway.url}, fake Graph API on {sandbox.graph_url}, bot {bot!r}")
         print(f"the caller will say: {source} ({len(pcm) / SAMPLE_RATE:.2f} s)\n")
@@ -110,9 +96,10 @@ async def run_demo(
             print(f"call ended: {records[-1].end_reason}; calls still open: {open_calls}")
         return 0
     finally:
-        await sandbox.aclose()
-        await gateway.aclose()
-        logging.getLogger("gateway.calls").removeHandler(handler)
+        await stack.aclose()
+        for name in ("gateway.calls", "gateway.pipeline.session"):
+            logging.getLogger(name).removeHandler(handler)
+            logging.getLogger(name).propagate = True
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

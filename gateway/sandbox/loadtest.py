@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 # Packets larger than this carry sound; the gateway's silence packet is 8 bytes.
 SOUND_PACKET_BYTES = 16
 DEFAULT_SERVER = (sys.executable, "-m", "gateway", "serve")
+# Frames louder than this (int16 RMS) count as speech when finding where words end.
+SPEECH_RMS = 500.0
 # A packet arriving later than this after its RTP timestamp says is "late".
 LATE_AFTER = 0.060
 
@@ -58,8 +60,18 @@ class Recording:
 
     @property
     def seconds(self) -> float:
-        """Length of the speech."""
+        """Length of the recording."""
         return len(self.pcm) / SAMPLE_RATE
+
+    @property
+    def trailing_silence(self) -> float:
+        """Seconds after the last loud 20 ms frame: response times count from speech end."""
+        n = len(self.pcm) // 320
+        if n == 0:
+            return 0.0
+        frames = self.pcm[: n * 320].astype(np.float32).reshape(n, 320)
+        loud = np.flatnonzero(np.sqrt((frames**2).mean(axis=1)) > SPEECH_RMS)
+        return 0.0 if len(loud) == 0 else self.seconds - (loud[-1] + 1) * 0.020
 
 
 def load_recordings(sources: Sequence[str]) -> tuple[list[Recording], list[str]]:
@@ -204,7 +216,7 @@ async def run_caller(
             turn += 1
             await call.play_packets(recording.packets).wait()
             stats.utterances += 1
-            spoke_at = time.perf_counter()
+            spoke_at = time.perf_counter() - recording.trailing_silence
             try:
                 heard_at = await asyncio.wait_for(counter.next_sound(spoke_at), 5.0)
             except TimeoutError:

@@ -90,6 +90,14 @@ class PermissionStore:
         now = self._clock()
         return sum(1 for t in self._user(wa_id).connected_calls if now - t < DAY)
 
+    def daily_limit_resets_at(self, wa_id: str) -> int | None:
+        """When a capped user may be called again (None while under the cap)."""
+        now = self._clock()
+        recent = sorted(t for t in self._user(wa_id).connected_calls if now - t < DAY)
+        if len(recent) < CALLS_PER_DAY:
+            return None
+        return int(recent[-CALLS_PER_DAY] + DAY)
+
     def as_graph(self, wa_id: str) -> dict[str, object]:
         """The ``GET call_permissions`` body for this user."""
         user = self._user(wa_id)

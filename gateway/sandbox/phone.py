@@ -42,7 +42,6 @@ from aiohttp import web
 from .. import rtc, sdp
 from ..app import Gateway
 from ..calls import Call, SessionFactory
-from ..config import load_settings
 from ..errors import SDPError
 from ..media.audio import SAMPLE_RATE
 from ..pipeline.bot import Bot, CallControl, CallInfo, Interruption, PlaybackResult, Utterance
@@ -51,7 +50,8 @@ from ..pipeline.session import session_factory
 from ..pipeline.tts import TTS
 from . import payloads
 from .cloud import CloudAPISandbox, Timeline
-from .user import WHATSAPP_OPUS_FMTP, UserCallState, check_answer
+from .stack import start_local_stack
+from .user import WHATSAPP_OPUS_FMTP, UserCallState, check_action
 
 log = logging.getLogger(__name__)
 
@@ -366,21 +366,7 @@ class BrowserCall:
 
     def check_action(self, action: str, body: dict[str, Any]) -> str | None:
         """Meta's checks on a business action for this call; a reason when refused."""
-        if self.state is UserCallState.ENDED:
-            return f"call {self.call_id} has already ended"
-        if action not in ("pre_accept", "accept"):
-            return None
-        session = body.get("session")
-        if not isinstance(session, dict) or session.get("sdp_type") != "answer":
-            return "session.sdp_type must be 'answer'"
-        answer = session.get("sdp")
-        if not isinstance(answer, str):
-            return "session.sdp is required"
-        if action == "accept" and self.answer_sdp is not None and answer != self.answer_sdp:
-            return "the accept SDP must be identical to the pre_accept SDP"
-        if action == "pre_accept" and self.state is not UserCallState.OFFERED:
-            return f"cannot pre_accept a call in state {self.state}"
-        return check_answer(answer)
+        return check_action(self.call_id, self.state, self.answer_sdp, action, body)
 
     def on_action(self, action: str, body: dict[str, Any]) -> None:
         """Apply an accepted business action: answer the page, or end the call."""
@@ -877,34 +863,23 @@ class PhoneSandbox:
     ) -> PhoneSandbox:
         """Start the sandbox (and page) on 127.0.0.1:``port``, then the gateway."""
         load_bot(bot)  # an unknown default bot fails now, with the list of choices
-        secret, token = secrets.token_hex(16), secrets.token_hex(16)
         sandbox = CloudAPISandbox(
-            webhook_url="", app_secret=secret, access_token=token, host="127.0.0.1", port=port
+            webhook_url="",
+            app_secret=secrets.token_hex(16),
+            access_token=secrets.token_hex(16),
+            host="127.0.0.1",
+            port=port,
         )
         sandbox.timeline.echo = echo
         phone = BrowserPhone(sandbox, default_bot=bot)
         try:
-            await sandbox.start()
-            settings = load_settings(
-                {
-                    "WHATSAPP_ACCESS_TOKEN": token,
-                    "WHATSAPP_APP_SECRET": secret,
-                    "WHATSAPP_VERIFY_TOKEN": secrets.token_hex(8),
-                    "WHATSAPP_PHONE_NUMBER_ID": sandbox.phone_number_id,
-                    "WHATSAPP_GRAPH_URL": sandbox.graph_url,
-                    "GATEWAY_PORT": "0",
-                    # ICE on loopback only: nothing leaves the machine.
-                    "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
-                    "GATEWAY_BOT": bot,
-                }
+            stack = await start_local_stack(
+                sandbox, bot=bot, session=phone.session_factory(tts), sessions=session_for
             )
-            gateway = Gateway(settings, session=phone.session_factory(tts), sessions=session_for)
-            await gateway.start()
         except BaseException:
             await phone.aclose()
-            await sandbox.aclose()
             raise
-        sandbox.webhook_url = f"{gateway.url}/webhook"
+        gateway = stack.gateway
         phone.watch_gateway_logs()
         return cls(sandbox, phone, gateway)
 

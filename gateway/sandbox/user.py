@@ -261,21 +261,7 @@ class UserCall:
 
     def check_action(self, action: str, body: dict[str, Any]) -> str | None:
         """Meta's checks on a business action for this call; a reason when refused."""
-        if self.state is UserCallState.ENDED:
-            return f"call {self.call_id} has already ended"
-        if action in ("pre_accept", "accept"):
-            session = body.get("session")
-            if not isinstance(session, dict) or session.get("sdp_type") != "answer":
-                return "session.sdp_type must be 'answer'"
-            answer = session.get("sdp")
-            if not isinstance(answer, str):
-                return "session.sdp is required"
-            if action == "accept" and self.answer_sdp is not None and answer != self.answer_sdp:
-                return "the accept SDP must be identical to the pre_accept SDP"
-            if action == "pre_accept" and self.state is not UserCallState.OFFERED:
-                return f"cannot pre_accept a call in state {self.state}"
-            return check_answer(answer)
-        return None
+        return check_action(self.call_id, self.state, self.answer_sdp, action, body)
 
     def on_action(self, action: str, body: dict[str, Any]) -> None:
         """Apply an accepted business action to the phone."""
@@ -381,6 +367,27 @@ class UserCall:
             if task is not current:
                 task.cancel()
         self.ended.set()
+
+
+def check_action(
+    call_id: str, state: UserCallState, answer_sdp: str | None, action: str, body: dict[str, Any]
+) -> str | None:
+    """Meta's checks on a business action for a user's call; a reason when refused."""
+    if state is UserCallState.ENDED:
+        return f"call {call_id} has already ended"
+    if action not in ("pre_accept", "accept"):
+        return None
+    session = body.get("session")
+    if not isinstance(session, dict) or session.get("sdp_type") != "answer":
+        return "session.sdp_type must be 'answer'"
+    answer = session.get("sdp")
+    if not isinstance(answer, str):
+        return "session.sdp is required"
+    if action == "accept" and answer_sdp is not None and answer != answer_sdp:
+        return "the accept SDP must be identical to the pre_accept SDP"
+    if action == "pre_accept" and state is not UserCallState.OFFERED:
+        return f"cannot pre_accept a call in state {state}"
+    return check_answer(answer)
 
 
 def check_answer(answer: str) -> str | None:
