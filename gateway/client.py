@@ -12,6 +12,7 @@ import httpx
 from .errors import ConfigError
 
 POLL_SECONDS = 0.5
+TERMINATE_WAIT = 5.0
 
 
 def _describe_error(body: Any) -> str:
@@ -69,6 +70,12 @@ async def place_call(args: argparse.Namespace) -> int:
             if data.get("state") != state:
                 state = data["state"]
                 print(f"  {state}")
+        # Meta's terminate webhook (the billing record) may land just after we hang up.
+        for _ in range(int(TERMINATE_WAIT / POLL_SECONDS)):
+            if data.get("terminate_status"):
+                break
+            await asyncio.sleep(POLL_SECONDS)
+            data = (await client.get(f"/calls/{call_id}")).json()
         print(f"call ended: {data.get('end_reason')}")
         for key_name in ("terminate_status", "duration", "biz_opaque_callback_data"):
             if data.get(key_name) is not None:

@@ -231,3 +231,33 @@ async def test_four_unanswered_calls_revoke_permission(api_stack: Stack) -> None
     async with _api(stack) as api:
         r = await api.post("/calls", json={"to": callee.wa_id})
     assert r.status_code == 400 and r.json()["error"]["code"] == 138006
+
+
+async def test_cli_call_with_wait_follows_the_call_to_its_end(api_stack: Stack) -> None:
+    stack = api_stack
+    callee = SimulatedUser(stack.sandbox, "15557654330", "Noa")
+    stack.sandbox.permissions.grant(callee.wa_id)
+    out = io.StringIO()
+
+    def run_cli() -> int:
+        with contextlib.redirect_stdout(out):
+            return cli_main(
+                [
+                    "call",
+                    callee.wa_id,
+                    "--callback-data",
+                    "order=9",
+                    "--wait",
+                    "--url",
+                    stack.gateway.url,
+                    "--api-key",
+                    API_KEY,
+                ]
+            )
+
+    code = await asyncio.get_running_loop().run_in_executor(None, run_cli)
+    text = out.getvalue()
+    assert code == 0, text
+    assert f"calling {callee.wa_id}" in text and "ACTIVE" in text and "ENDED" in text
+    assert "call ended: reminder delivered" in text
+    assert "terminate_status: COMPLETED" in text and "biz_opaque_callback_data: order=9" in text

@@ -101,6 +101,7 @@ class BotSession:
             pcm = np.asarray(audio, dtype=np.int16)
         if len(pcm) == 0:
             return PlaybackResult(0, 0, False)
+        log.info("call %s: bot plays %s (%.2f s)", self.call.id, label or "audio", len(pcm) / 16000)
         playback = self.call.playout.play(pcm)
         self._current = (playback, label, interruptible)
         try:
@@ -140,6 +141,12 @@ class BotSession:
                 self._on_speech_started()
             elif isinstance(event, SpeechEnded):
                 self.metrics.utterances += 1
+                log.info(
+                    "call %s: caller turn %d ended (%.2f s of speech)",
+                    self.call.id,
+                    self.metrics.utterances,
+                    len(event.pcm) / 16000,
+                )
                 self._turn_ended_at = time.perf_counter()
                 self._inbox.put_nowait(Utterance(event.pcm, event.started_at_ms, event.at_ms))
 
