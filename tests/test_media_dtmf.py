@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import secrets
 from typing import cast
 
 import aioice.ice
@@ -24,6 +23,8 @@ from gateway.media.dtmf import (
 )
 from gateway.media.ice import use_host_addresses
 from gateway.media.playout import PlayoutTrack
+
+from .contract import meta_offer
 
 # --- payloads -----------------------------------------------------------------------
 
@@ -153,38 +154,6 @@ def test_add_telephone_event_codec_is_idempotent() -> None:
     assert len(events) == 1
     assert (events[0].clockRate, events[0].payloadType) == (8000, 126)
     assert audio[0].mimeType.lower() == "audio/opus"  # still the codec aiortc sends with
-
-
-def meta_offer() -> str:
-    """The offer from the calling contract (section 4), with a well-formed fingerprint."""
-    fingerprint = ":".join(f"{b:02X}" for b in secrets.token_bytes(32))
-    lines = [
-        "v=0",
-        "o=- 1747816423 1747816423 IN IP4 127.0.0.1",
-        "s=-",
-        "t=0 0",
-        "a=group:BUNDLE audio",
-        "a=msid-semantic: WMS 2d7c9b",
-        "a=ice-lite",
-        "m=audio 40012 UDP/TLS/RTP/SAVPF 111 126",
-        "c=IN IP4 31.13.65.60",
-        "a=rtcp:9 IN IP4 0.0.0.0",
-        "a=candidate:1 1 udp 2113937151 31.13.65.60 40012 typ host generation 0 network-cost 50",
-        "a=ice-ufrag:6k2qP1R6kBfI",
-        "a=ice-pwd:b6mOpV0cUKt1h+GXrn5GfU",
-        f"a=fingerprint:sha-256 {fingerprint}",
-        "a=setup:actpass",
-        "a=mid:audio",
-        "a=extmap:1 urn:ietf:params:rtp-hdrext:ssrc-audio-level",
-        "a=sendrecv",
-        "a=rtcp-mux",
-        "a=rtpmap:111 opus/48000/2",
-        "a=rtcp-fb:111 transport-cc",
-        "a=fmtp:111 minptime=10;useinbandfec=1",
-        "a=rtpmap:126 telephone-event/8000",
-        "a=ssrc:2251211437 cname:WhatsAppAudioStream1",
-    ]
-    return "\r\n".join(lines) + "\r\n"
 
 
 @pytest.mark.usefixtures("loopback")

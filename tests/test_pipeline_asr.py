@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import threading
 from pathlib import Path
@@ -15,6 +14,8 @@ from gateway.errors import ConfigError, GatewayError
 from gateway.media.audio import load_wav
 from gateway.pipeline.asr import KeywordHit, KeywordSpotter
 from gateway.pipeline.vad import SpeechEnded, VadSegmenter
+
+from .loop_checks import ticking_loop
 
 AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
 MENU = ["forward", "clubs", "spades", "hearts"]
@@ -85,35 +86,17 @@ async def test_multi_word_phrases() -> None:
 async def test_decoding_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     spotter = KeywordSpotter(MENU)
     decode = spotter._detect
-    ticked = threading.Event()
     ran_on: list[str] = []
+    async with ticking_loop() as loop:
 
-    def blocking_detect(pcm: PCM) -> list[KeywordHit]:
-        ran_on.append(threading.current_thread().name)
-        # Only a running event loop can set this (see the ticker below).
-        if not ticked.wait(timeout=30):
-            raise AssertionError("the event loop did not run during decoding")
-        return decode(pcm)
+        def blocking_detect(pcm: PCM) -> list[KeywordHit]:
+            ran_on.append(threading.current_thread().name)
+            loop.wait_in_worker("decoding")
+            return decode(pcm)
 
-    monkeypatch.setattr(spotter, "_detect", blocking_detect)
-    ticks = 0
-    done = False
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done:
-            ticks += 1
-            if ticks == 5:
-                ticked.set()
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(ticker())
-    try:
+        monkeypatch.setattr(spotter, "_detect", blocking_detect)
         assert await spotter.spot(_load("cards-001")) == "clubs"
-    finally:
-        done = True
-        await task
-    assert ticks >= 5
+    assert loop.ticks >= 5
     assert ran_on and ran_on[0] != threading.current_thread().name
 
 

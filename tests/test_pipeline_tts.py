@@ -14,6 +14,8 @@ from numpy.typing import NDArray
 from gateway.errors import ConfigError, GatewayError
 from gateway.pipeline.tts import TTS, EspeakTTS, _resample
 
+from .loop_checks import ticking_loop
+
 PCM = NDArray[np.int16]
 
 # The cache is process-wide and keyed by (text, voice, rate): tests that need a
@@ -79,36 +81,17 @@ async def test_synthesis_runs_off_the_event_loop(monkeypatch: pytest.MonkeyPatch
     tts = EspeakTTS(rate_wpm=166)
     engine = tts._engine
     render = engine.render
-    ticked = threading.Event()
     ran_on: list[str] = []
+    async with ticking_loop() as loop:
 
-    def blocking_render(text: str, voice: str, rate_wpm: int) -> PCM:
-        ran_on.append(threading.current_thread().name)
-        # Only a running event loop can set this: if synthesis blocked the loop,
-        # this would wait for nothing and fail.
-        if not ticked.wait(timeout=30):
-            raise AssertionError("the event loop did not run during synthesis")
-        return render(text, voice, rate_wpm)
+        def blocking_render(text: str, voice: str, rate_wpm: int) -> PCM:
+            ran_on.append(threading.current_thread().name)
+            loop.wait_in_worker("synthesis")
+            return render(text, voice, rate_wpm)
 
-    monkeypatch.setattr(engine, "render", blocking_render)
-    ticks = 0
-    done = False
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not done:
-            ticks += 1
-            if ticks == 5:
-                ticked.set()
-            await asyncio.sleep(0)
-
-    task = asyncio.create_task(ticker())
-    try:
+        monkeypatch.setattr(engine, "render", blocking_render)
         pcm = await _speak(tts, "seven of hearts")
-    finally:
-        done = True
-        await task
-    assert ticks >= 5
+    assert loop.ticks >= 5
     assert len(pcm) > 8000
     assert ran_on and ran_on[0].startswith("espeak-ng")
     assert ran_on[0] != threading.current_thread().name

@@ -8,35 +8,10 @@ from gateway import sdp
 from gateway.errors import SDPError
 from gateway.sandbox.user import whatsapp_offer
 
-META_OFFER = (
-    "\r\n".join(
-        [
-            "v=0",
-            "o=- 1747816423 1747816423 IN IP4 127.0.0.1",
-            "s=-",
-            "t=0 0",
-            "a=group:BUNDLE audio",
-            "a=msid-semantic: WMS 2d7c9b",
-            "a=ice-lite",
-            "m=audio 40012 UDP/TLS/RTP/SAVPF 111 126",
-            "c=IN IP4 31.13.65.60",
-            "a=rtcp:9 IN IP4 0.0.0.0",
-            "a=candidate:1 1 udp 2113937151 31.13.65.60 40012 typ host generation 0",
-            "a=ice-ufrag:6k2qP1R6kBfI",
-            "a=ice-pwd:b6mOpV0cUKt1h+GXrn5GfU",
-            "a=fingerprint:sha-256 4B:1E:9C",
-            "a=setup:actpass",
-            "a=mid:audio",
-            "a=sendrecv",
-            "a=rtcp-mux",
-            "a=rtpmap:111 opus/48000/2",
-            "a=fmtp:111 minptime=10;useinbandfec=1;maxaveragebitrate=16000;maxplaybackrate=16000",
-            "a=rtpmap:126 telephone-event/8000",
-            "a=ssrc:2251211437 cname:WhatsAppAudioStream1",
-        ]
-    )
-    + "\r\n"
-)
+from .contract import meta_offer
+
+META_OFFER = meta_offer("minptime=10;useinbandfec=1;maxaveragebitrate=16000;maxplaybackrate=16000")
+FINGERPRINT_LINE = next(line for line in META_OFFER.split("\r\n") if "fingerprint" in line)
 
 
 def test_meta_offer_is_valid_and_its_parameters_are_read() -> None:
@@ -55,7 +30,7 @@ def test_meta_offer_is_valid_and_its_parameters_are_read() -> None:
         ("hello", "v= line"),
         (META_OFFER.replace("m=audio", "m=video"), "exactly one audio m-line"),
         (META_OFFER.replace("opus/48000/2", "PCMU/8000"), "Opus"),
-        (META_OFFER.replace("a=fingerprint:sha-256 4B:1E:9C\r\n", ""), "fingerprint"),
+        (META_OFFER.replace(FINGERPRINT_LINE + "\r\n", ""), "fingerprint"),
         (META_OFFER.replace("a=ice-ufrag:6k2qP1R6kBfI\r\n", ""), "ice-ufrag"),
     ],
 )
