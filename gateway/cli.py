@@ -27,6 +27,7 @@ environment (flags override):
   GATEWAY_MEDIA_ADDRESSES   comma-separated ICE host addresses, default every interface
   GATEWAY_API_KEY           enables the HTTP API for backends (bearer key)
   GATEWAY_RING_TIMEOUT      seconds a business-initiated call rings, default 45
+  GATEWAY_ANSWER_TIMEOUT    seconds to answer a user's call (pre_accept + accept), default 20
   GATEWAY_IVR_MENU          menu file of the ivr bot, default bots/menu.toml
   GATEWAY_LOG_LEVEL         DEBUG, INFO (default), WARNING, ERROR
 """

@@ -111,5 +111,6 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         media_addresses=tuple(a.strip() for a in addresses.split(",") if a.strip()),
         api_key=Secret(api_key) if api_key else None,
         ring_timeout=float(_int(env, "GATEWAY_RING_TIMEOUT", 45)),
+        answer_timeout=float(_int(env, "GATEWAY_ANSWER_TIMEOUT", 20)),
     )
     return settings.with_overrides(**overrides)

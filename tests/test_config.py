@@ -32,6 +32,9 @@ def test_defaults_and_flag_overrides() -> None:
     assert s.graph_url == "https://graph.facebook.com/v23.0" and s.api_key is None
     s = load_settings({**ENV, "GATEWAY_PORT": "9000", "GATEWAY_BOT": "ivr"}, port=9100)
     assert (s.port, s.bot) == (9100, "ivr")
+    assert (s.answer_timeout, s.ring_timeout) == (20, 45)
+    s = load_settings({**ENV, "GATEWAY_RING_TIMEOUT": "30", "GATEWAY_ANSWER_TIMEOUT": "10"})
+    assert (s.answer_timeout, s.ring_timeout) == (10, 30)
     with pytest.raises(ConfigError, match="GATEWAY_MAX_CALLS must be a whole number"):
         load_settings({**ENV, "GATEWAY_MAX_CALLS": "many"})
 
