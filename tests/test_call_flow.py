@@ -159,3 +159,13 @@ async def test_graph_error_on_pre_accept_frees_the_call(stack: Stack) -> None:
     assert stack.gateway.calls.calls == {}
     assert _call_tasks(call.call_id) == []
     await call.close()
+
+
+async def test_graph_5xx_then_success_still_answers_the_call(stack: Stack) -> None:
+    stack.sandbox.fail_next("pre_accept", status=500, code=1, message="An unknown error occurred")
+    stack.sandbox.fail_next("accept", status=503, code=2, message="Service temporarily unavailable")
+    call = await _answered(stack)
+    attempts = [(r.action, r.status) for r in stack.sandbox.requests if r.action]
+    assert attempts == [("pre_accept", 500), ("pre_accept", 200), ("accept", 503), ("accept", 200)]
+    assert stack.gateway.calls.get(call.call_id).state is CallState.ACTIVE
+    await call.hang_up()
