@@ -323,23 +323,29 @@ class CloudAPISandbox:
         return web.json_response({"messaging_product": "whatsapp", "success": True})
 
     def _connect(self, request: web.Request, body: dict[str, Any]) -> web.Response:
-        # Meta's checks on a business-initiated call, in the order it makes them.
+        refusal = self._connect_refusal(body)
+        if refusal is not None:
+            code, message, details = refusal
+            return self._error(request, body, "connect", 400, code, message, details)
+        to, offer = body["to"], body["session"]["sdp"]
+        callback = body.get("biz_opaque_callback_data")
+        user = self.users[to]
+        call_id = self.new_call_id()
+        self._record(request, body, 200, "connect")
+        self.timeline.add(f"graph: connect to {user.name} ({to})")
+        user.receive_call(call_id, offer, callback)
+        return web.json_response({"messaging_product": "whatsapp", "calls": [{"id": call_id}]})
+
+    def _connect_refusal(self, body: dict[str, Any]) -> tuple[int, str, str | None] | None:
+        # Meta's checks on a business-initiated call, in the order it makes them:
+        # (code, message, details) of the first that fails.
+        invalid = "(#100) Invalid parameter"
         to = body.get("to")
         session = body.get("session")
         if not isinstance(to, str) or not to:
-            return self._error(
-                request, body, "connect", 400, 100, "(#100) The parameter to is required."
-            )
+            return 100, "(#100) The parameter to is required.", None
         if not isinstance(session, dict) or session.get("sdp_type") != "offer":
-            return self._error(
-                request,
-                body,
-                "connect",
-                400,
-                100,
-                "(#100) Invalid parameter",
-                "session.sdp_type must be 'offer'",
-            )
+            return 100, invalid, "session.sdp_type must be 'offer'"
         offer = session.get("sdp")
         try:
             if not isinstance(offer, str):
@@ -347,32 +353,16 @@ class CloudAPISandbox:
             sdp.validate_offer(offer)
             sdp.keep_fingerprint(offer)
         except SDPError as exc:
-            return self._error(
-                request,
-                body,
-                "connect",
-                400,
-                100,
-                "(#100) Invalid parameter",
-                f"SDP validation error: {exc.message}",
-            )
+            return 100, invalid, f"SDP validation error: {exc.message}"
         callback = body.get("biz_opaque_callback_data")
         if callback is not None and (not isinstance(callback, str) or len(callback) > 512):
-            return self._error(
-                request,
-                body,
-                "connect",
-                400,
+            return (
                 100,
-                "(#100) Invalid parameter",
+                invalid,
                 "biz_opaque_callback_data must be a string of at most 512 characters",
             )
         if not self.permissions.can_call(to):
-            return self._error(
-                request,
-                body,
-                "connect",
-                400,
+            return (
                 138006,
                 "No approved call permission from the recipient",
                 "Call permission is required: send a call permission request to the user first.",
@@ -380,11 +370,7 @@ class CloudAPISandbox:
         resets_at = self.permissions.daily_limit_resets_at(to)
         if resets_at is not None:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resets_at))
-            return self._error(
-                request,
-                body,
-                "connect",
-                400,
+            return (
                 138012,
                 "Business-initiated call limit reached for this user",
                 f"The limit of connected calls to this user in 24 hours was reached; "
@@ -392,23 +378,10 @@ class CloudAPISandbox:
             )
         user = self.users.get(to)
         if user is None:
-            return self._error(
-                request, body, "connect", 400, 138001, "Receiver is unable to receive calls"
-            )
+            return 138001, "Receiver is unable to receive calls", None
         if any(c.user is user and c.direction == "BUSINESS_INITIATED" for c in self.calls.values()):
-            return self._error(
-                request,
-                body,
-                "connect",
-                400,
-                138003,
-                "Duplicate call: a call to this user is ongoing",
-            )
-        call_id = self.new_call_id()
-        self._record(request, body, 200, "connect")
-        self.timeline.add(f"graph: connect to {user.name} ({to})")
-        user.receive_call(call_id, offer, callback)
-        return web.json_response({"messaging_product": "whatsapp", "calls": [{"id": call_id}]})
+            return 138003, "Duplicate call: a call to this user is ongoing", None
+        return None
 
     async def _handle_messages(self, request: web.Request) -> web.Response:
         body, refused = await self._read(request)
