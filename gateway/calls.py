@@ -263,10 +263,13 @@ class Call:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        self.playout.flush()
-        if self.inbound is not None:
-            self.inbound.detach()
-        await self.pc.close()
+        try:
+            self.playout.flush()
+            if self.inbound is not None:
+                self.inbound.detach()
+            await self.pc.close()
+        except Exception:  # the call must still end and free its slot
+            log.exception("call %s: closing the media path failed", self.id)
         if terminate:
             try:
                 await self.graph.terminate(self.id)
@@ -309,7 +312,6 @@ class CallManager:
         self._queue: asyncio.Queue[Event] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.permission_listeners: list[Callable[[PermissionReply], None]] = []
         self.permission_replies: dict[str, PermissionReply] = {}
         self.rejected_for_capacity = 0
         # Events that arrived before our connect request returned the call id.
@@ -377,8 +379,6 @@ class CallManager:
                 " (permanent)" if event.permanent else "",
             )
             self.permission_replies[event.from_] = event
-            for listener in self.permission_listeners:
-                listener(event)
 
     def _on_connect(self, event: CallConnect) -> None:
         if event.sdp_type == "answer":

@@ -172,3 +172,20 @@ async def test_graph_5xx_then_success_still_answers_the_call(stack: Stack) -> No
     assert attempts == [("pre_accept", 500), ("pre_accept", 200), ("accept", 503), ("accept", 200)]
     assert stack.gateway.calls.get(call.call_id).state is CallState.ACTIVE
     await call.hang_up()
+
+
+async def test_a_failing_media_teardown_still_ends_and_frees_the_call(stack: Stack) -> None:
+    call = await _answered(stack)
+    gw_call = stack.gateway.calls.get(call.call_id)
+    real_close = gw_call.pc.close
+
+    async def broken_close() -> None:
+        await real_close()
+        raise RuntimeError("teardown bug")
+
+    gw_call.pc.close = broken_close  # type: ignore[method-assign]
+    await gw_call.end("test hang-up", terminate=True)
+    assert gw_call.state is CallState.ENDED and stack.gateway.calls.calls == {}
+    assert [a.action for a in stack.sandbox.actions(call.call_id)][-1] == "terminate"
+    async with asyncio.timeout(5):
+        await call.ended.wait()
