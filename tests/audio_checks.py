@@ -4,19 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
-FRAME = 320  # 20 ms at 16 kHz
-
-
-def envelope(pcm: np.ndarray) -> np.ndarray:
-    """RMS per 20 ms frame."""
-    n = len(pcm) // FRAME
-    frames = pcm[: n * FRAME].astype(np.float32).reshape(n, FRAME)
-    return np.sqrt((frames**2).mean(axis=1))
+from gateway.media.audio import frame_rms
 
 
 def find_in(haystack: np.ndarray, needle: np.ndarray) -> tuple[float, int]:
     """Best normalized correlation of ``needle``'s envelope inside ``haystack``'s, and its frame."""
-    h, n = envelope(haystack), envelope(needle)
+    h, n = frame_rms(haystack), frame_rms(needle)
     if len(h) < len(n) or len(n) == 0:
         return 0.0, -1
     n = (n - n.mean()) / (n.std() + 1e-9)
@@ -31,4 +24,4 @@ def find_in(haystack: np.ndarray, needle: np.ndarray) -> tuple[float, int]:
 
 def loud_frames(pcm: np.ndarray, rms: float = 300.0) -> int:
     """How many 20 ms frames are louder than ``rms``."""
-    return int(np.count_nonzero(envelope(pcm) > rms))
+    return int(np.count_nonzero(frame_rms(pcm) > rms))

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from gateway.calls import CallState
-from gateway.media.audio import load_wav
+from gateway.media.audio import frame_rms, load_wav
 from gateway.pipeline.bot import BaseBot, CallControl, Interruption, Utterance
 from gateway.pipeline.plugins import default_tts, session_for
 from gateway.pipeline.session import BotSession, session_factory
 from gateway.sandbox.user import SimulatedUser, UserCall
 
-from .audio_checks import envelope, find_in, loud_frames
+from .audio_checks import find_in, loud_frames
 from .conftest import AUDIO, Stack, start_stack, stop_stack
 
 
@@ -101,7 +101,7 @@ async def test_barge_in_stops_playout_at_once() -> None:
         await asyncio.sleep(1.5)  # the bot is mid-sentence
         speech = load_wav(AUDIO / "goforward.wav")
         # Measure from where the words start in the recording, not from its silent lead-in.
-        lead_in = int(np.argmax(envelope(speech) > 500)) * 0.020
+        lead_in = int(np.argmax(frame_rms(speech) > 500)) * 0.020
         playback = call.play(speech)
         onset = time.monotonic() + lead_in
         await asyncio.sleep(1.0)

@@ -8,7 +8,6 @@ import io
 from collections.abc import AsyncIterator
 
 import httpx
-import numpy as np
 import pytest
 
 from gateway.calls import SessionFactory
@@ -18,6 +17,7 @@ from gateway.pipeline.plugins import default_tts
 from gateway.pipeline.session import session_factory
 from gateway.sandbox.user import SimulatedUser
 
+from .audio_checks import loud_frames
 from .conftest import API_KEY, Stack, start_stack, stop_stack
 
 GREETING = "Hello, this is a reminder of your appointment tomorrow at nine."
@@ -77,10 +77,8 @@ async def test_answered_call_bot_speaks_and_callback_data_round_trips(api_stack:
     assert record["biz_opaque_callback_data"] == "ticket=4711"
     assert "RINGING" in record["statuses"]  # type: ignore[operator]
     # The callee heard the sentence: well over a second of loud audio.
-    heard = heard_call.heard
-    frames = heard[: len(heard) // 320 * 320].reshape(-1, 320).astype(np.float32)
-    loud_frames = int(np.count_nonzero(np.sqrt((frames**2).mean(axis=1)) > 300))
-    assert loud_frames * 20 > 1200, loud_frames
+    loud = loud_frames(heard_call.heard, rms=300.0)
+    assert loud * 20 > 1200, loud
     actions = [a.action for a in stack.sandbox.actions() if a.action]
     assert actions[0] == "connect" and actions[-1] == "terminate"
     connect = next(a for a in stack.sandbox.actions() if a.action == "connect")

@@ -22,7 +22,7 @@ from aiortc import (
 from aiortc.rtp import RtpPacket
 from numpy.typing import NDArray
 
-from gateway.media.audio import FRAME_SAMPLES, load_wav
+from gateway.media.audio import FRAME_SAMPLES, frame_rms, load_wav
 from gateway.media.dtmf import DtmfSender, add_telephone_event_codec, encode_digit
 from gateway.media.ice import use_host_addresses
 from gateway.media.inbound import InboundAudio, JitterBuffer
@@ -32,13 +32,6 @@ from gateway.media.playout import PlayoutTrack
 AUDIO = Path(__file__).resolve().parent / ".." / ".." / "shared" / "audio"
 SSRC = 0x0BADCAFE
 RESAMPLER_DELAY = 15  # libswresample's, from 48 to 16 kHz in the decoder
-
-
-def envelope(pcm: NDArray[np.int16]) -> NDArray[np.float64]:
-    n = len(pcm) // FRAME_SAMPLES
-    f = pcm[: n * FRAME_SAMPLES].astype(np.float64).reshape(n, FRAME_SAMPLES)
-    result: NDArray[np.float64] = np.sqrt((f**2).mean(axis=1))
-    return result
 
 
 # --- the jitter buffer, with labelled packets ------------------------------------------
@@ -441,8 +434,8 @@ async def test_speech_and_dtmf_between_two_peers(speech: NDArray[np.int16]) -> N
         assert (stats.lost, stats.late, stats.concealed) == (0, 0, 0)
 
         # And it is the recording: line the loudness envelopes up and compare.
-        heard = envelope(np.concatenate(received))
-        original = envelope(speech)
+        heard = frame_rms(np.concatenate(received))
+        original = frame_rms(speech)
         lags = range(len(heard) - len(original) + 1)
         scores = [np.corrcoef(heard[k : k + len(original)], original)[0, 1] for k in lags]
         best = int(np.argmax(scores))
@@ -451,7 +444,7 @@ async def test_speech_and_dtmf_between_two_peers(speech: NDArray[np.int16]) -> N
         # With the codec's delay taken out, the envelopes match as in a plain round trip.
         start = best * FRAME_SAMPLES + ENCODER_DELAY + RESAMPLER_DELAY
         aligned = np.concatenate(received)[start : start + len(speech)]
-        assert np.corrcoef(envelope(aligned), original)[0, 1] > 0.98  # measured: 0.994
+        assert np.corrcoef(frame_rms(aligned), original)[0, 1] > 0.98  # measured: 0.994
 
         await DtmfSender(sender).send("159#")
         await asyncio.sleep(0.1)

@@ -15,7 +15,7 @@ from aiortc.mediastreams import MediaStreamError
 from numpy.typing import NDArray
 
 import gateway.media.playout
-from gateway.media.audio import FRAME_SAMPLES, load_wav
+from gateway.media.audio import FRAME_SAMPLES, frame_rms, load_wav
 from gateway.media.opus import OpusDecoder, OpusEncoder, frames_for, silence_packet
 from gateway.media.playout import PlayoutTrack
 
@@ -34,13 +34,6 @@ def block_the_event_loop(seconds: float) -> None:
 
 async def collect(track: PlayoutTrack, count: int) -> list[av.Packet]:
     return [await track.recv() for _ in range(count)]
-
-
-def envelope(pcm: NDArray[np.int16]) -> NDArray[np.float64]:
-    n = len(pcm) // FRAME_SAMPLES
-    f = pcm[: n * FRAME_SAMPLES].astype(np.float64).reshape(n, FRAME_SAMPLES)
-    result: NDArray[np.float64] = np.sqrt((f**2).mean(axis=1))
-    return result
 
 
 async def test_idle_track_sends_silence_on_time() -> None:
@@ -92,7 +85,7 @@ async def test_play_sends_the_speech_then_silence(speech: NDArray[np.int16]) -> 
     decoder = OpusDecoder()
     decoded = np.concatenate([decoder.decode(bytes(p)) for p in packets])[119:]
     n = min(len(decoded), len(pcm))
-    assert np.corrcoef(envelope(decoded[:n]), envelope(pcm[:n]))[0, 1] > 0.95
+    assert np.corrcoef(frame_rms(decoded[:n]), frame_rms(pcm[:n]))[0, 1] > 0.95
     stats = track.stats
     assert (stats.speech_frames, stats.silence_frames) == (count, 1)
 

@@ -95,6 +95,14 @@ def frames(pcm: PCM) -> Iterator[PCM]:
         yield last
 
 
+def frame_rms(pcm: PCM) -> NDArray[np.float32]:
+    """RMS level of each whole 20 ms frame (a trailing partial frame is left out)."""
+    n = len(pcm) // FRAME_SAMPLES
+    whole = pcm[: n * FRAME_SAMPLES].astype(np.float32).reshape(n, FRAME_SAMPLES)
+    rms: NDArray[np.float32] = np.sqrt((whole**2).mean(axis=1))
+    return rms
+
+
 # --- WAV parsing -------------------------------------------------------------------
 
 

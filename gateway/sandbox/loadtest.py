@@ -32,7 +32,7 @@ from aiortc.rtp import RtpPacket
 
 from .. import rtc
 from ..errors import AudioFileError, GatewayError
-from ..media.audio import SAMPLE_RATE, load_wav
+from ..media.audio import SAMPLE_RATE, frame_rms, load_wav
 from ..media.inbound import InboundAudio
 from ..media.opus import OpusEncoder
 from ..metrics import parse_prometheus
@@ -66,11 +66,7 @@ class Recording:
     @property
     def trailing_silence(self) -> float:
         """Seconds after the last loud 20 ms frame: response times count from speech end."""
-        n = len(self.pcm) // 320
-        if n == 0:
-            return 0.0
-        frames = self.pcm[: n * 320].astype(np.float32).reshape(n, 320)
-        loud = np.flatnonzero(np.sqrt((frames**2).mean(axis=1)) > SPEECH_RMS)
+        loud = np.flatnonzero(frame_rms(self.pcm) > SPEECH_RMS)
         return 0.0 if len(loud) == 0 else self.seconds - (loud[-1] + 1) * 0.020
 
 

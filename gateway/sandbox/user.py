@@ -19,7 +19,7 @@ import numpy as np
 from aiortc import RTCSessionDescription
 
 from .. import rtc, sdp
-from ..media.audio import SAMPLE_RATE
+from ..media.audio import SAMPLE_RATE, frame_rms
 from ..media.dtmf import DtmfSender
 from ..media.inbound import InboundAudio
 from ..media.playout import Playback, PlayoutTrack
@@ -289,8 +289,7 @@ class UserCall:
     def _on_frame(self, frame: np.ndarray) -> None:
         self._heard.append(frame.copy())
         self.frames_heard += 1
-        rms = float(np.sqrt(np.mean(frame.astype(np.float32) ** 2)))
-        if rms > HEARD_RMS:
+        if frame_rms(frame)[0] > HEARD_RMS:
             self.last_heard_at = time.monotonic()
             if self.first_heard_at is None:
                 self.first_heard_at = self.last_heard_at
