@@ -29,7 +29,6 @@ from .events import (
     CallConnect,
     CallStatus,
     CallTerminate,
-    Contact,
     Direction,
     Event,
     PermissionReply,
@@ -102,11 +101,9 @@ class Call:
         record: CallRecord,
         *,
         graph: GraphClient,
-        contact: Contact | None = None,
         on_ended: Callable[[Call], None] | None = None,
     ) -> None:
         self.record = record
-        self.contact = contact
         self.graph = graph
         self.pc: RTCPeerConnection = rtc.new_peer_connection()
         self.playout = PlayoutTrack()
@@ -404,7 +401,7 @@ class CallManager:
             contact_name=event.contact.name if event.contact else None,
             biz_opaque_callback_data=event.biz_opaque_callback_data,
         )
-        call = Call(record, graph=self.graph, contact=event.contact, on_ended=self._ended)
+        call = Call(record, graph=self.graph, on_ended=self._ended)
         self.calls[call.id] = call
         call.spawn(self._answer(call, event.sdp), "answer")
 

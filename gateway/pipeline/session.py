@@ -45,8 +45,6 @@ class SessionMetrics:
     barge_ins: int = 0
     # End of caller speech (VAD closed the turn) -> first bot frame handed to the sender.
     response_latencies_ms: list[float] = field(default_factory=list)
-    # Barge-in: speech-start detection -> playout stopped (frames still sent after).
-    barge_in_frames_after: list[int] = field(default_factory=list)
 
 
 @dataclass
