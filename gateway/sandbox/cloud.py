@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,28 @@ class Timeline:
         self.entries.append((t, text))
         if self.echo is not None:
             self.echo(f"{t * 1000:8.0f} ms  {text}")
+
+
+# The gateway loggers whose lines (call states, DTMF, bot turns) belong on a timeline.
+GATEWAY_LOGGERS = ("gateway.calls", "gateway.pipeline.session")
+
+
+class TimelineLogHandler(logging.Handler):
+    """Puts the gateway's own log lines on a sandbox timeline, from any thread."""
+
+    def __init__(self, timeline: Timeline, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(logging.INFO)
+        self.timeline = timeline
+        self.loop = loop
+        self.thread = threading.get_ident()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Add the line now on the loop's thread, else hand it to the loop."""
+        text = "gateway: " + record.getMessage()
+        if threading.get_ident() == self.thread:
+            self.timeline.add(text)
+        else:  # the timeline and its listeners live on the event loop
+            self.loop.call_soon_threadsafe(self.timeline.add, text)
 
 
 class CloudAPISandbox:

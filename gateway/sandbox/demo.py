@@ -17,23 +17,13 @@ import numpy as np
 
 from ..media.audio import SAMPLE_RATE, load_wav, save_wav
 from ..pipeline.plugins import default_tts, session_for
-from .cloud import CloudAPISandbox, Timeline
+from .cloud import GATEWAY_LOGGERS, CloudAPISandbox, TimelineLogHandler
 from .phone import BrowserPhone, PhoneSandbox
 from .stack import start_local_stack
 from .user import SimulatedUser
 
 DEFAULT_AUDIO = Path("../shared/audio/goforward.wav")
 DEFAULT_SENTENCE = "Hello, I would like to go forward ten meters."
-
-
-class _TimelineHandler(logging.Handler):
-    # Shows the gateway's own state changes in the same timeline as the sandbox's.
-    def __init__(self, timeline: Timeline) -> None:
-        super().__init__(logging.INFO)
-        self.timeline = timeline
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.timeline.add("gateway: " + record.getMessage())
 
 
 async def _caller_audio(audio: str | None) -> tuple[np.ndarray, str]:
@@ -53,8 +43,8 @@ async def run_demo(
         webhook_url="", app_secret=secrets.token_hex(16), access_token=secrets.token_hex(16)
     )
     sandbox.timeline.echo = print
-    handler = _TimelineHandler(sandbox.timeline)
-    for name in ("gateway.calls", "gateway.pipeline.session"):
+    handler = TimelineLogHandler(sandbox.timeline, asyncio.get_running_loop())
+    for name in GATEWAY_LOGGERS:
         logging.getLogger(name).addHandler(handler)
         logging.getLogger(name).propagate = False
     stack = await start_local_stack(sandbox, bot=bot, session=session_for(bot))
@@ -97,7 +87,7 @@ async def run_demo(
         return 0
     finally:
         await stack.aclose()
-        for name in ("gateway.calls", "gateway.pipeline.session"):
+        for name in GATEWAY_LOGGERS:
             logging.getLogger(name).removeHandler(handler)
             logging.getLogger(name).propagate = True
 

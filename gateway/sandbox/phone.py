@@ -28,7 +28,6 @@ import json
 import logging
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from ..pipeline.plugins import available_bots, default_tts, load_bot, session_fo
 from ..pipeline.session import session_factory
 from ..pipeline.tts import TTS
 from . import payloads
-from .cloud import CloudAPISandbox, Timeline
+from .cloud import GATEWAY_LOGGERS, CloudAPISandbox, Timeline, TimelineLogHandler
 from .stack import start_local_stack
 from .user import WHATSAPP_OPUS_FMTP, UserCallState, check_action
 
@@ -545,22 +544,6 @@ class _ObservedBot:
         return forward
 
 
-class _TimelineHandler(logging.Handler):
-    # The gateway's own log lines (call states, DTMF, bot session) on the timeline.
-    def __init__(self, timeline: Timeline, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.INFO)
-        self.timeline = timeline
-        self.loop = loop
-        self.thread = threading.get_ident()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        text = "gateway: " + record.getMessage()
-        if threading.get_ident() == self.thread:
-            self.timeline.add(text)
-        else:  # the timeline and its listeners live on the event loop
-            self.loop.call_soon_threadsafe(self.timeline.add, text)
-
-
 # --- the phone ---------------------------------------------------------------------------
 
 
@@ -571,7 +554,7 @@ class BrowserPhone:
     ``sandbox.route_hooks`` and taps the sandbox timeline.
     """
 
-    GATEWAY_LOGGERS = ("gateway.calls", "gateway.pipeline.session")
+    GATEWAY_LOGGERS = GATEWAY_LOGGERS
 
     def __init__(
         self,
@@ -587,7 +570,7 @@ class BrowserPhone:
         self.activity: dict[str, BotActivity] = {}
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._handler: _TimelineHandler | None = None
+        self._handler: TimelineLogHandler | None = None
         self._levels: dict[str, int] = {}
         sandbox.route_hooks.append(self.add_routes)
         self._echo = sandbox.timeline.echo
@@ -610,7 +593,7 @@ class BrowserPhone:
         """Show the gateway's call states and bot session lines on the timeline."""
         if self._handler is not None:
             return
-        self._handler = _TimelineHandler(self.sandbox.timeline, asyncio.get_running_loop())
+        self._handler = TimelineLogHandler(self.sandbox.timeline, asyncio.get_running_loop())
         for name in self.GATEWAY_LOGGERS:
             logger = logging.getLogger(name)
             self._levels[name] = logger.level
