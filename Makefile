@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo phone chromium test lint typecheck pytest bench clean
+.PHONY: install demo phone chromium test lint typecheck pytest faults bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,6 +40,10 @@ pytest: $(STAMP) chromium
 	REQUIRE_CHROMIUM=1 $(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+## The long fault and soak suite (tests marked slow).
+faults: $(STAMP) chromium
+	$(BIN)/pytest -q -m slow
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cpu_per_call.py
