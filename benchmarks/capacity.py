@@ -17,7 +17,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from gateway.sandbox.loadtest import LoadTestConfig, run_load_test
+from gateway.loadtest import LoadTestConfig, run_load_test
 
 AUDIO = str(Path(__file__).resolve().parent.parent.parent / "shared" / "audio")
 LIMIT = 0.01

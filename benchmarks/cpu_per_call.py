@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from gateway.sandbox.loadtest import LoadTestConfig, run_load_test
+from gateway.loadtest import LoadTestConfig, run_load_test
 
 HERE = Path(__file__).resolve().parent
 AUDIO = str(HERE.parent.parent / "shared" / "audio")

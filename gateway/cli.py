@@ -192,7 +192,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
 
 async def _loadtest(args: argparse.Namespace) -> int:
-    from .sandbox.loadtest import (
+    from .loadtest import (
         LoadTestConfig,
         run_load_test,
         save_report,

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.cli import main as cli_main
 from gateway.errors import AudioFileError
-from gateway.sandbox.loadtest import (
+from gateway.loadtest import (
     LoadTestConfig,
     load_recordings,
     run_load_test,

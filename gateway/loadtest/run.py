@@ -36,8 +36,8 @@ from ..media.audio import SAMPLE_RATE, frame_rms, load_wav
 from ..media.inbound import InboundAudio
 from ..media.opus import OpusEncoder
 from ..metrics import parse_prometheus
-from .cloud import CloudAPISandbox
-from .user import SimulatedUser, UserCall
+from ..sandbox.cloud import CloudAPISandbox
+from ..sandbox.user import SimulatedUser, UserCall
 
 log = logging.getLogger(__name__)
 
