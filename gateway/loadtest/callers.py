@@ -1,0 +1,186 @@
+"""The simulated callers of a load test, and what each one measures.
+
+Callers are cheap, so the load generator is not what saturates the machine: what
+they receive is counted, never decoded. Bot audio is told from silence by packet
+size: the gateway sends silence as one cached 8-byte Opus packet, and any encoded
+sound is several times larger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from aiortc.rtp import RtpPacket
+
+from .. import rtc
+from ..media.inbound import InboundAudio
+from ..sandbox.cloud import CloudAPISandbox
+from ..sandbox.user import SimulatedUser, UserCall
+from .recordings import Recording
+
+log = logging.getLogger(__name__)
+
+# Packets larger than this carry sound; the gateway's silence packet is 8 bytes.
+SOUND_PACKET_BYTES = 16
+# A packet arriving later than this after its RTP timestamp says is "late".
+LATE_AFTER = 0.060
+
+
+class _PacketCounter(InboundAudio):
+    """Counts a caller's received packets (no decoding): sound, loss, lateness."""
+
+    def __init__(self, call: UserCall, stats: CallStats) -> None:
+        receiver = next(t.receiver for t in call.pc.getTransceivers())
+        super().__init__(receiver, on_frame=_ignore, opus_pt=rtc.OPUS_PT, dtmf_pt=rtc.DTMF_PT)
+        self.stats_ = stats
+        self.first_seq: int | None = None
+        self.max_seq = 0
+        self.base_offset: float | None = None
+        self.last_sound_at: float | None = None
+        self.sound_waiters: list[tuple[float, asyncio.Future[float]]] = []
+        self.first_packet = asyncio.Event()
+
+    def _push_audio(self, packet: RtpPacket) -> None:
+        now = time.perf_counter()
+        s = self.stats_
+        s.packets_received += 1
+        if s.first_packet_at is None:
+            s.first_packet_at = now
+            self.first_packet.set()
+        # Sequence numbers wrap at 2**16; unwrap against the highest seen.
+        seq = packet.sequence_number
+        if self.first_seq is None:
+            self.first_seq = self.max_seq = seq
+        else:
+            delta = (seq - (self.max_seq & 0xFFFF)) & 0xFFFF
+            if delta < 0x8000:
+                self.max_seq += delta
+        offset = now - packet.timestamp / 48000
+        if self.base_offset is None or offset < self.base_offset:
+            self.base_offset = offset
+        elif offset - self.base_offset > LATE_AFTER:
+            s.late_packets += 1
+        if len(packet.payload) > SOUND_PACKET_BYTES:
+            s.sound_packets += 1
+            self.last_sound_at = now
+            if self.sound_waiters:
+                waiters, self.sound_waiters = self.sound_waiters, []
+                for after, fut in waiters:
+                    if now >= after and not fut.done():
+                        fut.set_result(now)
+                    elif not fut.done():
+                        self.sound_waiters.append((after, fut))
+
+    def lost(self) -> int:
+        if self.first_seq is None:
+            return 0
+        return max(0, self.max_seq - self.first_seq + 1 - self.stats_.packets_received)
+
+    def next_sound(self, after: float) -> asyncio.Future[float]:
+        """A future resolved with the arrival time of the first sound packet after ``after``."""
+        fut: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self.sound_waiters.append((after, fut))
+        return fut
+
+
+def _ignore(frame: np.ndarray) -> None:
+    pass
+
+
+@dataclass
+class CallStats:
+    """What one simulated caller measured."""
+
+    index: int
+    call_id: str = ""
+    setup_accept_ms: float | None = None  # connect webhook sent -> accept received
+    setup_media_ms: float | None = None  # connect webhook sent -> first packet received
+    response_ms: list[float] = field(default_factory=list)
+    barge_in_stop_ms: list[float] = field(default_factory=list)
+    utterances: int = 0
+    packets_sent: int = 0
+    packets_received: int = 0
+    sound_packets: int = 0
+    lost_packets: int = 0
+    late_packets: int = 0
+    ended_cleanly: bool = False
+    failure: str | None = None
+    first_packet_at: float | None = None
+
+
+async def run_caller(
+    sandbox: CloudAPISandbox,
+    index: int,
+    recordings: Sequence[Recording],
+    duration: float,
+    rng: random.Random,
+    barge_in_every: int = 3,
+) -> CallStats:
+    """One simulated caller: call, talk for ``duration`` seconds, measure, hang up."""
+    stats = CallStats(index)
+    user = SimulatedUser(sandbox, f"1555{index:07d}", f"Caller {index}")
+    started = time.perf_counter()
+    call: UserCall | None = None
+    counter: _PacketCounter | None = None
+    try:
+        call = await user.place_call(inbound=False)
+        stats.call_id = call.call_id
+        counter = _PacketCounter(call, stats)
+        counter.attach()
+        async with asyncio.timeout(20):
+            await call.accepted.wait()
+            stats.setup_accept_ms = (time.perf_counter() - started) * 1000
+            await call.media_up.wait()
+            await counter.first_packet.wait()
+        assert stats.first_packet_at is not None
+        stats.setup_media_ms = (stats.first_packet_at - started) * 1000
+        end_at = time.perf_counter() + duration
+        turn = 0
+        while time.perf_counter() < end_at and not call.ended.is_set():
+            recording = recordings[(index + turn) % len(recordings)]
+            turn += 1
+            await call.play_packets(recording.packets).wait()
+            stats.utterances += 1
+            spoke_at = time.perf_counter() - recording.trailing_silence
+            try:
+                heard_at = await asyncio.wait_for(counter.next_sound(spoke_at), 5.0)
+            except TimeoutError:
+                stats.failure = stats.failure or "no bot response within 5 s"
+                continue
+            stats.response_ms.append((heard_at - spoke_at) * 1000)
+            if barge_in_every and turn % barge_in_every == 0 and recording.seconds > 1.0:
+                # Talk over the bot's reply and time how long its audio keeps coming.
+                await asyncio.sleep(0.3)
+                barge_at = time.perf_counter()
+                playback = call.play_packets(recording.packets)
+                await asyncio.sleep(1.0)
+                if counter.last_sound_at is not None and counter.last_sound_at > barge_at:
+                    stats.barge_in_stop_ms.append((counter.last_sound_at - barge_at) * 1000)
+                await playback.wait()
+                # Let the bot answer the barge-in utterance before the next turn.
+                await asyncio.sleep(1.0)
+            await asyncio.sleep(rng.uniform(1.2, 2.5))
+        stats.packets_sent = call.playout.stats.frames_sent
+        if call.ended.is_set():
+            stats.failure = stats.failure or f"ended early: {call.end_reason}"
+        else:
+            await call.hang_up()
+            stats.ended_cleanly = stats.failure is None
+    except TimeoutError:
+        stats.failure = "call setup timed out (20 s)"
+    except Exception as exc:  # one broken call is a result, not a crash of the run
+        stats.failure = f"{type(exc).__name__}: {exc}"
+        log.exception("caller %d failed", index)
+    finally:
+        if counter is not None:
+            stats.lost_packets = counter.lost()
+            counter.detach()
+        if call is not None:
+            await call.close()
+    return stats

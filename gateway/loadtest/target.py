@@ -1,0 +1,94 @@
+"""The gateway under load: a subprocess started for the run, or a running one given by URL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from ..errors import GatewayError
+from ..metrics import parse_prometheus
+
+DEFAULT_SERVER = (sys.executable, "-m", "gateway", "serve")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class GatewayUnderTest:
+    """A gateway to load: started here as a subprocess, or a remote one."""
+
+    url: str
+    app_secret: str
+    access_token: str
+    process: asyncio.subprocess.Process | None = None
+
+    async def metrics(self, client: httpx.AsyncClient) -> dict[str, float]:
+        """The gateway's /metrics, parsed."""
+        response = await client.get(f"{self.url}/metrics")
+        return parse_prometheus(response.text)
+
+    async def stop(self) -> None:
+        """Stop the subprocess, if we started one."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+
+
+async def start_local_gateway(
+    graph_url: str,
+    *,
+    bot: str,
+    max_calls: int,
+    extra_env: dict[str, str] | None = None,
+    command: Sequence[str] = DEFAULT_SERVER,
+) -> GatewayUnderTest:
+    """Run ``command`` (the gateway by default) on a free loopback port, using ``graph_url``."""
+    port = _free_port()
+    secret, token = secrets.token_hex(16), secrets.token_hex(16)
+    env = {
+        **os.environ,
+        "WHATSAPP_ACCESS_TOKEN": token,
+        "WHATSAPP_APP_SECRET": secret,
+        "WHATSAPP_VERIFY_TOKEN": secrets.token_hex(8),
+        "WHATSAPP_PHONE_NUMBER_ID": "106540352242922",
+        "WHATSAPP_GRAPH_URL": graph_url,
+        "GATEWAY_HOST": "127.0.0.1",
+        "GATEWAY_PORT": str(port),
+        "GATEWAY_BOT": bot,
+        "GATEWAY_MAX_CALLS": str(max_calls),
+        "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
+        "GATEWAY_LOG_LEVEL": "WARNING",
+        **(extra_env or {}),
+    }
+    process = await asyncio.create_subprocess_exec(
+        *command, env=env, stdout=asyncio.subprocess.DEVNULL
+    )
+    gateway = GatewayUnderTest(f"http://127.0.0.1:{port}", secret, token, process)
+    async with httpx.AsyncClient() as client:
+        for _ in range(200):
+            if process.returncode is not None:
+                raise GatewayError(f"the gateway exited with code {process.returncode}")
+            try:
+                if (await client.get(f"{gateway.url}/healthz")).status_code == 200:
+                    return gateway
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+    await gateway.stop()
+    raise GatewayError("the gateway did not come up within 10 s")
