@@ -5,7 +5,8 @@ The fake Graph API answers ``POST /<PHONE_NUMBER_ID>/calls`` the way Meta does
 request for inspection, and can be told to fail the next requests with any
 status and Cloud API code. Webhooks go to the gateway signed with the app secret,
 exactly as Meta signs them. Simulated users (:mod:`gateway.sandbox.user`) plug in
-to place and receive calls.
+to place and receive calls; this module knows them only as the ``Callee`` and
+``SandboxCall`` protocols, so the import goes one way (user -> cloud).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import httpx
 from aiohttp import web
@@ -28,9 +29,6 @@ from ..errors import SDPError
 from ..webhooks import SIGNATURE_HEADER, sign
 from . import payloads
 from .permissions import PermissionStore
-
-if TYPE_CHECKING:
-    from .user import SimulatedUser
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +44,19 @@ class Caller(Protocol):
 
     @property
     def wa_id(self) -> str: ...
+
+
+class Callee(Caller, Protocol):
+    """A WhatsApp user the business can call and ask for call permission (a simulated user)."""
+
+    @property
+    def permission_reply(self) -> str:
+        """How the user answers a call permission request: accept, accept_permanent, ..."""
+        ...
+
+    def receive_call(self, call_id: str, offer: str, callback_data: str | None) -> object:
+        """The business calls this user (the fake Graph API accepted ``connect``)."""
+        ...
 
 
 class SandboxCall(Protocol):
@@ -153,7 +164,7 @@ class CloudAPISandbox:
         self.requests: list[RecordedRequest] = []
         self.timeline = Timeline()
         self.calls: dict[str, SandboxCall] = {}
-        self.users: dict[str, SimulatedUser] = {}
+        self.users: dict[str, Callee] = {}
         self.permissions = PermissionStore()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._failures: dict[str, list[_Failure]] = {}
@@ -444,7 +455,7 @@ class CloudAPISandbox:
             }
         )
 
-    async def _reply_permission(self, user: SimulatedUser, message_id: str) -> None:
+    async def _reply_permission(self, user: Callee, message_id: str) -> None:
         accept = user.permission_reply.startswith("accept")
         permanent = user.permission_reply == "accept_permanent"
         if accept:

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from aiortc import RTCSessionDescription
@@ -24,9 +24,7 @@ from ..media.dtmf import DtmfSender
 from ..media.inbound import InboundAudio
 from ..media.playout import Playback, PlayoutTrack
 from . import payloads
-
-if TYPE_CHECKING:
-    from .cloud import CloudAPISandbox
+from .cloud import CloudAPISandbox
 
 log = logging.getLogger(__name__)
 
