@@ -18,6 +18,7 @@ from aiohttp import web
 from .calls import CallManager, SessionFactory
 from .errors import BotError, CallError, GatewayError, GraphAPIError
 from .graph import GraphClient
+from .logsafe import clip
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,11 @@ class CallsAPI:
         except GraphAPIError as exc:
             if exc.code == 138006 and body.get("request_permission"):
                 message_id = await self.graph.request_permission(to, body.get("permission_text"))
-                log.info("no permission to call %s: permission request %s sent", to, message_id)
+                log.info(
+                    "no permission to call %s: permission request %s sent",
+                    clip(to, 40),
+                    clip(message_id, 80),
+                )
                 return web.json_response(
                     {"permission_requested": True, "message_id": message_id, **error_body(exc)},
                     status=202,

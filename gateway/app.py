@@ -13,7 +13,7 @@ from .calls import CallManager, SessionFactory
 from .config import Settings
 from .graph import GraphClient
 from .metrics import Metrics
-from .webhooks import MAX_BODY_BYTES, WebhookReceiver
+from .webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,11 @@ class Gateway:
             app_secret=settings.app_secret.value,
             verify_token=settings.verify_token.value,
             sink=self.calls.dispatch,
+            max_body_bytes=settings.webhook_max_bytes,
         )
-        self.app = web.Application(client_max_size=MAX_BODY_BYTES)
+        # aiohttp's default 1 MiB body limit is for the calls API; the webhook
+        # receiver reads its bodies itself, under its own (lower) cap.
+        self.app = web.Application()
         self.webhooks.add_routes(self.app)
         self.app.router.add_get("/healthz", self._healthz)
         self.metrics = Metrics(self.calls, self.webhooks)

@@ -34,6 +34,7 @@ from .events import (
     PermissionReply,
 )
 from .graph import GraphClient
+from .logsafe import clip
 from .media.inbound import InboundAudio
 from .media.playout import PlayoutTrack
 
@@ -153,7 +154,7 @@ class Call:
             raise CallError(f"call {self.id}: illegal transition {old} -> {new}")
         self.record.state = new
         self.state_changed.set()
-        log.info("call %s: %s -> %s%s", self.id, old, new, f" ({reason})" if reason else "")
+        log.info("call %s: %s -> %s%s", self.id, old, new, f" ({clip(reason)})" if reason else "")
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Start a task owned by this call (cancelled when the call ends)."""
@@ -168,7 +169,9 @@ class Call:
             return
         exc = task.exception()
         if exc is not None and self.state is not CallState.ENDED:
-            log.error("call %s: task %s failed: %r", self.id, task.get_name(), exc, exc_info=exc)
+            log.error(
+                "call %s: task %s failed: %s", self.id, task.get_name(), clip(exc), exc_info=exc
+            )
             self.end(f"internal error in {task.get_name()}", terminate=True)
 
     @property
@@ -271,7 +274,7 @@ class Call:
             try:
                 await self.graph.terminate(self.id)
             except GraphAPIError as exc:
-                log.warning("call %s: terminate failed: %s", self.id, exc)
+                log.warning("call %s: terminate failed: %s", self.id, clip(exc))
         self.record.ended_at = time.time()
         self.set_state(CallState.ENDED, reason)
         self.ended.set()
@@ -355,7 +358,7 @@ class CallManager:
             try:
                 self._handle(event)
             except Exception:  # one bad event must not stop the others
-                log.exception("error handling %s", event)
+                log.exception("error handling %s", clip(event))
             finally:
                 self._queue.task_done()
 
@@ -371,7 +374,7 @@ class CallManager:
         else:
             log.info(
                 "permission reply from %s: %s%s",
-                event.from_,
+                clip(event.from_),
                 "accepted" if event.accepted else "declined",
                 " (permanent)" if event.permanent else "",
             )
@@ -422,7 +425,7 @@ class CallManager:
         try:
             await call.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         except ValueError as exc:
-            log.warning("call %s: bad SDP answer: %s", call.id, exc)
+            log.warning("call %s: bad SDP answer: %s", call.id, clip(exc))
             call.end("bad SDP answer", terminate=True)
             return
         call.remote_sdp = answer
@@ -518,7 +521,7 @@ class CallManager:
         if event.biz_opaque_callback_data:
             record.biz_opaque_callback_data = event.biz_opaque_callback_data
         if call is not None:
-            call.end(f"terminated by WhatsApp ({event.status.lower()})", terminate=False)
+            call.end(f"terminated by WhatsApp ({clip(event.status.lower(), 40)})", terminate=False)
 
     def _on_status(self, event: CallStatus) -> None:
         call = self.calls.get(event.call_id)
@@ -526,7 +529,9 @@ class CallManager:
             if self._dialing:
                 self._hold(event)
             else:
-                log.info("call %s: status %s for an unknown call", event.call_id, event.status)
+                log.info(
+                    "call %s: status %s for an unknown call", event.call_id, clip(event.status, 40)
+                )
             return
         call.record.statuses.append(event.status)
         if event.status == "RINGING" and call.state is CallState.DIALING:
@@ -548,7 +553,7 @@ class CallManager:
         try:
             await self.graph.reject(call_id)
         except GraphAPIError as exc:
-            log.warning("call %s: reject failed: %s", call_id, exc)
+            log.warning("call %s: reject failed: %s", call_id, clip(exc))
 
     async def _answer(self, call: Call, offer: str) -> None:
         try:
@@ -559,13 +564,13 @@ class CallManager:
                 # Meta requires the accept SDP to be byte-identical to pre_accept's.
                 await self.graph.accept(call.id, answer)
         except SDPError as exc:
-            log.warning("call %s: cannot answer: %s", call.id, exc)
+            log.warning("call %s: cannot answer: %s", call.id, clip(exc))
             await self._reject(call.id)
-            call.end(f"bad offer: {exc.message}", terminate=False)
+            call.end(f"bad offer: {clip(exc.message)}", terminate=False)
             return
         except GraphAPIError as exc:
-            log.warning("call %s: answering failed: %s", call.id, exc)
-            call.end(f"answer failed: {exc}", terminate=call.state is CallState.PRE_ACCEPTED)
+            log.warning("call %s: answering failed: %s", call.id, clip(exc))
+            call.end(f"answer failed: {clip(exc)}", terminate=call.state is CallState.PRE_ACCEPTED)
             return
         except TimeoutError:
             log.warning("call %s: not answered within %.0fs", call.id, self.answer_timeout)
@@ -582,8 +587,8 @@ class CallManager:
         try:
             await factory(call)
         except GatewayError as exc:
-            log.warning("call %s: session ended with error: %s", call.id, exc)
-            call.end(f"session error: {exc.message}", terminate=True)
+            log.warning("call %s: session ended with error: %s", call.id, clip(exc))
+            call.end(f"session error: {clip(exc.message)}", terminate=True)
 
     # --- bookkeeping -------------------------------------------------------------
 

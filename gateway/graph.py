@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 
 from .errors import GatewayError, GraphAPIError
+from .logsafe import clip
 
 log = logging.getLogger(__name__)
 
@@ -198,15 +199,15 @@ class GraphClient:
             delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
             delay *= 0.5 + random.random() / 2
             if not safe or attempt >= policy.attempts or time.monotonic() + delay > deadline:
-                log.warning("%s failed after %d attempt(s): %s", label, attempt, error)
+                log.warning("%s failed after %d attempt(s): %s", label, attempt, clip(error, 300))
                 raise error
-            log.info("%s: %s; retrying in %.2fs", label, error, delay)
+            log.info("%s: %s; retrying in %.2fs", label, clip(error, 300), delay)
             await asyncio.sleep(delay)
 
 
 def _label(method: str, path: str, body: dict[str, Any] | None) -> str:
     if body and "action" in body:
-        return f"{body['action']} (call {body.get('call_id', body.get('to', '-'))})"
+        return f"{body['action']} (call {clip(body.get('call_id', body.get('to', '-')), 80)})"
     return f"{method} {path}"
 
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -30,12 +31,21 @@ from .events import (
     PermissionReply,
     event_key,
 )
+from .logsafe import clip
 
 log = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
-# A batch of 1000 connects with SDP is about 2 MB; leave room.
-MAX_BODY_BYTES = 16 * 1024 * 1024
+# A real delivery is a few kB (one call event with its SDP). The body must be read
+# before its signature can be checked, so this cap is what an unauthenticated
+# sender can make the gateway hold per request (GATEWAY_WEBHOOK_MAX_BYTES).
+DEFAULT_MAX_BODY_BYTES = 64 * 1024
+# Call ids are ASCII tokens ("wacid." and base64); anything else is not from Meta.
+MAX_CALL_ID_CHARS = 256
+# Numbers outside this range are junk (and would not fit a database column).
+_INT64_MAX = 2**63 - 1
+# Only a \uD800-\uDFFF escape can put a surrogate into a string json.loads returns.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 def sign(body: bytes, app_secret: str) -> str:
@@ -67,24 +77,44 @@ def _str(obj: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _call_id(obj: dict[str, Any], where: str) -> str:
+    value = _str(obj, "id", where)
+    if (
+        len(value) > MAX_CALL_ID_CHARS
+        or not value.isascii()
+        or not value.isprintable()
+        or " " in value
+    ):
+        raise _Shape(f"{where}.id is not a call id: {clip(value, 40)}")
+    return value
+
+
 def _opt_str(obj: dict[str, Any], key: str) -> str | None:
     value = obj.get(key)
     return value if isinstance(value, str) else None
 
 
-def _ts(value: Any) -> int:
-    # Timestamps are unix seconds as strings; be lenient about ints and junk.
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
+def _text(obj: dict[str, Any], key: str) -> str:
+    # Lenient: a field that is not a string is treated as absent (never str() a
+    # structure from outside: it may be huge or nested a thousand deep).
+    value = obj.get(key)
+    return value if isinstance(value, str) else ""
 
 
 def _opt_int(value: Any) -> int | None:
-    try:
-        return int(value) if value is not None else None
-    except (TypeError, ValueError):
+    # Unix seconds and durations come as strings or numbers; junk, Infinity, NaN
+    # and numbers too big for 64 bits count as absent.
+    if value is None or isinstance(value, bool):
         return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if -_INT64_MAX <= number <= _INT64_MAX else None
+
+
+def _ts(value: Any) -> int:
+    return _opt_int(value) or 0
 
 
 def _dict(value: Any, where: str) -> dict[str, Any]:
@@ -100,10 +130,19 @@ def _list(value: Any, where: str) -> list[Any]:
 
 
 def _direction(value: Any) -> Direction | None:
+    if not isinstance(value, str):
+        return None
     try:
         return Direction(value)
     except ValueError:
         return None
+
+
+def _items(obj: dict[str, Any], key: str, where: str) -> list[Any]:
+    value = obj.get(key)
+    if value is None:
+        return []
+    return _list(value, f"{where}.{key}")
 
 
 def _call_errors(value: Any) -> tuple[CallErrorInfo, ...]:
@@ -126,14 +165,15 @@ def _call_errors(value: Any) -> tuple[CallErrorInfo, ...]:
 
 
 def _parse_call(call: dict[str, Any], value: dict[str, Any], pnid: str, where: str) -> Event | None:
-    call_id = _str(call, "id", where)
+    call_id = _call_id(call, where)
     kind = call.get("event")
     if kind == "connect":
         session = call.get("session")
         if not isinstance(session, dict):
             # Legacy payloads carried the SDP here only.
-            webrtc = (call.get("connection") or {}).get("webrtc") or {}
-            session = {"sdp": webrtc.get("sdp"), "sdp_type": None}
+            connection = call.get("connection")
+            webrtc = connection.get("webrtc") if isinstance(connection, dict) else None
+            session = {"sdp": webrtc.get("sdp") if isinstance(webrtc, dict) else None}
         sdp = session.get("sdp")
         if not isinstance(sdp, str) or not sdp.strip():
             raise _Shape(f"{where}.session.sdp must be a non-empty string (call {call_id})")
@@ -141,7 +181,7 @@ def _parse_call(call: dict[str, Any], value: dict[str, Any], pnid: str, where: s
         sdp_type = session.get("sdp_type") or (
             "answer" if direction is Direction.BUSINESS_INITIATED else "offer"
         )
-        if sdp_type not in ("offer", "answer"):
+        if not isinstance(sdp_type, str) or sdp_type not in ("offer", "answer"):
             raise _Shape(f"{where}.session.sdp_type must be offer or answer (call {call_id})")
         contact = None
         contacts = value.get("contacts")
@@ -154,8 +194,8 @@ def _parse_call(call: dict[str, Any], value: dict[str, Any], pnid: str, where: s
         return CallConnect(
             call_id=call_id,
             phone_number_id=pnid,
-            from_=str(call.get("from", "")),
-            to=str(call.get("to", "")),
+            from_=_text(call, "from"),
+            to=_text(call, "to"),
             direction=direction,
             sdp_type=sdp_type,
             sdp=sdp,
@@ -169,10 +209,10 @@ def _parse_call(call: dict[str, Any], value: dict[str, Any], pnid: str, where: s
         return CallTerminate(
             call_id=call_id,
             phone_number_id=pnid,
-            from_=str(call.get("from", "")),
-            to=str(call.get("to", "")),
+            from_=_text(call, "from"),
+            to=_text(call, "to"),
             direction=_direction(call.get("direction")),
-            status=str(call.get("status", "")).upper(),
+            status=_text(call, "status").upper(),
             timestamp=_ts(call.get("timestamp")),
             start_time=_opt_int(call.get("start_time")),
             end_time=_opt_int(call.get("end_time")),
@@ -180,12 +220,18 @@ def _parse_call(call: dict[str, Any], value: dict[str, Any], pnid: str, where: s
             biz_opaque_callback_data=_opt_str(call, "biz_opaque_callback_data"),
             errors=_call_errors(call.get("errors") or value.get("errors")),
         )
-    log.info("ignoring call event %r for call %s", kind, call_id)
+    log.info("ignoring call event %s for call %s", clip(kind, 40), call_id)
     return None
 
 
 def _parse_calls_value(value: dict[str, Any], pnid: str, where: str) -> Iterable[Event | _Shape]:
-    for i, call in enumerate(value.get("calls") or []):
+    try:
+        calls = _items(value, "calls", where)
+        statuses = _items(value, "statuses", where)
+    except _Shape as exc:
+        yield exc
+        return
+    for i, call in enumerate(calls):
         try:
             event = _parse_call(
                 _dict(call, f"{where}.calls[{i}]"), value, pnid, f"{where}.calls[{i}]"
@@ -195,14 +241,14 @@ def _parse_calls_value(value: dict[str, Any], pnid: str, where: str) -> Iterable
             continue
         if event is not None:
             yield event
-    for i, status in enumerate(value.get("statuses") or []):
+    for i, status in enumerate(statuses):
         w = f"{where}.statuses[{i}]"
         try:
             status = _dict(status, w)
             if status.get("type", "call") != "call":
                 continue
             yield CallStatus(
-                call_id=_str(status, "id", w),
+                call_id=_call_id(status, w),
                 phone_number_id=pnid,
                 status=_str(status, "status", w).upper(),
                 timestamp=_ts(status.get("timestamp")),
@@ -215,7 +261,8 @@ def _parse_calls_value(value: dict[str, Any], pnid: str, where: str) -> Iterable
 
 def _parse_messages_value(value: dict[str, Any], pnid: str) -> Iterable[Event]:
     # Only permission replies matter here; every other message is someone else's business.
-    for message in value.get("messages") or []:
+    messages = value.get("messages")
+    for message in messages if isinstance(messages, list) else ():
         if not isinstance(message, dict):
             continue
         interactive = message.get("interactive")
@@ -227,7 +274,7 @@ def _parse_messages_value(value: dict[str, Any], pnid: str) -> Iterable[Event]:
         context = message.get("context")
         yield PermissionReply(
             phone_number_id=pnid,
-            from_=str(message.get("from", "")),
+            from_=_text(message, "from"),
             accepted=reply.get("response") == "accept",
             permanent=bool(reply.get("is_permanent", False)),
             timestamp=_ts(message.get("timestamp")),
@@ -235,6 +282,46 @@ def _parse_messages_value(value: dict[str, Any], pnid: str) -> Iterable[Event]:
             expiration_timestamp=_opt_int(reply.get("expiration_timestamp")),
             response_source=_opt_str(reply, "response_source"),
         )
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _has_lone_surrogate(payload: Any) -> bool:
+    # Iterative: the payload may be nested as deep as json.loads allows.
+    stack = [payload]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str) and not item.isascii():
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
+def decode_json(body: bytes) -> Any:
+    """Decode a delivery body as strict JSON; WebhookError(400) says why it is not.
+
+    Stricter than ``json.loads``: no ``NaN``/``Infinity``, and no lone UTF-16
+    surrogates (``"\\ud800"``), which are valid JSON escapes but not text: such a
+    call id could never be sent back to the Graph API.
+    """
+    try:
+        payload = json.loads(body, parse_constant=_reject_constant)
+    except RecursionError:
+        raise WebhookError("body is nested too deeply") from None
+    except ValueError as exc:  # also bad UTF-8 and numbers too long to convert
+        raise WebhookError(f"body is not valid JSON: {clip(exc)}") from None
+    if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(payload):
+        raise WebhookError("body contains a lone UTF-16 surrogate (not valid Unicode)")
+    return payload
 
 
 def parse_payload(payload: Any) -> tuple[list[Event], list[str]]:
@@ -266,9 +353,7 @@ def parse_payload(payload: Any) -> tuple[list[Event], list[str]]:
                     continue
                 value = _dict(change.get("value"), f"{where}.value")
                 metadata = value.get("metadata")
-                pnid = (
-                    str(metadata.get("phone_number_id", "")) if isinstance(metadata, dict) else ""
-                )
+                pnid = _text(metadata, "phone_number_id") if isinstance(metadata, dict) else ""
             except _Shape as exc:
                 problems.append(str(exc))
                 continue
@@ -292,7 +377,8 @@ class WebhookReceiver:
     """aiohttp handlers for ``GET``/``POST /webhook``, with duplicate suppression.
 
     ``sink`` must not block: it is called inside the request for every new event
-    (the call manager queues it and answers later).
+    (the call manager queues it and answers later). A body over ``max_body_bytes``
+    is refused with 413 before more than that is read, and its connection closed.
     """
 
     def __init__(
@@ -302,13 +388,19 @@ class WebhookReceiver:
         verify_token: str,
         sink: EventSink,
         dedupe_size: int = 20_000,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._app_secret = app_secret
         self._verify_token = verify_token
         self._sink = sink
         self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
         self._dedupe_size = dedupe_size
+        self.max_body_bytes = max_body_bytes
         self.duplicates = 0
+        self.too_large = 0
+        """Deliveries refused for their size."""
+        self.internal_errors = 0
+        """Signed deliveries the parser failed on unexpectedly (a bug: should stay 0)."""
 
     def add_routes(self, app: web.Application, path: str = "/webhook") -> None:
         """Register the verification and delivery handlers on ``app``."""
@@ -323,38 +415,71 @@ class WebhookReceiver:
             token.encode(), self._verify_token.encode()
         ):
             return web.Response(text=q.get("hub.challenge", ""))
-        log.warning("webhook verification refused (mode=%r)", q.get("hub.mode"))
+        log.warning("webhook verification refused (mode=%s)", clip(q.get("hub.mode"), 40))
         return web.Response(status=403, text="verification failed")
 
     async def handle_delivery(self, request: web.Request) -> web.Response:
         """Verify, parse, hand off, and answer; never raises to aiohttp."""
         try:
-            body = await request.read()
+            body = await self._read_body(request)
             verify_signature(body, request.headers.get(SIGNATURE_HEADER), self._app_secret)
-            try:
-                payload = json.loads(body)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                raise WebhookError(f"body is not valid JSON: {exc}") from None
-            events, problems = parse_payload(payload)
+            events, problems = self._parse(body)
         except WebhookError as exc:
-            log.warning("webhook refused (%d): %s", exc.status, exc.message)
-            return web.json_response({"error": exc.message}, status=exc.status)
+            log.warning("webhook refused (%d): %s", exc.status, clip(exc.message))
+            response = web.json_response({"error": exc.message}, status=exc.status)
+            if exc.status == 413:
+                # Answer, then close: aiohttp would otherwise read (and discard) the
+                # rest of the body for up to 10 s before reusing the connection.
+                response.force_close()
+                await response.prepare(request)
+                await response.write_eof()
+                request.protocol.force_close()
+            return response
         accepted = 0
         for event in events:
             if self._is_duplicate(event):
                 self.duplicates += 1
-                log.info("duplicate %s for call %s dropped", type(event).__name__, _call_id(event))
+                log.info("duplicate %s for call %s dropped", type(event).__name__, _event_id(event))
                 continue
             accepted += 1
             self._sink(event)
         if problems:
             # Good events were taken (a retry is deduplicated); say what was wrong.
-            for problem in problems:
-                log.warning("malformed webhook part: %s", problem)
+            log.warning(
+                "malformed webhook: %d part(s) refused, first: %s", len(problems), problems[0]
+            )
             return web.json_response(
-                {"error": "malformed entries", "problems": problems}, status=400
+                {"error": "malformed entries", "problems": problems[:20]}, status=400
             )
         return web.json_response({"received": accepted})
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        # Refuse by the declared length first, then count what really arrives
+        # (chunked bodies declare none): never hold more than the cap.
+        limit = self.max_body_bytes
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            self.too_large += 1
+            raise WebhookError(f"body of {declared} bytes is over {limit}", status=413)
+        body = bytearray()
+        while chunk := await request.content.readany():
+            if len(body) + len(chunk) > limit:
+                self.too_large += 1
+                raise WebhookError(f"body is over {limit} bytes", status=413)
+            body += chunk
+        return bytes(body)
+
+    def _parse(self, body: bytes) -> tuple[list[Event], list[str]]:
+        try:
+            payload = decode_json(body)
+            return parse_payload(payload)
+        except WebhookError:
+            raise
+        except Exception:
+            # A parser bug must not become a 500 (Meta would retry it for days).
+            self.internal_errors += 1
+            log.exception("webhook parser failed on a signed delivery")
+            raise WebhookError("delivery could not be processed") from None
 
     def _is_duplicate(self, event: Event) -> bool:
         key = event_key(event)
@@ -367,5 +492,5 @@ class WebhookReceiver:
         return False
 
 
-def _call_id(event: Event) -> str:
+def _event_id(event: Event) -> str:
     return getattr(event, "call_id", "-")

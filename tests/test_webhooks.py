@@ -121,6 +121,8 @@ async def test_unknown_fields_and_other_fields_are_tolerated(stack: Stack) -> No
 
 
 async def test_thousand_change_batch(stack: Stack) -> None:
+    # 1000 changes are ~400 kB: over the default cap, so raise it as an operator would.
+    stack.gateway.webhooks.max_body_bytes = 1024 * 1024
     changes = [_terminate(f"wacid.batch{i}") for i in range(1000)]
     r = await stack.sandbox.deliver(*changes)
     assert r.status_code == 200 and r.json() == {"received": 1000}
