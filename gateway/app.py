@@ -40,6 +40,8 @@ class Gateway:
             max_calls=settings.max_calls,
             answer_timeout=settings.answer_timeout,
             ring_timeout=settings.ring_timeout,
+            media_timeout=settings.media_timeout,
+            media_idle_timeout=settings.media_idle_timeout,
             session=session,
         )
         self.webhooks = WebhookReceiver(

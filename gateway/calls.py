@@ -40,6 +40,11 @@ from .media.playout import PlayoutTrack
 
 log = logging.getLogger(__name__)
 
+# Bounds on the two awaits of a call's teardown, so no failure can hold a slot:
+# aiortc's close, and the terminate request (its retries stop at 10 s anyway).
+CLOSE_MEDIA_TIMEOUT = 5.0
+TERMINATE_TIMEOUT = 15.0
+
 
 class CallState(StrEnum):
     """Where a call is in its life."""
@@ -175,6 +180,11 @@ class Call:
             self.end(f"internal error in {task.get_name()}", terminate=True)
 
     @property
+    def packets_received(self) -> int:
+        """Inbound RTP packets so far (0 before media is attached)."""
+        return self.inbound.received if self.inbound is not None else 0
+
+    @property
     def tasks(self) -> frozenset[asyncio.Task[Any]]:
         """Tasks the call still owns."""
         return frozenset(self._tasks)
@@ -249,37 +259,68 @@ class Call:
         return self._closing
 
     async def _close(self, reason: str, terminate: bool) -> None:
+        # Whatever fails in here (a hook, aiortc, the Graph API, an id the Graph
+        # request cannot even encode), the call reaches ENDED and frees its slot.
         if self.state is CallState.ENDED:
             return
-        self.set_state(CallState.ENDING, reason)
-        self.record.end_reason = reason
+        try:
+            self.set_state(CallState.ENDING, reason)
+            self.record.end_reason = reason
+            await self._run_end_hooks()
+            await self._cancel_tasks()
+            await self._close_media()
+            if terminate:
+                await self._send_terminate()
+        finally:
+            self.record.ended_at = time.time()
+            self.record.state = CallState.ENDED
+            log.info("call %s: ENDING -> ENDED (%s)", self.id, clip(reason))
+            self.state_changed.set()
+            self.ended.set()
+            self._release()
+            if self._on_ended is not None:
+                self._on_ended(self)
+
+    async def _run_end_hooks(self) -> None:
         for hook in self.end_hooks:
             try:
                 await hook()
             except Exception:
                 log.exception("call %s: end hook failed", self.id)
+
+    async def _cancel_tasks(self) -> None:
         current = asyncio.current_task()
         pending = [t for t in self._tasks if t is not current]
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _close_media(self) -> None:
         try:
-            self.playout.flush()
+            self.playout.stop()
             if self.inbound is not None:
-                self.inbound.detach()
-            await self.pc.close()
+                self.inbound.close()
+            async with asyncio.timeout(CLOSE_MEDIA_TIMEOUT):
+                await self.pc.close()
         except Exception:  # the call must still end and free its slot
             log.exception("call %s: closing the media path failed", self.id)
-        if terminate:
-            try:
+
+    async def _send_terminate(self) -> None:
+        try:
+            async with asyncio.timeout(TERMINATE_TIMEOUT):
                 await self.graph.terminate(self.id)
-            except GraphAPIError as exc:
-                log.warning("call %s: terminate failed: %s", self.id, clip(exc))
-        self.record.ended_at = time.time()
-        self.set_state(CallState.ENDED, reason)
-        self.ended.set()
-        if self._on_ended is not None:
-            self._on_ended(self)
+        except GraphAPIError as exc:
+            log.warning("call %s: terminate failed: %s", self.id, clip(exc))
+        except Exception as exc:
+            log.error("call %s: terminate could not be sent: %s", self.id, clip(exc), exc_info=exc)
+
+    def _release(self) -> None:
+        # Break the call's reference cycles (the peer connection's handlers point
+        # back at the call) so an ended call is freed at once, not at a full GC.
+        self.pc.remove_all_listeners()
+        self.frame_listeners.clear()
+        self.dtmf_listeners.clear()
+        self.end_hooks.clear()
 
 
 class CallManager:
@@ -299,10 +340,16 @@ class CallManager:
         session: SessionFactory | None = None,
         history_size: int = 1000,
         ring_timeout: float = 45.0,
+        media_timeout: float = 10.0,
+        media_idle_timeout: float = 20.0,
     ) -> None:
         self.graph = graph
         self.max_calls = max_calls
         self.answer_timeout = answer_timeout
+        # Seconds from accept (or the user's answer) until media must be up; then
+        # seconds without one inbound RTP packet before the call is given up.
+        self.media_timeout = media_timeout
+        self.media_idle_timeout = media_idle_timeout
         self.session = session
         self.calls: dict[str, Call] = {}
         self.history: OrderedDict[str, CallRecord] = OrderedDict()
@@ -432,13 +479,8 @@ class CallManager:
         call.playout.bitrate = sdp.opus_bitrate(answer)
         call.record.accepted_at = time.time()
         call.set_state(CallState.ACTIVE, "user answered")
-        try:
-            async with asyncio.timeout(self.answer_timeout):
-                await call.media_up.wait()
-        except TimeoutError:
-            log.warning("call %s: answered but media never came up", call.id)
-            call.end("no media after answer", terminate=True)
-            return
+        call.spawn(self._watch_media(call), "media-watch")
+        await call.media_up.wait()  # or the watchdog ends the call (and cancels this)
         if call.session_factory or self.session:
             call.spawn(self._run_session(call), "session")
 
@@ -554,6 +596,8 @@ class CallManager:
             await self.graph.reject(call_id)
         except GraphAPIError as exc:
             log.warning("call %s: reject failed: %s", call_id, clip(exc))
+        except Exception as exc:
+            log.error("call %s: reject could not be sent: %s", call_id, clip(exc), exc_info=exc)
 
     async def _answer(self, call: Call, offer: str) -> None:
         try:
@@ -576,10 +620,48 @@ class CallManager:
             log.warning("call %s: not answered within %.0fs", call.id, self.answer_timeout)
             call.end("answer timed out", terminate=True)
             return
+        except Exception as exc:
+            # Anything else (a bug, an id the Graph request cannot carry): the call
+            # still ends, and WhatsApp is told if it has heard of our answer.
+            log.error("call %s: answering failed: %s", call.id, clip(exc), exc_info=exc)
+            answered = call.state is CallState.PRE_ACCEPTED
+            if not answered:
+                await self._reject(call.id)
+            call.end(f"internal error while answering: {clip(exc)}", terminate=answered)
+            return
         call.record.accepted_at = time.time()
         call.set_state(CallState.ACTIVE, "accepted")
+        call.spawn(self._watch_media(call), "media-watch")
         if call.session_factory or self.session:
             call.spawn(self._run_session(call), "session")
+
+    async def _watch_media(self, call: Call) -> None:
+        """End an answered call whose media never comes up, or stops coming in.
+
+        WhatsApp's offers carry no end-of-candidates, so ICE that never connects
+        never "fails"; and RTP can stop while ICE consent still passes. The check
+        is a counter read every few seconds: nothing is added per packet.
+        """
+        try:
+            async with asyncio.timeout(self.media_timeout):
+                await call.media_up.wait()
+        except TimeoutError:
+            log.warning("call %s: media not up %.0f s after answer", call.id, self.media_timeout)
+            call.end(f"no media within {self.media_timeout:.0f} s of answer", terminate=True)
+            return
+        loop = asyncio.get_running_loop()
+        period = min(5.0, self.media_idle_timeout / 4)
+        seen, since = call.packets_received, loop.time()
+        while True:
+            await asyncio.sleep(period)
+            count = call.packets_received
+            if count != seen:
+                seen, since = count, loop.time()
+            elif loop.time() - since >= self.media_idle_timeout:
+                idle = loop.time() - since
+                log.warning("call %s: no inbound RTP for %.1f s", call.id, idle)
+                call.end(f"no inbound media for {idle:.0f} s", terminate=True)
+                return
 
     async def _run_session(self, call: Call) -> None:
         factory = call.session_factory or self.session

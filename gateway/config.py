@@ -50,6 +50,9 @@ class Settings:
     answer_timeout: float = 20.0
     # Seconds a business-initiated call may ring before we give up on it.
     ring_timeout: float = 45.0
+    # Seconds from accept until media must be up, and without inbound RTP after.
+    media_timeout: float = 10.0
+    media_idle_timeout: float = 20.0
     # Largest webhook body read; a real delivery is a few kB.
     webhook_max_bytes: int = 64 * 1024
     extra: Mapping[str, Any] = field(default_factory=dict)
@@ -114,6 +117,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         api_key=Secret(api_key) if api_key else None,
         ring_timeout=float(_int(env, "GATEWAY_RING_TIMEOUT", 45)),
         answer_timeout=float(_int(env, "GATEWAY_ANSWER_TIMEOUT", 20)),
+        media_timeout=float(_int(env, "GATEWAY_MEDIA_TIMEOUT", 10)),
+        media_idle_timeout=float(_int(env, "GATEWAY_MEDIA_IDLE_TIMEOUT", 20)),
         webhook_max_bytes=_int(env, "GATEWAY_WEBHOOK_MAX_BYTES", 64 * 1024, minimum=1024),
     )
     return settings.with_overrides(**overrides)

@@ -228,6 +228,20 @@ class InboundAudio:
         self._cancel_release()
         self._detector.flush()
 
+    def close(self) -> None:
+        """Detach for good and free the decoder now (its libswresample graph runs
+        native threads), rather than whenever the garbage collector gets to it."""
+        self.detach()
+        self.__dict__.pop("_decoder", None)
+        # The callbacks are usually bound methods of the owner: drop the cycle.
+        self.on_frame = _discard
+        self.on_dtmf = None
+
+    @property
+    def received(self) -> int:
+        """RTP packets taken so far (audio and DTMF): a cheap liveness counter."""
+        return self._packets + self._dtmf_packets
+
     @property
     def stats(self) -> InboundStats:
         """A snapshot of the counters."""
@@ -310,6 +324,10 @@ class InboundAudio:
         self._dtmf += 1
         if self.on_dtmf is not None:
             self.on_dtmf(digit, duration_ms)
+
+
+def _discard(frame: PCM) -> None:
+    pass
 
 
 def _reception_statistics(receiver: RTCRtpReceiver) -> dict[int, StreamStatistics] | None:

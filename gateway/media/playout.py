@@ -183,8 +183,10 @@ class PlayoutTrack(MediaStreamTrack):
         )
 
     def stop(self) -> None:
-        """End the track: queued playbacks finish as interrupted."""
+        """End the track: queued playbacks finish as interrupted, the encoder is freed."""
         self.flush()
+        # Free libopus (and its resampler's native threads) now, not at the next GC.
+        self._encoder = None
         super().stop()
 
     # --- what aiortc calls ---------------------------------------------------------

@@ -52,6 +52,28 @@ def whatsapp_offer(aiortc_offer: str) -> str:
     return sdp.join(out)
 
 
+class MediaFault(StrEnum):
+    """A phone's media broken on purpose, for the fault tests."""
+
+    NO_ICE = "no_ice"
+    """The offer's candidate leads nowhere and the phone never checks: ICE never completes."""
+    BAD_DTLS = "bad_dtls"
+    """The offer's fingerprint is not the phone's certificate: the DTLS handshake fails."""
+
+
+def _break_offer(offer: str, fault: MediaFault) -> str:
+    out: list[str] = []
+    for line in sdp.lines(offer):
+        if fault is MediaFault.NO_ICE and line.startswith("a=candidate:"):
+            fields = line.split(" ")
+            fields[5] = "9"  # the discard port: nobody answers there
+            line = " ".join(fields)
+        elif fault is MediaFault.BAD_DTLS and line.startswith("a=fingerprint:sha-256 "):
+            line = "a=fingerprint:sha-256 " + ":".join(["5A"] * 32)
+        out.append(line)
+    return sdp.join(out)
+
+
 class UserCallState(StrEnum):
     """The call as the simulated phone sees it."""
 
@@ -89,12 +111,16 @@ class SimulatedUser:
         self.incoming: asyncio.Queue[UserCall] = asyncio.Queue()
         sandbox.users[wa_id] = self
 
-    async def place_call(self, *, inbound: bool = True) -> UserCall:
+    async def place_call(
+        self, *, inbound: bool = True, fault: MediaFault | None = None
+    ) -> UserCall:
         """Call the business: post a signed connect webhook with our offer.
 
-        ``inbound=False`` leaves received audio undecoded (load tests count packets).
+        ``inbound=False`` leaves received audio undecoded (load tests count packets);
+        ``fault`` breaks the call's media on purpose.
         """
         call = UserCall(self, self.sandbox.new_call_id())
+        call.fault = fault
         await call.start(decode=inbound)
         return call
 
@@ -140,6 +166,7 @@ class UserCall:
         self._heard: list[np.ndarray] = []
         self.frames_heard = 0
         self.digits_heard: list[str] = []
+        self.fault: MediaFault | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
         @self.pc.on("connectionstatechange")
@@ -168,6 +195,8 @@ class UserCall:
             )
             self.inbound.attach()
         self.offer_sdp = whatsapp_offer(self.pc.localDescription.sdp)
+        if self.fault is not None:
+            self.offer_sdp = _break_offer(self.offer_sdp, self.fault)
         self.sandbox.calls[self.call_id] = self
         self.sandbox.timeline.add(f"{self.user.name} ({self.user.wa_id}) calls the business")
         response = await self.sandbox.deliver(
@@ -280,6 +309,8 @@ class UserCall:
             self._spawn(self._end(f"{reason} by the business", notify=True))
 
     async def _apply_answer(self, answer: str) -> None:
+        if self.fault is MediaFault.NO_ICE:
+            return  # the phone never starts its ICE checks
         local_mid = sdp.mids(self.pc.localDescription.sdp)[0]
         text = sdp.rename_mid(answer, "audio", local_mid)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
@@ -319,6 +350,10 @@ class UserCall:
             self.sandbox.timeline.add(f"{self.user.name} presses {digit}")
             await dtmf.send(digit, duration_ms=duration_ms)
 
+    def stop_media(self) -> None:
+        """Stop sending RTP while the connection stays up (ICE consent goes on)."""
+        self.playout.stop()
+
     async def hang_up(self) -> None:
         """Hang up from the phone: Meta posts a terminate webhook."""
         await self._end("user hung up", notify=True)
@@ -335,7 +370,8 @@ class UserCall:
         self.end_reason = reason
         self.sandbox.timeline.add(f"{self.user.name}'s call ends: {reason}")
         if self.inbound is not None:
-            self.inbound.detach()
+            self.inbound.close()
+        self.playout.stop()
         await self.pc.close()
         business = self.sandbox.business_number
         outgoing = self.direction == "USER_INITIATED"
