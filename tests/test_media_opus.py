@@ -22,9 +22,6 @@ from gateway.media.opus import (
 
 AUDIO = Path(__file__).resolve().parent / ".." / ".." / "shared" / "audio"
 
-# libswresample's filter delay when the decoder goes from 48 to 16 kHz.
-RESAMPLER_DELAY = 15
-
 
 def rms(pcm: NDArray[np.int16]) -> float:
     return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
@@ -118,7 +115,7 @@ def test_every_20ms_packet_decodes_to_320_samples(packets: list[bytes]) -> None:
 def test_round_trip_matches_the_recording(speech: NDArray[np.int16], packets: list[bytes]) -> None:
     decoder = OpusDecoder()
     decoded = np.concatenate([decoder.decode(p) for p in packets])
-    delay = ENCODER_DELAY + RESAMPLER_DELAY
+    delay = ENCODER_DELAY
     # The delay is where the waveforms line up best.
     n = len(speech) - 400
     scores = [np.dot(decoded[lag : lag + n].astype(np.float64), speech[:n]) for lag in range(200)]
@@ -188,3 +185,37 @@ def test_conceal_continues_the_voice_then_fades(packets: list[bytes]) -> None:
     assert rms(concealed[-1]) < 0.05 * rms(last)
     # The decoder goes on decoding real packets afterwards.
     assert len(decoder.decode(packets[loud + 12])) == FRAME_SAMPLES
+
+
+# --- libopus directly -------------------------------------------------------------------
+
+
+def test_packets_are_those_ffmpegs_encoder_made(speech: NDArray[np.int16]) -> None:
+    # Same libopus, same settings as the PyAV encoder the gateway used before.
+    codec = av.CodecContext.create("libopus", "w")
+    codec.sample_rate = 16000
+    codec.layout = "mono"
+    codec.format = "s16"
+    codec.bit_rate = 20000
+    codec.time_base = fractions.Fraction(1, 16000)
+    codec.options = {"application": "voip", "frame_duration": "20", "compression_level": "5"}
+    ours = OpusEncoder()
+    for i in range(100):
+        chunk = speech[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+        frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        frame.pts = i * FRAME_SAMPLES
+        assert ours.encode(chunk) == bytes(codec.encode(frame)[0])
+
+
+def test_closed_codecs_refuse_work(packets: list[bytes]) -> None:
+    encoder, decoder = OpusEncoder(), OpusDecoder()
+    decoder.decode(packets[0])
+    encoder.close()
+    decoder.close()
+    decoder.close()  # twice is fine
+    with pytest.raises(ValueError):
+        encoder.encode(np.zeros(FRAME_SAMPLES, dtype=np.int16))
+    with pytest.raises(ValueError):
+        decoder.decode(packets[1])
+    assert not decoder.conceal().any()

@@ -1,22 +1,24 @@
-"""Opus encoding and decoding for the pipeline format, through PyAV's libopus.
+"""Opus encoding and decoding for the pipeline format, straight through libopus.
 
 The encoder takes 20 ms frames of 16 kHz mono int16 and gives one Opus packet
 per frame: libopus encodes 16 kHz natively, which is what Meta asks for
 (``maxplaybackrate=16000``, ``maxaveragebitrate=20000``). The decoder gives the
-same 16 kHz frames back: FFmpeg's libopus wrapper always decodes at 48 kHz, so a
-libswresample stage brings it down to 16 kHz; that costs less than the decode.
+same 16 kHz mono frames back, decoded at that rate by libopus itself (any Opus
+packet, mono or stereo, decodes at any of its rates), so there is no resampling
+stage and no resampler delay. See :mod:`gateway.media.libopus` for why not PyAV.
 """
 
 from __future__ import annotations
 
-import fractions
+import ctypes
 import functools
+import weakref
 from typing import Final
 
-import av
 import numpy as np
 
-from gateway.media.audio import FRAME_MS, FRAME_SAMPLES, PCM, SAMPLE_RATE, samples_of
+from gateway.media import libopus
+from gateway.media.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE
 
 OPUS_RATE: Final = 48000
 """Opus' RTP clock rate: RTP timestamps advance 960 per 20 ms whatever the audio rate."""
@@ -25,7 +27,9 @@ FRAME_TICKS: Final = OPUS_RATE * FRAME_SAMPLES // SAMPLE_RATE
 ENCODER_DELAY: Final = 104
 """libopus' lookahead at 16 kHz in VoIP mode (6.5 ms): decoded audio lags input by this."""
 
-_TIME_BASE: Final = fractions.Fraction(1, SAMPLE_RATE)
+MAX_PACKET_BYTES: Final = 1276
+"""The largest 20 ms Opus frame (RFC 6716 3.2.1); at 20 kbit/s packets are ~50 bytes."""
+_MAX_DECODED: Final = SAMPLE_RATE * 120 // 1000  # the longest Opus packet: 120 ms
 
 DEFAULT_COMPLEXITY: Final = 5
 """libopus effort (0-10). Its default, 10, costs ~130 us per frame here against ~90 at 5,
@@ -70,32 +74,36 @@ class OpusEncoder:
 
     libopus returns each packet as soon as its frame goes in (its 6.5 ms
     lookahead is carried inside the packets, see :data:`ENCODER_DELAY`), so there
-    is nothing to flush between frames.
+    is nothing to flush between frames. The settings are those PyAV's FFmpeg
+    encoder used before (VoIP application, unconstrained VBR at ``bitrate``), so
+    the packets are the same. :meth:`close` frees the libopus state now;
+    otherwise it goes with the object.
     """
 
     def __init__(
         self, bitrate: int = 20000, *, complexity: int | None = DEFAULT_COMPLEXITY
     ) -> None:
-        codec = av.CodecContext.create("libopus", "w")
-        codec.sample_rate = SAMPLE_RATE
-        codec.layout = "mono"
-        codec.format = "s16"
-        codec.bit_rate = bitrate
-        codec.time_base = _TIME_BASE
-        options = {"application": "voip", "frame_duration": str(FRAME_MS)}
+        lib = libopus.library()
+        error = ctypes.c_int()
+        state = lib.opus_encoder_create(
+            SAMPLE_RATE, 1, libopus.APPLICATION_VOIP, ctypes.byref(error)
+        )
+        libopus.check(error.value, "encoder_create")
+        if not state:
+            raise libopus.OpusLibraryError("libopus encoder_create returned no encoder")
+        self._free = weakref.finalize(self, lib.opus_encoder_destroy, state)
+        self._encode = functools.partial(lib.opus_encode, state)
+        ctl = functools.partial(lib.opus_encoder_ctl, ctypes.c_void_p(state))
+        libopus.check(ctl(libopus.SET_BITRATE, ctypes.c_int32(bitrate)), "SET_BITRATE")
+        libopus.check(ctl(libopus.SET_VBR, ctypes.c_int32(1)), "SET_VBR")
+        libopus.check(ctl(libopus.SET_VBR_CONSTRAINT, ctypes.c_int32(0)), "SET_VBR_CONSTRAINT")
         if complexity is not None:
-            options["compression_level"] = str(complexity)
-        codec.options = options
-        codec.open()
-        self._codec = codec
-
-        # One frame, refilled in place for every encode: PyAV has handed the
-        # samples to libopus by the time encode() returns.
-        self._frame = av.AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        self._frame.sample_rate = SAMPLE_RATE
-        self._frame.time_base = _TIME_BASE
-        self._samples = samples_of(self._frame)
-        self._pts = 0
+            libopus.check(ctl(libopus.SET_COMPLEXITY, ctypes.c_int32(complexity)), "COMPLEXITY")
+        # One input frame and one output buffer, reused by every encode.
+        self._in = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._in_address = self._in.ctypes.data
+        self._out = ctypes.create_string_buffer(MAX_PACKET_BYTES)
+        self._out_address = ctypes.addressof(self._out)
 
     def encode(self, frame: PCM) -> bytes:
         """Encode one frame of exactly 320 int16 samples into one Opus packet."""
@@ -103,13 +111,13 @@ class OpusEncoder:
             raise ValueError(
                 f"expected {FRAME_SAMPLES} int16 samples, got {frame.shape} {frame.dtype}"
             )
-        self._samples[:] = frame
-        self._frame.pts = self._pts
-        self._pts += FRAME_SAMPLES
-        packets = self._codec.encode(self._frame)
-        if len(packets) != 1:
-            raise RuntimeError(f"libopus returned {len(packets)} packets for one frame")
-        return bytes(packets[0])
+        if not self._free.alive:
+            raise ValueError("the encoder is closed")
+        self._in[:] = frame
+        size = self._encode(self._in_address, FRAME_SAMPLES, self._out_address, MAX_PACKET_BYTES)
+        if size <= 0:
+            raise RuntimeError(f"libopus encode failed: {libopus.strerror(size)} ({size})")
+        return ctypes.string_at(self._out_address, size)
 
     def encode_pcm(self, pcm: PCM) -> list[bytes]:
         """Encode a whole utterance, zero-padded, with enough frames to flush the lookahead."""
@@ -119,6 +127,10 @@ class OpusEncoder:
         return [
             self.encode(padded[i : i + FRAME_SAMPLES]) for i in range(0, len(padded), FRAME_SAMPLES)
         ]
+
+    def close(self) -> None:
+        """Free the libopus encoder now (encoding afterwards raises ValueError)."""
+        self._free()
 
 
 def frames_for(samples: int) -> int:
@@ -139,53 +151,37 @@ def silence_packet() -> bytes:
     return packet
 
 
-def _plc_packet(toc: int) -> bytes:
-    """A TOC-only 20 ms packet in the same mode as ``toc``.
-
-    A frame with no data is a lost frame to libopus (RFC 6716 3.2.1), so
-    decoding this runs libopus' packet-loss concealment for 20 ms.
-    """
-    config = toc >> 3
-    if config < 12:
-        config = (config & ~3) | 1
-    elif config < 16:
-        config = (config & ~1) | 1
-    else:
-        config = (config & ~3) | 3
-    return bytes(((config << 3) | (toc & 0x04),))
-
-
 class OpusDecoder:
-    """Decodes Opus packets into 16 kHz mono int16: exactly 320 samples per 20 ms packet."""
+    """Decodes Opus packets into 16 kHz mono int16: exactly 320 samples per 20 ms packet.
+
+    :meth:`close` frees the libopus state now; otherwise it goes with the object.
+    """
 
     def __init__(self) -> None:
-        codec = av.CodecContext.create("libopus", "r")
-        codec.layout = "mono"  # libopus downmixes stereo packets itself
-        codec.format = "s16"
-        codec.sample_rate = OPUS_RATE
-        self._codec = codec
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-        # libswresample holds back 16 output samples of filter delay. Priming it
-        # with 20 ms of silence now makes every later 20 ms packet come out as
-        # exactly 320 samples, instead of 304 once and then a constant shift.
-        priming = av.AudioFrame(format="s16", layout="mono", samples=FRAME_TICKS)
-        priming.sample_rate = OPUS_RATE
-        for plane in priming.planes:
-            plane.update(bytes(plane.buffer_size))
-        self._resampler.resample(priming)
-        self._last_toc = -1
-        self._plc: bytes | None = None
+        lib = libopus.library()
+        error = ctypes.c_int()
+        state = lib.opus_decoder_create(SAMPLE_RATE, 1, ctypes.byref(error))
+        libopus.check(error.value, "decoder_create")
+        if not state:
+            raise libopus.OpusLibraryError("libopus decoder_create returned no decoder")
+        self._free = weakref.finalize(self, lib.opus_decoder_destroy, state)
+        self._decode = functools.partial(lib.opus_decode, state)
+        # Decoded into one buffer, then copied out: each frame handed on is the callee's.
+        self._pcm = np.zeros(_MAX_DECODED, dtype=np.int16)
+        self._pcm_address = self._pcm.ctypes.data
+        self._started = False
 
     def decode(self, payload: bytes) -> PCM:
         """Decode one packet; raises ValueError if it is empty or corrupt."""
         if not payload:
-            # An empty packet would put FFmpeg's decoder into end-of-stream for good.
             raise ValueError("empty Opus payload")
-        pcm = self._decode(payload)
-        if payload[0] != self._last_toc:
-            self._last_toc = payload[0]
-            self._plc = _plc_packet(payload[0])
-        return pcm
+        if not self._free.alive:
+            raise ValueError("the decoder is closed")
+        n = self._decode(payload, len(payload), self._pcm_address, _MAX_DECODED, 0)
+        if n < 0:
+            raise ValueError(f"cannot decode Opus packet: {libopus.strerror(n)}")
+        self._started = True
+        return self._pcm[:n].copy()
 
     def conceal(self) -> PCM:
         """320 samples to stand in for one lost 20 ms packet.
@@ -195,20 +191,14 @@ class OpusDecoder:
         lost packets, and it keeps the decoder's state continuous, so the next
         real packet joins without a click. Before the first packet: silence.
         """
-        if self._plc is None:
+        if not self._started or not self._free.alive:
             return np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        return self._decode(self._plc)
+        # No data: libopus conceals exactly frame_size samples (RFC 6716 4.4).
+        n = self._decode(None, 0, self._pcm_address, FRAME_SAMPLES, 0)
+        if n != FRAME_SAMPLES:
+            return np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        return self._pcm[:n].copy()
 
-    def _decode(self, payload: bytes) -> PCM:
-        try:
-            decoded = self._codec.decode(av.Packet(payload))
-        except av.FFmpegError as exc:
-            raise ValueError(f"cannot decode Opus packet: {exc}") from exc
-        out: list[av.AudioFrame] = []
-        for frame in decoded:
-            out.extend(self._resampler.resample(frame))
-        if len(out) == 1:
-            return samples_of(out[0])
-        if not out:
-            return np.zeros(0, dtype=np.int16)
-        return np.concatenate([samples_of(f) for f in out])
+    def close(self) -> None:
+        """Free the libopus decoder now (decoding afterwards raises ValueError)."""
+        self._free()
