@@ -19,6 +19,8 @@ and with white noise at 20 dB SNR; at 10 dB SNR most keywords are missed.
 
 A decoder holds the acoustic model and only the keywords' pronunciations (~6 MB,
 ~10 ms to build); decoding runs ~40x faster than real time, off the event loop.
+PocketSphinx itself is imported on first use, so a gateway whose bot spots no
+keywords never loads it.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ from pathlib import Path
 from typing import Any, Final, TypeAlias
 
 import numpy as np
-import pocketsphinx
 from numpy.typing import NDArray
 
 from ..errors import ConfigError, GatewayError
@@ -43,9 +44,19 @@ _PHONE_LOOP_PROBABILITY: Final = 1e-8  # kws_plp; default 0.1 left 4x less margi
 
 _PCM: TypeAlias = NDArray[np.int16]
 
-_DICT_PATH = Path(pocketsphinx.get_model_path("en-us/cmudict-en-us.dict"))
 _pronunciations: dict[str, list[str]] = {}  # word -> phone strings, filled as needed
 _dict_lock = threading.Lock()
+
+
+def _pocketsphinx() -> Any:
+    """The pocketsphinx module, imported on first use (not at gateway start-up)."""
+    import pocketsphinx
+
+    return pocketsphinx
+
+
+def _model_path(name: str) -> Path:
+    return Path(_pocketsphinx().get_model_path(name))
 
 
 def _lookup(words: set[str]) -> dict[str, list[str]]:
@@ -55,7 +66,7 @@ def _lookup(words: set[str]) -> dict[str, list[str]]:
         if missing:
             found: dict[str, list[str]] = {}
             # One pass over ~135k lines (~40 ms); results are kept for later spotters.
-            with _DICT_PATH.open(encoding="utf-8") as f:
+            with _model_path("en-us/cmudict-en-us.dict").open(encoding="utf-8") as f:
                 for line in f:
                     head, _, phones = line.partition(" ")
                     word = head.split("(", 1)[0]  # "for(2)" is a variant of "for"
@@ -162,8 +173,8 @@ class KeywordSpotter:
                 encoding="utf-8",
             )
             try:
-                decoder = pocketsphinx.Decoder(
-                    hmm=pocketsphinx.get_model_path("en-us/en-us"),
+                decoder = _pocketsphinx().Decoder(
+                    hmm=str(_model_path("en-us/en-us")),
                     dict=str(dict_file),
                     lm=None,
                     kws=str(kws_file),
