@@ -37,6 +37,7 @@ from .graph import GraphClient
 from .logsafe import clip
 from .media.inbound import InboundAudio
 from .media.playout import PlayoutTrack
+from .media.sender import PlayoutSender
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ class Call:
             raise SDPError("expected exactly one audio media section")
         transceiver = transceivers[0]
         transceiver.sender.replaceTrack(self.playout)
+        PlayoutSender.adopt(transceiver.sender)
         transceiver.direction = "sendrecv"
         self.inbound = InboundAudio(
             transceiver.receiver,
@@ -234,7 +236,7 @@ class Call:
 
     async def build_offer(self) -> str:
         """Our SDP offer for a business-initiated call, in Meta's form."""
-        sender = self.pc.addTrack(self.playout)
+        sender = PlayoutSender.adopt(self.pc.addTrack(self.playout))
         receiver = next(t.receiver for t in self.pc.getTransceivers() if t.sender is sender)
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)

@@ -192,7 +192,19 @@ class PlayoutTrack(MediaStreamTrack):
     # --- what aiortc calls ---------------------------------------------------------
 
     async def recv(self) -> av.Packet:
-        """The next 20 ms Opus packet, returned when it is due."""
+        """The next 20 ms Opus packet, returned when it is due (aiortc's generic path)."""
+        payload, pts = await self.next_payload()
+        packet = av.Packet(payload)
+        packet.pts = pts
+        packet.time_base = TIME_BASE
+        return packet
+
+    async def next_payload(self) -> tuple[bytes, int]:
+        """The next 20 ms Opus payload and its pts (48 kHz ticks), returned when due.
+
+        What :class:`~gateway.media.sender.PlayoutSender` sends, with no
+        ``av.Packet`` in between.
+        """
         if self.readyState != "live":
             raise MediaStreamError
         loop = asyncio.get_running_loop()
@@ -212,17 +224,13 @@ class PlayoutTrack(MediaStreamTrack):
         else:
             self._speech_frames += 1
         self._frames_sent += 1
-
-        packet = av.Packet(payload)
-        packet.pts = self._pts
-        packet.time_base = TIME_BASE
         if self.on_frame_sent is not None:
             try:
                 self.on_frame_sent(self._pts, is_speech)
             except Exception:
-                # An exception here would end aiortc's RTP loop, and the call's audio.
+                # An exception here would end the RTP loop, and the call's audio.
                 logger.exception("on_frame_sent callback failed")
-        return packet
+        return payload, self._pts
 
     async def _wait_until_due(self, loop: asyncio.AbstractEventLoop) -> None:
         assert self._start is not None

@@ -23,6 +23,7 @@ from ..media.audio import SAMPLE_RATE, frame_rms
 from ..media.dtmf import DtmfSender
 from ..media.inbound import InboundAudio
 from ..media.playout import Playback, PlayoutTrack
+from ..media.sender import PlayoutSender
 from . import payloads
 from .cloud import CloudAPISandbox
 
@@ -178,7 +179,7 @@ class UserCall:
     # --- setup ------------------------------------------------------------------
 
     async def start(self, *, decode: bool = True) -> None:
-        sender = self.pc.addTrack(self.playout)
+        sender = PlayoutSender.adopt(self.pc.addTrack(self.playout))
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
         # A phone is the controlled side: Meta's edge is ICE-lite, the business controls.
@@ -232,6 +233,7 @@ class UserCall:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         transceiver = self.pc.getTransceivers()[0]
         transceiver.sender.replaceTrack(self.playout)
+        PlayoutSender.adopt(transceiver.sender)
         transceiver.direction = "sendrecv"
         self.inbound = InboundAudio(
             transceiver.receiver,
