@@ -39,8 +39,10 @@ def serve_profiled(stats_path: str, flame: str | None) -> int:
 
     if flame:
         spy = subprocess.Popen(
-            [shutil.which("py-spy") or "py-spy", "record", "--pid", str(os.getpid())]
-            + ["--rate", "250", "--nonblocking", "--format", "flamegraph", "-o", flame],
+            [
+                *(shutil.which("py-spy") or "py-spy", "record", "--pid", str(os.getpid())),
+                *("--rate", "250", "--nonblocking", "--format", "flamegraph", "-o", flame),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -112,14 +114,7 @@ def _short(path: str) -> str:
     return path
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=10)
-    parser.add_argument("--duration", type=float, default=20.0)
-    parser.add_argument("--top", type=int, default=30)
-    parser.add_argument("--save", help="also write the table to this file")
-    parser.add_argument("--flame", help="also record a py-spy flame graph (SVG) here")
-    args = parser.parse_args()
+async def main(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stats_path = os.environ.get("PROFILE_KEEP") or str(Path(tmp) / "gateway.prof")
         command = (sys.executable, str(HERE), "--serve", stats_path)
@@ -127,10 +122,10 @@ async def main() -> None:
         table = summary(stats_path, result, args.top, args.calls)
     print(table)
     if args.save:
-        Path(args.save).write_text(table)
+        with open(args.save, "w") as f:  # noqa: ASYNC230 (the run is over)
+            f.write(table)
     if args.flame:
-        flame = str(Path(args.flame).resolve())
-        await load(args.calls, args.duration, (*command[:2], "--serve", "-", "--flame", flame))
+        await load(args.calls, args.duration, (*command[:2], "--serve", "-", "--flame", args.flame))
         print(f"flame graph: {args.flame}")
 
 
@@ -138,5 +133,14 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--serve":
         flame = sys.argv[4] if len(sys.argv) > 4 and sys.argv[3] == "--flame" else None
         sys.exit(serve_profiled(sys.argv[2], flame))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--save", help="also write the table to this file")
+    parser.add_argument("--flame", help="also record a py-spy flame graph (SVG) here")
+    arguments = parser.parse_args()
+    if arguments.flame:
+        arguments.flame = os.path.abspath(arguments.flame)
     logging.basicConfig(level=logging.ERROR)
-    asyncio.run(main())
+    asyncio.run(main(arguments))

@@ -426,8 +426,8 @@ async def test_speech_and_dtmf_between_two_peers(speech: NDArray[np.int16]) -> N
         target[0] = len(sent)  # everything sent so far, silence before the speech included
         await asyncio.wait_for(enough.wait(), 5)
 
-        # Every frame arrived (but those still on their way), each as 320 samples.
-        assert len(sent) - 2 <= len(received) <= len(sent)
+        # Every frame sent by then arrived, each as 320 samples (later ones may follow).
+        assert target[0] <= len(received) <= len(sent)
         assert {len(f) for f in received} == {FRAME_SAMPLES}
         stats = inbound.stats
         assert (stats.lost, stats.late, stats.concealed) == (0, 0, 0)

@@ -229,10 +229,12 @@ class InboundAudio:
         self._detector.flush()
 
     def close(self) -> None:
-        """Detach for good and free the decoder now (its libswresample graph runs
-        native threads), rather than whenever the garbage collector gets to it."""
+        """Detach for good and free the decoder's libopus state now, rather than
+        whenever the garbage collector gets to it."""
         self.detach()
-        self.__dict__.pop("_decoder", None)
+        decoder = self.__dict__.pop("_decoder", None)
+        if decoder is not None:
+            decoder.close()
         # The callbacks are usually bound methods of the owner: drop the cycle.
         self.on_frame = _discard
         self.on_dtmf = None

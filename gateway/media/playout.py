@@ -185,8 +185,10 @@ class PlayoutTrack(MediaStreamTrack):
     def stop(self) -> None:
         """End the track: queued playbacks finish as interrupted, the encoder is freed."""
         self.flush()
-        # Free libopus (and its resampler's native threads) now, not at the next GC.
-        self._encoder = None
+        # Free libopus now, not at the next GC.
+        if self._encoder is not None:
+            self._encoder.close()
+            self._encoder = None
         super().stop()
 
     # --- what aiortc calls ---------------------------------------------------------
