@@ -30,10 +30,12 @@ class Gateway:
     ) -> None:
         self.settings = settings
         rtc.configure(settings.media_addresses)
+        self.metrics = Metrics()
         self.graph = GraphClient(
             base_url=settings.graph_url,
             access_token=settings.access_token.value,
             phone_number_id=settings.phone_number_id,
+            transport=self.metrics.graph.transport(),
         )
         self.calls = CallManager(
             self.graph,
@@ -50,12 +52,12 @@ class Gateway:
             sink=self.calls.dispatch,
             max_body_bytes=settings.webhook_max_bytes,
         )
+        self.metrics.watch(self.calls, self.webhooks)
         # aiohttp's default 1 MiB body limit is for the calls API; the webhook
         # receiver reads its bodies itself, under its own (lower) cap.
-        self.app = web.Application()
+        self.app = web.Application(middlewares=[self.metrics.webhook_middleware()])
         self.webhooks.add_routes(self.app)
         self.app.router.add_get("/healthz", self._healthz)
-        self.metrics = Metrics(self.calls, self.webhooks)
         self.app.router.add_get("/metrics", self.metrics.handle)
         if settings.api_key is not None:
             CallsAPI(

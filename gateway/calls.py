@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
@@ -34,6 +34,7 @@ from .events import (
     PermissionReply,
 )
 from .graph import GraphClient
+from .logs import call_context
 from .logsafe import clip
 from .media.inbound import InboundAudio
 from .media.playout import PlayoutTrack
@@ -100,6 +101,27 @@ class CallRecord:
 SessionFactory = Callable[["Call"], Awaitable[None]]
 
 
+class CallObserver(Protocol):
+    """Told about every call's life by :class:`CallManager` (metrics, recordings, events).
+
+    Called synchronously on the event loop; must not block. An observer that raises
+    is logged and the call goes on.
+    """
+
+    def call_started(self, call: Call) -> None:
+        """A call exists: a user's offer arrived, or our connect got an id."""
+
+    def call_answered(self, call: Call) -> None:
+        """The call became ACTIVE (accepted, or the user answered ours)."""
+
+    def call_ended(self, call: Call) -> None:
+        """The call reached ENDED; its record is final except Meta's terminate record,
+        which may still arrive (``record.terminate_status``)."""
+
+    def call_refused(self, call_id: str, reason: str) -> None:
+        """A user's call was rejected without being answered (``reason``: ``capacity``)."""
+
+
 class Call:
     """One call: its peer connection, media tracks, state and tasks."""
 
@@ -164,7 +186,7 @@ class Call:
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         """Start a task owned by this call (cancelled when the call ends)."""
-        task = asyncio.create_task(coro, name=f"{self.id}:{name}")
+        task = asyncio.create_task(coro, name=f"{self.id}:{name}", context=call_context(self.id))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
@@ -256,7 +278,9 @@ class Call:
         """End the call once (idempotent); ``terminate`` also tells the Cloud API."""
         if self._closing is None:
             self._closing = asyncio.create_task(
-                self._close(reason, terminate), name=f"{self.id}:close"
+                self._close(reason, terminate),
+                name=f"{self.id}:close",
+                context=call_context(self.id),
             )
         return self._closing
 
@@ -367,6 +391,7 @@ class CallManager:
         self._early: OrderedDict[str, list[CallConnect | CallStatus]] = OrderedDict()
         self._dialing = 0
         self.ring_timeout = ring_timeout
+        self.observers: list[CallObserver] = []
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -395,6 +420,13 @@ class CallManager:
     async def drain(self) -> None:
         """Wait until every queued event was handled (for tests and shutdown)."""
         await self._queue.join()
+
+    def _observe(self, notify: Callable[[CallObserver], None]) -> None:
+        for observer in self.observers:
+            try:
+                notify(observer)
+            except Exception:  # observing a call must never break it
+                log.exception("call observer %s failed", type(observer).__name__)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -444,6 +476,7 @@ class CallManager:
         if len(self.calls) >= self.max_calls:
             self.rejected_for_capacity += 1
             log.warning("call %s: rejected, at capacity (%d calls)", event.call_id, self.max_calls)
+            self._observe(lambda o: o.call_refused(event.call_id, "capacity"))
             self._spawn(self._reject(event.call_id), f"{event.call_id}:reject")
             return
         record = CallRecord(
@@ -455,6 +488,7 @@ class CallManager:
         )
         call = Call(record, graph=self.graph, on_ended=self._ended)
         self.calls[call.id] = call
+        self._observe(lambda o: o.call_started(call))
         call.spawn(self._answer(call, event.sdp), "answer")
 
     def _on_connect_answer(self, event: CallConnect) -> None:
@@ -481,6 +515,7 @@ class CallManager:
         call.playout.bitrate = sdp.opus_bitrate(answer)
         call.record.accepted_at = time.time()
         call.set_state(CallState.ACTIVE, "user answered")
+        self._observe(lambda o: o.call_answered(call))
         call.spawn(self._watch_media(call), "media-watch")
         await call.media_up.wait()  # or the watchdog ends the call (and cancels this)
         if call.session_factory or self.session:
@@ -533,6 +568,7 @@ class CallManager:
         record.call_id = call_id
         self.calls[call_id] = call
         call.set_state(CallState.DIALING, f"connect sent to {to}")
+        self._observe(lambda o: o.call_started(call))
         call.spawn(self._ring(call, ring_timeout or self.ring_timeout), "ring")
         for early in self._early.pop(call_id, []):
             self._handle(early)
@@ -633,6 +669,7 @@ class CallManager:
             return
         call.record.accepted_at = time.time()
         call.set_state(CallState.ACTIVE, "accepted")
+        self._observe(lambda o: o.call_answered(call))
         call.spawn(self._watch_media(call), "media-watch")
         if call.session_factory or self.session:
             call.spawn(self._run_session(call), "session")
@@ -690,6 +727,7 @@ class CallManager:
     def _ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
         self._remember(call.record)
+        self._observe(lambda o: o.call_ended(call))
 
     def _remember(self, record: CallRecord) -> None:
         self.history[record.call_id] = record

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from .errors import ConfigError, GatewayError
+from .logs import configure_logging
 
 log = logging.getLogger("gateway")
 
@@ -30,6 +31,7 @@ environment (flags override):
   GATEWAY_ANSWER_TIMEOUT    seconds to answer a user's call (pre_accept + accept), default 20
   GATEWAY_IVR_MENU          menu file of the ivr bot, default bots/menu.toml
   GATEWAY_LOG_LEVEL         DEBUG, INFO (default), WARNING, ERROR
+  GATEWAY_LOG_FORMAT        text (default) or json (one object per line, with call_id)
 """
 
 
@@ -135,10 +137,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
     args = _parser().parse_args(argv)
     level = "DEBUG" if args.verbose else os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=level if level in logging.getLevelNamesMapping() else "INFO",
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
+    try:
+        configure_logging(level, os.environ.get("GATEWAY_LOG_FORMAT", "text"))
+    except ConfigError as exc:
+        print(f"gateway: error: {exc}", file=sys.stderr)
+        return 2
     if not args.verbose:
         for noisy in ("aioice", "aiortc", "aiohttp.access", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -210,5 +210,5 @@ async def test_metrics_are_prometheus_text(stack: Stack) -> None:
     assert "# TYPE process_cpu_seconds_total counter" in text
     assert values["process_cpu_seconds_total"] > 0
     assert values["process_resident_memory_bytes"] > 10 * 2**20
-    assert values["gateway_active_calls"] == 0
+    assert values["gateway_calls_active"] == 0
     assert "gateway_event_loop_lag_p99_seconds" in values

@@ -154,6 +154,8 @@ class InboundStats:
 
     packets: int
     """Opus packets received."""
+    bytes: int
+    """Opus payload bytes received."""
     lost: int
     """Frames that never came (concealed), not counting audio paused for DTMF."""
     late: int
@@ -205,11 +207,15 @@ class InboundAudio:
         self._dtmf_since_audio = False
         self._attached = False
         self._packets = 0
+        self._bytes = 0
         self._lost = 0
         self._concealed = 0
         self._dtmf = 0
         self._dtmf_packets = 0
         self._decode_errors = 0
+        self.tap: list[tuple[int, int, bytes]] | None = None
+        """When a list, every Opus packet is appended to it as it arrives, as
+        ``(arrival_time_ms, rtp_timestamp, payload)`` (the call's recording)."""
 
     def attach(self) -> None:
         """Take the receiver's RTP packets from now on."""
@@ -245,10 +251,18 @@ class InboundAudio:
         return self._packets + self._dtmf_packets
 
     @property
+    def jitter_seconds(self) -> float:
+        """Interarrival jitter (RFC 3550) of the audio stream, as its RTCP reports give it."""
+        for stream in (self._rtcp_streams or {}).values():
+            return float(stream.jitter) / OPUS_RATE
+        return 0.0
+
+    @property
     def stats(self) -> InboundStats:
         """A snapshot of the counters."""
         return InboundStats(
             packets=self._packets,
+            bytes=self._bytes,
             lost=self._lost,
             late=self._jitter.late,
             concealed=self._concealed,
@@ -271,6 +285,9 @@ class InboundAudio:
         try:
             if packet.payload_type == self.opus_pt:
                 self._packets += 1
+                self._bytes += len(packet.payload)
+                if self.tap is not None:
+                    self.tap.append((arrival_time_ms, packet.timestamp, packet.payload))
                 self._push_audio(packet)
             elif packet.payload_type == self.dtmf_pt:
                 self._dtmf_packets += 1

@@ -45,6 +45,8 @@ class SessionMetrics:
     barge_ins: int = 0
     # End of caller speech (VAD closed the turn) -> first bot frame handed to the sender.
     response_latencies_ms: list[float] = field(default_factory=list)
+    # Caller's speech onset (first voiced frame) -> bot audio cut, on the media timeline.
+    barge_in_stop_ms: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -136,7 +138,9 @@ class BotSession:
             return
         for event in self._segmenter.push(frame):
             if isinstance(event, SpeechStarted):
-                self._on_speech_started()
+                if self._on_speech_started():
+                    onset_ms = self._segmenter.frames_seen * 20 - event.at_ms
+                    self.metrics.barge_in_stop_ms.append(float(onset_ms))
             elif isinstance(event, SpeechEnded):
                 self.metrics.utterances += 1
                 log.info(
@@ -148,20 +152,22 @@ class BotSession:
                 self._turn_ended_at = time.perf_counter()
                 self._inbox.put_nowait(Utterance(event.pcm, event.started_at_ms, event.at_ms))
 
-    def _on_speech_started(self) -> None:
-        self._barge_in("speech")
+    def _on_speech_started(self) -> bool:
+        return self._barge_in("speech")
 
-    def _barge_in(self, cause: str) -> None:
+    def _barge_in(self, cause: str) -> bool:
+        """Cut the bot's interruptible speech; True if it did."""
         current = self._current
         if current is None or not self.settings.barge_in:
-            return
+            return False
         playback, label, interruptible = current
         if not interruptible or playback.done.done():
-            return
+            return False
         dropped = self.call.playout.flush()
         self.metrics.barge_ins += 1
         log.info("call %s: barge-in by %s, %d frames dropped", self.call.id, cause, dropped)
         self._inbox.put_nowait(Interruption(label, playback.frames_sent, dropped))
+        return True
 
     def _on_dtmf(self, digit: str, duration_ms: int) -> None:
         # A key press cuts the prompt short, as on any IVR ("type-ahead").

@@ -1,0 +1,135 @@
+"""/metrics with prometheus-client: the page parses, and its figures move with real calls."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.calls import CallState
+from gateway.media.audio import load_wav
+from gateway.metrics import end_reason_label, parse_prometheus
+from gateway.pipeline.plugins import session_for
+from gateway.sandbox.user import SimulatedUser
+
+from .conftest import AUDIO, Stack, start_stack, stop_stack
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(stack: Stack) -> Samples:
+    """Every sample of the page, keyed by name and labels (parsed by prometheus-client)."""
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{stack.gateway.url}/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    samples: Samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for s in family.samples:
+            samples[(s.name, frozenset(s.labels.items()))] = s.value
+    return samples
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_move_as_calls_are_placed_and_end() -> None:
+    stack = await start_stack(max_calls=1, session=session_for("echo"))
+    try:
+        before = await scrape(stack)
+        assert value(before, "gateway_calls_active", direction="USER_INITIATED") == 0
+        assert value(before, "process_cpu_seconds_total") > 0
+        assert value(before, "gateway_calls_capacity") == 1
+
+        user = SimulatedUser(stack.sandbox, "15551230001", "Ana")
+        call = await user.place_call()
+        async with asyncio.timeout(15):
+            await call.media_up.wait()
+            while stack.gateway.calls.get(call.call_id).state is not CallState.ACTIVE:
+                await asyncio.sleep(0.01)
+        speech = load_wav(AUDIO / "cards-001.wav")
+        await call.play(speech).wait()
+        # The echo bot answers the turn: wait for its first frame to reach the caller.
+        gw_call = stack.gateway.calls.get(call.call_id)
+        async with asyncio.timeout(15):
+            while not gw_call.session.metrics.response_latencies_ms:
+                await asyncio.sleep(0.05)
+
+        # A second caller finds the gateway full.
+        second = await SimulatedUser(stack.sandbox, "15551230002", "Ben").place_call()
+        async with asyncio.timeout(10):
+            await second.ended.wait()
+
+        live = await scrape(stack)
+        assert value(live, "gateway_calls_active", direction="USER_INITIATED") == 1
+        assert value(live, "gateway_calls_started_total", direction="USER_INITIATED") == 1
+        assert value(live, "gateway_calls_rejected_total", reason="capacity") == 1
+        assert value(live, "gateway_rtp_received_packets_total") >= len(speech) // 320
+        assert value(live, "gateway_rtp_received_bytes_total") > value(
+            live, "gateway_rtp_received_packets_total"
+        )
+        assert value(live, "gateway_rtp_sent_packets_total") > 50
+        assert value(live, "gateway_call_seconds_total") > 1
+        for stage in ("accept", "media"):
+            assert (
+                value(
+                    live,
+                    "gateway_call_setup_seconds_count",
+                    direction="USER_INITIATED",
+                    stage=stage,
+                )
+                == 1
+            )
+        assert value(live, "gateway_response_seconds_count") >= 1
+        assert value(live, "gateway_graph_requests_total", action="accept", status="200") == 1
+        assert value(live, "gateway_graph_requests_total", action="reject", status="200") == 1
+        assert value(live, "gateway_graph_request_seconds_count", action="pre_accept") == 1
+        assert value(live, "gateway_webhook_deliveries_total", outcome="accepted") >= 2
+
+        await call.hang_up()
+        async with asyncio.timeout(10):
+            await gw_call.ended.wait()
+        after = await scrape(stack)
+        assert value(after, "gateway_calls_active", direction="USER_INITIATED") == 0
+        assert (
+            value(
+                after, "gateway_calls_total", direction="USER_INITIATED", end_reason="remote_hangup"
+            )
+            == 1
+        )
+        # Counters of an ended call stay in the totals: they never go down.
+        for name in ("gateway_rtp_received_packets_total", "gateway_rtp_sent_packets_total"):
+            assert value(after, name) >= value(live, name)
+        assert value(after, "gateway_response_seconds_count") >= value(
+            live, "gateway_response_seconds_count"
+        )
+    finally:
+        await stop_stack(stack)
+
+
+async def test_refused_webhooks_are_counted(stack: Stack) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(f"{stack.gateway.url}/webhook", content=b"{}")
+    assert response.status_code == 401
+    samples = await scrape(stack)
+    assert value(samples, "gateway_webhook_deliveries_total", outcome="refused") == 1
+
+
+def test_end_reasons_are_a_bounded_set() -> None:
+    assert end_reason_label("terminated by WhatsApp (completed)") == "remote_hangup"
+    assert end_reason_label("terminated by WhatsApp (failed)") == "remote_failed"
+    assert end_reason_label("not answered within 45 s") == "no_answer"
+    assert end_reason_label("bad offer: no audio") == "bad_sdp"
+    assert end_reason_label("caller said goodbye") == "bot_hangup"
+    assert end_reason_label(None) == "unknown"
+
+
+def test_parse_prometheus_sums_label_sets() -> None:
+    text = (
+        "# TYPE gateway_calls_total counter\n"
+        'gateway_calls_total{end_reason="a"} 2\n'
+        'gateway_calls_total{end_reason="b"} 3\n'
+    )
+    assert parse_prometheus(text)["gateway_calls_total"] == 5
