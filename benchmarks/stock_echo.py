@@ -81,7 +81,7 @@ class StockEcho:
         text = (
             f"process_cpu_seconds_total {process_cpu_seconds():.6f}\n"
             f"process_resident_memory_bytes {process_rss_bytes()}\n"
-            f"gateway_active_calls {len(self.pcs)}\n"
+            f"gateway_calls_active {len(self.pcs)}\n"
             f"gateway_call_seconds_total {self.ended_seconds + live:.6f}\n"
         )
         return web.Response(text=text)

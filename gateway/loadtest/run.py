@@ -128,7 +128,7 @@ async def _sample(
         samples.append(
             Sample(
                 t=time.perf_counter() - started,
-                active_calls=m.get("gateway_active_calls", 0),
+                active_calls=m.get("gateway_calls_active", 0),
                 cpu_seconds=m.get("process_cpu_seconds_total", 0),
                 call_seconds=m.get("gateway_call_seconds_total", 0),
                 rss_bytes=m.get("process_resident_memory_bytes", 0),
