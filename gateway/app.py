@@ -13,6 +13,7 @@ from .calls import CallManager, SessionFactory
 from .config import Settings
 from .graph import GraphClient
 from .metrics import Metrics
+from .recording import Recordings
 from .webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ class Gateway:
             max_body_bytes=settings.webhook_max_bytes,
         )
         self.metrics.watch(self.calls, self.webhooks)
+        self.recordings: Recordings | None = None
+        if settings.recordings_dir is not None:
+            self.recordings = Recordings(settings.recordings_dir, registry=self.metrics.registry)
+            self.calls.observers.append(self.recordings)
         # aiohttp's default 1 MiB body limit is for the calls API; the webhook
         # receiver reads its bodies itself, under its own (lower) cap.
         self.app = web.Application(middlewares=[self.metrics.webhook_middleware()])
@@ -63,6 +68,8 @@ class Gateway:
             CallsAPI(
                 self.calls, self.graph, api_key=settings.api_key.value, sessions=sessions
             ).add_routes(self.app)
+            if self.recordings is not None:
+                self.app.router.add_get("/calls/{call_id}/recording", self.recordings.handle)
         self._runner: web.AppRunner | None = None
         self.port = settings.port
 
@@ -86,6 +93,8 @@ class Gateway:
     async def aclose(self) -> None:
         """End every call, stop serving, close the Graph client."""
         await self.calls.aclose()
+        if self.recordings is not None:
+            await self.recordings.aclose()
         await self.metrics.lag.stop()
         if self._runner is not None:
             await self._runner.cleanup()

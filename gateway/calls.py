@@ -92,6 +92,8 @@ class CallRecord:
     end_time: int | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     statuses: list[str] = field(default_factory=list)
+    # Path of the call's recording file, when recordings are on (GATEWAY_RECORDINGS_DIR).
+    recording: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""

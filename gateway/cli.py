@@ -32,6 +32,7 @@ environment (flags override):
   GATEWAY_IVR_MENU          menu file of the ivr bot, default bots/menu.toml
   GATEWAY_LOG_LEVEL         DEBUG, INFO (default), WARNING, ERROR
   GATEWAY_LOG_FORMAT        text (default) or json (one object per line, with call_id)
+  GATEWAY_RECORDINGS_DIR    record every answered call there (stereo Ogg Opus), default off
 """
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -55,6 +56,8 @@ class Settings:
     media_idle_timeout: float = 20.0
     # Largest webhook body read; a real delivery is a few kB.
     webhook_max_bytes: int = 64 * 1024
+    # Where call recordings go; None: calls are not recorded.
+    recordings_dir: Path | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -120,5 +123,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         media_timeout=float(_int(env, "GATEWAY_MEDIA_TIMEOUT", 10)),
         media_idle_timeout=float(_int(env, "GATEWAY_MEDIA_IDLE_TIMEOUT", 20)),
         webhook_max_bytes=_int(env, "GATEWAY_WEBHOOK_MAX_BYTES", 64 * 1024, minimum=1024),
+        recordings_dir=Path(env["GATEWAY_RECORDINGS_DIR"])
+        if env.get("GATEWAY_RECORDINGS_DIR")
+        else None,
     )
     return settings.with_overrides(**overrides)

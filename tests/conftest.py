@@ -30,6 +30,7 @@ async def start_stack(
     sessions: Callable[[str], SessionFactory] | None = None,
     bot: str = "echo",
     api_key: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> Stack:
     """The sandbox (with the tests' fixed secrets) and a gateway, on free loopback ports."""
     sandbox = CloudAPISandbox(
@@ -46,6 +47,7 @@ async def start_stack(
         max_calls=max_calls,
         api_key=api_key,
         verify_token=VERIFY_TOKEN,
+        env=env,
     )
 
 

@@ -37,11 +37,13 @@ async def start_local_stack(
     max_calls: int = 100,
     api_key: str | None = None,
     verify_token: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> LocalStack:
     """Start ``sandbox`` (a fresh one by default), then a gateway pointed at it.
 
     The gateway listens on a free loopback port and offers only 127.0.0.1 as
-    ICE candidate, so nothing leaves the machine.
+    ICE candidate, so nothing leaves the machine. ``env`` adds gateway settings
+    (e.g. ``GATEWAY_RECORDINGS_DIR``).
     """
     if sandbox is None:
         sandbox = CloudAPISandbox(
@@ -49,7 +51,7 @@ async def start_local_stack(
         )
     await sandbox.start()
     try:
-        env = {
+        settings = {
             "WHATSAPP_ACCESS_TOKEN": sandbox.access_token,
             "WHATSAPP_APP_SECRET": sandbox.app_secret,
             "WHATSAPP_VERIFY_TOKEN": verify_token or secrets.token_hex(8),
@@ -59,10 +61,11 @@ async def start_local_stack(
             "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
             "GATEWAY_BOT": bot,
             "GATEWAY_MAX_CALLS": str(max_calls),
+            **(env or {}),
         }
         if api_key:
-            env["GATEWAY_API_KEY"] = api_key
-        gateway = Gateway(load_settings(env), session=session, sessions=sessions)
+            settings["GATEWAY_API_KEY"] = api_key
+        gateway = Gateway(load_settings(settings), session=session, sessions=sessions)
         await gateway.start()
     except BaseException:
         await sandbox.aclose()

@@ -1,0 +1,163 @@
+"""One call's recording: the Opus packets both ways, kept as they pass, and their timing.
+
+Nothing is decoded or encoded for it. The inbound path appends each caller
+packet with its arrival time and RTP timestamp to :attr:`CallRecording.caller`;
+the playout track appends each bot speech packet with the time it left to
+:attr:`CallRecording.bot` (silence is not kept: it is the same packet every
+time). At the end, :meth:`CallRecording.write` (in a worker thread) places both
+sides on one 20 ms grid counted from the moment recording began, and writes a
+two-stream Ogg Opus file: caller left, bot right.
+
+Alignment: the caller's packets are placed by RTP timestamp, anchored at the
+least-delayed arrival (network jitter does not move them); a jump in RTP time
+that arrival times do not show (a restarted stream) starts a new anchor. The
+bot's are placed by the time each left (event-loop clock). Both are brought to
+wall-clock time, so the two channels line up to a frame (20 ms).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ..media.opus import FRAME_TICKS, OPUS_RATE, packet_duration, silence_packet
+from .ogg import multistream_packet, write_opus
+
+FRAME: Final = FRAME_TICKS / OPUS_RATE  # 0.02 s
+NTP_UNIX_OFFSET_MS: Final = 2_208_988_800_000  # aiortc's arrival times count from 1900
+_DISCONTINUITY: Final = 0.5  # an RTP jump (s) that arrival times do not show: a new timeline
+
+
+@dataclass(frozen=True)
+class RecordingResult:
+    """What :meth:`CallRecording.write` produced."""
+
+    path: Path
+    seconds: float
+    caller_packets: int
+    bot_packets: int
+    skipped_packets: int
+    """Caller packets not of 20 ms (they cannot share the grid without a re-encode)."""
+
+
+class CallRecording:
+    """The packets of one call; :meth:`write` makes the file (blocking, run it off the loop)."""
+
+    def __init__(self, call_id: str, path: Path, *, loop_time: float) -> None:
+        self.call_id = call_id
+        self.path = path
+        self.started_wall = time.time()
+        # Converts event-loop times (the playout clock) into wall-clock times.
+        self._loop_to_wall = self.started_wall - loop_time
+        self.ended_wall: float | None = None
+        self.caller: list[tuple[int, int, bytes]] = []
+        self.bot: list[tuple[float, bytes]] = []
+
+    def stop(self) -> None:
+        """Mark the end (the taps are already off)."""
+        self.ended_wall = time.time()
+
+    # --- placing packets on the grid -------------------------------------------------
+
+    def _slot(self, wall: float) -> int:
+        return round((wall - self.started_wall) / FRAME)
+
+    def caller_slots(self) -> tuple[dict[int, bytes], int]:
+        """Caller packets by 20 ms slot, and how many had to be skipped."""
+        slots: dict[int, bytes] = {}
+        skipped = 0
+        for segment in _segments(self.caller):
+            # The least-delayed packet gives the segment's offset from RTP time to wall time.
+            offset = min(arrival - rtp for arrival, rtp, _ in segment)
+            for _, rtp, payload in segment:
+                try:
+                    if packet_duration(payload) != FRAME_TICKS:
+                        skipped += 1
+                        continue
+                except ValueError:
+                    skipped += 1
+                    continue
+                slots.setdefault(self._slot(rtp + offset), payload)
+        return slots, skipped
+
+    def bot_slots(self) -> dict[int, bytes]:
+        """Bot speech packets by 20 ms slot."""
+        offset = self._loop_to_wall
+        slots: dict[int, bytes] = {}
+        for sent, payload in self.bot:
+            slot = self._slot(sent + offset)
+            # After an event-loop stall frames leave back to back: keep them in order.
+            while slot in slots:
+                slot += 1
+            slots[slot] = payload
+        return slots
+
+    # --- the file ------------------------------------------------------------------------
+
+    def write(self) -> RecordingResult:
+        """Write the file (atomically: a temporary name, then renamed)."""
+        end = self.ended_wall or time.time()
+        count = max(0, self._slot(end))
+        caller, skipped = self.caller_slots()
+        bot = self.bot_slots()
+        silence = silence_packet()
+
+        def packets() -> Iterator[bytes]:
+            for slot in range(count):
+                left = caller.get(slot, silence)
+                try:
+                    yield multistream_packet([left, bot.get(slot, silence)])
+                except (ValueError, IndexError):  # a malformed caller packet: silence there
+                    yield multistream_packet([silence, bot.get(slot, silence)])
+
+        partial = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
+        with open(partial, "wb") as out:
+            write_opus(
+                out,
+                packets(),
+                streams=2,
+                serial=secrets.randbits(32),
+                comments=[
+                    f"TITLE=WhatsApp call {self.call_id}",
+                    "COMMENT=left: caller, right: bot",
+                    f"DATE={time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(self.started_wall))}",
+                ],
+            )
+        partial.replace(self.path)
+        return RecordingResult(
+            path=self.path,
+            seconds=count * FRAME,
+            caller_packets=sum(1 for s in caller if 0 <= s < count),
+            bot_packets=sum(1 for s in bot if 0 <= s < count),
+            skipped_packets=skipped,
+        )
+
+
+def _segments(
+    packets: list[tuple[int, int, bytes]],
+) -> Iterator[list[tuple[float, float, bytes]]]:
+    """Caller packets in seconds (arrival wall time, unwrapped RTP time), split where the
+    RTP timeline jumps (a new stream or a restart) rather than following arrival."""
+    segment: list[tuple[float, float, bytes]] = []
+    last: tuple[float, int, float] | None = None  # arrival, raw timestamp, unwrapped seconds
+    for arrival_ms, timestamp, payload in packets:
+        arrival = (arrival_ms - NTP_UNIX_OFFSET_MS) / 1000
+        if last is None:
+            rtp = 0.0
+        else:
+            delta = ((timestamp - last[1] + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+            rtp = last[2] + delta / OPUS_RATE
+            jump = delta / OPUS_RATE
+            # RTP time is trusted (a network stall delays arrivals, not timestamps) unless
+            # it jumps by itself: a restarted or new stream.
+            if abs(jump) > _DISCONTINUITY and abs(jump - (arrival - last[0])) > _DISCONTINUITY:
+                yield segment
+                segment, rtp = [], 0.0
+        segment.append((arrival, rtp, payload))
+        last = (arrival, timestamp, rtp)
+    if segment:
+        yield segment
