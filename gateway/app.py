@@ -11,6 +11,7 @@ from . import rtc
 from .api import CallsAPI
 from .calls import CallManager, SessionFactory
 from .config import Settings
+from .dashboard import Dashboard
 from .graph import GraphClient
 from .metrics import Metrics
 from .recording import Recordings
@@ -70,6 +71,15 @@ class Gateway:
             ).add_routes(self.app)
             if self.recordings is not None:
                 self.app.router.add_get("/calls/{call_id}/recording", self.recordings.handle)
+            dashboard = Dashboard(
+                self.calls,
+                self.metrics,
+                api_key=settings.api_key.value,
+                recordings=self.recordings,
+                bot=settings.bot,
+            )
+            self.calls.observers.append(dashboard)
+            dashboard.add_routes(self.app)
         self._runner: web.AppRunner | None = None
         self.port = settings.port
 

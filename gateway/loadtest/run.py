@@ -43,6 +43,8 @@ class LoadTestConfig:
     progress: bool = True
     # Start this instead of ``python -m gateway serve`` (the benchmarks' stock baseline).
     server_command: tuple[str, ...] | None = None
+    # Extra environment for the local gateway (e.g. GATEWAY_RECORDINGS_DIR).
+    gateway_env: dict[str, str] | None = None
 
 
 async def run_load_test(config: LoadTestConfig) -> dict[str, Any]:
@@ -68,6 +70,7 @@ async def run_load_test(config: LoadTestConfig) -> dict[str, Any]:
             bot=config.bot,
             max_calls=config.calls + 10,
             command=config.server_command or DEFAULT_SERVER,
+            extra_env=config.gateway_env,
         )
         sandbox.app_secret, sandbox.access_token = gateway.app_secret, gateway.access_token
     sandbox.webhook_url = f"{gateway.url}/webhook"

@@ -149,6 +149,28 @@ class Metrics:
             self.calls.drain_live()
         return generate_latest(self.registry)
 
+    def summary(self) -> dict[str, float]:
+        """Every sample by name, summed over label sets (one collection; for the dashboard)."""
+        if self.calls is not None:
+            self.calls.drain_live()
+        values: dict[str, float] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+        return values
+
+    def buckets(self, name: str) -> list[tuple[float, float]]:
+        """A histogram's cumulative buckets (upper bound, count), summed over label sets."""
+        counts: dict[float, float] = {}
+        for family in self.registry.collect():
+            if family.name != name:
+                continue
+            for sample in family.samples:
+                if sample.name == f"{name}_bucket":
+                    bound = float(sample.labels["le"])
+                    counts[bound] = counts.get(bound, 0.0) + sample.value
+        return sorted(counts.items())
+
     async def handle(self, request: web.Request) -> web.Response:
         """``GET /metrics``."""
         return web.Response(body=self.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

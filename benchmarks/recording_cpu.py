@@ -1,0 +1,101 @@
+"""CPU cost of call recording: gateway CPU per call-second with recording off and on.
+
+Two parts, both in CPU time (not wall time), so they survive a loaded machine:
+
+1. In-call cost (the packet taps): real load tests (sandbox callers speaking
+   ../shared/audio to the echo bot), alternating off / on / off / on so machine
+   drift hits both sides alike; the gateway's own CPU per call-second from /metrics.
+2. End-of-call cost (writing the Ogg file in the worker thread): the same
+   write run here on a call's worth of real packets, timed with process_time.
+
+    python benchmarks/recording_cpu.py [--calls 10] [--duration 30] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from gateway.loadtest import LoadTestConfig, run_load_test
+from gateway.loadtest.recordings import load_recordings
+from gateway.recording import CallRecording
+from gateway.recording.call import NTP_UNIX_OFFSET_MS
+
+HERE = Path(__file__).resolve().parent
+AUDIO = str(HERE.parent.parent / "shared" / "audio")
+
+
+async def load_test_cpu(calls: int, duration: float, record_dir: str | None) -> float:
+    config = LoadTestConfig(
+        calls=calls,
+        rate=10,
+        duration=duration,
+        audio=[AUDIO],
+        bot="echo",
+        progress=False,
+        gateway_env={"GATEWAY_RECORDINGS_DIR": record_dir} if record_dir else None,
+    )
+    report = await run_load_test(config)
+    if report["ended_cleanly"] != calls:
+        raise SystemExit(f"only {report['ended_cleanly']}/{calls} calls ended cleanly")
+    return float(report["gateway"]["cpu_ms_per_call_second"])
+
+
+def write_cost_ms_per_call_second(seconds: float = 60.0, repeats: int = 5) -> float:
+    """CPU ms to write one call-second of recording (both sides talking all the time)."""
+    recordings, _ = load_recordings([AUDIO])
+    packets = [p for r in recordings for p in r.packets]
+    count = int(seconds * 50)
+    costs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats):
+            rec = CallRecording("wacid.bench", Path(tmp) / "bench.ogg", loop_time=0.0)
+            start_ms = int(rec.started_wall * 1000) + NTP_UNIX_OFFSET_MS
+            for i in range(count):
+                payload = packets[i % len(packets)]
+                rec.caller.append((start_ms + 20 * i, 960 * i, payload))
+                rec.bot.append((rec.started_wall + 0.02 * i, payload))
+            rec._loop_to_wall = 0.0  # the bot times above are wall times already
+            rec.ended_wall = rec.started_wall + seconds
+            before = time.process_time()
+            rec.write()
+            costs.append((time.process_time() - before) * 1000 / seconds)
+    return statistics.median(costs)
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    print(
+        f"gateway CPU per call-second, echo bot, {args.calls} calls of {args.duration:.0f} s "
+        "with recorded speech (ms of gateway CPU per second of call)"
+    )
+    print(f"{'round':>5} | {'off ms':>7} | {'on ms':>7} | on/off")
+    off, on = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            off.append(await load_test_cpu(args.calls, args.duration, None))
+            on.append(await load_test_cpu(args.calls, args.duration, f"{tmp}/round{r}"))
+            print(f"{r + 1:>5} | {off[-1]:>7.2f} | {on[-1]:>7.2f} | {on[-1] / off[-1]:.3f}")
+    base, tapped = statistics.mean(off), statistics.mean(on)
+    write = write_cost_ms_per_call_second()
+    total = tapped - base + write
+    print(f" mean | {base:>7.2f} | {tapped:>7.2f} | {tapped / base:.3f}")
+    print(f"file writing at call end: {write:.3f} ms CPU per call-second (worker thread)")
+    print(
+        f"recording on: {total:+.2f} ms per call-second = {100 * total / base:+.1f} % "
+        "(in-call difference + file writing; goal <= 5 %)"
+    )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.ERROR)
+    asyncio.run(main())
