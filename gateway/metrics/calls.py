@@ -41,6 +41,8 @@ _REASONS = (
     ("answer failed", "graph_error"),
     ("media path failed", "media_failed"),
     ("no media after answer", "media_failed"),
+    ("no media within", "media_timeout"),
+    ("no inbound media", "media_idle"),
     ("hung up through the API", "api_hangup"),
     ("gateway shutting down", "shutdown"),
     ("internal error", "error"),
