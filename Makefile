@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo phone chromium test lint typecheck pytest faults bench clean
+.PHONY: install demo phone chromium redis cluster test lint typecheck pytest faults bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,6 +28,15 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium; }
 
+## Debian's redis-server for cluster mode and its tests (each test starts its own).
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y redis-server; }
+
+## A local cluster: a private Redis and 2 workers on one port (needs the serve settings).
+cluster: $(STAMP) redis
+	$(BIN)/gateway cluster --workers 2
+
 lint: $(STAMP)
 	$(BIN)/ruff check gateway bots tests benchmarks
 	$(BIN)/ruff format --check gateway bots tests benchmarks
@@ -36,13 +45,13 @@ typecheck: $(STAMP)
 	$(BIN)/mypy gateway bots
 
 # REQUIRE_CHROMIUM: a missing browser fails the run instead of skipping its tests.
-pytest: $(STAMP) chromium
+pytest: $(STAMP) chromium redis
 	REQUIRE_CHROMIUM=1 $(BIN)/pytest -q
 
 test: lint typecheck pytest
 
 ## The long fault and soak suite (tests marked slow).
-faults: $(STAMP) chromium
+faults: $(STAMP) chromium redis
 	$(BIN)/pytest -q -m slow
 
 bench: $(STAMP)

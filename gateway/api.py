@@ -16,9 +16,10 @@ from typing import Any
 from aiohttp import web
 
 from .calls import CallManager, SessionFactory
-from .errors import BotError, CallError, GatewayError, GraphAPIError
+from .errors import BotError, CallError, GatewayError, GraphAPIError, UnavailableError
 from .graph import GraphClient
 from .logsafe import clip
+from .routing import Router
 
 log = logging.getLogger(__name__)
 
@@ -45,24 +46,31 @@ def _graph_status(exc: GraphAPIError) -> int:
 
 
 class CallsAPI:
-    """Route handlers; ``sessions`` turns a bot name into a session factory."""
+    """Route handlers; ``sessions`` turns a bot name into a session factory.
+
+    Requests about one call go through ``router``, so any worker of a cluster
+    answers for a call that runs on another.
+    """
 
     def __init__(
         self,
         calls: CallManager,
         graph: GraphClient,
+        router: Router,
         *,
         api_key: str,
         sessions: Callable[[str], SessionFactory] | None = None,
     ) -> None:
         self.calls = calls
         self.graph = graph
+        self.router = router
         self._api_key = api_key
         self._sessions = sessions
 
     def add_routes(self, app: web.Application) -> None:
         """Register the API (and its auth middleware) on ``app``."""
         app.middlewares.append(self._auth)
+        app.middlewares.append(self._unavailable)
         app.router.add_get("/openapi.json", self.openapi)
         app.router.add_post("/calls", self.place_call)
         app.router.add_get("/calls", self.list_calls)
@@ -70,6 +78,13 @@ class CallsAPI:
         app.router.add_delete("/calls/{call_id}", self.hang_up)
         app.router.add_post("/permissions/{wa_id}/request", self.request_permission)
         app.router.add_get("/permissions/{wa_id}", self.get_permission)
+
+    @web.middleware
+    async def _unavailable(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except UnavailableError as exc:
+            return web.json_response(error_body(exc), status=503, headers={"Retry-After": "1"})
 
     @web.middleware
     async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -105,6 +120,7 @@ class CallsAPI:
                 if self._sessions is None:
                     return _bad("this gateway does not run bots")
                 session = self._sessions(str(body["bot"]))
+            await self.router.admit_new_call()
             call = await self.calls.place_call(
                 to,
                 biz_opaque_callback_data=body.get("biz_opaque_callback_data"),
@@ -134,32 +150,25 @@ class CallsAPI:
 
     async def list_calls(self, request: web.Request) -> web.Response:
         """``GET /calls``: active calls and recently ended ones."""
-        return web.json_response(
-            {
-                "active": [c.record.as_dict() for c in self.calls.calls.values()],
-                "recent": [r.as_dict() for r in reversed(self.calls.history.values())][:100],
-            }
-        )
+        return web.json_response(await self.router.list_calls())
 
     async def get_call(self, request: web.Request) -> web.Response:
         """``GET /calls/{id}``."""
         call_id = request.match_info["call_id"]
-        live = self.calls.calls.get(call_id)
-        record = live.record if live else self.calls.history.get(call_id)
+        record = await self.router.call_record(call_id)
         if record is None:
             return web.json_response({"error": {"message": f"no call {call_id}"}}, status=404)
-        return web.json_response(record.as_dict())
+        return web.json_response(record)
 
     async def hang_up(self, request: web.Request) -> web.Response:
         """``DELETE /calls/{id}``: terminate through the Cloud API and close."""
         call_id = request.match_info["call_id"]
-        call = self.calls.calls.get(call_id)
-        if call is None:
+        record = await self.router.hang_up(call_id)
+        if record is None:
             return web.json_response(
                 {"error": {"message": f"no active call {call_id}"}}, status=404
             )
-        await call.end("hung up through the API", terminate=True)
-        return web.json_response(call.record.as_dict())
+        return web.json_response(record)
 
     async def request_permission(self, request: web.Request) -> web.Response:
         """``POST /permissions/{wa_id}/request``: send a call permission request."""
@@ -183,7 +192,7 @@ class CallsAPI:
             permission = await self.graph.get_permission(wa_id)
         except GraphAPIError as exc:
             return web.json_response(error_body(exc), status=_graph_status(exc))
-        reply = self.calls.permission_replies.get(wa_id)
+        reply = await self.router.permission_reply(wa_id)
         return web.json_response(
             {
                 "wa_id": wa_id,
@@ -191,13 +200,7 @@ class CallsAPI:
                 "expiration_time": permission.expiration_time,
                 "can_call": permission.can_call,
                 "can_request": permission.can_request,
-                "last_reply": None
-                if reply is None
-                else {
-                    "accepted": reply.accepted,
-                    "permanent": reply.permanent,
-                    "at": reply.timestamp,
-                },
+                "last_reply": reply,
             }
         )
 

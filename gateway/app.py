@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
@@ -15,6 +16,7 @@ from .dashboard import Dashboard
 from .graph import GraphClient
 from .metrics import Metrics
 from .recording import Recordings
+from .routing import LocalRouter, Router
 from .webhooks import WebhookReceiver
 
 log = logging.getLogger(__name__)
@@ -48,10 +50,11 @@ class Gateway:
             media_idle_timeout=settings.media_idle_timeout,
             session=session,
         )
+        self.router = self._router(settings)
         self.webhooks = WebhookReceiver(
             app_secret=settings.app_secret.value,
             verify_token=settings.verify_token.value,
-            sink=self.calls.dispatch,
+            sink=self.router.deliver,
             max_body_bytes=settings.webhook_max_bytes,
         )
         self.metrics.watch(self.calls, self.webhooks)
@@ -64,10 +67,15 @@ class Gateway:
         self.app = web.Application(middlewares=[self.metrics.webhook_middleware()])
         self.webhooks.add_routes(self.app)
         self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_get("/readyz", self._readyz)
         self.app.router.add_get("/metrics", self.metrics.handle)
         if settings.api_key is not None:
             CallsAPI(
-                self.calls, self.graph, api_key=settings.api_key.value, sessions=sessions
+                self.calls,
+                self.graph,
+                self.router,
+                api_key=settings.api_key.value,
+                sessions=sessions,
             ).add_routes(self.app)
             if self.recordings is not None:
                 self.app.router.add_get("/calls/{call_id}/recording", self.recordings.handle)
@@ -82,6 +90,28 @@ class Gateway:
             dashboard.add_routes(self.app)
         self._runner: web.AppRunner | None = None
         self.port = settings.port
+        self.draining = False
+        self._ready = False
+
+    def _router(self, settings: Settings) -> Router:
+        # One process by default; a worker of a cluster when given a Redis.
+        if settings.redis_url is None:
+            return LocalRouter(self.calls)
+        from .cluster.node import WorkerNode
+        from .cluster.router import ClusterRouter
+
+        node = WorkerNode(
+            settings.redis_url.value,
+            self.calls,
+            self.graph,
+            lease_seconds=settings.lease_seconds,
+        )
+        return ClusterRouter(
+            node,
+            self.calls,
+            cluster_max_calls=settings.cluster_max_calls,
+            answer_timeout=settings.answer_timeout,
+        )
 
     @property
     def url(self) -> str:
@@ -91,24 +121,60 @@ class Gateway:
     async def start(self) -> None:
         """Start the call manager and listen for HTTP."""
         await self.calls.start()
+        await self.router.start()
         self.metrics.lag.start()
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        site = web.TCPSite(
+            self._runner,
+            self.settings.host,
+            self.settings.port,
+            reuse_port=self.settings.reuse_port or None,
+        )
         await site.start()
         if self.port == 0:
             self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._ready = True
         log.info("gateway listening on %s (bot: %s)", self.url, self.settings.bot)
+
+    async def drain(self) -> None:
+        """Stop taking calls; wait until the live ones end (``GATEWAY_DRAIN_TIMEOUT`` at most).
+
+        ``/readyz`` answers 503 from now on so load balancers stop sending new
+        work; webhooks for live calls are still handled. Calls left when the
+        timeout passes are ended by :meth:`aclose` (with ``terminate``).
+        """
+        timeout = self.settings.drain_timeout
+        self.draining = True
+        self.calls.accepting = False
+        log.info("draining: %d call(s) live, waiting up to %.0f s", len(self.calls.calls), timeout)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.calls.wait_idle()
+            log.info("drained: no call left")
+        except TimeoutError:
+            log.warning("drain timeout: ending %d call(s) now", len(self.calls.calls))
 
     async def aclose(self) -> None:
         """End every call, stop serving, close the Graph client."""
+        self.draining = True
+        self.calls.accepting = False
         await self.calls.aclose()
         if self.recordings is not None:
             await self.recordings.aclose()
+        await self.router.aclose()
         await self.metrics.lag.stop()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.graph.aclose()
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "active_calls": len(self.calls.calls)})
+        # Liveness: the process answers. Readiness (may it get new work) is /readyz.
+        return web.json_response({"status": "ok", **self.router.status()})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready = self._ready and not self.draining
+        status = "ready" if ready else "draining" if self.draining else "starting"
+        return web.json_response(
+            {"status": status, **self.router.status()}, status=200 if ready else 503
+        )

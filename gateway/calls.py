@@ -394,6 +394,19 @@ class CallManager:
         self._dialing = 0
         self.ring_timeout = ring_timeout
         self.observers: list[CallObserver] = []
+        # False while draining: new calls are refused, live ones run on.
+        self.accepting = True
+        self._released = asyncio.Event()  # set whenever a call leaves
+
+    @property
+    def load(self) -> int:
+        """Calls this manager holds, counting those still being dialed."""
+        return len(self.calls) + self._dialing
+
+    @property
+    def has_room(self) -> bool:
+        """Whether a new call would be taken now."""
+        return self.accepting and self.load < self.max_calls
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -429,6 +442,12 @@ class CallManager:
                 notify(observer)
             except Exception:  # observing a call must never break it
                 log.exception("call observer %s failed", type(observer).__name__)
+
+    async def wait_idle(self) -> None:
+        """Return once no call is left (a draining gateway waits on this)."""
+        while self.calls or self._dialing:
+            self._released.clear()
+            await self._released.wait()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
@@ -475,11 +494,11 @@ class CallManager:
         if event.call_id in self.calls:
             log.warning("call %s: second offer for a known call ignored", event.call_id)
             return
+        if not self.accepting:
+            self.reject(event.call_id, "draining")
+            return
         if len(self.calls) >= self.max_calls:
-            self.rejected_for_capacity += 1
-            log.warning("call %s: rejected, at capacity (%d calls)", event.call_id, self.max_calls)
-            self._observe(lambda o: o.call_refused(event.call_id, "capacity"))
-            self._spawn(self._reject(event.call_id), f"{event.call_id}:reject")
+            self.reject(event.call_id, "capacity", f"at capacity ({self.max_calls} calls)")
             return
         record = CallRecord(
             call_id=event.call_id,
@@ -539,7 +558,9 @@ class CallManager:
         The call then rings; it becomes ACTIVE when the user answers, and ends by
         itself after ``ring_timeout`` seconds unanswered.
         """
-        if len(self.calls) >= self.max_calls:
+        if not self.accepting:
+            raise CallError("gateway draining: not placing new calls")
+        if self.load >= self.max_calls:
             raise CallError(f"at capacity ({self.max_calls} calls)")
         if biz_opaque_callback_data is not None and len(biz_opaque_callback_data) > 512:
             raise GatewayError(
@@ -567,6 +588,7 @@ class CallManager:
             raise
         finally:
             self._dialing -= 1
+            self._released.set()
         record.call_id = call_id
         self.calls[call_id] = call
         call.set_state(CallState.DIALING, f"connect sent to {to}")
@@ -630,6 +652,14 @@ class CallManager:
             self._early.popitem(last=False)
 
     # --- actions ---------------------------------------------------------------
+
+    def reject(self, call_id: str, reason: str, detail: str = "") -> None:
+        """Refuse a user's call through the Cloud API (``reason``: capacity, draining)."""
+        if reason == "capacity":
+            self.rejected_for_capacity += 1
+        log.warning("call %s: rejected, %s", call_id, detail or reason)
+        self._observe(lambda o: o.call_refused(call_id, reason))
+        self._spawn(self._reject(call_id), f"{call_id}:reject")
 
     async def _reject(self, call_id: str) -> None:
         try:
@@ -730,6 +760,7 @@ class CallManager:
         self.calls.pop(call.id, None)
         self._remember(call.record)
         self._observe(lambda o: o.call_ended(call))
+        self._released.set()
 
     def _remember(self, record: CallRecord) -> None:
         self.history[record.call_id] = record

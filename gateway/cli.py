@@ -33,6 +33,11 @@ environment (flags override):
   GATEWAY_LOG_LEVEL         DEBUG, INFO (default), WARNING, ERROR
   GATEWAY_LOG_FORMAT        text (default) or json (one object per line, with call_id)
   GATEWAY_RECORDINGS_DIR    record every answered call there (stereo Ogg Opus), default off
+  GATEWAY_DRAIN_TIMEOUT     seconds calls may run on after SIGTERM, default 120
+cluster mode (every `gateway serve` on the same Redis is one worker of a cluster):
+  GATEWAY_REDIS_URL         e.g. redis://10.0.0.5:6379/0; unset: one process, in memory
+  GATEWAY_CLUSTER_MAX_CALLS concurrent calls across the cluster, default 1000
+  GATEWAY_LEASE_SECONDS     a lost worker's calls are ended within this, default 10
 """
 
 
@@ -56,6 +61,28 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
     serve.add_argument("--bot", help="bot plugin to run on each call (GATEWAY_BOT)")
     serve.add_argument("--max-calls", type=int, help="concurrent call limit (GATEWAY_MAX_CALLS)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port (SO_REUSEPORT); more than 1 needs "
+        "GATEWAY_REDIS_URL (default 1)",
+    )
+
+    cluster = sub.add_parser(
+        "cluster",
+        help="start a private Redis and N workers on this machine (a local cluster)",
+        description="Starts Debian's redis-server on a free port (no persistence) and "
+        "`gateway serve --workers N` pointed at it; prints the URL. Same environment as "
+        "serve. Ctrl-C drains the workers, a second Ctrl-C ends their calls now.",
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    cluster.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    cluster.add_argument("--host", help="listen address (GATEWAY_HOST)")
+    cluster.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
+    cluster.add_argument("--bot", help="bot plugin to run on each call (GATEWAY_BOT)")
+    cluster.add_argument("--max-calls", type=int, help="calls per worker (GATEWAY_MAX_CALLS)")
 
     demo = sub.add_parser(
         "sandbox",
@@ -148,7 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if args.command == "serve":
+            if args.workers < 1:
+                raise ConfigError("--workers must be at least 1")
+            if args.workers > 1:
+                return asyncio.run(_serve_workers(args, redis_url=None))
             return asyncio.run(_serve(args))
+        if args.command == "cluster":
+            return asyncio.run(_cluster(args))
         if args.command == "sandbox":
             from .sandbox.demo import run_demo, serve_phone
 
@@ -184,15 +217,68 @@ async def _serve(args: argparse.Namespace) -> int:
 
     settings = load_settings(host=args.host, port=args.port, bot=args.bot, max_calls=args.max_calls)
     gateway = Gateway(settings, session=session_for(settings.bot), sessions=session_for)
-    await gateway.start()
-    stop = asyncio.Event()
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"gateway: serving webhooks on {gateway.url}/webhook (bot {settings.bot}); Ctrl-C stops")
-    await stop.wait()
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    await gateway.start()
+    print(
+        f"gateway: serving webhooks on {gateway.url}/webhook (bot {settings.bot}); "
+        "Ctrl-C or SIGTERM drains",
+        flush=True,
+    )
+    await signals.get()
+    # First signal: drain (readyz 503, calls run on); a second one ends every call now.
+    drain = asyncio.create_task(gateway.drain())
+    again = asyncio.create_task(signals.get())
+    await asyncio.wait({drain, again}, return_when=asyncio.FIRST_COMPLETED)
+    if again.done():
+        log.warning("second signal: ending every call now")
+    for task in (drain, again):
+        task.cancel()
+    await asyncio.gather(drain, again, return_exceptions=True)
     await gateway.aclose()
     return 0
+
+
+async def _serve_workers(args: argparse.Namespace, redis_url: str | None) -> int:
+    from .cluster.redis_server import free_port
+    from .cluster.supervisor import run_workers, worker_env
+    from .config import load_settings
+
+    env = worker_env(
+        os.environ,
+        host=args.host,
+        port=args.port,
+        bot=args.bot,
+        max_calls=args.max_calls,
+        redis_url=redis_url,
+    )
+    settings = load_settings(env)  # refuse bad settings here, not N times
+    if settings.redis_url is None:
+        raise ConfigError(
+            "--workers needs GATEWAY_REDIS_URL: workers share calls through Redis "
+            "(or run `gateway cluster`, which starts one)"
+        )
+    if settings.port == 0:
+        env["GATEWAY_PORT"] = str(free_port(settings.host))
+    url = f"http://{settings.host}:{env.get('GATEWAY_PORT', settings.port)}"
+    print(f"gateway: {args.workers} workers serving webhooks on {url}/webhook", flush=True)
+    return await run_workers(args.workers, env)
+
+
+async def _cluster(args: argparse.Namespace) -> int:
+    from .cluster.redis_server import RedisServer
+
+    if args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    redis = RedisServer()
+    await redis.start()
+    print(f"gateway: Redis at {redis.url} (no persistence)", flush=True)
+    try:
+        return await _serve_workers(args, redis_url=redis.url)
+    finally:
+        await redis.aclose()
 
 
 async def _loadtest(args: argparse.Namespace) -> int:

@@ -58,6 +58,16 @@ class Settings:
     webhook_max_bytes: int = 64 * 1024
     # Where call recordings go; None: calls are not recorded.
     recordings_dir: Path | None = None
+    # Cluster mode: the Redis every worker shares (may carry a password, so secret).
+    redis_url: Secret | None = None
+    # Concurrent calls across the whole cluster (WhatsApp's per-number limit).
+    cluster_max_calls: int = 1000
+    # Seconds after a worker's last sign of life before others end its calls.
+    lease_seconds: float = 10.0
+    # Seconds a draining gateway lets calls run on before terminating them.
+    drain_timeout: float = 120.0
+    # Several worker processes share the listen port (set by ``serve --workers``).
+    reuse_port: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -126,5 +136,14 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         recordings_dir=Path(env["GATEWAY_RECORDINGS_DIR"])
         if env.get("GATEWAY_RECORDINGS_DIR")
         else None,
+    )
+    redis_url = overrides.pop("redis_url", None) or env.get("GATEWAY_REDIS_URL")
+    settings = replace(
+        settings,
+        redis_url=Secret(redis_url) if redis_url else None,
+        cluster_max_calls=_int(env, "GATEWAY_CLUSTER_MAX_CALLS", 1000),
+        lease_seconds=float(_int(env, "GATEWAY_LEASE_SECONDS", 10, minimum=2)),
+        drain_timeout=float(_int(env, "GATEWAY_DRAIN_TIMEOUT", 120, minimum=0)),
+        reuse_port=env.get("GATEWAY_REUSE_PORT", "") in ("1", "true", "yes"),
     )
     return settings.with_overrides(**overrides)

@@ -117,3 +117,10 @@ class GraphAPIError(GatewayError):
         if self.hint:
             parts.append(f" [{self.hint}]")
         return "".join(parts)
+
+
+class UnavailableError(GatewayError):
+    """A shared service the request needs (the cluster's Redis) cannot be reached now.
+
+    Webhooks answered with this get a 503, so WhatsApp delivers them again later.
+    """

@@ -13,13 +13,12 @@ import hmac
 import json
 import logging
 import re
-from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
 
-from .errors import WebhookError
+from .errors import UnavailableError, WebhookError
 from .events import (
     CallConnect,
     CallErrorInfo,
@@ -29,7 +28,6 @@ from .events import (
     Direction,
     Event,
     PermissionReply,
-    event_key,
 )
 from .logsafe import clip
 
@@ -370,15 +368,20 @@ def parse_payload(payload: Any) -> tuple[list[Event], list[str]]:
 
 # --- the aiohttp side --------------------------------------------------------
 
-EventSink = Callable[[Event], None]
+# Takes one event; False when it was a duplicate; UnavailableError when it cannot be
+# taken now. It must answer quickly: the call work runs elsewhere.
+EventSink = Callable[[Event], Awaitable[bool]]
 
 
 class WebhookReceiver:
-    """aiohttp handlers for ``GET``/``POST /webhook``, with duplicate suppression.
+    """aiohttp handlers for ``GET``/``POST /webhook``.
 
-    ``sink`` must not block: it is called inside the request for every new event
-    (the call manager queues it and answers later). A body over ``max_body_bytes``
-    is refused with 413 before more than that is read, and its connection closed.
+    ``sink`` (a :class:`gateway.routing.Router`'s ``deliver``) drops duplicates
+    and hands each new event on without waiting for the call work. When it
+    cannot take an event (the cluster's Redis is unreachable) the delivery gets a
+    503 and WhatsApp sends it again; events taken before that are deduplicated then.
+    A body over ``max_body_bytes`` is refused with 413 before more than that is
+    read, and its connection closed.
     """
 
     def __init__(
@@ -387,16 +390,15 @@ class WebhookReceiver:
         app_secret: str,
         verify_token: str,
         sink: EventSink,
-        dedupe_size: int = 20_000,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
         self._app_secret = app_secret
         self._verify_token = verify_token
         self._sink = sink
-        self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
-        self._dedupe_size = dedupe_size
         self.max_body_bytes = max_body_bytes
         self.duplicates = 0
+        self.unavailable = 0
+        """Deliveries answered 503 because the cluster's Redis was unreachable."""
         self.too_large = 0
         """Deliveries refused for their size."""
         self.internal_errors = 0
@@ -437,12 +439,21 @@ class WebhookReceiver:
             return response
         accepted = 0
         for event in events:
-            if self._is_duplicate(event):
+            try:
+                taken = await self._sink(event)
+            except UnavailableError as exc:
+                self.unavailable += 1
+                log.warning(
+                    "webhook for call %s answered 503 (WhatsApp retries it): %s",
+                    _event_id(event),
+                    exc.message,
+                )
+                return web.json_response({"error": exc.message}, status=503)
+            if not taken:
                 self.duplicates += 1
                 log.info("duplicate %s for call %s dropped", type(event).__name__, _event_id(event))
                 continue
             accepted += 1
-            self._sink(event)
         if problems:
             # Good events were taken (a retry is deduplicated); say what was wrong.
             log.warning(
@@ -480,16 +491,6 @@ class WebhookReceiver:
             self.internal_errors += 1
             log.exception("webhook parser failed on a signed delivery")
             raise WebhookError("delivery could not be processed") from None
-
-    def _is_duplicate(self, event: Event) -> bool:
-        key = event_key(event)
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return True
-        self._seen[key] = None
-        if len(self._seen) > self._dedupe_size:
-            self._seen.popitem(last=False)
-        return False
 
 
 def _event_id(event: Event) -> str:

@@ -1,0 +1,13 @@
+"""Cluster mode: many gateway workers, on one machine or many, behind one webhook URL.
+
+Every ``gateway serve`` given the same ``GATEWAY_REDIS_URL`` is a worker of one
+cluster. Redis carries signaling and state only, never media:
+
+- :mod:`.node` — this worker's lease, the mirror of its calls (owner, record,
+  live set) and the reaper that ends the calls of a worker whose lease expired.
+- :mod:`.router` — the :class:`gateway.routing.Router` of a cluster: new calls
+  through a Streams consumer group, everything else to the call's owner.
+- :mod:`.supervisor` — ``gateway serve --workers N`` (SO_REUSEPORT).
+- :mod:`.redis_server` — a private ``redis-server`` for tests and ``gateway cluster``.
+- :mod:`.keys`, :mod:`.wire` — key names and the event encoding.
+"""

@@ -1,0 +1,65 @@
+"""Every Redis key the cluster uses, in one place.
+
+One Redis database serves one cluster (one business phone number's gateways).
+"""
+
+from __future__ import annotations
+
+PREFIX = "gw:"
+
+# HASH worker id -> its load as JSON ({"calls", "max", "draining", "host", "pid"}).
+WORKERS = PREFIX + "workers"
+# HASH call id -> owning worker id.
+OWNERS = PREFIX + "owners"
+# SET of the ids of every live call in the cluster (its size is the cluster's load).
+LIVE = PREFIX + "live"
+# ZSET call id -> end time, the recently ended calls.
+RECENT = PREFIX + "recent"
+# STREAM of user-initiated calls waiting for a worker with room, and its consumer group.
+NEW_CALLS = PREFIX + "newcalls"
+PLACERS = "placers"
+
+
+def lease(worker: str) -> str:
+    """The worker's lease: exists while the worker renews it."""
+    return f"{PREFIX}lease:{worker}"
+
+
+def worker_calls(worker: str) -> str:
+    """SET of the calls a worker owns (what a surviving worker ends if it dies)."""
+    return f"{PREFIX}calls:{worker}"
+
+
+def inbox(worker: str) -> str:
+    """STREAM of events and requests other workers hand to this worker."""
+    return f"{PREFIX}inbox:{worker}"
+
+
+def reaping(worker: str) -> str:
+    """Lock taken by the one worker that ends a lost worker's calls."""
+    return f"{PREFIX}reaping:{worker}"
+
+
+def record(call_id: str) -> str:
+    """A call's record as JSON (live or ended)."""
+    return f"{PREFIX}record:{call_id}"
+
+
+def early_terminate(call_id: str) -> str:
+    """A terminate that arrived before any worker took the call."""
+    return f"{PREFIX}early:{call_id}"
+
+
+def dedupe(key: tuple[str, ...]) -> str:
+    """Marks a webhook event as handled (``SET NX``)."""
+    return PREFIX + "seen:" + "|".join(key)
+
+
+def permission(wa_id: str) -> str:
+    """The last call permission reply from a user."""
+    return f"{PREFIX}permission:{wa_id}"
+
+
+def reply(token: str) -> str:
+    """LIST where a worker answers another's request."""
+    return f"{PREFIX}reply:{token}"

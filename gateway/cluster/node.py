@@ -1,0 +1,305 @@
+"""One worker's membership of the cluster: its Redis connection, its lease, the
+mirror of its calls in Redis, and the reaper that ends a lost worker's calls.
+
+Nothing here runs per frame or per packet: Redis sees a call when it starts,
+changes state and ends, plus one pipelined lease renewal per worker every
+``lease_seconds / 10``. That renewal also re-registers every live call, so a
+Redis that restarted without its data knows every call again within one tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Coroutine
+from typing import Any
+
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from ..calls import Call, CallManager, CallState
+from ..errors import GraphAPIError, UnavailableError
+from ..graph import GraphClient
+from . import keys
+
+log = logging.getLogger(__name__)
+
+# How long records, deduplication marks and permission replies are kept.
+RECORD_TTL = 7 * 24 * 3600
+RECENT_KEPT = 1000
+
+
+def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
+    """A client that fails fast (one immediate retry) instead of hanging on an outage.
+
+    ``blocking`` clients have no socket timeout: they serve ``BLOCK``/``BLPOP``
+    reads whose callers bound them with their own timeout.
+    """
+    return aioredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=None if blocking else 2.0,
+        socket_connect_timeout=1.0,
+        retry=Retry(NoBackoff(), 1),
+    )
+
+
+class WorkerNode:
+    """This worker in the cluster: identity, lease, call mirror and reaper."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        calls: CallManager,
+        graph: GraphClient,
+        *,
+        lease_seconds: float = 10.0,
+    ) -> None:
+        # Typed Any: redis-py's hints cannot know that decode_responses gives str.
+        self.redis: Any = connect(redis_url)
+        self.blocking: Any = connect(redis_url, blocking=True)
+        self.calls = calls
+        self.graph = graph
+        self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.lease_seconds = lease_seconds
+        # The lease outlives several missed renewals (a busy event loop is not a dead worker).
+        self.lease_ttl_ms = int(lease_seconds * 600)
+        self.tick = max(0.2, lease_seconds / 10)
+        self.connected = False
+        self.reconnects = 0
+        self.outages = 0
+        self.reaped_calls = 0
+        # Calls whose record changed since the last write, with a change number.
+        self._dirty: dict[str, tuple[int, Call]] = {}
+        self._changes = 0
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        calls.observers.append(self)
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Register and start the lease, mirror and reaper loops.
+
+        An unreachable Redis does not stop the worker: it keeps retrying (and
+        answers 503 to what needs Redis meanwhile).
+        """
+        try:
+            await self.renew()
+        except RedisError as exc:
+            self.went_down(exc)
+        log.info("cluster worker %s (lease %.0f s)", self.id, self.lease_seconds)
+        self.spawn(self._lease_loop(), "cluster-lease")
+        self.spawn(self._mirror_loop(), "cluster-mirror")
+        self.spawn(self._reaper_loop(), "cluster-reaper")
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        """Start a background task owned by this node (cancelled by :meth:`aclose`)."""
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        """Write what is pending, leave the cluster, close the connections."""
+        try:
+            async with asyncio.timeout(2):
+                await self._flush()
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    pipe.delete(keys.lease(self.id), keys.inbox(self.id))
+                    pipe.hdel(keys.WORKERS, self.id)
+                    await pipe.execute()
+        except (RedisError, TimeoutError) as exc:
+            log.warning("cluster worker %s left without deregistering: %s", self.id, exc)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.redis.aclose()
+        await self.blocking.aclose()
+
+    # --- connection state ------------------------------------------------------------
+
+    def went_down(self, exc: BaseException) -> None:
+        """Note an outage once (logs and metrics), however many requests hit it."""
+        if self.connected or self.outages == 0:
+            self.outages += 1
+            log.error("cluster: Redis unreachable (%s); retrying, calls keep running", exc)
+        self.connected = False
+
+    def came_up(self) -> None:
+        """Note that Redis answers again."""
+        if not self.connected:
+            if self.outages:
+                self.reconnects += 1
+                log.warning("cluster: Redis reachable again; live calls re-registered")
+            self.connected = True
+
+    def unavailable(self, exc: BaseException) -> UnavailableError:
+        """The error to raise to a request that needed Redis."""
+        self.went_down(exc)
+        return UnavailableError(f"cluster state (Redis) unreachable: {exc}")
+
+    # --- lease -------------------------------------------------------------------
+
+    def load(self) -> dict[str, Any]:
+        """What other workers see of this one when they place calls."""
+        return {
+            "calls": self.calls.load,
+            "max": self.calls.max_calls,
+            "draining": not self.calls.accepting,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+        }
+
+    async def renew(self) -> None:
+        """Renew the lease and (re-)register every live call, in one round trip."""
+        load = json.dumps(self.load())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.lease(self.id), load, px=self.lease_ttl_ms)
+            pipe.hset(keys.WORKERS, self.id, load)
+            for call in list(self.calls.calls.values()):
+                if call.state is not CallState.ENDED:
+                    self._register(pipe, call)
+                    pipe.set(keys.record(call.id), _record_json(call), nx=True, ex=RECORD_TTL)
+            await pipe.execute()
+        self.came_up()
+
+    def _register(self, pipe: Any, call: Call) -> None:
+        pipe.hset(keys.OWNERS, call.id, self.id)
+        pipe.sadd(keys.LIVE, call.id)
+        pipe.sadd(keys.worker_calls(self.id), call.id)
+
+    async def claim(self, call_id: str) -> None:
+        """Record this worker as the owner of a call it is about to take."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(keys.OWNERS, call_id, self.id)
+            pipe.sadd(keys.LIVE, call_id)
+            pipe.sadd(keys.worker_calls(self.id), call_id)
+            await pipe.execute()
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            try:
+                await self.renew()
+            except RedisError as exc:
+                self.went_down(exc)
+
+    # --- the mirror of this worker's calls ------------------------------------------
+
+    def call_started(self, call: Call) -> None:
+        """Mirror the new call (a :class:`gateway.calls.CallObserver` hook)."""
+        self._mark(call)
+
+    def call_answered(self, call: Call) -> None:
+        """Mirror the call's ACTIVE record."""
+        self._mark(call)
+
+    def call_ended(self, call: Call) -> None:
+        """Mirror the ended record and drop the call from the live set."""
+        self._mark(call)
+
+    def call_refused(self, call_id: str, reason: str) -> None:
+        """Nothing to mirror: a refused call was never ours."""
+
+    def _mark(self, call: Call) -> None:
+        # Only note it here (observers must not block); one task writes, in order.
+        self._changes += 1
+        self._dirty[call.id] = (self._changes, call)
+        self._wake.set()
+
+    async def _mirror_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._flush()
+            except RedisError as exc:
+                self.went_down(exc)
+                await asyncio.sleep(self.tick)
+                self._wake.set()
+
+    async def _flush(self) -> None:
+        if not self._dirty:
+            return
+        batch = dict(self._dirty)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, call in batch.values():
+                pipe.set(keys.record(call.id), _record_json(call), ex=RECORD_TTL)
+                if call.state is CallState.ENDED:
+                    pipe.zadd(keys.RECENT, {call.id: call.record.ended_at or time.time()})
+                    pipe.zremrangebyrank(keys.RECENT, 0, -RECENT_KEPT - 1)
+                    pipe.hdel(keys.OWNERS, call.id)
+                    pipe.srem(keys.LIVE, call.id)
+                    pipe.srem(keys.worker_calls(self.id), call.id)
+                else:
+                    self._register(pipe, call)
+            pipe.hset(keys.WORKERS, self.id, json.dumps(self.load()))
+            await pipe.execute()
+        for call_id, entry in batch.items():
+            if self._dirty.get(call_id) == entry:  # not changed again meanwhile
+                del self._dirty[call_id]
+        self.came_up()
+
+    # --- ending a lost worker's calls ------------------------------------------------
+
+    async def _reaper_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick)
+            try:
+                await self._reap_lost_workers()
+            except RedisError as exc:
+                self.went_down(exc)
+
+    async def _reap_lost_workers(self) -> None:
+        workers = [w for w in await self.redis.hkeys(keys.WORKERS) if w != self.id]
+        if not workers:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for worker in workers:
+                pipe.exists(keys.lease(worker))
+            alive = await pipe.execute()
+        for worker, up in zip(workers, alive, strict=True):
+            if not up and await self.redis.set(keys.reaping(worker), self.id, nx=True, ex=60):
+                await self._reap(worker)
+
+    async def _reap(self, worker: str) -> None:
+        call_ids = sorted(await self.redis.smembers(keys.worker_calls(worker)))
+        log.error(
+            "cluster: worker %s lost (lease expired); ending its %d call(s)", worker, len(call_ids)
+        )
+        await asyncio.gather(*(self._end_orphan(worker, c) for c in call_ids))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.delete(keys.worker_calls(worker), keys.inbox(worker))
+            pipe.hdel(keys.WORKERS, worker)
+            await pipe.execute()
+
+    async def _end_orphan(self, worker: str, call_id: str) -> None:
+        reason = f"worker {worker} lost"
+        try:
+            await self.graph.terminate(call_id)
+        except GraphAPIError as exc:
+            # Usually: the call had already ended on WhatsApp's side.
+            log.warning("call %s: terminate after %s failed: %s", call_id, reason, exc)
+        raw = await self.redis.get(keys.record(call_id))
+        record: dict[str, Any] = json.loads(raw) if raw else {"call_id": call_id}
+        if record.get("state") != CallState.ENDED:
+            record.update(state=str(CallState.ENDED), end_reason=reason, ended_at=time.time())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.record(call_id), json.dumps(record), ex=RECORD_TTL)
+            pipe.zadd(keys.RECENT, {call_id: record["ended_at"] or time.time()})
+            pipe.hdel(keys.OWNERS, call_id)
+            pipe.srem(keys.LIVE, call_id)
+            await pipe.execute()
+        self.reaped_calls += 1
+        log.warning("call %s: ended by %s (%s)", call_id, self.id, reason)
+
+
+def _record_json(call: Call) -> str:
+    return json.dumps(call.record.as_dict())

@@ -1,0 +1,385 @@
+"""Routing in a cluster: every worker answers for every call.
+
+- A user's new call (a ``connect`` offer) goes onto a Redis Stream read by a
+  consumer group; only workers with room that are not draining read from it, so
+  the call lands on one of them, exactly once, and Redis spreads calls over idle
+  workers in turn. Beyond ``GATEWAY_CLUSTER_MAX_CALLS`` live calls it is rejected.
+- Every other event (``terminate``, ``status``, the SDP answer of a call we
+  placed) and ``DELETE /calls/{id}`` go to the call's owner: handled here when
+  this worker owns it, else added to the owner's inbox stream.
+- Deduplication is a ``SET NX`` per event, so a delivery Meta retries to another
+  worker is handled once.
+
+When Redis cannot be reached, :meth:`deliver` raises UnavailableError (the
+webhook gets a 503 and WhatsApp retries it) while calls in progress run on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from redis.exceptions import RedisError, ResponseError
+
+from ..calls import CallManager
+from ..errors import CallError, UnavailableError
+from ..events import CallConnect, CallTerminate, Event, PermissionReply, event_key
+from ..routing import LocalRouter, reply_as_dict
+from . import keys
+from .node import RECORD_TTL, WorkerNode
+from .wire import decode_event, encode_event
+
+log = logging.getLogger(__name__)
+
+# Meta retries a failed delivery for up to a few days; remember events that long.
+DEDUPE_TTL = 3 * 24 * 3600
+STREAM_MAXLEN = 10_000
+# How long an event for a call not (yet) owned by anyone waits for its owner: a
+# status may overtake the placing worker's registration of a call it just placed.
+OWNER_WAIT = 2.0
+# How long a worker waits for the owner to answer a forwarded request.
+REQUEST_TIMEOUT = 10.0
+# Blocking reads wake up this often (ms) to notice draining and shutdown.
+BLOCK_MS = 1000
+
+
+class ClusterRouter:
+    """A :class:`gateway.routing.Router` over Redis; see the module docstring."""
+
+    def __init__(
+        self,
+        node: WorkerNode,
+        calls: CallManager,
+        *,
+        cluster_max_calls: int = 1000,
+        answer_timeout: float = 20.0,
+    ) -> None:
+        self.node = node
+        self.calls = calls
+        self.local = LocalRouter(calls)
+        self.cluster_max_calls = cluster_max_calls
+        self.answer_timeout = answer_timeout
+        self.forwarded = 0
+        self.rejected_cluster_full = 0
+
+    @property
+    def redis(self) -> Any:
+        """The node's (fail-fast) Redis client."""
+        return self.node.redis
+
+    async def start(self) -> None:
+        """Join the cluster and start reading new calls and this worker's inbox."""
+        await self.node.start()
+        await self._create_group()
+        self.node.spawn(self._read_new_calls(), "cluster-placement")
+        self.node.spawn(self._read_inbox(), "cluster-inbox")
+
+    async def aclose(self) -> None:
+        """Leave the cluster."""
+        await self.node.aclose()
+
+    def status(self) -> dict[str, Any]:
+        """Mode, worker id, Redis state, live calls here."""
+        return {
+            "mode": "cluster",
+            "worker": self.node.id,
+            "redis": "up" if self.node.connected else "down",
+            "active_calls": len(self.calls.calls),
+        }
+
+    # --- webhooks ------------------------------------------------------------------
+
+    async def deliver(self, event: Event) -> bool:
+        """Handle the event once across the cluster (see the module docstring)."""
+        key = keys.dedupe(event_key(event))
+        try:
+            if not await self.redis.set(key, self.node.id, nx=True, ex=DEDUPE_TTL):
+                return False
+            await self._route(event)
+        except RedisError as exc:
+            try:  # let WhatsApp's retry be handled, not dropped as a duplicate
+                await self.redis.delete(key)
+            except RedisError:
+                pass
+            raise self.node.unavailable(exc) from None
+        return True
+
+    async def _route(self, event: Event) -> None:
+        if isinstance(event, PermissionReply):
+            reply = json.dumps(reply_as_dict(event))
+            await self.redis.set(keys.permission(event.from_), reply, ex=RECORD_TTL)
+            self.calls.dispatch(event)
+        elif isinstance(event, CallConnect) and event.sdp_type == "offer":
+            await self._place(event)
+        else:
+            await self._to_owner(event)
+
+    async def _place(self, event: CallConnect) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.scard(keys.LIVE)
+            pipe.hvals(keys.WORKERS)
+            live, loads = await pipe.execute()
+        if live >= self.cluster_max_calls:
+            self.rejected_cluster_full += 1
+            self.calls.reject(event.call_id, "capacity", f"cluster at capacity ({live} calls)")
+            return
+        if not any(_has_room(json.loads(load)) for load in loads):
+            self.calls.reject(event.call_id, "capacity", "no worker of the cluster has room")
+            return
+        fields = {"event": encode_event(event), "at": str(time.time())}
+        await self.redis.xadd(keys.NEW_CALLS, fields, maxlen=STREAM_MAXLEN, approximate=True)
+
+    async def _owner(self, call_id: str) -> str | None:
+        owner: str | None = await self.redis.hget(keys.OWNERS, call_id)
+        return owner
+
+    async def _to_owner(self, event: Event) -> None:
+        call_id = getattr(event, "call_id", "")
+        if call_id in self.calls.calls:
+            self.calls.dispatch(event)
+            return
+        owner = await self._owner(call_id)
+        deadline = time.monotonic() + OWNER_WAIT
+        while owner is None and time.monotonic() < deadline:
+            if await self.redis.exists(keys.record(call_id)):
+                break  # a known call, ended: no owner is coming
+            await asyncio.sleep(0.05)
+            if call_id in self.calls.calls:
+                self.calls.dispatch(event)
+                return
+            owner = await self._owner(call_id)
+        if owner == self.node.id:
+            self.calls.dispatch(event)
+        elif owner is not None and await self.redis.exists(keys.lease(owner)):
+            self.forwarded += 1
+            await self._send(owner, {"event": encode_event(event)})
+        elif isinstance(event, CallTerminate):
+            await self._terminate_unowned(event)
+        else:
+            self.calls.dispatch(event)  # logged there as an event for an unknown call
+
+    async def _terminate_unowned(self, event: CallTerminate) -> None:
+        # Meta's terminate is the billing record: keep it on the call's record,
+        # or hold it for the worker that takes the call (deliveries can be out of order).
+        raw = await self.redis.get(keys.record(event.call_id))
+        if raw is None:
+            log.info("call %s: terminate before any worker took it; held", event.call_id)
+            await self.redis.set(keys.early_terminate(event.call_id), encode_event(event), ex=600)
+            return
+        record = json.loads(raw)
+        record.update(
+            terminate_status=event.status,
+            duration=event.duration,
+            start_time=event.start_time,
+            end_time=event.end_time,
+            errors=[e.__dict__ for e in event.errors],
+        )
+        await self.redis.set(keys.record(event.call_id), json.dumps(record), ex=RECORD_TTL)
+
+    async def _send(self, worker: str, fields: dict[str, str]) -> None:
+        await self.redis.xadd(keys.inbox(worker), fields, maxlen=STREAM_MAXLEN, approximate=True)
+
+    # --- taking new calls --------------------------------------------------------------
+
+    async def _read_new_calls(self) -> None:
+        while True:
+            if not self.calls.has_room:
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                async with asyncio.timeout(BLOCK_MS / 1000 + 5):
+                    batch = await self.node.blocking.xreadgroup(
+                        keys.PLACERS,
+                        self.node.id,
+                        {keys.NEW_CALLS: ">"},
+                        count=1,
+                        block=BLOCK_MS,
+                    )
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                await self._create_group()
+                continue
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.node.went_down(exc)
+                await asyncio.sleep(self.node.tick)
+                continue
+            for _stream, entries in batch or ():
+                for entry_id, fields in entries:
+                    await self._take(entry_id, fields)
+
+    async def _create_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(keys.NEW_CALLS, keys.PLACERS, id="0", mkstream=True)
+            log.info("cluster: created the new-call consumer group")
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        except RedisError as exc:
+            self.node.went_down(exc)
+            await asyncio.sleep(self.node.tick)
+
+    async def _take(self, entry_id: str, fields: dict[str, str]) -> None:
+        try:
+            event = decode_event(fields["event"])
+            age = time.time() - float(fields.get("at", "0"))
+        except (KeyError, ValueError) as exc:
+            log.error("cluster: unreadable new-call entry %s dropped: %s", entry_id, exc)
+            await self._ack(entry_id)
+            return
+        assert isinstance(event, CallConnect)
+        if not self.calls.has_room:  # filled up while we were blocked: hand it back
+            await self.redis.xadd(keys.NEW_CALLS, fields, maxlen=STREAM_MAXLEN, approximate=True)
+            await self._ack(entry_id)
+            return
+        if age > self.answer_timeout:
+            log.warning("call %s: waited %.1f s for a worker; rejected", event.call_id, age)
+            self.calls.reject(event.call_id, "capacity", "no worker took it in time")
+            await self._ack(entry_id)
+            return
+        early = None
+        try:
+            await self.node.claim(event.call_id)
+            await self._ack(entry_id)
+            early = await self.redis.get(keys.early_terminate(event.call_id))
+        except RedisError as exc:
+            # The call is ours now whatever Redis says; the lease renewal registers it.
+            self.node.went_down(exc)
+        if early is not None:
+            self.calls.dispatch(decode_event(early))
+        self.calls.dispatch(event)
+
+    async def _ack(self, entry_id: str) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xack(keys.NEW_CALLS, keys.PLACERS, entry_id)
+            pipe.xdel(keys.NEW_CALLS, entry_id)
+            await pipe.execute()
+
+    # --- this worker's inbox ----------------------------------------------------------
+
+    async def _read_inbox(self) -> None:
+        last = "0-0"
+        inbox = keys.inbox(self.node.id)
+        while True:
+            try:
+                async with asyncio.timeout(BLOCK_MS / 1000 + 5):
+                    batch = await self.node.blocking.xread({inbox: last}, count=100, block=BLOCK_MS)
+            except (RedisError, OSError, TimeoutError) as exc:
+                self.node.went_down(exc)
+                await asyncio.sleep(self.node.tick)
+                continue
+            for _stream, entries in batch or ():
+                for entry_id, fields in entries:
+                    last = entry_id
+                    await self._serve(fields)
+                try:
+                    await self.redis.xtrim(inbox, minid=last)
+                except RedisError:
+                    pass  # trimmed next time
+
+    async def _serve(self, fields: dict[str, str]) -> None:
+        try:
+            if "event" in fields:
+                self.calls.dispatch(decode_event(fields["event"]))
+            elif fields.get("op") == "hang_up":
+                record = await self.local.hang_up(fields["call_id"])
+                await self._answer(fields["reply"], record)
+            else:
+                log.error("cluster: unknown inbox entry %s", sorted(fields))
+        except (KeyError, ValueError) as exc:
+            log.error("cluster: unreadable inbox entry dropped: %s", exc)
+        except RedisError as exc:
+            self.node.went_down(exc)
+
+    async def _answer(self, reply_key: str, result: Any) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.rpush(reply_key, json.dumps(result))
+            pipe.expire(reply_key, 60)
+            await pipe.execute()
+
+    async def _request(self, worker: str, fields: dict[str, str]) -> Any:
+        reply_key = keys.reply(secrets.token_hex(8))
+        await self._send(worker, {**fields, "reply": reply_key})
+        try:
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                answer = await self.node.blocking.blpop([reply_key], timeout=REQUEST_TIMEOUT)
+        except TimeoutError:
+            answer = None
+        if answer is None:
+            raise UnavailableError(f"worker {worker} did not answer in {REQUEST_TIMEOUT:.0f} s")
+        return json.loads(answer[1])
+
+    # --- API ---------------------------------------------------------------------------
+
+    async def admit_new_call(self) -> None:
+        """Refuse when this worker drains or the cluster is at its call limit."""
+        await self.local.admit_new_call()
+        try:
+            live = await self.redis.scard(keys.LIVE)
+        except RedisError as exc:
+            raise self.node.unavailable(exc) from None
+        if live >= self.cluster_max_calls:
+            self.rejected_cluster_full += 1
+            raise CallError(f"cluster at capacity ({live} of {self.cluster_max_calls} calls)")
+
+    async def call_record(self, call_id: str) -> dict[str, Any] | None:
+        """Live here, else the record in Redis (written by whichever worker had it)."""
+        live = self.calls.calls.get(call_id)
+        if live is not None:
+            return live.record.as_dict()
+        try:
+            raw = await self.redis.get(keys.record(call_id))
+        except RedisError as exc:
+            local = await self.local.call_record(call_id)
+            if local is not None:
+                return local
+            raise self.node.unavailable(exc) from None
+        return None if raw is None else dict(json.loads(raw))
+
+    async def hang_up(self, call_id: str) -> dict[str, Any] | None:
+        """Hang up here, or ask the owning worker to."""
+        if call_id in self.calls.calls:
+            return await self.local.hang_up(call_id)
+        try:
+            owner = await self._owner(call_id)
+            if owner is None or owner == self.node.id:
+                return None
+            self.forwarded += 1
+            result = await self._request(owner, {"op": "hang_up", "call_id": call_id})
+        except RedisError as exc:
+            raise self.node.unavailable(exc) from None
+        return None if result is None else dict(result)
+
+    async def list_calls(self) -> dict[str, list[dict[str, Any]]]:
+        """Every live call of the cluster and the last 100 ended ones."""
+        try:
+            live = sorted(await self.redis.smembers(keys.LIVE))
+            recent = await self.redis.zrevrange(keys.RECENT, 0, 99)
+            records = (
+                await self.redis.mget([keys.record(c) for c in [*live, *recent]])
+                if (live or recent)
+                else []
+            )
+        except RedisError as exc:
+            raise self.node.unavailable(exc) from None
+        found = [json.loads(r) if r else None for r in records]
+        return {
+            "active": [r for r in found[: len(live)] if r is not None],
+            "recent": [r for r in found[len(live) :] if r is not None],
+        }
+
+    async def permission_reply(self, wa_id: str) -> dict[str, Any] | None:
+        """The last reply any worker received."""
+        try:
+            raw = await self.redis.get(keys.permission(wa_id))
+        except RedisError as exc:
+            raise self.node.unavailable(exc) from None
+        return None if raw is None else dict(json.loads(raw))
+
+
+def _has_room(load: dict[str, Any]) -> bool:
+    return not load.get("draining") and int(load.get("calls", 0)) < int(load.get("max", 0))
