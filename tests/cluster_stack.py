@@ -143,15 +143,19 @@ class Cluster:
         self, call_id: str, seconds: float = 15, **expected: Any
     ) -> dict[str, Any]:
         """Poll a record (through random workers) until it has the expected fields."""
-        async with asyncio.timeout(seconds):
-            while True:
-                try:
-                    data = await self.record(call_id)
-                    if all(data.get(k) == v for k, v in expected.items()):
-                        return data
-                except (AssertionError, httpx.HTTPError):
-                    pass
-                await asyncio.sleep(0.1)
+        data: Any = None
+        try:
+            async with asyncio.timeout(seconds):
+                while True:
+                    try:
+                        data = await self.record(call_id)
+                        if all(data.get(k) == v for k, v in expected.items()):
+                            return dict(data)
+                    except (AssertionError, httpx.HTTPError) as exc:
+                        data = exc
+                    await asyncio.sleep(0.1)
+        except TimeoutError:
+            raise AssertionError(f"{call_id}: wanted {expected}, last saw {data}") from None
 
     async def stop_worker(self, worker: Worker, sig: int = signal.SIGTERM) -> int:
         """Signal a worker and wait for its exit code."""
