@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -13,11 +15,15 @@ from .api import CallsAPI
 from .calls import CallManager, SessionFactory
 from .config import Settings
 from .dashboard import Dashboard
+from .errors import UnavailableError
 from .graph import GraphClient
-from .metrics import Metrics
+from .metrics import Metrics, process_cpu_seconds, process_rss_bytes
 from .recording import Recordings
 from .routing import LocalRouter, Router
 from .webhooks import WebhookReceiver
+
+if TYPE_CHECKING:
+    from .cluster.router import ClusterRouter
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ class Gateway:
             media_idle_timeout=settings.media_idle_timeout,
             session=session,
         )
+        # The cluster's router when GATEWAY_REDIS_URL is set, else None.
+        self.cluster: ClusterRouter | None = None
         self.router = self._router(settings)
         self.webhooks = WebhookReceiver(
             app_secret=settings.app_secret.value,
@@ -68,6 +76,9 @@ class Gateway:
         self.webhooks.add_routes(self.app)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.router.add_get("/readyz", self._readyz)
+        if self.cluster is not None:
+            self.app.router.add_get("/cluster", self._cluster)
+            self.metrics.registry.register(self.cluster)
         self.app.router.add_get("/metrics", self.metrics.handle)
         if settings.api_key is not None:
             CallsAPI(
@@ -105,13 +116,25 @@ class Gateway:
             self.calls,
             self.graph,
             lease_seconds=settings.lease_seconds,
+            figures=self._figures,
         )
-        return ClusterRouter(
+        self.cluster = ClusterRouter(
             node,
             self.calls,
             cluster_max_calls=settings.cluster_max_calls,
             answer_timeout=settings.answer_timeout,
         )
+        return self.cluster
+
+    def _figures(self) -> dict[str, float]:
+        # What a cluster worker publishes so that /cluster can add workers up.
+        calls = self.metrics.calls
+        live = calls.live_call_seconds(time.time()) if calls is not None else 0.0
+        return {
+            "cpu_seconds": process_cpu_seconds(),
+            "call_seconds": (calls.call_seconds_ended if calls is not None else 0.0) + live,
+            "rss_bytes": float(process_rss_bytes()),
+        }
 
     @property
     def url(self) -> str:
@@ -171,6 +194,14 @@ class Gateway:
     async def _healthz(self, request: web.Request) -> web.Response:
         # Liveness: the process answers. Readiness (may it get new work) is /readyz.
         return web.json_response({"status": "ok", **self.router.status()})
+
+    async def _cluster(self, request: web.Request) -> web.Response:
+        try:
+            assert self.cluster is not None
+            overview = await self.cluster.overview()
+        except UnavailableError as exc:
+            return web.json_response({"error": exc.message}, status=503)
+        return web.json_response(overview)
 
     async def _readyz(self, request: web.Request) -> web.Response:
         ready = self._ready and not self.draining

@@ -304,8 +304,6 @@ class Call:
             self.record.state = CallState.ENDED
             log.info("call %s: ENDING -> ENDED (%s)", self.id, clip(reason))
             self.state_changed.set()
-            if self._on_state is not None:
-                self._on_state(self)
             self.ended.set()
             self._release()
             if self._on_ended is not None:

@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from redis import asyncio as aioredis
@@ -61,7 +61,10 @@ class WorkerNode:
         graph: GraphClient,
         *,
         lease_seconds: float = 10.0,
+        figures: Callable[[], dict[str, float]] | None = None,
     ) -> None:
+        # Process figures published with the load (CPU and call seconds, memory).
+        self._figures = figures or dict
         # Typed Any: redis-py's hints cannot know that decode_responses gives str.
         self.redis: Any = connect(redis_url)
         self.blocking: Any = connect(redis_url, blocking=True)
@@ -148,13 +151,15 @@ class WorkerNode:
     # --- lease -------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
-        """What other workers see of this one when they place calls."""
+        """What other workers see of this one (placement), and its figures (``/cluster``)."""
         return {
             "calls": self.calls.load,
             "max": self.calls.max_calls,
             "draining": not self.calls.accepting,
             "host": socket.gethostname(),
             "pid": os.getpid(),
+            "at": time.time(),
+            **self._figures(),
         }
 
     async def renew(self) -> None:
@@ -165,23 +170,16 @@ class WorkerNode:
             pipe.hset(keys.WORKERS, self.id, load)
             for call in list(self.calls.calls.values()):
                 if call.state is not CallState.ENDED:
-                    self._register(pipe, call)
+                    self.register(pipe, call.id)
                     pipe.set(keys.record(call.id), _record_json(call), nx=True, ex=RECORD_TTL)
             await pipe.execute()
         self.came_up()
 
-    def _register(self, pipe: Any, call: Call) -> None:
-        pipe.hset(keys.OWNERS, call.id, self.id)
-        pipe.sadd(keys.LIVE, call.id)
-        pipe.sadd(keys.worker_calls(self.id), call.id)
-
-    async def claim(self, call_id: str) -> None:
-        """Record this worker as the owner of a call it is about to take."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(keys.OWNERS, call_id, self.id)
-            pipe.sadd(keys.LIVE, call_id)
-            pipe.sadd(keys.worker_calls(self.id), call_id)
-            await pipe.execute()
+    def register(self, pipe: Any, call_id: str) -> None:
+        """Add to ``pipe`` what records this worker as the owner of a live call."""
+        pipe.hset(keys.OWNERS, call_id, self.id)
+        pipe.sadd(keys.LIVE, call_id)
+        pipe.sadd(keys.worker_calls(self.id), call_id)
 
     async def _lease_loop(self) -> None:
         while True:
@@ -239,7 +237,7 @@ class WorkerNode:
                     pipe.srem(keys.LIVE, call.id)
                     pipe.srem(keys.worker_calls(self.id), call.id)
                 else:
-                    self._register(pipe, call)
+                    self.register(pipe, call.id)
             pipe.hset(keys.WORKERS, self.id, json.dumps(self.load()))
             await pipe.execute()
         for call_id, entry in batch.items():

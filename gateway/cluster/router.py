@@ -21,8 +21,10 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis.exceptions import RedisError, ResponseError
 
 from ..calls import CallManager
@@ -64,7 +66,7 @@ class ClusterRouter:
         self.cluster_max_calls = cluster_max_calls
         self.answer_timeout = answer_timeout
         self.forwarded = 0
-        self.rejected_cluster_full = 0
+        self.rejected_full = 0
 
     @property
     def redis(self) -> Any:
@@ -89,6 +91,47 @@ class ClusterRouter:
             "worker": self.node.id,
             "redis": "up" if self.node.connected else "down",
             "active_calls": len(self.calls.calls),
+        }
+
+    def collect(self) -> Iterable[Any]:
+        """This worker's cluster figures for ``/metrics`` (a prometheus-client collector)."""
+        node = self.node
+        yield GaugeMetricFamily(
+            "gateway_cluster_redis_up", "1 while this worker reaches Redis", value=node.connected
+        )
+        for name, help_text, value in (
+            ("redis_outages", "Times Redis became unreachable", node.outages),
+            ("redis_reconnects", "Times Redis became reachable again", node.reconnects),
+            ("forwarded", "Events and requests handed to the owning worker", self.forwarded),
+            ("reaped_calls", "Calls of lost workers this worker ended", node.reaped_calls),
+            ("rejected_full", "Calls refused at the cluster's call limit", self.rejected_full),
+        ):
+            yield CounterMetricFamily(f"gateway_cluster_{name}", help_text, value=value)
+
+    async def overview(self) -> dict[str, Any]:
+        """Every worker's published load and figures, and their sums (``GET /cluster``).
+
+        Each worker publishes at each lease renewal, so figures lag by up to one
+        tick (``lease_seconds / 10``). The sums are the cluster's metrics: CPU
+        seconds and call seconds add up over worker processes.
+        """
+        try:
+            await self.node.renew()  # this worker's own figures are fresh
+            raw = await self.redis.hgetall(keys.WORKERS)
+            live = await self.redis.scard(keys.LIVE)
+        except RedisError as exc:
+            raise self.node.unavailable(exc) from None
+        workers = {wid: json.loads(load) for wid, load in sorted(raw.items())}
+        total = {
+            name: sum(float(w.get(name, 0)) for w in workers.values())
+            for name in ("calls", "cpu_seconds", "call_seconds", "rss_bytes")
+        }
+        return {
+            "worker": self.node.id,
+            "live_calls": live,
+            "cluster_max_calls": self.cluster_max_calls,
+            "workers": workers,
+            "total": total,
         }
 
     # --- webhooks ------------------------------------------------------------------
@@ -124,7 +167,7 @@ class ClusterRouter:
             pipe.hvals(keys.WORKERS)
             live, loads = await pipe.execute()
         if live >= self.cluster_max_calls:
-            self.rejected_cluster_full += 1
+            self.rejected_full += 1
             self.calls.reject(event.call_id, "capacity", f"cluster at capacity ({live} calls)")
             return
         if not any(_has_room(json.loads(load)) for load in loads):
@@ -153,7 +196,7 @@ class ClusterRouter:
                 return
             owner = await self._owner(call_id)
         if owner == self.node.id:
-            self.calls.dispatch(event)
+            await self._dispatch_owned(event)
         elif owner is not None and await self.redis.exists(keys.lease(owner)):
             self.forwarded += 1
             await self._send(owner, {"event": encode_event(event)})
@@ -161,6 +204,14 @@ class ClusterRouter:
             await self._terminate_unowned(event)
         else:
             self.calls.dispatch(event)  # logged there as an event for an unknown call
+
+    async def _dispatch_owned(self, event: Event) -> None:
+        # A terminate for a call of ours that already ended (we hung up): its record
+        # in Redis may be written already, so Meta's billing record goes there too.
+        live = getattr(event, "call_id", "") in self.calls.calls
+        self.calls.dispatch(event)
+        if isinstance(event, CallTerminate) and not live:
+            await self._terminate_unowned(event)
 
     async def _terminate_unowned(self, event: CallTerminate) -> None:
         # Meta's terminate is the billing record: keep it on the call's record,
@@ -242,10 +293,13 @@ class ClusterRouter:
             await self._ack(entry_id)
             return
         early = None
-        try:
-            await self.node.claim(event.call_id)
-            await self._ack(entry_id)
-            early = await self.redis.get(keys.early_terminate(event.call_id))
+        try:  # claim it, take it off the stream, and look for an early terminate: one trip
+            async with self.redis.pipeline(transaction=False) as pipe:
+                self.node.register(pipe, event.call_id)
+                pipe.xack(keys.NEW_CALLS, keys.PLACERS, entry_id)
+                pipe.xdel(keys.NEW_CALLS, entry_id)
+                pipe.get(keys.early_terminate(event.call_id))
+                early = (await pipe.execute())[-1]
         except RedisError as exc:
             # The call is ours now whatever Redis says; the lease renewal registers it.
             self.node.went_down(exc)
@@ -284,7 +338,7 @@ class ClusterRouter:
     async def _serve(self, fields: dict[str, str]) -> None:
         try:
             if "event" in fields:
-                self.calls.dispatch(decode_event(fields["event"]))
+                await self._dispatch_owned(decode_event(fields["event"]))
             elif fields.get("op") == "hang_up":
                 record = await self.local.hang_up(fields["call_id"])
                 await self._answer(fields["reply"], record)
@@ -323,7 +377,7 @@ class ClusterRouter:
         except RedisError as exc:
             raise self.node.unavailable(exc) from None
         if live >= self.cluster_max_calls:
-            self.rejected_cluster_full += 1
+            self.rejected_full += 1
             raise CallError(f"cluster at capacity ({live} of {self.cluster_max_calls} calls)")
 
     async def call_record(self, call_id: str) -> dict[str, Any] | None:

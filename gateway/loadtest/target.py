@@ -35,9 +35,22 @@ class GatewayUnderTest:
     process: asyncio.subprocess.Process | None = None
 
     async def metrics(self, client: httpx.AsyncClient) -> dict[str, float]:
-        """The gateway's /metrics, parsed."""
+        """The gateway's /metrics, parsed; a cluster's figures summed over its workers.
+
+        Behind one URL a cluster's /metrics is one (random) worker's, so CPU, call
+        seconds, calls and memory come from ``/cluster``, which adds up every worker.
+        """
         response = await client.get(f"{self.url}/metrics")
-        return parse_prometheus(response.text)
+        figures = parse_prometheus(response.text)
+        if "gateway_cluster_redis_up" in figures:
+            overview = (await client.get(f"{self.url}/cluster")).json()
+            total = overview["total"]
+            figures["process_cpu_seconds_total"] = total["cpu_seconds"]
+            figures["gateway_call_seconds_total"] = total["call_seconds"]
+            figures["gateway_active_calls"] = total["calls"]
+            figures["process_resident_memory_bytes"] = total["rss_bytes"]
+            figures["gateway_cluster_workers"] = len(overview["workers"])
+        return figures
 
     async def stop(self) -> None:
         """Stop the subprocess, if we started one."""

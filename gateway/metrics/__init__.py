@@ -83,6 +83,8 @@ def _outcome(status: int) -> str:
         return "too_large"
     if status < 500:
         return "malformed"
+    if status == 503:
+        return "unavailable"  # cluster mode: Redis unreachable, WhatsApp retries
     return "error"
 
 
