@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -14,6 +17,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from gateway.cluster.redis_server import free_port
 from gateway.sandbox import payloads
 from gateway.webhooks import sign
 
@@ -138,3 +142,28 @@ async def test_readyz_and_healthz_name_the_worker(cluster: Cluster) -> None:
             ready = await http.get(f"{worker.url}/readyz")
             assert ready.status_code == 200
             assert ready.json()["mode"] == "cluster" and ready.json()["redis"] == "up"
+
+
+async def test_serve_workers_share_one_port(cluster: Cluster) -> None:
+    # `gateway serve --workers 2`: two processes on one port (SO_REUSEPORT), one cluster.
+    port = free_port()
+    env = {**os.environ, **cluster.env, "GATEWAY_PORT": str(port)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--workers", "2",
+        env=env, stdout=asyncio.subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        async with httpx.AsyncClient() as http, asyncio.timeout(60):
+            while True:
+                try:
+                    workers = (await http.get(f"http://127.0.0.1:{port}/cluster")).json()["workers"]
+                    pids = {w["pid"] for w in workers.values()}
+                    if len(pids - {w.pid for w in cluster.workers}) == 2:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.wait_for(proc.wait(), 30)
+    assert code == 0
