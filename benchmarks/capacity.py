@@ -1,13 +1,16 @@
-"""Largest concurrency with under 1% of frames late or lost, plus setup and response times.
+"""Calls per core: the largest concurrency with under 1% of frames late or lost.
 
 Steps up the number of simultaneous echo-bot calls (simulated WhatsApp users
 speaking recordings from ../shared/audio) against a local gateway process and
 prints, per step, what the callers and the gateway measured. Stops at the first
-step over the limit. The load generator runs on the same machine (2 cores
-here), so its own CPU use caps what can be reached: read the gateway's CPU
-column to see who saturated.
+step over the limit. The gateway is pinned to one core and the load generator
+(this process: sandbox and callers) to another (``os.sched_setaffinity``), so
+the figure is calls per core of the gateway, and the generator's own CPU does
+not compete with it; read the gateway's CPU column (cores) to see that it was
+the gateway that saturated (the generator's cores are its average over the
+step, ramp and teardown included). ``--no-pin`` leaves both free to use any core.
 
-    python benchmarks/capacity.py [--steps 10 20 40 60 80] [--duration 20]
+    python benchmarks/capacity.py [--steps 50 100 150 200] [--duration 20] [--no-pin]
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import time
 from pathlib import Path
 
 from gateway.loadtest import LoadTestConfig, run_load_test
@@ -25,24 +30,43 @@ LIMIT = 0.01
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 20, 40, 60, 80])
+    parser.add_argument("--steps", type=int, nargs="+", default=[50, 100, 150, 200])
     parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, default=20.0, help="calls started per second")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin to cores")
     args = parser.parse_args()
+    cores = sorted(os.sched_getaffinity(0))
+    pin = not args.no_pin and len(cores) >= 2
+    gateway_cpus, generator_cpus = ((cores[0],), (cores[1],)) if pin else (None, None)
     print(
         "largest concurrency with < 1% of received frames late (> 60 ms) or lost, echo bot, "
-        f"{args.duration:.0f} s calls; setup and response times in ms (p50/p99)"
+        f"{args.duration:.0f} s calls; setup and response times in ms (p50/p99); "
+        + (
+            f"gateway pinned to core {cores[0]}, load generator to core {cores[1]}"
+            if pin
+            else "not pinned"
+        )
     )
     print(
         f"{'calls':>5} {'clean':>7} {'late+lost %':>11} {'setup media':>12} "
         f"{'response':>12} {'barge-in':>10} {'gw CPU ms/s':>11} {'gw cores':>8} {'lag p99':>8}"
+        f" {'gen cores':>9}"
     )
     best = 0
     for calls in args.steps:
+        cpu_before, wall_before = time.process_time(), time.perf_counter()
         report = await run_load_test(
             LoadTestConfig(
-                calls=calls, rate=10, duration=args.duration, audio=[AUDIO], progress=False
+                calls=calls,
+                rate=args.rate,
+                duration=args.duration,
+                audio=[AUDIO],
+                progress=False,
+                gateway_cpus=gateway_cpus,
+                generator_cpus=generator_cpus,
             )
         )
+        generator = (time.process_time() - cpu_before) / (time.perf_counter() - wall_before)
         m, p, g = report["metrics_ms"], report["packets"], report["gateway"]
         ratio = p["lost_or_late_ratio"] or 0.0
         cpu = g["cpu_ms_per_call_second"] or 0.0
@@ -52,13 +76,15 @@ async def main() -> None:
             f"{m['setup_media']['p50']:>5.0f}/{m['setup_media']['p99']:<6.0f} "
             f"{m['response']['p50']:>5.0f}/{m['response']['p99']:<6.0f} "
             f"{m['barge_in_stop']['p50'] or 0:>10.0f} {cpu:>11.1f} "
-            f"{cpu * g['peak_active_calls'] / 1000:>8.2f} {g['loop_lag_p99_ms_max']:>8.1f}",
+            f"{cpu * g['peak_active_calls'] / 1000:>8.2f} {g['loop_lag_p99_ms_max']:>8.1f}"
+            f" {generator:>9.2f}",
             flush=True,
         )
         if not ok:
             break
         best = calls
-    print(f"largest step under 1% late or lost: {best} concurrent calls")
+    where = "on one gateway core" if pin else "(not pinned)"
+    print(f"largest step under 1% late or lost: {best} concurrent calls {where}")
 
 
 if __name__ == "__main__":

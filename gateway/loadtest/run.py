@@ -8,6 +8,7 @@ by every call, and what callers receive is counted, never decoded.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import secrets
 import sys
@@ -45,10 +46,26 @@ class LoadTestConfig:
     server_command: tuple[str, ...] | None = None
     # Extra environment for the local gateway (e.g. GATEWAY_RECORDINGS_DIR).
     gateway_env: dict[str, str] | None = None
+    # Pin the local gateway to these cores, and the load generator (this process,
+    # callers and sandbox) to these: measuring capacity on one core per side.
+    gateway_cpus: tuple[int, ...] | None = None
+    generator_cpus: tuple[int, ...] | None = None
 
 
 async def run_load_test(config: LoadTestConfig) -> dict[str, Any]:
     """Run the whole load test and return the report (a JSON-ready dict)."""
+    if config.generator_cpus is None:
+        return await _run(config)
+    # The event loop's thread (and threads it starts from now on) run on those cores.
+    previous = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, set(config.generator_cpus))
+    try:
+        return await _run(config)
+    finally:
+        os.sched_setaffinity(0, previous)
+
+
+async def _run(config: LoadTestConfig) -> dict[str, Any]:
     recordings, warnings = await asyncio.get_running_loop().run_in_executor(
         None, load_recordings, config.audio
     )
@@ -71,6 +88,7 @@ async def run_load_test(config: LoadTestConfig) -> dict[str, Any]:
             max_calls=config.calls + 10,
             command=config.server_command or DEFAULT_SERVER,
             extra_env=config.gateway_env,
+            cpus=config.gateway_cpus,
         )
         sandbox.app_secret, sandbox.access_token = gateway.app_secret, gateway.access_token
     sandbox.webhook_url = f"{gateway.url}/webhook"

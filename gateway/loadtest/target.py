@@ -70,8 +70,12 @@ async def start_local_gateway(
     max_calls: int,
     extra_env: dict[str, str] | None = None,
     command: Sequence[str] = DEFAULT_SERVER,
+    cpus: Sequence[int] | None = None,
 ) -> GatewayUnderTest:
-    """Run ``command`` (the gateway by default) on a free loopback port, using ``graph_url``."""
+    """Run ``command`` (the gateway by default) on a free loopback port, using ``graph_url``.
+
+    ``cpus`` pins the process to those cores (``os.sched_setaffinity``).
+    """
     port = _free_port()
     secret, token = secrets.token_hex(16), secrets.token_hex(16)
     env = {
@@ -92,6 +96,9 @@ async def start_local_gateway(
     process = await asyncio.create_subprocess_exec(
         *command, env=env, stdout=asyncio.subprocess.DEVNULL
     )
+    if cpus is not None:
+        # Before it has done anything worth measuring: Python is still starting.
+        os.sched_setaffinity(process.pid, set(cpus))
     gateway = GatewayUnderTest(f"http://127.0.0.1:{port}", secret, token, process)
     async with httpx.AsyncClient() as client:
         for _ in range(200):
