@@ -88,6 +88,7 @@ def build_report(
             "call_seconds": call_seconds,
             "cpu_ms_per_call_second": 1000 * cpu / call_seconds if call_seconds else None,
             "peak_active_calls": peak,
+            "rss_bytes_at_start": before.get("process_resident_memory_bytes"),
             "rss_bytes_peak": max(rss, default=0),
             "rss_bytes_per_call": (max(rss) - min(rss)) / peak if rss and peak else None,
             "loop_lag_p99_ms_max": 1000 * max((s.loop_lag_p99 for s in samples), default=0),
