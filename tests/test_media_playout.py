@@ -16,6 +16,7 @@ from numpy.typing import NDArray
 
 import gateway.media.playout
 from gateway.media.audio import FRAME_SAMPLES, frame_rms, load_wav
+from gateway.media.frameclock import FrameClock, frame_clock
 from gateway.media.opus import OpusDecoder, OpusEncoder, frames_for, silence_packet
 from gateway.media.playout import PlayoutTrack
 
@@ -221,3 +222,27 @@ async def test_stop_interrupts_and_ends(speech: NDArray[np.int16]) -> None:
         await track.recv()
     late = track.play(speech)
     assert late.interrupted and late.done.done()
+
+
+async def test_all_tracks_of_a_loop_wait_on_one_timer_per_frame() -> None:
+    loop = asyncio.get_running_loop()
+    clock = frame_clock(loop)
+    tracks = [PlayoutTrack() for _ in range(30)]
+    await asyncio.gather(*(t.next_payload() for t in tracks))  # each starts on the grid
+    second = [asyncio.create_task(t.next_payload()) for t in tracks]
+    await asyncio.sleep(0)
+    # 30 tracks, one tick waited for: one timer, not 30.
+    assert [len(w) for w in clock._waiters.values()] == [30]
+    second[0].cancel()  # a call that ends wakes no other
+    results = await asyncio.gather(*second[1:])
+    assert {pts for _, pts in results} == {960}
+    assert not clock._waiters
+
+
+async def test_frame_clock_ticks_are_20ms_apart() -> None:
+    loop = asyncio.get_running_loop()
+    clock = FrameClock(loop)
+    first = clock.next_tick()
+    await clock.sleep_until(first + 0.020)
+    assert loop.time() >= first + 0.020 - 0.001
+    assert clock.next_tick() >= first + 0.020

@@ -26,6 +26,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from gateway.media.audio import FRAME_MS, FRAME_SAMPLES, PCM
+from gateway.media.frameclock import FrameClock, frame_clock
 from gateway.media.opus import FRAME_TICKS, OPUS_RATE, OpusEncoder, frames_for, silence_packet
 
 logger = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class PlayoutTrack(MediaStreamTrack):
         self._pad = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self._queue: deque[_Queued] = deque()
         self._start: float | None = None
+        self._clock: FrameClock | None = None
         self._pts = 0
         self._frames_sent = 0
         self._speech_frames = 0
@@ -214,12 +216,14 @@ class PlayoutTrack(MediaStreamTrack):
             raise MediaStreamError
         loop = asyncio.get_running_loop()
         if self._start is None:
-            self._start = loop.time()
+            # On the loop's shared 20 ms grid: one timer wakes every call's track.
+            self._clock = frame_clock(loop)
+            self._start = self._clock.next_tick()
         else:
             self._pts += FRAME_TICKS
-            await self._wait_until_due(loop)
-            if self.readyState != "live":
-                raise MediaStreamError
+        await self._wait_until_due(loop)
+        if self.readyState != "live":
+            raise MediaStreamError
 
         # Chosen only now, so a flush() while we slept takes effect at this frame.
         payload = self._next_speech()
@@ -240,10 +244,11 @@ class PlayoutTrack(MediaStreamTrack):
         return payload, self._pts
 
     async def _wait_until_due(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._start is not None
-        delay = self._start + self._pts / OPUS_RATE - loop.time()
+        assert self._start is not None and self._clock is not None
+        due = self._start + self._pts / OPUS_RATE
+        delay = due - loop.time()
         if delay > 0:
-            await asyncio.sleep(delay)
+            await self._clock.sleep_until(due)
             return
         late = -delay
         if late > FRAME_SECONDS:
