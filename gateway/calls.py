@@ -94,6 +94,8 @@ class CallRecord:
     statuses: list[str] = field(default_factory=list)
     # Path of the call's recording file, when recordings are on (GATEWAY_RECORDINGS_DIR).
     recording: str | None = None
+    # What was said on the call, turn by turn, when the bot keeps a conversation (agent).
+    conversation: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready view."""

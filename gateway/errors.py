@@ -55,6 +55,21 @@ class BotError(GatewayError):
     """A bot plugin cannot be found or loaded."""
 
 
+class TranscriptionError(GatewayError):
+    """Speech to text failed (model, backend or endpoint)."""
+
+
+class LLMError(GatewayError):
+    """The language model could not be reached, answered with an error, or timed out.
+
+    ``status`` is the HTTP status (0 when no answer came at all).
+    """
+
+    def __init__(self, message: str, *, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 # Hints for the Cloud API codes that an operator can act on.
 _HINTS: dict[int, str] = {
     100: "invalid parameter (for SDP, see the details)",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -75,6 +75,11 @@ class CallControl(Protocol):
         """Call metadata."""
         ...
 
+    @property
+    def conversation(self) -> list[dict[str, Any]]:
+        """The call record's conversation log: append JSON-ready turns to keep them."""
+        ...
+
     async def say(self, text: str, *, interruptible: bool = True) -> PlaybackResult:
         """Speak ``text`` with the gateway's TTS; returns when done or cut off."""
         ...
@@ -111,6 +116,10 @@ class Bot(Protocol):
     async def on_utterance(self, call: CallControl, utterance: Utterance) -> None:
         """The caller finished a turn."""
         ...
+
+    # Optional: ``async def on_pause(self, call, utterance)`` is called when the caller
+    # falls silent mid-turn (200 ms), with the speech so far, before the VAD hangover
+    # closes the turn; the turn may still go on. Only bots that define it pay for it.
 
     async def on_dtmf(self, call: CallControl, digit: str) -> None:
         """The caller pressed a key."""

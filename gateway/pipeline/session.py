@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 # How long a bot's on_hangup may take before it is abandoned.
 HANGUP_GRACE = 2.0
 
+# Silence inside a turn after which a bot with ``on_pause`` gets the speech so far
+# (well before the VAD hangover closes the turn), e.g. to transcribe speculatively.
+PAUSE_MS = 200
+
 
 @dataclass
 class SessionMetrics:
@@ -54,6 +59,15 @@ class _Dtmf:
     digit: str
 
 
+@dataclass
+class _Pause:
+    utterance: Utterance
+
+
+class _Wake:
+    """Makes the session loop re-read the no-input deadline."""
+
+
 class BotSession:
     """The :class:`~gateway.pipeline.bot.CallControl` a bot acts through, and its loop."""
 
@@ -64,7 +78,12 @@ class BotSession:
         self.settings = ListenSettings()
         self.metrics = SessionMetrics()
         self._segmenter = VadSegmenter(vad or VadConfig())
-        self._inbox: asyncio.Queue[Utterance | _Dtmf | Interruption] = asyncio.Queue()
+        self._inbox: asyncio.Queue[Utterance | _Dtmf | Interruption | _Pause | _Wake] = (
+            asyncio.Queue()
+        )
+        # Only bots that define on_pause get pauses (and pay for the copy of the audio).
+        self._on_pause = getattr(bot, "on_pause", None)
+        self._pause_frames = PAUSE_MS // 20 if self._on_pause is not None else 0
         self._current: tuple[Playback, str, bool] | None = None
         self._turn_ended_at: float | None = None
         self._input_deadline: float | None = None
@@ -83,6 +102,11 @@ class BotSession:
     def info(self) -> CallInfo:
         """Call metadata."""
         return self._info
+
+    @property
+    def conversation(self) -> list[dict[str, Any]]:
+        """The call record's conversation log (JSON-ready turns; ``GET /calls/{id}``)."""
+        return self.call.record.conversation
 
     async def say(self, text: str, *, interruptible: bool = True) -> PlaybackResult:
         """Synthesize ``text`` (off the loop, cached) and play it."""
@@ -121,6 +145,7 @@ class BotSession:
         """Arm (or with None, disarm) the no-input timeout."""
         loop = asyncio.get_running_loop()
         self._input_deadline = None if within is None else loop.time() + within
+        self._inbox.put_nowait(_Wake())  # the loop may be waiting without a deadline
 
     async def hangup(self, reason: str = "bot hung up") -> None:
         """Terminate the call through the Cloud API, then close it."""
@@ -151,6 +176,10 @@ class BotSession:
                 )
                 self._turn_ended_at = time.perf_counter()
                 self._inbox.put_nowait(Utterance(event.pcm, event.started_at_ms, event.at_ms))
+        if self._pause_frames and self._segmenter.silent_frames == self._pause_frames:
+            turn = self._segmenter.peek()
+            if turn is not None:
+                self._inbox.put_nowait(_Pause(Utterance(turn.pcm, turn.started_at_ms, turn.at_ms)))
 
     def _on_speech_started(self) -> bool:
         return self._barge_in("speech")
@@ -206,9 +235,14 @@ class BotSession:
                         self._input_deadline = None
                         await self.bot.on_timeout(self)
                         continue
+                if isinstance(item, _Wake):
+                    continue
                 if not isinstance(item, Interruption):
                     self._input_deadline = None
-                if isinstance(item, Utterance):
+                if isinstance(item, _Pause):
+                    if self._on_pause is not None:
+                        await self._on_pause(self, item.utterance)
+                elif isinstance(item, Utterance):
                     await self.bot.on_utterance(self, item)
                 elif isinstance(item, _Dtmf):
                     await self.bot.on_dtmf(self, item.digit)

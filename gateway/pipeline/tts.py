@@ -15,7 +15,7 @@ import asyncio
 import ctypes
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final, Protocol, TypeAlias
 
@@ -251,6 +251,18 @@ class EspeakTTS:
         """Prompts served from the cache."""
         self.cache_misses = 0
         """Prompts synthesized."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> EspeakTTS:
+        """The ``espeak`` entry point: ``GATEWAY_TTS_VOICE`` and ``GATEWAY_TTS_RATE`` (wpm)."""
+        raw_rate = env.get("GATEWAY_TTS_RATE") or "170"
+        try:
+            rate = int(raw_rate)
+        except ValueError:
+            raise ConfigError(
+                f"GATEWAY_TTS_RATE must be words per minute, not {raw_rate!r}"
+            ) from None
+        return cls(env.get("GATEWAY_TTS_VOICE") or "en-us", rate)
 
     async def prepare(self) -> None:
         """Load the library and check the voice now, off the event loop."""
