@@ -1,4 +1,4 @@
-"""The ``agent`` bot on real sandbox calls: recorded speech in, Whisper, the sandbox LLM, speech out."""
+"""The ``agent`` bot on real sandbox calls: recordings in, Whisper, sandbox LLM, speech out."""
 
 from __future__ import annotations
 
@@ -45,17 +45,17 @@ class Agent:
     async def say(self, call: UserCall, name: str) -> None:
         await call.play(load_wav(AUDIO / name)).wait()
 
-    async def requests(self, n: int, timeout: float = 20.0) -> None:
-        async with asyncio.timeout(timeout):
+    async def requests(self, n: int) -> None:
+        async with asyncio.timeout(20):
             while len(self.llm.requests) < n:
                 await asyncio.sleep(0.05)
 
 
 async def _agent(
-    llm: ScriptedLLM, bot: type[AgentBot] = AgentBot, *, timeout: float = 5.0, **config: object
+    llm: ScriptedLLM, bot: type[AgentBot] = AgentBot, *, llm_wait: float = 5.0, **config: object
 ) -> Agent:
     await llm.start()
-    settings = LLMSettings(llm.url, llm.model, first_token_timeout=timeout, stall_timeout=timeout)
+    settings = LLMSettings(llm.url, llm.model, first_token_timeout=llm_wait, stall_timeout=llm_wait)
     services = AgentServices(
         AgentConfig(settings, **config),  # type: ignore[arg-type]
         LLMClient(settings),
@@ -176,7 +176,7 @@ async def test_saying_goodbye_ends_the_call_with_terminate(agent: Agent) -> None
 
 
 async def test_model_errors_give_an_apology_and_never_a_stuck_call() -> None:
-    agent = await _agent(ScriptedLLM(), timeout=1.0)
+    agent = await _agent(ScriptedLLM(), llm_wait=1.0)
     try:
         call = await agent.call()
         session = agent.stack.gateway.calls.get(call.call_id)
