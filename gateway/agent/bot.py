@@ -62,6 +62,15 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _is_file(text: str) -> bool:
+    if "\n" in text or len(text) > 1024:
+        return False
+    try:
+        return Path(text).is_file()
+    except OSError:  # e.g. a name component too long: it is prompt text
+        return False
+
+
 @dataclass(frozen=True)
 class AgentConfig:
     """How the agent behaves; :meth:`from_env` reads the ``GATEWAY_AGENT_*`` settings."""
@@ -87,7 +96,7 @@ class AgentConfig:
         """Read the settings; ConfigError names the one that is wrong."""
         env = os.environ if env is None else env
         prompt = env.get("GATEWAY_AGENT_PROMPT") or DEFAULT_PROMPT
-        if "\n" not in prompt and len(prompt) < 4096 and Path(prompt).is_file():
+        if _is_file(prompt):
             try:
                 prompt = Path(prompt).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as exc:
@@ -193,6 +202,7 @@ class AgentBot(BaseBot):
         """Check the settings at start-up (the gateway calls this once per process)."""
         AgentConfig.from_env()
         load_transcriber()
+        import openai.resources.chat  # noqa: F401  (slow first import: not on a call)
 
     @property
     def conversation(self) -> Conversation:

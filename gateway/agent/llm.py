@@ -107,6 +107,9 @@ class LLMClient:
             timeout=httpx.Timeout(settings.stall_timeout, connect=min(3.0, settings.stall_timeout)),
             max_retries=0,  # a caller is waiting: no silent retries, the agent apologizes
         )
+        # The SDK imports its resource modules on first access (~1 s of CPU, seconds on a
+        # busy machine): pay that here, at start-up, not on a caller's first turn.
+        self._completions = self._client.chat.completions
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -123,7 +126,7 @@ class LLMClient:
         settings = self.settings
         try:
             async with asyncio.timeout(settings.first_token_timeout) as deadline:
-                created = await self._client.chat.completions.create(
+                created = await self._completions.create(
                     model=settings.model,
                     messages=list(messages),  # type: ignore[arg-type]
                     stream=True,
