@@ -186,6 +186,7 @@ class AgentBot(BaseBot):
         self.timings: list[TurnTiming] = []
         self.speculative_hits = 0
         self.speculative_misses = 0
+        self.speculative_started = 0
         self._call: CallControl | None = None
         self._conversation = Conversation(self.config.prompt)
         self._reply_task: asyncio.Task[None] | None = None
@@ -193,6 +194,7 @@ class AgentBot(BaseBot):
         self._interruption: Interruption | None = None
         self._speculative: tuple[int, int, asyncio.Task[Transcript]] | None = None
         self._limit_task: asyncio.Task[None] | None = None
+        self._warmup: asyncio.Task[None] | None = None
         self._goodbye: str | None = None
         self._failures = 0
         self._reprompts = 0
@@ -228,6 +230,10 @@ class AgentBot(BaseBot):
         self._call = call
         self._conversation = Conversation(self.config.prompt, record=call.conversation)
         self._limit_task = asyncio.create_task(self._time_limit())
+        # Models load on first use; start loading now, while the caller starts talking.
+        prepare = getattr(self.services.transcriber, "prepare", None)
+        if prepare is not None and not getattr(self.services.transcriber, "loaded", True):
+            self._warmup = asyncio.create_task(prepare())
         if self.config.greeting:
             self._start_reply(self._speak(self.config.greeting, record=True))
         else:
@@ -236,7 +242,9 @@ class AgentBot(BaseBot):
     async def on_pause(self, call: CallControl, utterance: Utterance) -> None:
         """The caller paused: transcribe what they said so far, in case the turn ends here."""
         if self._speculative is not None:
+            # Not started yet: it never runs. Running: it finishes, but nobody waits for it.
             self._speculative[2].cancel()
+        self.speculative_started += 1
         task = asyncio.create_task(self.services.transcriber.transcribe(utterance.pcm))
         self._speculative = (utterance.started_ms, utterance.ended_ms, task)
 
@@ -288,7 +296,7 @@ class AgentBot(BaseBot):
     async def on_hangup(self, call: CallControl) -> None:
         """Stop everything this call started."""
         current = asyncio.current_task()
-        for task in (self._reply_task, self._limit_task):
+        for task in (self._reply_task, self._limit_task, self._warmup):
             if task is not None and task is not current:
                 task.cancel()
         if self._speculative is not None:

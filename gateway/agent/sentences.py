@@ -1,7 +1,7 @@
 """Cutting a stream of LLM tokens into sentences to speak, as soon as each is complete.
 
 The first sentence decides how soon the caller hears anything, so a sentence
-ends at ``.``, ``!``, ``?`` (or ``;``/``:``) followed by a space or a line break,
+ends at ``.``, ``!``, ``?`` or ``;`` followed by a space or a line break,
 except after common abbreviations, initials and inside numbers ("3.5"). A very
 long run without an end is cut at a comma or, failing that, a space, so TTS
 never waits for a paragraph.
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-_END = re.compile(r"[.!?;:]+[\"')\]]*(?=\s)|\n+")
+_END = re.compile(r"[.!?;]+[\"')\]]*(?=\s)|\n+")
 _ABBREVIATIONS: Final = frozenset(
     "mr mrs ms dr prof st sr jr vs etc e.g i.e approx no tel dept inc ltd co".split()
 )

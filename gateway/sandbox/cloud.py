@@ -119,7 +119,7 @@ class Timeline:
 
 
 # The gateway loggers whose lines (call states, DTMF, bot turns) belong on a timeline.
-GATEWAY_LOGGERS = ("gateway.calls", "gateway.pipeline.session")
+GATEWAY_LOGGERS = ("gateway.calls", "gateway.pipeline.session", "gateway.agent.bot")
 
 
 class TimelineLogHandler(logging.Handler):

@@ -18,6 +18,7 @@ import numpy as np
 from ..media.audio import SAMPLE_RATE, load_wav, save_wav
 from ..pipeline.plugins import default_tts, session_for
 from .cloud import GATEWAY_LOGGERS, CloudAPISandbox, TimelineLogHandler
+from .llm import model_for_bot
 from .phone import BrowserPhone, PhoneSandbox
 from .stack import start_local_stack
 from .user import SimulatedUser
@@ -38,7 +39,17 @@ async def _caller_audio(audio: str | None) -> tuple[np.ndarray, str]:
 async def run_demo(
     *, bot: str = "echo", audio: str | None = None, record: str | None = None, digits: str = ""
 ) -> int:
-    """Run the demo call; returns the process exit code."""
+    """Run the demo call; returns the process exit code.
+
+    An agent bot talks to the scripted sandbox model unless ``GATEWAY_LLM_URL`` is set.
+    """
+    async with model_for_bot(bot) as model:
+        if model is not None:
+            print(f"the agent talks to the scripted sandbox model at {model.url}")
+        return await _run_demo(bot=bot, audio=audio, record=record, digits=digits)
+
+
+async def _run_demo(*, bot: str, audio: str | None, record: str | None, digits: str) -> int:
     sandbox = CloudAPISandbox(
         webhook_url="", app_secret=secrets.token_hex(16), access_token=secrets.token_hex(16)
     )
@@ -60,8 +71,9 @@ async def run_demo(
             await call.media_up.wait()
         await asyncio.sleep(0.3)
         await call.play(pcm).wait()
-        # Listen for the bot's answer: speech plus the VAD hangover plus playback.
-        await _wait(call.ended, len(pcm) / SAMPLE_RATE + 3.0)
+        # Listen for the bot's answer: speech plus the VAD hangover plus playback (and, for
+        # an agent, transcription and the model).
+        await _wait(call.ended, len(pcm) / SAMPLE_RATE + 6.0)
         if digits and not call.ended.is_set():
             await call.press(digits)
             await _wait(call.ended, 4.0)
@@ -81,6 +93,8 @@ async def run_demo(
         graph = [r.action for r in sandbox.requests if r.action]
         print(f"Graph API requests the gateway made: {', '.join(graph)}")
         records = list(gateway.calls.history.values())
+        for turn in records[-1].conversation if records else ():
+            print(f"  conversation: {turn['role']}: {turn['text']}")
         if records:
             open_calls = len(gateway.calls.calls)
             print(f"call ended: {records[-1].end_reason}; calls still open: {open_calls}")
@@ -102,6 +116,12 @@ async def _wait(event: asyncio.Event, seconds: float) -> None:
 
 async def serve_phone(*, bot: str = "echo", port: int = 8765) -> int:
     """Serve the browser phone and a gateway until Ctrl-C; returns the exit code."""
+    # The page can pick any bot: the agent gets the scripted model unless one is set.
+    async with model_for_bot("agent"):
+        return await _serve_phone(bot=bot, port=port)
+
+
+async def _serve_phone(*, bot: str, port: int) -> int:
     try:
         stack = await PhoneSandbox.start(bot=bot, port=port, echo=print)
     except OSError as exc:

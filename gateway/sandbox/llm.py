@@ -17,16 +17,22 @@ What it answers, from the last message of the request (first match wins):
 
 Faults for tests: :meth:`ScriptedLLM.fail_next` makes the next requests answer
 HTTP 500 or hang; stopping the server makes the model unreachable.
+
+:func:`model_for_bot` stands it in for ``GATEWAY_LLM_URL`` when ``gateway
+sandbox`` (or ``make phone``) runs an agent bot and no real model is configured.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
 import time
 import wave
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -264,3 +270,36 @@ def _completion(
 
 def _error(status: int, message: str, kind: str = "invalid_request_error") -> web.Response:
     return web.json_response({"error": {"message": message, "type": kind}}, status=status)
+
+
+def _is_agent(bot: str) -> bool:
+    from ..agent.bot import AgentBot
+    from ..pipeline.plugins import load_bot
+
+    factory = load_bot(bot)
+    return isinstance(factory, type) and issubclass(factory, AgentBot)
+
+
+@contextlib.asynccontextmanager
+async def model_for_bot(bot: str) -> AsyncIterator[ScriptedLLM | None]:
+    """Run the scripted model as ``GATEWAY_LLM_URL`` while an agent ``bot`` needs one.
+
+    Yields None (and changes nothing) for other bots or when ``GATEWAY_LLM_URL`` is
+    already set, so the same demo talks to a real model when one is configured.
+    """
+    if os.environ.get("GATEWAY_LLM_URL") or not _is_agent(bot):
+        yield None
+        return
+    server = await ScriptedLLM(tokens_per_s=50).start()
+    saved = {k: os.environ.get(k) for k in ("GATEWAY_LLM_URL", "GATEWAY_LLM_MODEL")}
+    os.environ["GATEWAY_LLM_URL"] = server.url
+    os.environ["GATEWAY_LLM_MODEL"] = os.environ.get("GATEWAY_LLM_MODEL") or server.model
+    try:
+        yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        await server.aclose()
