@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.agent.bot import AgentBot, AgentConfig, AgentServices
+from gateway.agent.bot import AgentBot
+from gateway.agent.config import AgentConfig, AgentServices
 from gateway.agent.llm import LLMClient, LLMSettings
 from gateway.media.audio import load_wav
 from gateway.pipeline.plugins import default_tts

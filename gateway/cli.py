@@ -34,6 +34,15 @@ environment (flags override):
   GATEWAY_LOG_FORMAT        text (default) or json (one object per line, with call_id)
   GATEWAY_RECORDINGS_DIR    record every answered call there (stereo Ogg Opus), default off
   GATEWAY_DRAIN_TIMEOUT     seconds calls may run on after SIGTERM, default 120
+  GATEWAY_LLM_URL, GATEWAY_LLM_MODEL  OpenAI-compatible model of the agent bot
+  GATEWAY_LLM_API_KEY       bearer key of the model server, optional
+  GATEWAY_LLM_TIMEOUT       seconds to the first token and between tokens, default 5
+  GATEWAY_AGENT_PROMPT      the agent's system prompt: a file path or the text
+  GATEWAY_AGENT_GREETING    what the agent says first, default nothing
+  GATEWAY_AGENT_NO_INPUT    seconds of silence before a re-prompt, default 10
+  GATEWAY_AGENT_MAX_CALL    longest agent call in seconds, default 600
+  GATEWAY_STT               speech to text: whisper (default) or openai (GATEWAY_STT_URL)
+  GATEWAY_TTS               voice plugin, default espeak
 cluster mode (every `gateway serve` on the same Redis is one worker of a cluster):
   GATEWAY_REDIS_URL         e.g. redis://10.0.0.5:6379/0; unset: one process, in memory
   GATEWAY_CLUSTER_MAX_CALLS concurrent calls across the cluster, default 1000

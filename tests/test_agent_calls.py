@@ -10,7 +10,8 @@ from typing import Literal
 import httpx
 import pytest
 
-from gateway.agent.bot import AgentBot, AgentConfig, AgentServices
+from gateway.agent.bot import AgentBot
+from gateway.agent.config import AgentConfig, AgentServices
 from gateway.agent.llm import LLMClient, LLMSettings
 from gateway.agent.tools import tool
 from gateway.calls import CallState
@@ -149,7 +150,7 @@ async def test_talking_over_a_long_answer_stops_it_and_keeps_what_was_heard() ->
         assert len(assistant) == 1
         kept = assistant[0]["content"]
         assert kept and LONG_ANSWER.startswith(kept) and len(kept) < len(LONG_ANSWER) // 2, kept
-        assert history[-1]["role"] == "user" and "spades" in history[-1]["content"].lower()
+        assert history[-1]["role"] == "user" and "hearts" in history[-1]["content"].lower()
         # The first stream was cut off, not read to the end.
         await asyncio.sleep(0.5)
         assert agent.llm.streams_finished <= 1

@@ -7,7 +7,8 @@ from typing import Literal
 
 import pytest
 
-from gateway.agent.bot import AgentBot, AgentConfig
+from gateway.agent.bot import AgentBot
+from gateway.agent.config import AgentConfig
 from gateway.agent.llm import Finish, LLMClient, LLMSettings, ToolCall
 from gateway.agent.sentences import SentenceSplitter
 from gateway.agent.tools import Tool, ToolArgumentError
