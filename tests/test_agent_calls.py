@@ -272,3 +272,19 @@ async def test_no_input_reprompts_then_ends_the_call() -> None:
         assert agent.llm.requests == []
     finally:
         await _close(agent)
+
+
+@pytest.mark.slow
+async def test_the_maximum_call_length_ends_the_call_politely() -> None:
+    agent = await _agent(ScriptedLLM(), max_call_s=1.0)
+    try:
+        call = await agent.call()
+        async with asyncio.timeout(20):
+            await call.ended.wait()
+        assert loud_frames(call.heard) > 20  # the goodbye
+        actions = [a.action for a in agent.stack.sandbox.actions(call.call_id)]
+        assert actions[-1] == "terminate"
+        record = agent.stack.gateway.calls.history[call.call_id]
+        assert record.end_reason == "maximum call length reached"
+    finally:
+        await _close(agent)

@@ -88,6 +88,7 @@ class AgentBot(BaseBot):
         self._goodbye: str | None = None
         self._failures = 0
         self._reprompts = 0
+        self._ending = False  # the goodbye is being said: nothing may cancel the hang-up
 
     @classmethod
     def configure(cls) -> None:
@@ -141,6 +142,8 @@ class AgentBot(BaseBot):
     async def on_utterance(self, call: CallControl, utterance: Utterance) -> None:
         """A caller turn: transcribe it (or take the speculative result) and answer."""
         timing = TurnTiming(turn_closed=time.perf_counter())
+        if self._ending:
+            return
         await self._stop_reply()
         try:
             transcript, timing.speculative = await self._transcribe(utterance)
@@ -162,6 +165,8 @@ class AgentBot(BaseBot):
 
     async def on_dtmf(self, call: CallControl, digit: str) -> None:
         """A key press reaches the model as text."""
+        if self._ending:
+            return
         await self._stop_reply()
         self._reprompts = 0
         self._conversation.add_user(f"[caller pressed {digit}]", source="dtmf")
@@ -180,6 +185,7 @@ class AgentBot(BaseBot):
             self._start_reply(self._speak(self.config.reprompt))
             return
         self._conversation.add_event("no input: call ended")
+        self._ending = True
         await call.say(self.config.bye_no_input, interruptible=False)
         await call.hangup("no input from the caller")
 
@@ -199,6 +205,8 @@ class AgentBot(BaseBot):
 
     async def _stop_reply(self) -> None:
         task = self._reply_task
+        if self._ending:
+            return
         if task is not None and not task.done():
             task.cancel()
             await asyncio.wait([task])
@@ -235,6 +243,7 @@ class AgentBot(BaseBot):
             )
             self._conversation.add_event(f"LLM failed: {exc}")
             if self._failures >= self.config.max_llm_failures:
+                self._ending = True
                 await call.say(self.config.bye_failures, interruptible=False)
                 await call.hangup("the language model kept failing")
                 return
@@ -243,6 +252,7 @@ class AgentBot(BaseBot):
             return
         self._failures = 0
         if self._goodbye is not None:
+            self._ending = True
             await call.say(self._goodbye, interruptible=False)
             self._conversation.add_event("agent ended the call")
             await call.hangup("the agent ended the call")
@@ -368,6 +378,7 @@ class AgentBot(BaseBot):
         call = self._call
         assert call is not None
         await self._stop_reply()
+        self._ending = True
         self._conversation.add_event("maximum call length reached")
         await call.say(self.config.bye_time_limit, interruptible=False)
         await call.hangup("maximum call length reached")
