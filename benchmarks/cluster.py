@@ -139,6 +139,8 @@ async def main() -> None:
             f"{cpu:>13.1f} {g['loop_lag_p99_ms_max']:>8.1f}",
             flush=True,
         )
+        if report["failures"]:
+            print(f"{'':<10} failures: {report['failures']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -163,16 +163,26 @@ class WorkerNode:
         }
 
     async def renew(self) -> None:
-        """Renew the lease and (re-)register every live call, in one round trip."""
+        """Renew the lease in one round trip; re-register the live calls if Redis lost them.
+
+        Redis lost them when it counts fewer calls for this worker than it has (a
+        restart without persistence, a flush): then one more round trip writes
+        every live call's owner, live-set entry and (if missing) record again.
+        """
         load = json.dumps(self.load())
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(keys.lease(self.id), load, px=self.lease_ttl_ms)
             pipe.hset(keys.WORKERS, self.id, load)
-            for call in list(self.calls.calls.values()):
-                if call.state is not CallState.ENDED:
+            pipe.scard(keys.worker_calls(self.id))
+            *_, known = await pipe.execute()
+        live = [c for c in list(self.calls.calls.values()) if c.state is not CallState.ENDED]
+        if known < len(live):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for call in live:
                     self.register(pipe, call.id)
                     pipe.set(keys.record(call.id), _record_json(call), nx=True, ex=RECORD_TTL)
-            await pipe.execute()
+                await pipe.execute()
+            log.info("cluster: %d live call(s) registered again", len(live))
         self.came_up()
 
     def register(self, pipe: Any, call_id: str) -> None:

@@ -139,10 +139,21 @@ class ClusterRouter:
     async def deliver(self, event: Event) -> bool:
         """Handle the event once across the cluster (see the module docstring)."""
         key = keys.dedupe(event_key(event))
+        offer = isinstance(event, CallConnect) and event.sdp_type == "offer"
+        call_id = getattr(event, "call_id", None)
         try:
-            if not await self.redis.set(key, self.node.id, nx=True, ex=DEDUPE_TTL):
+            # One round trip: the dedupe mark, plus what routing the event needs.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.set(key, self.node.id, nx=True, ex=DEDUPE_TTL)
+                if offer:
+                    pipe.scard(keys.LIVE)
+                    pipe.hvals(keys.WORKERS)
+                elif call_id is not None and call_id not in self.calls.calls:
+                    pipe.hget(keys.OWNERS, call_id)
+                first, *found = await pipe.execute()
+            if not first:
                 return False
-            await self._route(event)
+            await self._route(event, found)
         except RedisError as exc:
             try:  # let WhatsApp's retry be handled, not dropped as a duplicate
                 await self.redis.delete(key)
@@ -151,21 +162,19 @@ class ClusterRouter:
             raise self.node.unavailable(exc) from None
         return True
 
-    async def _route(self, event: Event) -> None:
+    async def _route(self, event: Event, found: list[Any]) -> None:
         if isinstance(event, PermissionReply):
             reply = json.dumps(reply_as_dict(event))
             await self.redis.set(keys.permission(event.from_), reply, ex=RECORD_TTL)
             self.calls.dispatch(event)
         elif isinstance(event, CallConnect) and event.sdp_type == "offer":
-            await self._place(event)
+            await self._place(event, live=int(found[0]), loads=found[1])
+        elif not found:  # a live call of this worker
+            self.calls.dispatch(event)
         else:
-            await self._to_owner(event)
+            await self._to_owner(event, found[0])
 
-    async def _place(self, event: CallConnect) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.scard(keys.LIVE)
-            pipe.hvals(keys.WORKERS)
-            live, loads = await pipe.execute()
+    async def _place(self, event: CallConnect, *, live: int, loads: list[str]) -> None:
         if live >= self.cluster_max_calls:
             self.rejected_full += 1
             self.calls.reject(event.call_id, "capacity", f"cluster at capacity ({live} calls)")
@@ -180,12 +189,8 @@ class ClusterRouter:
         owner: str | None = await self.redis.hget(keys.OWNERS, call_id)
         return owner
 
-    async def _to_owner(self, event: Event) -> None:
+    async def _to_owner(self, event: Event, owner: str | None) -> None:
         call_id = getattr(event, "call_id", "")
-        if call_id in self.calls.calls:
-            self.calls.dispatch(event)
-            return
-        owner = await self._owner(call_id)
         deadline = time.monotonic() + OWNER_WAIT
         while owner is None and time.monotonic() < deadline:
             if await self.redis.exists(keys.record(call_id)):
@@ -197,7 +202,10 @@ class ClusterRouter:
             owner = await self._owner(call_id)
         if owner == self.node.id:
             await self._dispatch_owned(event)
-        elif owner is not None and await self.redis.exists(keys.lease(owner)):
+        elif owner is not None and (
+            # Meta's terminate record must not vanish into a dead worker's inbox.
+            not isinstance(event, CallTerminate) or await self.redis.exists(keys.lease(owner))
+        ):
             self.forwarded += 1
             await self._send(owner, {"event": encode_event(event)})
         elif isinstance(event, CallTerminate):
