@@ -33,9 +33,10 @@ redis:
 	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y redis-server; }
 
-## A local cluster: a private Redis and 2 workers on one port (needs the serve settings).
+## A local cluster on the sandbox: a private Redis, 2 workers on one port, a few
+## simulated calls through it; then it serves until Ctrl-C.
 cluster: $(STAMP) redis
-	$(BIN)/gateway cluster --workers 2
+	$(BIN)/gateway cluster --workers 2 --sandbox
 
 lint: $(STAMP)
 	$(BIN)/ruff check gateway bots tests benchmarks

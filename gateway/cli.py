@@ -92,6 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
     cluster.add_argument("--bot", help="bot plugin to run on each call (GATEWAY_BOT)")
     cluster.add_argument("--max-calls", type=int, help="calls per worker (GATEWAY_MAX_CALLS)")
+    cluster.add_argument(
+        "--sandbox",
+        action="store_true",
+        help="no WhatsApp account needed: point the workers at the built-in Cloud API sandbox, "
+        "place a few simulated calls through the cluster, then keep serving",
+    )
+    cluster.add_argument(
+        "--calls", type=int, default=4, help="simulated calls placed with --sandbox (default 4)"
+    )
 
     demo = sub.add_parser(
         "sandbox",
@@ -281,6 +290,10 @@ async def _cluster(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    if args.sandbox:
+        from .cluster.demo import run_sandbox_cluster
+
+        return await run_sandbox_cluster(args.workers, calls=args.calls, port=args.port)
     redis = RedisServer()
     await redis.start()
     print(f"gateway: Redis at {redis.url} (no persistence)", flush=True)
