@@ -16,7 +16,7 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from redis import asyncio as aioredis
@@ -84,6 +84,8 @@ class WorkerNode:
         self._changes = 0
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Awaited with a lost worker's id after its calls were ended.
+        self.reap_hooks: list[Callable[[str], Awaitable[None]]] = []
         calls.observers.append(self)
 
     # --- lifecycle -------------------------------------------------------------
@@ -283,6 +285,8 @@ class WorkerNode:
             "cluster: worker %s lost (lease expired); ending its %d call(s)", worker, len(call_ids)
         )
         await asyncio.gather(*(self._end_orphan(worker, c) for c in call_ids))
+        for hook in self.reap_hooks:
+            await hook(worker)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(keys.worker_calls(worker), keys.inbox(worker))
             pipe.hdel(keys.WORKERS, worker)

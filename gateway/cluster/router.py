@@ -75,6 +75,7 @@ class ClusterRouter:
 
     async def start(self) -> None:
         """Join the cluster and start reading new calls and this worker's inbox."""
+        self.node.reap_hooks.append(self._take_over_pending)
         await self.node.start()
         await self._create_group()
         self.node.spawn(self._read_new_calls(), "cluster-placement")
@@ -314,6 +315,23 @@ class ClusterRouter:
         if early is not None:
             self.calls.dispatch(decode_event(early))
         self.calls.dispatch(event)
+
+    async def _take_over_pending(self, worker: str) -> None:
+        # New calls a lost worker read from the stream but never claimed (it died in
+        # between): take them here, so each is still answered once.
+        pending = await self.redis.xpending_range(
+            keys.NEW_CALLS, keys.PLACERS, min="-", max="+", count=100, consumername=worker
+        )
+        ids = [p["message_id"] for p in pending]
+        if ids:
+            claimed = await self.redis.xclaim(
+                keys.NEW_CALLS, keys.PLACERS, self.node.id, min_idle_time=0, message_ids=ids
+            )
+            log.warning("cluster: taking %d new call(s) %s had read", len(claimed), worker)
+            for entry_id, fields in claimed:
+                if fields:
+                    await self._take(entry_id, fields)
+        await self.redis.xgroup_delconsumer(keys.NEW_CALLS, keys.PLACERS, worker)
 
     async def _ack(self, entry_id: str) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -1,0 +1,114 @@
+"""Cluster pieces in one process on a real redis-server: take-over of a lost worker's
+new calls, and what a worker answers while Redis is down."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.calls import CallManager
+from gateway.cluster import keys
+from gateway.cluster.node import WorkerNode, connect
+from gateway.cluster.redis_server import RedisServer
+from gateway.cluster.router import ClusterRouter
+from gateway.cluster.wire import encode_event
+from gateway.errors import UnavailableError
+from gateway.events import CallConnect, Direction, Event
+from gateway.graph import GraphClient
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    server = RedisServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.aclose()
+
+
+@pytest.fixture
+async def graph() -> AsyncIterator[GraphClient]:
+    client = GraphClient(base_url="http://127.0.0.1:9/v23.0", access_token="x", phone_number_id="1")
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def _offer(call_id: str) -> CallConnect:
+    return CallConnect(
+        call_id=call_id,
+        phone_number_id="1",
+        from_="15551230001",
+        to="15550783881",
+        direction=Direction.USER_INITIATED,
+        sdp_type="offer",
+        sdp="v=0\r\n",
+        timestamp=int(time.time()),
+    )
+
+
+def _worker(url: str, graph: GraphClient, got: list[Event]) -> ClusterRouter:
+    calls = CallManager(graph)
+    calls.dispatch = got.append  # type: ignore[method-assign]  # the events, not the calls
+    return ClusterRouter(WorkerNode(url, calls, graph, lease_seconds=2), calls)
+
+
+async def test_a_new_call_read_by_a_lost_worker_is_taken_by_another(
+    redis_server: RedisServer, graph: GraphClient
+) -> None:
+    db = connect(redis_server.url)
+    try:
+        # "ghost" joined, read a new call from the stream, and died before claiming it.
+        await db.xgroup_create(keys.NEW_CALLS, keys.PLACERS, id="0", mkstream=True)
+        await db.hset(keys.WORKERS, "ghost", json.dumps({"calls": 0, "max": 10}))
+        fields = {"event": encode_event(_offer("wacid.G")), "at": str(time.time())}
+        await db.xadd(keys.NEW_CALLS, fields)
+        read = await db.xreadgroup(keys.PLACERS, "ghost", {keys.NEW_CALLS: ">"}, count=1)
+        assert read and read[0][1]
+        got: list[Event] = []
+        router = _worker(redis_server.url, graph, got)
+        await router.start()
+        try:
+            async with asyncio.timeout(10):
+                while not got:
+                    await asyncio.sleep(0.05)
+            assert got == [_offer("wacid.G")]
+            assert await db.hget(keys.OWNERS, "wacid.G") == router.node.id
+            assert not await db.hexists(keys.WORKERS, "ghost")
+        finally:
+            await router.aclose()
+    finally:
+        await db.aclose()
+
+
+async def test_without_redis_webhooks_are_unavailable_and_the_worker_says_so(
+    redis_server: RedisServer, graph: GraphClient
+) -> None:
+    got: list[Event] = []
+    router = _worker(redis_server.url, graph, got)
+    await router.start()
+    try:
+        assert router.status()["redis"] == "up"
+        await redis_server.stop(kill=True)
+        with pytest.raises(UnavailableError, match="Redis"):
+            await router.deliver(_offer("wacid.U"))
+        assert router.status()["redis"] == "down" and got == []
+        await redis_server.start()
+        async with asyncio.timeout(10):
+            while router.status()["redis"] != "up":
+                await asyncio.sleep(0.05)
+        assert router.node.reconnects == 1
+        # The retry of the refused delivery is taken now (not dropped as a duplicate).
+        assert await router.deliver(_offer("wacid.U"))
+        async with asyncio.timeout(10):
+            while not got:
+                await asyncio.sleep(0.05)
+        assert got == [_offer("wacid.U")]
+    finally:
+        await router.aclose()
