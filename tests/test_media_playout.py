@@ -151,6 +151,61 @@ async def test_flush_drops_the_queue_at_the_next_frame(speech: NDArray[np.int16]
     assert track.stats.speech_frames == 5
 
 
+async def test_pause_sends_silence_and_resume_goes_on_where_it_stopped(
+    speech: NDArray[np.int16],
+) -> None:
+    track = PlayoutTrack()
+    playback = track.play(speech)
+    total = frames_for(len(speech))
+    await collect(track, 10)
+    track.pause()
+    assert track.paused and track.is_playing
+    held = await collect(track, 6)
+    assert [bytes(p) for p in held] == [silence_packet()] * 6
+    assert playback.frames_sent == 10 and not playback.done.done()
+    track.resume()
+    assert not track.paused
+    await collect(track, total - 10)
+    assert playback.done.done() and not playback.interrupted
+    assert playback.frames_sent == total
+    assert playback.pauses == [(10, 6)]
+    stats = track.stats
+    assert (stats.speech_frames, stats.silence_frames) == (total, 6)
+
+
+async def test_resumed_speech_is_the_rest_of_the_audio(speech: NDArray[np.int16]) -> None:
+    # What the caller hears after a pause is the same audio, from the same place.
+    decoder = OpusDecoder()
+    track = PlayoutTrack()
+    track.play(speech)
+    heard = [decoder.decode(bytes(p)) for p in await collect(track, 40)]
+    track.pause()
+    for packet in await collect(track, 5):
+        decoder.decode(bytes(packet))
+    track.resume()
+    heard += [decoder.decode(bytes(p)) for p in await collect(track, frames_for(len(speech)) - 40)]
+    got = frame_rms(np.concatenate(heard))
+    want = frame_rms(speech)
+    n = min(len(got), len(want))
+    assert np.corrcoef(got[:n], want[:n])[0, 1] > 0.95
+
+
+async def test_pause_with_nothing_queued_does_nothing_and_flush_ends_a_pause(
+    speech: NDArray[np.int16],
+) -> None:
+    track = PlayoutTrack()
+    track.pause()
+    assert not track.paused
+    track.play(speech)
+    await collect(track, 3)
+    track.pause()
+    track.flush()
+    assert not track.paused
+    after = track.play(np.zeros(3 * FRAME_SAMPLES, dtype=np.int16))
+    await collect(track, after.frames)
+    assert after.done.done() and not after.interrupted
+
+
 async def test_speech_after_a_flush_starts_clean(speech: NDArray[np.int16]) -> None:
     # Flushed in the middle of a vowel, the encoder still holds 6.5 ms of it in
     # its lookahead; a reused encoder would start the next utterance with a burst

@@ -57,6 +57,8 @@ class Playback:
         self.frames_sent = 0
         self.interrupted = False
         """True if :meth:`PlayoutTrack.flush` (or stop) dropped frames of it."""
+        self.pauses: list[tuple[int, int]] = []
+        """(frames sent before the pause, frames of silence it lasted), one per pause."""
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     async def wait(self) -> Playback:
@@ -119,6 +121,7 @@ class PlayoutTrack(MediaStreamTrack):
         self._silence = silence_packet()
         self._pad = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self._queue: deque[_Queued] = deque()
+        self._paused = False
         self._start: float | None = None
         self._clock: FrameClock | None = None
         self._pts = 0
@@ -145,8 +148,38 @@ class PlayoutTrack(MediaStreamTrack):
         """Queue speech already encoded as 20 ms Opus packets (e.g. a cached prompt)."""
         return self._enqueue(None, packets, len(packets))
 
+    def pause(self) -> None:
+        """Send silence from the next frame on, keeping the queue (a possible barge-in).
+
+        Does nothing when nothing is queued. :meth:`resume` goes on where it
+        paused; :meth:`flush` drops the queue and ends the pause.
+        """
+        if self._paused or not self._queue:
+            return
+        self._paused = True
+        self._queue[0].playback.pauses.append((self._queue[0].playback.frames_sent, 0))
+
+    def resume(self) -> None:
+        """Go on with the queued speech where :meth:`pause` stopped it."""
+        if not self._paused:
+            return
+        self._paused = False
+        if self._queue and self._queue[0].pcm is not None and self._queue[0].next_index:
+            # The encoder's state ends in the speech before the pause; the silence
+            # packets sent since are not in it. A fresh one starts clean.
+            self._encoder = None
+
+    @property
+    def paused(self) -> bool:
+        """Whether queued speech is held back by :meth:`pause`."""
+        return self._paused
+
     def flush(self) -> int:
-        """Drop all queued speech from the next frame on (barge-in); returns frames dropped."""
+        """Drop all queued speech from the next frame on (barge-in); returns frames dropped.
+
+        Also ends a pause: what is queued after this plays at once.
+        """
+        self._paused = False
         dropped = 0
         while self._queue:
             item = self._queue.popleft()
@@ -261,6 +294,11 @@ class PlayoutTrack(MediaStreamTrack):
 
     def _next_speech(self) -> bytes | None:
         if not self._queue:
+            return None
+        if self._paused:
+            playback = self._queue[0].playback
+            sent, length = playback.pauses[-1]
+            playback.pauses[-1] = (sent, length + 1)
             return None
         item = self._queue[0]
         index = item.next_index

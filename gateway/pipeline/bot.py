@@ -41,13 +41,28 @@ class Utterance:
         return len(self.pcm) * 1000 // 16000
 
 
+FRAME_MS = 20  # every frame played to the caller is 20 ms of audio
+
+
 @dataclass(frozen=True)
 class PlaybackResult:
-    """How a ``say`` or ``play`` went."""
+    """How a ``say`` or ``play`` went.
+
+    ``frames_played`` is what the caller heard: frames held back while playout
+    was paused for a sound that turned out not to be speech are not counted
+    until they were sent.
+    """
 
     frames_played: int
     frames_total: int
     interrupted: bool
+    pauses: tuple[tuple[int, int], ...] = ()
+    """Each false interruption: (frames played before it, frames of silence it lasted)."""
+
+    @property
+    def played_ms(self) -> int:
+        """How much of the audio reached the caller."""
+        return self.frames_played * FRAME_MS
 
 
 @dataclass(frozen=True)
@@ -55,8 +70,13 @@ class Interruption:
     """The caller talked over the bot; this much of what it was saying was cut."""
 
     label: str  # the text being said, or the name of the audio being played
-    frames_played: int
+    frames_played: int  # sent before playout stopped: what the caller heard
     frames_dropped: int
+
+    @property
+    def played_ms(self) -> int:
+        """How much of the interrupted audio the caller heard."""
+        return self.frames_played * FRAME_MS
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,10 @@ class ListenSettings:
 
     enabled: bool = True
     barge_in: bool = True  # caller speech stops the bot's playout at once
+    resume_false_interruptions: bool = True
+    """Playout only pauses at a sound; if it ends without becoming an utterance
+    (a cough, a door, a short "mm"), the prompt goes on where it paused and the
+    bot hears of nothing. Off: any sound that starts a turn cuts the prompt."""
 
 
 class CallControl(Protocol):
@@ -90,8 +114,14 @@ class CallControl(Protocol):
         """Play 16 kHz mono int16 PCM, or a WAV file; returns when done or cut off."""
         ...
 
-    def listen(self, *, enabled: bool = True, barge_in: bool = True) -> None:
-        """Turn listening and barge-in on or off."""
+    def listen(
+        self,
+        *,
+        enabled: bool = True,
+        barge_in: bool = True,
+        resume_false_interruptions: bool = True,
+    ) -> None:
+        """Turn listening, barge-in and resuming after a false interruption on or off."""
         ...
 
     async def hangup(self, reason: str = "bot hung up") -> None:
@@ -126,7 +156,12 @@ class Bot(Protocol):
         ...
 
     async def on_barge_in(self, call: CallControl, interruption: Interruption) -> None:
-        """The caller talked over the bot and playout was stopped."""
+        """The caller talked over the bot and playout was stopped.
+
+        Called only for real interruptions: a sound that paused playout and
+        then ended too short to be speech resumes the prompt instead (see
+        :attr:`ListenSettings.resume_false_interruptions`).
+        """
         ...
 
     async def on_timeout(self, call: CallControl) -> None:

@@ -41,6 +41,12 @@ HANGUP_GRACE = 2.0
 # (well before the VAD hangover closes the turn), e.g. to transcribe speculatively.
 PAUSE_MS = 200
 
+# Unvoiced audio after a sound, still too short for an utterance, that resumes a
+# paused prompt. WebRTC's VAD often marks a frame or two after a sound as voiced,
+# and the resumed audio takes a frame to leave: the caller hears the prompt again
+# about 200-250 ms after the sound ended (the goal is within 300 ms).
+RESUME_AFTER_MS = 160
+
 
 @dataclass
 class SessionMetrics:
@@ -48,6 +54,8 @@ class SessionMetrics:
 
     utterances: int = 0
     barge_ins: int = 0
+    # Prompts paused for a sound that was not speech, then resumed.
+    false_interruptions: int = 0
     # End of caller speech (VAD closed the turn) -> first bot frame handed to the sender.
     response_latencies_ms: list[float] = field(default_factory=list)
     # Caller's speech onset (first voiced frame) -> bot audio cut, on the media timeline.
@@ -85,6 +93,8 @@ class BotSession:
         self._on_pause = getattr(bot, "on_pause", None)
         self._pause_frames = PAUSE_MS // 20 if self._on_pause is not None else 0
         self._current: tuple[Playback, str, bool] | None = None
+        # The playback a speech onset paused, held until the caller's turn is decided.
+        self._held: Playback | None = None
         self._turn_ended_at: float | None = None
         self._input_deadline: float | None = None
         rec = call.record
@@ -133,13 +143,29 @@ class BotSession:
         finally:
             if self._current is not None and self._current[0] is playback:
                 self._current = None
-        return PlaybackResult(playback.frames_sent, playback.frames, playback.interrupted)
+        return PlaybackResult(
+            playback.frames_sent, playback.frames, playback.interrupted, tuple(playback.pauses)
+        )
 
-    def listen(self, *, enabled: bool = True, barge_in: bool = True) -> None:
-        """Turn listening and barge-in on or off."""
-        self.settings = ListenSettings(enabled=enabled, barge_in=barge_in)
+    def listen(
+        self,
+        *,
+        enabled: bool = True,
+        barge_in: bool = True,
+        resume_false_interruptions: bool = True,
+    ) -> None:
+        """Turn listening, barge-in and resuming after a false interruption on or off."""
+        self.settings = ListenSettings(
+            enabled=enabled,
+            barge_in=barge_in,
+            resume_false_interruptions=resume_false_interruptions,
+        )
         if not enabled:
             self._segmenter.reset()
+        if self._held is not None and not (enabled and barge_in):
+            # Nobody will decide about the sound any more: the prompt goes on.
+            self._resume("listening changed")
+            self._held = None
 
     def expect_input(self, within: float | None) -> None:
         """Arm (or with None, disarm) the no-input timeout."""
@@ -167,6 +193,8 @@ class BotSession:
                     onset_ms = self._segmenter.frames_seen * 20 - event.at_ms
                     self.metrics.barge_in_stop_ms.append(float(onset_ms))
             elif isinstance(event, SpeechEnded):
+                if self._held is not None:
+                    self._barge_in("speech")  # told before the utterance itself
                 self.metrics.utterances += 1
                 log.info(
                     "call %s: caller turn %d ended (%.2f s of speech)",
@@ -176,22 +204,74 @@ class BotSession:
                 )
                 self._turn_ended_at = time.perf_counter()
                 self._inbox.put_nowait(Utterance(event.pcm, event.started_at_ms, event.at_ms))
+            elif self._held is not None:  # SpeechDiscarded
+                self._resume("the sound was discarded")
+                self._held = None
         if self._pause_frames and self._segmenter.silent_frames == self._pause_frames:
             turn = self._segmenter.peek()
             if turn is not None:
                 self._inbox.put_nowait(_Pause(Utterance(turn.pcm, turn.started_at_ms, turn.at_ms)))
+        if self._held is not None:
+            self._decide_paused()
 
     def _on_speech_started(self) -> bool:
-        return self._barge_in("speech")
+        """Stop the bot's interruptible speech at a speech onset; True if it did."""
+        if not self.settings.resume_false_interruptions:
+            return self._barge_in("speech")
+        playback = self._interruptible()
+        if playback is None:
+            return False
+        # Silence at once, as a barge-in would; whether to drop the rest waits
+        # until the sound is long enough to be a turn, or ends short of it.
+        self.call.playout.pause()
+        self._held = playback
+        log.info("call %s: playout paused at speech onset", self.call.id)
+        return True
+
+    def _decide_paused(self) -> None:
+        held = self._held
+        if held is None:
+            return
+        playout = self.call.playout
+        if held.done.done():
+            self._held = None  # flushed meanwhile (a key, the call ending)
+        elif self._segmenter.turn_is_utterance:
+            self._barge_in("speech")
+        elif playout.paused:
+            if self._segmenter.turn_silence_ms >= RESUME_AFTER_MS:
+                self._resume(f"a {self._segmenter.turn_voiced_ms} ms sound, not speech so far")
+        elif self._segmenter.turn_silence_ms == 0:
+            # More sound in the same turn: hold the prompt again until it is decided.
+            playout.pause()
+
+    def _resume(self, why: str) -> None:
+        """Let the held prompt go on; it stays held until the caller's turn is decided."""
+        held = self._held
+        if held is None or not self.call.playout.paused:
+            return
+        self.call.playout.resume()
+        self.metrics.false_interruptions += 1
+        pause_frames = held.pauses[-1][1] if held.pauses else 0
+        log.info("call %s: playout resumed after %d ms (%s)", self.call.id, pause_frames * 20, why)
+
+    def _interruptible(self) -> Playback | None:
+        current = self._current
+        if current is None or not self.settings.barge_in:
+            return None
+        playback, _label, interruptible = current
+        if not interruptible or playback.done.done():
+            return None
+        return playback
 
     def _barge_in(self, cause: str) -> bool:
         """Cut the bot's interruptible speech; True if it did."""
-        current = self._current
-        if current is None or not self.settings.barge_in:
+        self._held = None
+        playback = self._interruptible()
+        if playback is None:
+            self.call.playout.resume()  # a pause must never outlive its decision
             return False
-        playback, label, interruptible = current
-        if not interruptible or playback.done.done():
-            return False
+        assert self._current is not None
+        label = self._current[1]
         dropped = self.call.playout.flush()
         self.metrics.barge_ins += 1
         log.info("call %s: barge-in by %s, %d frames dropped", self.call.id, cause, dropped)

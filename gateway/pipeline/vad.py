@@ -10,6 +10,7 @@ Times (``at_ms`` and friends) count from the first frame the segmenter was given
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Final, TypeAlias
 
@@ -53,6 +54,24 @@ class VadConfig:
     """Audio kept before the first voiced frame, so the utterance starts cleanly."""
     post_roll_ms: int = 200
     """Audio kept after the last voiced frame (at most ``hangover_ms``)."""
+    level_gate: bool = True
+    """In a turn, a frame WebRTC's VAD calls voiced counts only if it is above the room.
+
+    WebRTC's VAD keeps calling frames voiced for 80-120 ms after any sound ends;
+    this gate ends the turn's voiced part where the sound ends, so a 150 ms
+    cough is a 160 ms blip (discarded), not a 260 ms utterance. Starts are
+    judged as without it.
+    """
+    floor_margin_db: int = 3
+    """How far above the tracked noise floor a voiced frame must be."""
+    voice_gate: bool = False
+    """Also judge starts, against the room's swings and this caller's speech level
+    (for rooms with other voices). Measured in ``benchmarks/vad_report.py``; off
+    by default: it cuts soft word endings in quiet rooms."""
+    speech_margin_db: int = 15
+    """With ``voice_gate``: a voiced frame must be no more than this below the caller's level."""
+    speech_level_db: int = 72
+    """With ``voice_gate``: the caller's level (dB of mean square, int16) until they speak."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.aggressiveness <= 3:
@@ -107,6 +126,16 @@ class SpeechDiscarded:
 VadEvent: TypeAlias = SpeechStarted | SpeechEnded | SpeechDiscarded
 
 
+# Level trackers, per frame (exponential smoothing factors), found with vad_report.py.
+_FLOOR_DOWN: Final = 0.1  # the room got quieter: follow within a few frames
+_FLOOR_UP: Final = 0.05  # louder: follow within about a second
+_SPREAD_RATE: Final = 0.05
+_SPREAD_MAX_DB: Final = 10.0  # farther from the floor is something else, not the room
+_SPREAD_K: Final = 2.5  # voiced frames must clear the room's usual swings by this much
+_LEVEL_UP: Final = 0.05
+_LEVEL_DOWN: Final = 0.01
+
+
 def _frames(ms: int) -> int:
     return -(-ms // FRAME_MS)  # round up: a partial frame still counts
 
@@ -127,12 +156,36 @@ class VadSegmenter:
         self._ring = np.zeros((cfg.start_window_frames + self._pre_roll, FRAME_SAMPLES), np.int16)
         # Grown by doubling up to the longest possible utterance, then reused.
         self._buf = np.zeros(0, np.int16)
+        self._f32 = np.zeros(FRAME_SAMPLES, np.float32)
         self.reset()
 
     @property
     def in_speech(self) -> bool:
         """Whether a turn is open (started, not yet ended)."""
         return self._start_frame >= 0
+
+    @property
+    def turn_voiced_ms(self) -> int:
+        """First to last voiced frame of the open turn (0 when idle)."""
+        if self._start_frame < 0:
+            return 0
+        return (self._last_voiced + 1 - self._onset) * FRAME_MS
+
+    @property
+    def turn_is_utterance(self) -> bool:
+        """Whether the open turn is already long enough to end as an utterance.
+
+        Once true, the turn ends with :class:`SpeechEnded`, never with
+        :class:`SpeechDiscarded`: a barge-in can be taken as real from here.
+        """
+        return self._start_frame >= 0 and self._last_voiced + 1 - self._onset >= self._min_voiced
+
+    @property
+    def turn_silence_ms(self) -> int:
+        """Unvoiced audio since the open turn's last voiced frame (0 when idle)."""
+        if self._start_frame < 0:
+            return 0
+        return (self._index - 1 - self._last_voiced) * FRAME_MS
 
     @property
     def frames_seen(self) -> int:
@@ -147,6 +200,9 @@ class VadSegmenter:
         self._onset = 0
         self._last_voiced = 0
         self._filled = 0  # samples in the utterance buffer
+        self._floor = -1.0
+        self._spread = 0.0
+        self._level = float(self.config.speech_level_db)
         # The VAD's noise model belongs to the audio it has seen.
         self._vad = webrtcvad.Vad(self.config.aggressiveness)
 
@@ -165,6 +221,8 @@ class VadSegmenter:
         # A byte view: given the int16 array, webrtcvad would take len() (320) as the
         # byte count and judge only the first 10 ms.
         voiced = self._vad.is_speech(frame.data.cast("B"), SAMPLE_RATE)
+        if self.config.level_gate:
+            voiced = self._gate(frame, voiced)
 
         if self._start_frame < 0:
             self._window = ((self._window << 1) | voiced) & self._window_mask
@@ -202,6 +260,39 @@ class VadSegmenter:
         end_frame = min(last + 1 + self._post_roll, self._index)
         pcm = self._buf[: (end_frame - self._start_frame) * FRAME_SAMPLES].copy()
         return SpeechEnded((last + 1) * FRAME_MS, onset * FRAME_MS, pcm)
+
+    def _gate(self, frame: _PCM, voiced: bool) -> bool:
+        """Whether a frame WebRTC's VAD called ``voiced`` is loud enough to be the caller."""
+        f32 = self._f32
+        np.copyto(f32, frame)
+        db = 10.0 * math.log10(float(np.dot(f32, f32)) / FRAME_SAMPLES + 1.0)
+        floor, spread = self._floor, self._spread
+        if floor < 0:  # the first frame: the room as it is
+            self._floor = db
+            return False
+        in_turn = self._start_frame >= 0
+        # The floor follows every frame down fast and up slowly, and not at all in a
+        # turn, so it sits at the quiet moments of the room, not of the caller.
+        dev = db - floor
+        if dev < 0:
+            self._floor = floor + dev * _FLOOR_DOWN
+        elif not in_turn:
+            self._floor = floor + dev * _FLOOR_UP
+        cfg = self.config
+        if not cfg.voice_gate:
+            return voiced and (not in_turn or db >= floor + cfg.floor_margin_db)
+        if not in_turn and -_SPREAD_MAX_DB < dev < _SPREAD_MAX_DB:
+            # How much the room itself goes up and down: little for a fan, a lot for voices.
+            self._spread = spread + (abs(dev) - spread) * _SPREAD_RATE
+        if not voiced:
+            return False
+        level = self._level
+        margin = max(cfg.floor_margin_db, _SPREAD_K * spread)
+        if db < floor + margin or db < level - cfg.speech_margin_db:
+            return False
+        if in_turn:
+            self._level = level + (db - level) * (_LEVEL_UP if db > level else _LEVEL_DOWN)
+        return True
 
     def flush(self) -> list[VadEvent]:
         """End of stream: close an open turn now, as if its hangover had passed."""
