@@ -245,6 +245,22 @@ class Call:
         for listener in self.dtmf_listeners:
             listener(digit, duration_ms)
 
+    def use_payload_types(self, negotiated: str) -> None:
+        """Receive Opus and DTMF on the payload types of the negotiated description.
+
+        WhatsApp uses 111 and 126, but any WebRTC peer may number them otherwise
+        (aiortc's own offers put Opus on 96); aiortc sends on the negotiated ones
+        by itself. Without telephone-event, no packet is taken for DTMF.
+        """
+        if self.inbound is None:
+            return
+        opus = sdp.payload_type(negotiated, "opus")
+        dtmf = sdp.payload_type(negotiated, "telephone-event")
+        self.inbound.opus_pt = rtc.OPUS_PT if opus is None else opus
+        self.inbound.dtmf_pt = -1 if dtmf is None else dtmf  # RTP payload types are 0-127
+        if (opus, dtmf) != (rtc.OPUS_PT, rtc.DTMF_PT):
+            log.info("call %s: payload types opus=%s telephone-event=%s", self.id, opus, dtmf)
+
     async def build_answer(self, offer: str) -> str:
         """Apply the user's offer and return our SDP answer in Meta's form."""
         sdp.validate_offer(offer)
@@ -256,6 +272,7 @@ class Call:
         self.playout.bitrate = sdp.opus_bitrate(offer)
         answer = await self.pc.createAnswer()
         await self.pc.setLocalDescription(answer)
+        self.use_payload_types(self.pc.localDescription.sdp)
         self.remote_sdp = offer
         self.answer_sdp = sdp.prepare_answer(self.pc.localDescription.sdp)
         return self.answer_sdp
@@ -535,6 +552,7 @@ class CallManager:
             call.end("bad SDP answer", terminate=True)
             return
         call.remote_sdp = answer
+        call.use_payload_types(answer)
         call.playout.bitrate = sdp.opus_bitrate(answer)
         call.record.accepted_at = time.time()
         call.set_state(CallState.ACTIVE, "user answered")

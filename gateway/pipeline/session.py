@@ -30,7 +30,7 @@ from .bot import (
     Utterance,
 )
 from .tts import TTS
-from .vad import SpeechEnded, SpeechStarted, VadConfig, VadSegmenter
+from .vad import SpeechEnded, SpeechStarted, VadConfig, VadEvent, VadSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ PAUSE_MS = 200
 # and the resumed audio takes a frame to leave: the caller hears the prompt again
 # about 200-250 ms after the sound ended (the goal is within 300 ms).
 RESUME_AFTER_MS = 160
+
+# While a caller's turn is open, how often to look whether their frames stopped coming.
+STALL_CHECK_S = 0.1
 
 
 @dataclass
@@ -95,6 +98,10 @@ class BotSession:
         self._current: tuple[Playback, str, bool] | None = None
         # The playback a speech onset paused, held until the caller's turn is decided.
         self._held: Playback | None = None
+        # Closes a turn whose frames stopped (see _check_stall); armed while a turn is open.
+        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stall_seen = 0
+        self._stall_since = 0.0
         self._turn_ended_at: float | None = None
         self._input_deadline: float | None = None
         rec = call.record
@@ -162,6 +169,7 @@ class BotSession:
         )
         if not enabled:
             self._segmenter.reset()
+            self._cancel_stall_check()
         if self._held is not None and not (enabled and barge_in):
             # Nobody will decide about the sound any more: the prompt goes on.
             self._resume("listening changed")
@@ -187,7 +195,13 @@ class BotSession:
     def _on_frame(self, frame: np.ndarray) -> None:
         if not self.settings.enabled:
             return
-        for event in self._segmenter.push(frame):
+        segmenter = self._segmenter
+        self._on_vad_events(segmenter.push(frame))
+        if segmenter.in_speech and self._stall_timer is None:
+            self._arm_stall_check()
+
+    def _on_vad_events(self, events: list[VadEvent]) -> None:
+        for event in events:
             if isinstance(event, SpeechStarted):
                 if self._on_speech_started():
                     onset_ms = self._segmenter.frames_seen * 20 - event.at_ms
@@ -213,6 +227,45 @@ class BotSession:
                 self._inbox.put_nowait(_Pause(Utterance(turn.pcm, turn.started_at_ms, turn.at_ms)))
         if self._held is not None:
             self._decide_paused()
+
+    # --- a caller whose packets stop mid-turn ------------------------------------------
+
+    def _arm_stall_check(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stall_seen = self._segmenter.frames_seen
+        self._stall_since = loop.time()
+        self._stall_timer = loop.call_later(STALL_CHECK_S, self._check_stall)
+
+    def _check_stall(self) -> None:
+        """Close an open turn on the wall clock once no frame came for the hangover.
+
+        The segmenter's hangover counts frames; when the caller's packets stop
+        (a network drop, a client that stops sending in silence) none come, and
+        the turn would stay open forever. No per-frame cost: a timer looks every
+        100 ms while a turn is open.
+        """
+        self._stall_timer = None
+        segmenter = self._segmenter
+        if not segmenter.in_speech or not self.settings.enabled:
+            return
+        loop = asyncio.get_running_loop()
+        if segmenter.frames_seen != self._stall_seen:
+            self._stall_seen = segmenter.frames_seen
+            self._stall_since = loop.time()
+        elif loop.time() - self._stall_since >= segmenter.config.hangover_ms / 1000:
+            log.info(
+                "call %s: no caller audio for %d ms, closing the open turn",
+                self.call.id,
+                segmenter.config.hangover_ms,
+            )
+            self._on_vad_events(segmenter.flush())
+            return
+        self._stall_timer = loop.call_later(STALL_CHECK_S, self._check_stall)
+
+    def _cancel_stall_check(self) -> None:
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
 
     def _on_speech_started(self) -> bool:
         """Stop the bot's interruptible speech at a speech onset; True if it did."""
@@ -336,6 +389,7 @@ class BotSession:
             call.end(f"bot error: {exc!r}", terminate=True)
 
     async def _on_call_end(self) -> None:
+        self._cancel_stall_check()
         try:
             async with asyncio.timeout(HANGUP_GRACE):
                 await self.bot.on_hangup(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Sequence
 from enum import StrEnum
@@ -50,6 +51,21 @@ def whatsapp_offer(aiortc_offer: str) -> str:
             out.append("a=ice-lite")
         elif line.startswith(f"a=rtpmap:{rtc.OPUS_PT} "):
             out.append(f"a=fmtp:{rtc.OPUS_PT} {WHATSAPP_OPUS_FMTP}")
+    return sdp.join(out)
+
+
+def renumber_payload_types(offer: str, new: dict[int, int]) -> str:
+    """The offer with its payload types renumbered (``{111: 96}``), as other peers do."""
+    out: list[str] = []
+    for line in sdp.lines(offer):
+        if line.startswith("m="):
+            parts = line.split(" ")
+            line = " ".join(parts[:3] + [str(new.get(int(p), int(p))) for p in parts[3:]])
+        else:
+            m = re.match(r"a=(rtpmap|fmtp|rtcp-fb):(\d+)( .*)", line)
+            if m and int(m.group(2)) in new:
+                line = f"a={m.group(1)}:{new[int(m.group(2))]}{m.group(3)}"
+        out.append(line)
     return sdp.join(out)
 
 
@@ -113,15 +129,22 @@ class SimulatedUser:
         sandbox.users[wa_id] = self
 
     async def place_call(
-        self, *, inbound: bool = True, fault: MediaFault | None = None
+        self,
+        *,
+        inbound: bool = True,
+        fault: MediaFault | None = None,
+        payload_types: tuple[int, int] | None = None,
     ) -> UserCall:
         """Call the business: post a signed connect webhook with our offer.
 
         ``inbound=False`` leaves received audio undecoded (load tests count packets);
-        ``fault`` breaks the call's media on purpose.
+        ``fault`` breaks the call's media on purpose; ``payload_types`` offers Opus
+        and telephone-event on other numbers than WhatsApp's 111 and 126.
         """
         call = UserCall(self, self.sandbox.new_call_id())
         call.fault = fault
+        if payload_types is not None:
+            call.opus_pt, call.dtmf_pt = payload_types
         await call.start(decode=inbound)
         return call
 
@@ -168,6 +191,8 @@ class UserCall:
         self.frames_heard = 0
         self.digits_heard: list[str] = []
         self.fault: MediaFault | None = None
+        self.opus_pt = rtc.OPUS_PT
+        self.dtmf_pt = rtc.DTMF_PT
         self._tasks: set[asyncio.Task[Any]] = set()
 
         @self.pc.on("connectionstatechange")
@@ -191,11 +216,15 @@ class UserCall:
                 receiver,
                 on_frame=self._on_frame,
                 on_dtmf=None,
-                opus_pt=rtc.OPUS_PT,
-                dtmf_pt=rtc.DTMF_PT,
+                opus_pt=self.opus_pt,
+                dtmf_pt=self.dtmf_pt,
             )
             self.inbound.attach()
         self.offer_sdp = whatsapp_offer(self.pc.localDescription.sdp)
+        if (self.opus_pt, self.dtmf_pt) != (rtc.OPUS_PT, rtc.DTMF_PT):
+            self.offer_sdp = renumber_payload_types(
+                self.offer_sdp, {rtc.OPUS_PT: self.opus_pt, rtc.DTMF_PT: self.dtmf_pt}
+            )
         if self.fault is not None:
             self.offer_sdp = _break_offer(self.offer_sdp, self.fault)
         self.sandbox.calls[self.call_id] = self
@@ -347,7 +376,7 @@ class UserCall:
     async def press(self, digits: str, duration_ms: int = 160) -> None:
         """Press keys: RFC 4733 events on payload type 126."""
         sender = next(t.sender for t in self.pc.getTransceivers())
-        dtmf = DtmfSender(sender, payload_type=rtc.DTMF_PT)
+        dtmf = DtmfSender(sender, payload_type=self.dtmf_pt)
         for digit in digits:
             self.sandbox.timeline.add(f"{self.user.name} presses {digit}")
             await dtmf.send(digit, duration_ms=duration_ms)
