@@ -172,24 +172,70 @@ def main() -> None:
         f"{false_starts} speech start(s) in {len(audio)} files (expect 0)"
     )
 
+    # CPU (process) time, interleaved passes so a loaded machine hits all three alike.
     all_frames = np.concatenate([frames_of(pcm) for pcm in audio.values()])
+    costs = {"push()": 0.0, "push() without level gate": 0.0, "webrtcvad alone": 0.0}
     seg = VadSegmenter(config)
-    start = time.perf_counter()
+    plain = VadSegmenter(dataclasses.replace(config, level_gate=False))
+    vad = webrtcvad.Vad(config.aggressiveness)
     for _ in range(args.repeat):
+        start = time.process_time()
         for frame in all_frames:
             seg.push(frame)
-    per_frame = (time.perf_counter() - start) / (args.repeat * len(all_frames))
-    vad = webrtcvad.Vad(config.aggressiveness)
-    start = time.perf_counter()
-    for _ in range(args.repeat):
+        costs["push()"] += time.process_time() - start
+        start = time.process_time()
+        for frame in all_frames:
+            plain.push(frame)
+        costs["push() without level gate"] += time.process_time() - start
+        start = time.process_time()
         for frame in all_frames:
             vad.is_speech(frame.data.cast("B"), SAMPLE_RATE)
-    vad_only = (time.perf_counter() - start) / (args.repeat * len(all_frames))
+        costs["webrtcvad alone"] += time.process_time() - start
+    n = args.repeat * len(all_frames)
     print(
-        f"\npush(): {per_frame * 1e6:.2f} µs/frame over {args.repeat * len(all_frames)} frames "
-        f"(webrtcvad alone {vad_only * 1e6:.2f} µs; one frame is 20 000 µs of audio)"
+        f"\nCPU per 20 ms frame over {n} frames: "
+        + ", ".join(f"{k} {v / n * 1e6:.2f} µs" for k, v in costs.items())
+    )
+
+
+def noisy_rooms() -> None:
+    """The table of issue 9: turns closed, boundary errors, false starts, CPU per frame."""
+    from rooms import caller, room, rooms
+    from silero_ref import silero_segmenter
+
+    candidates = {
+        "WebRTC VAD only (before)": lambda: VadSegmenter(VadConfig(level_gate=False)),
+        "ours (default: floor gate in turns)": lambda: VadSegmenter(VadConfig()),
+        "ours + voice_gate": lambda: VadSegmenter(VadConfig(voice_gate=True)),
+        "reference: Silero 0.7 + volume 40 dB": silero_segmenter,
+    }
+    who = caller()
+    print(
+        "\nNoisy rooms: caller cards-001..005 (pauses 2.5 s) over other voices "
+        "(goforward+numbers+forever-2 looped) or noise; false starts in 60 s of the "
+        "background alone; CPU = process time of push() per 20 ms frame"
+    )
+    header = "| room | " + " | ".join(candidates) + " |"
+    print(header)
+    print("|---" * (len(candidates) + 1) + "|")
+    for name, background, snr in rooms():
+        cells = []
+        for make in candidates.values():
+            r = room(make, background, snr, who)
+            start = max(map(abs, r.start_errors_ms), default=0)
+            end = max(map(abs, r.end_errors_ms), default=0)
+            bounds = f" ±{start}/{end} ms" if r.closed else ""
+            cells.append(
+                f"{r.closed}/{r.spoken}{bounds}, {r.false_starts_per_min:.0f} fs/min, "
+                f"{r.cpu_us_per_frame:.1f} µs"
+            )
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    print(
+        "cells: turns closed of spoken, max |start|/|end| boundary error, false starts per "
+        "minute of background alone, CPU µs per frame"
     )
 
 
 if __name__ == "__main__":
     main()
+    noisy_rooms()
