@@ -102,6 +102,7 @@ class BotSession:
         self._stall_timer: asyncio.TimerHandle | None = None
         self._stall_seen = 0
         self._stall_since = 0.0
+        self._stall_tick_at = 0.0
         self._turn_ended_at: float | None = None
         self._input_deadline: float | None = None
         rec = call.record
@@ -233,7 +234,7 @@ class BotSession:
     def _arm_stall_check(self) -> None:
         loop = asyncio.get_running_loop()
         self._stall_seen = self._segmenter.frames_seen
-        self._stall_since = loop.time()
+        self._stall_since = self._stall_tick_at = loop.time()
         self._stall_timer = loop.call_later(STALL_CHECK_S, self._check_stall)
 
     def _check_stall(self) -> None:
@@ -249,10 +250,17 @@ class BotSession:
         if not segmenter.in_speech or not self.settings.enabled:
             return
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        late = now - self._stall_tick_at - STALL_CHECK_S
+        self._stall_tick_at = now
         if segmenter.frames_seen != self._stall_seen:
             self._stall_seen = segmenter.frames_seen
-            self._stall_since = loop.time()
-        elif loop.time() - self._stall_since >= segmenter.config.hangover_ms / 1000:
+            self._stall_since = now
+        elif late > STALL_CHECK_S:
+            # The event loop itself stalled: packets may be waiting to be read, so
+            # that time says nothing about the caller.
+            self._stall_since += late
+        elif now - self._stall_since >= segmenter.config.hangover_ms / 1000:
             log.info(
                 "call %s: no caller audio for %d ms, closing the open turn",
                 self.call.id,
