@@ -16,7 +16,7 @@ from gateway.cluster.node import WorkerNode, connect
 from gateway.cluster.redis_server import RedisServer
 from gateway.cluster.router import ClusterRouter
 from gateway.cluster.wire import encode_event
-from gateway.errors import UnavailableError
+from gateway.errors import CallError, UnavailableError
 from gateway.events import CallConnect, Direction, Event
 from gateway.graph import GraphClient
 
@@ -111,4 +111,32 @@ async def test_without_redis_webhooks_are_unavailable_and_the_worker_says_so(
                 await asyncio.sleep(0.05)
         assert got == [_offer("wacid.U")]
     finally:
+        await router.aclose()
+
+
+async def test_the_cluster_wide_call_limit_rejects_beyond_it(
+    redis_server: RedisServer, graph: GraphClient
+) -> None:
+    got: list[Event] = []
+    router = _worker(redis_server.url, graph, got)
+    router.cluster_max_calls = 2
+    refused: list[str] = []
+    router.calls.reject = lambda call_id, reason, detail="": refused.append(reason)  # type: ignore[method-assign]
+    await router.start()
+    db = connect(redis_server.url)
+    try:
+        await db.sadd(keys.LIVE, "wacid.1", "wacid.2")  # two calls up somewhere in the cluster
+        assert await router.deliver(_offer("wacid.3"))
+        assert refused == ["capacity"] and router.rejected_full == 1
+        assert await db.xlen(keys.NEW_CALLS) == 0 and got == []
+        with pytest.raises(CallError, match="cluster at capacity"):
+            await router.admit_new_call()  # POST /calls answers 503 with this
+        await db.srem(keys.LIVE, "wacid.2")
+        assert await router.deliver(_offer("wacid.4"))
+        async with asyncio.timeout(10):
+            while not got:
+                await asyncio.sleep(0.05)
+        assert got == [_offer("wacid.4")]
+    finally:
+        await db.aclose()
         await router.aclose()
