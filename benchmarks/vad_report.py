@@ -206,7 +206,7 @@ def noisy_rooms() -> None:
     candidates = {
         "WebRTC VAD only (before)": lambda: VadSegmenter(VadConfig(level_gate=False)),
         "ours (default: floor gate in turns)": lambda: VadSegmenter(VadConfig()),
-        "ours + voice_gate": lambda: VadSegmenter(VadConfig(voice_gate=True)),
+        "ours + voice_gate (opt-in)": lambda: VadSegmenter(VadConfig(voice_gate=True)),
         "reference: Silero 0.7 + volume 40 dB": silero_segmenter,
     }
     who = caller()

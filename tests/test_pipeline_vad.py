@@ -214,3 +214,41 @@ def test_wrong_frames_are_refused(frame: np.ndarray) -> None:
 def test_bad_config_is_refused(kwargs: dict[str, int]) -> None:
     with pytest.raises(ConfigError):
         VadConfig(**kwargs)
+
+
+def _babble(n: int) -> NDArray[np.float64]:
+    """Other voices: three recordings, each looped from its own offset, summed."""
+    out = np.zeros(n)
+    for k, name in enumerate(["goforward", "numbers", "forever-2"]):
+        voice = _load(name).astype(np.float64)
+        out += np.tile(voice, n // len(voice) + 2)[k * 7919 : k * 7919 + n]
+    return out
+
+
+@pytest.mark.parametrize("snr_db", [20, 10])
+def test_voice_gate_closes_turns_over_background_voices(snr_db: int) -> None:
+    pause = np.zeros(2500 * 16)
+    first, second = _trimmed("cards-001"), _trimmed("cards-003")
+    caller = np.concatenate([np.zeros(1500 * 16), first, pause, second, pause])
+    spans = [(1500, 1500 + len(first) // 16)]
+    spans.append((spans[0][1] + 2500, spans[0][1] + 2500 + len(second) // 16))
+    speech_power = np.mean(np.concatenate([first, second]).astype(np.float64) ** 2)
+    babble = _babble(len(caller))
+    babble *= np.sqrt(speech_power / np.mean(babble**2) / 10 ** (snr_db / 10))
+    mix = np.clip(caller + babble, -32768, 32767).astype(np.int16)
+
+    # WebRTC's VAD calls the other voices speech: one turn from the start, cut by
+    # the end of the stream, instead of two.
+    assert len(_ended(_run(mix, VadConfig(level_gate=False)))) < 2
+    ended = _ended(_run(mix, VadConfig(voice_gate=True)))
+    assert len(ended) == 2
+    for e, (start, end) in zip(ended, spans, strict=True):
+        assert abs(e.started_at_ms - start) <= 300 and abs(e.at_ms - end) <= 300
+
+
+def test_voice_gate_never_starts_on_background_voices_alone() -> None:
+    babble = _babble(30 * SAMPLE_RATE)
+    level = np.mean(_trimmed("cards-001").astype(np.float64) ** 2)
+    babble *= np.sqrt(level / np.mean(babble**2) / 10)  # 10 dB below a caller
+    pcm = np.clip(babble, -32768, 32767).astype(np.int16)
+    assert _run(pcm, VadConfig(voice_gate=True)) == []

@@ -65,13 +65,12 @@ class VadConfig:
     floor_margin_db: int = 3
     """How far above the tracked noise floor a voiced frame must be."""
     voice_gate: bool = False
-    """Also judge starts, against the room's swings and this caller's speech level
-    (for rooms with other voices). Measured in ``benchmarks/vad_report.py``; off
-    by default: it cuts soft word endings in quiet rooms."""
-    speech_margin_db: int = 15
-    """With ``voice_gate``: a voiced frame must be no more than this below the caller's level."""
-    speech_level_db: int = 72
-    """With ``voice_gate``: the caller's level (dB of mean square, int16) until they speak."""
+    """For rooms with other voices: judge starts too, against the room's recent loud
+    end rather than its floor (voiced frames ``voice_margin_db`` above it; a start
+    needs 3 such frames of the window). Off by default: it trims soft word endings
+    in quiet rooms. Measured in ``benchmarks/vad_report.py``."""
+    voice_margin_db: int = 5
+    """With ``voice_gate``: how far above the room's loud end a voiced frame must be."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.aggressiveness <= 3:
@@ -129,11 +128,13 @@ VadEvent: TypeAlias = SpeechStarted | SpeechEnded | SpeechDiscarded
 # Level trackers, per frame (exponential smoothing factors), found with vad_report.py.
 _FLOOR_DOWN: Final = 0.1  # the room got quieter: follow within a few frames
 _FLOOR_UP: Final = 0.05  # louder: follow within about a second
-_SPREAD_RATE: Final = 0.05
-_SPREAD_MAX_DB: Final = 10.0  # farther from the floor is something else, not the room
-_SPREAD_K: Final = 2.5  # voiced frames must clear the room's usual swings by this much
-_LEVEL_UP: Final = 0.05
-_LEVEL_DOWN: Final = 0.01
+# The voice gate's room level: the recent loud end of what is not the caller.
+_ROOM_RISE: Final = 0.5  # between turns: at once
+_ROOM_RISE_IN_TURN: Final = 0.05  # in a turn, where the caller's soft sounds land too
+_ROOM_DECAY_DB: Final = 0.1  # dB per frame (5 dB/s): a pause in the babble is no silence
+_ROOM_HEADROOM_DB: Final = 10.0  # the first frame may be a lull: assume the room louder
+_START_LOUD: Final = 3  # of the start window's frames, this many above the room
+_TAIL_DB: Final = 2.0  # the soft end of a loud frame, just above the room, still counts
 
 
 def _frames(ms: int) -> int:
@@ -196,13 +197,14 @@ class VadSegmenter:
         """Forget everything: any open turn is dropped without an event; time restarts at 0."""
         self._index = 0
         self._window = 0
+        self._loud = 0  # start window of frames above the room (voice gate)
         self._start_frame = -1  # first frame in the utterance buffer; -1 when idle
         self._onset = 0
         self._last_voiced = 0
         self._filled = 0  # samples in the utterance buffer
         self._floor = -1.0
-        self._spread = 0.0
-        self._level = float(self.config.speech_level_db)
+        self._room = -1.0  # the voice gate's room level; < 0 until the first frame
+        self._prev_loud = False
         # The VAD's noise model belongs to the audio it has seen.
         self._vad = webrtcvad.Vad(self.config.aggressiveness)
 
@@ -221,12 +223,21 @@ class VadSegmenter:
         # A byte view: given the int16 array, webrtcvad would take len() (320) as the
         # byte count and judge only the first 10 ms.
         voiced = self._vad.is_speech(frame.data.cast("B"), SAMPLE_RATE)
-        if self.config.level_gate:
-            voiced = self._gate(frame, voiced)
+        cfg = self.config
+        if cfg.level_gate or cfg.voice_gate:
+            gated = self._gate(frame, voiced)
+            if cfg.voice_gate and self._start_frame < 0:
+                # WebRTC's window as always, and enough of it clearly above the room.
+                self._loud = ((self._loud << 1) | gated) & self._window_mask
+                if self._loud.bit_count() < _START_LOUD:
+                    self._window = ((self._window << 1) | voiced) & self._window_mask
+                    return []
+            else:
+                voiced = gated
 
         if self._start_frame < 0:
             self._window = ((self._window << 1) | voiced) & self._window_mask
-            if self._window.bit_count() < self.config.start_voiced_frames:
+            if self._window.bit_count() < cfg.start_voiced_frames:
                 return []
             return [self._open(index)]
 
@@ -266,7 +277,9 @@ class VadSegmenter:
         f32 = self._f32
         np.copyto(f32, frame)
         db = 10.0 * math.log10(float(np.dot(f32, f32)) / FRAME_SAMPLES + 1.0)
-        floor, spread = self._floor, self._spread
+        if self.config.voice_gate:
+            return self._voice_gate(db, voiced)
+        floor = self._floor
         if floor < 0:  # the first frame: the room as it is
             self._floor = db
             return False
@@ -278,21 +291,27 @@ class VadSegmenter:
             self._floor = floor + dev * _FLOOR_DOWN
         elif not in_turn:
             self._floor = floor + dev * _FLOOR_UP
-        cfg = self.config
-        if not cfg.voice_gate:
-            return voiced and (not in_turn or db >= floor + cfg.floor_margin_db)
-        if not in_turn and -_SPREAD_MAX_DB < dev < _SPREAD_MAX_DB:
-            # How much the room itself goes up and down: little for a fan, a lot for voices.
-            self._spread = spread + (abs(dev) - spread) * _SPREAD_RATE
-        if not voiced:
+        return voiced and (not in_turn or db >= floor + self.config.floor_margin_db)
+
+    def _voice_gate(self, db: float, voiced: bool) -> bool:
+        room = self._room
+        if room < 0:
+            self._room = db + _ROOM_HEADROOM_DB
             return False
-        level = self._level
-        margin = max(cfg.floor_margin_db, _SPREAD_K * spread)
-        if db < floor + margin or db < level - cfg.speech_margin_db:
-            return False
-        if in_turn:
-            self._level = level + (db - level) * (_LEVEL_UP if db > level else _LEVEL_DOWN)
-        return True
+        in_turn = self._start_frame >= 0
+        loud = voiced and db >= room + self.config.voice_margin_db
+        if not loud and in_turn and self._prev_loud:
+            loud = voiced and db >= room + _TAIL_DB
+            self._prev_loud = loud
+            return loud
+        self._prev_loud = loud
+        if not loud:
+            # Babble's loud end: up at once to what is not the caller, down slowly.
+            if db > room:
+                self._room = room + (db - room) * (_ROOM_RISE_IN_TURN if in_turn else _ROOM_RISE)
+            else:
+                self._room = max(db, room - _ROOM_DECAY_DB)
+        return loud
 
     def flush(self) -> list[VadEvent]:
         """End of stream: close an open turn now, as if its hangover had passed."""
@@ -317,6 +336,7 @@ class VadSegmenter:
         self._onset = onset
         self._last_voiced = index
         self._window = 0
+        self._loud = 0
         return SpeechStarted(onset * FRAME_MS)
 
     def _append(self, samples: _PCM) -> None:
@@ -336,6 +356,7 @@ class VadSegmenter:
         start_frame, onset = self._start_frame, self._onset
         self._start_frame = -1
         self._window = 0
+        self._loud = 0
         if last + 1 - onset < self._min_voiced:
             return SpeechDiscarded((last + 1) * FRAME_MS, onset * FRAME_MS)
         pcm = self._buf[: (end_frame - start_frame) * FRAME_SAMPLES].copy()
