@@ -102,3 +102,34 @@ async def test_a_cough_pauses_the_prompt_which_then_goes_on_to_the_end() -> None
         await call.hang_up()
     finally:
         await stop_stack(stack)
+
+
+class StrictSpeaker(Speaker):
+    """Says the prompt with false-interruption resuming off: any sound that starts a turn cuts."""
+
+    async def on_start(self, call: CallControl) -> None:
+        call.listen(resume_false_interruptions=False)
+        await super().on_start(call)
+
+
+async def test_with_resuming_off_a_cough_cuts_the_prompt() -> None:
+    Speaker.results, Speaker.interruptions, Speaker.utterances = [], [], []
+    tts = default_tts()
+    stack = await start_stack(session=session_factory(StrictSpeaker, tts))
+    try:
+        call = await SimulatedUser(stack.sandbox, "15551110010", "Bo").place_call()
+        sound = room_noise(5.0)
+        sound[3 * 16000 : 3 * 16000 + 150 * 16] += cough()
+        call.play(sound)
+        async with asyncio.timeout(20):
+            while not Speaker.results:
+                await asyncio.sleep(0.05)
+        (result,) = Speaker.results
+        assert result.interrupted and result.frames_played < result.frames_total
+        assert result.pauses == ()
+        await asyncio.sleep(0.2)
+        (cut,) = Speaker.interruptions
+        assert cut.label == PROMPT and cut.played_ms == result.played_ms
+        await call.hang_up()
+    finally:
+        await stop_stack(stack)

@@ -184,9 +184,7 @@ class VadSegmenter:
     @property
     def turn_silence_ms(self) -> int:
         """Unvoiced audio since the open turn's last voiced frame (0 when idle)."""
-        if self._start_frame < 0:
-            return 0
-        return (self._index - 1 - self._last_voiced) * FRAME_MS
+        return self.silent_frames * FRAME_MS
 
     @property
     def frames_seen(self) -> int:
