@@ -368,6 +368,8 @@ class Call:
         self.frame_listeners.clear()
         self.dtmf_listeners.clear()
         self.end_hooks.clear()
+        self.playout.on_frame_sent = None
+        self.session = None  # it points back at the call
 
 
 class CallManager:
@@ -704,7 +706,7 @@ class CallManager:
             return
         except GraphAPIError as exc:
             log.warning("call %s: answering failed: %s", call.id, clip(exc))
-            call.end(f"answer failed: {clip(exc)}", terminate=call.state is CallState.PRE_ACCEPTED)
+            await self._abandon(call, f"answer failed: {clip(exc)}")
             return
         except TimeoutError:
             log.warning("call %s: not answered within %.0fs", call.id, self.answer_timeout)
@@ -714,10 +716,7 @@ class CallManager:
             # Anything else (a bug, an id the Graph request cannot carry): the call
             # still ends, and WhatsApp is told if it has heard of our answer.
             log.error("call %s: answering failed: %s", call.id, clip(exc), exc_info=exc)
-            answered = call.state is CallState.PRE_ACCEPTED
-            if not answered:
-                await self._reject(call.id)
-            call.end(f"internal error while answering: {clip(exc)}", terminate=answered)
+            await self._abandon(call, f"internal error while answering: {clip(exc)}")
             return
         call.record.accepted_at = time.time()
         call.set_state(CallState.ACTIVE, "accepted")
@@ -725,6 +724,14 @@ class CallManager:
         call.spawn(self._watch_media(call), "media-watch")
         if call.session_factory or self.session:
             call.spawn(self._run_session(call), "session")
+
+    async def _abandon(self, call: Call, reason: str) -> None:
+        # Before pre_accept went through the user's phone still rings: reject it;
+        # after, WhatsApp knows our answer: terminate.
+        answered = call.state is CallState.PRE_ACCEPTED
+        if not answered:
+            await self._reject(call.id)
+        call.end(reason, terminate=answered)
 
     async def _watch_media(self, call: Call) -> None:
         """End an answered call whose media never comes up, or stops coming in.

@@ -186,18 +186,20 @@ class GraphClient:
         attempt = 0
         while True:
             attempt += 1
+            delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+            delay *= 0.5 + random.random() / 2
             try:
                 response = await self._client.request(method, path, json=json_body, params=params)
                 if response.status_code < 400:
                     return _json_or_empty(response)
                 error = _error_from_response(response)
                 safe = error.status == 429 or (idempotent and error.status >= 500)
+                # Meta's rate limits may say when to come back: not sooner.
+                delay = max(delay, _retry_after(response))
             except httpx.TransportError as exc:
                 error = GraphAPIError(f"request failed: {exc!r}", status=0)
                 # A request that never connected was never seen by Meta.
                 safe = idempotent or isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
-            delay = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
-            delay *= 0.5 + random.random() / 2
             if not safe or attempt >= policy.attempts or time.monotonic() + delay > deadline:
                 log.warning("%s failed after %d attempt(s): %s", label, attempt, clip(error, 300))
                 raise error
@@ -209,6 +211,15 @@ def _label(method: str, path: str, body: dict[str, Any] | None) -> str:
     if body and "action" in body:
         return f"{body['action']} (call {clip(body.get('call_id', body.get('to', '-')), 80)})"
     return f"{method} {path}"
+
+
+def _retry_after(response: httpx.Response) -> float:
+    # Seconds only: the Graph API does not send HTTP dates here.
+    try:
+        seconds = float(response.headers.get("Retry-After", "0"))
+    except ValueError:
+        return 0.0
+    return seconds if 0.0 <= seconds < 3600.0 else 0.0
 
 
 def _json_or_empty(response: httpx.Response) -> Any:
@@ -230,15 +241,34 @@ def _error_from_response(response: httpx.Response) -> GraphAPIError:
     data = err.get("error_data")
     details = data.get("details") if isinstance(data, dict) else None
     code = err.get("code")
+    # Some real errors carry only a code and a title.
+    message = next(
+        (m for m in (err.get("message"), err.get("title")) if isinstance(m, str) and m),
+        "unknown error",
+    )
     return GraphAPIError(
-        str(err.get("message", "unknown error")),
+        message,
         status=response.status_code,
-        code=int(code) if isinstance(code, int | str) and str(code).isdigit() else None,
-        details=str(details) if details is not None else None,
-        error_type=err.get("type"),
-        fbtrace_id=err.get("fbtrace_id"),
+        code=_code(code),
+        details=details if isinstance(details, str) else None,
+        error_type=_str_or_none(err.get("type")),
+        fbtrace_id=_str_or_none(err.get("fbtrace_id")),
         body=body,
     )
+
+
+def _code(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value < 2**63 else None
+    if isinstance(value, str) and value.isdigit() and len(value) <= 18:
+        return int(value)
+    return None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def _check_callback_data(value: str) -> None:

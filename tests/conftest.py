@@ -64,3 +64,15 @@ async def stack() -> AsyncIterator[Stack]:
         yield s
     finally:
         await stop_stack(s)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the fault suite's figures (``make faults``) as one table."""
+    from .fault_figures import ROWS
+
+    if not ROWS:
+        return
+    terminalreporter.write_sep("=", "fault suite figures")
+    width = max(len(row) for row, _ in ROWS)
+    for row, figures in ROWS:
+        terminalreporter.write_line(f"{row:<{width}}  {figures}")

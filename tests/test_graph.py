@@ -6,6 +6,7 @@ import pytest
 
 from gateway.errors import GatewayError, GraphAPIError
 from gateway.graph import GraphClient, RetryPolicy
+from gateway.sandbox.cloud import Failure
 
 from .conftest import ACCESS_TOKEN, PHONE_NUMBER_ID, Stack
 
@@ -102,3 +103,34 @@ async def test_callback_data_over_512_is_refused_locally(stack: Stack) -> None:
     finally:
         await client.aclose()
     assert not [r for r in stack.sandbox.requests if r.action == "connect"]
+
+
+async def test_429_waits_for_retry_after(stack: Stack) -> None:
+    stack.sandbox.fail_next("reject", status=429, code=80007, retry_after=0.4)
+    client = _client(stack)
+    try:
+        with pytest.raises(GraphAPIError):  # the unknown call id, once the 429 is over
+            await client.reject("wacid.unknown")
+    finally:
+        await client.aclose()
+    first, second = (r for r in stack.sandbox.requests if r.action == "reject")
+    assert first.status == 429 and second.status == 400
+    # Backoff alone would have waited at most 0.01 s (base_delay); a sleep is never short.
+    assert second.at - first.at >= 0.4
+
+
+async def test_title_only_and_non_json_errors_are_typed(stack: Stack) -> None:
+    stack.sandbox.fail_next(
+        "reject", status=400, code=131000, message="Something went wrong", how=Failure.TITLE_ONLY
+    )
+    stack.sandbox.fail_next("terminate", status=502, code=1, how=Failure.MALFORMED_JSON)
+    client = _client(stack, attempts=1)
+    try:
+        with pytest.raises(GraphAPIError) as title:
+            await client.reject("wacid.x")
+        with pytest.raises(GraphAPIError) as html:
+            await client.terminate("wacid.x")
+    finally:
+        await client.aclose()
+    assert title.value.code == 131000 and title.value.message == "Something went wrong"
+    assert html.value.status == 502 and html.value.retryable and html.value.code is None

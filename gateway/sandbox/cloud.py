@@ -17,8 +17,10 @@ import logging
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 import httpx
@@ -93,6 +95,21 @@ class RecordedRequest:
     action: str | None = None
 
 
+class Failure(StrEnum):
+    """How the fake Graph API fails a request (:meth:`CloudAPISandbox.fail_next`)."""
+
+    GRAPH_ERROR = "graph_error"
+    """Meta's error body: ``{"error": {"message", "type", "code", ...}}``."""
+    TITLE_ONLY = "title_only"
+    """An error body with only ``code`` and ``title``, as some real ones have."""
+    MALFORMED_JSON = "malformed_json"
+    """A body that is not JSON (a proxy's HTML error page)."""
+    TIMEOUT = "timeout"
+    """No answer for ``delay`` seconds, then an error: the client should have given up."""
+    DISCONNECT = "disconnect"
+    """The connection closed without an answer."""
+
+
 @dataclass
 class _Failure:
     status: int
@@ -100,6 +117,9 @@ class _Failure:
     message: str
     details: str | None
     times: int
+    how: Failure = Failure.GRAPH_ERROR
+    retry_after: float | None = None
+    delay: float = 0.0
 
 
 @dataclass
@@ -162,6 +182,8 @@ class CloudAPISandbox:
         self.host = host
         self.port = port
         self.requests: list[RecordedRequest] = []
+        # HTTP status of every webhook delivery the gateway answered, and how often.
+        self.webhook_statuses: Counter[int] = Counter()
         self.timeline = Timeline()
         self.calls: dict[str, SandboxCall] = {}
         self.users: dict[str, Callee] = {}
@@ -217,10 +239,19 @@ class CloudAPISandbox:
         status: int = 400,
         details: str | None = None,
         times: int = 1,
+        how: Failure = Failure.GRAPH_ERROR,
+        retry_after: float | None = None,
+        delay: float = 30.0,
     ) -> None:
-        """Make the next ``times`` requests for ``action`` fail like Meta would."""
+        """Make the next ``times`` requests for ``action`` fail like Meta would.
+
+        ``how`` picks the way (see :class:`Failure`); ``retry_after`` adds a
+        ``Retry-After`` header (seconds, e.g. with ``status=429``); ``delay`` is
+        how long a :attr:`Failure.TIMEOUT` keeps the client waiting. A failed
+        request has no effect on the call, as a refused one has none at Meta.
+        """
         self._failures.setdefault(action, []).append(
-            _Failure(status, code, message, details, times)
+            _Failure(status, code, message, details, times, how, retry_after, delay)
         )
 
     def actions(self, call_id: str | None = None) -> list[RecordedRequest]:
@@ -246,7 +277,9 @@ class CloudAPISandbox:
         headers = {"Content-Type": "application/json"}
         if signature is not None:
             headers[SIGNATURE_HEADER] = signature
-        return await self._http.post(self.webhook_url, content=body, headers=headers)
+        response = await self._http.post(self.webhook_url, content=body, headers=headers)
+        self.webhook_statuses[response.status_code] += 1
+        return response
 
     def new_call_id(self) -> str:
         """A fresh id in Meta's format."""
@@ -316,6 +349,49 @@ class CloudAPISandbox:
             queue.pop(0)
         return failure
 
+    async def _fail(
+        self, request: web.Request, body: Any, action: str, failure: _Failure
+    ) -> web.Response:
+        how = failure.how
+        if how is Failure.TIMEOUT:
+            self._record(request, body, 0, action)  # recorded now: the client gives up
+            await asyncio.sleep(failure.delay)
+            return web.json_response(
+                payloads.graph_error(failure.code, "answered too late"), status=504
+            )
+        if how is Failure.DISCONNECT:
+            self._record(request, body, 0, action)
+            log.info("graph sandbox: %s -> connection closed without an answer", action)
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response()  # never sent: the connection is gone
+        if how is Failure.MALFORMED_JSON:
+            self._record(request, body, failure.status, action)
+            response = web.Response(
+                status=failure.status,
+                text=f"<html><body>{failure.status} Bad Gateway</body></html>",
+                content_type="text/html",
+            )
+        elif how is Failure.TITLE_ONLY:
+            self._record(request, body, failure.status, action)
+            response = web.json_response(
+                {"error": {"code": failure.code, "title": failure.message}},
+                status=failure.status,
+            )
+        else:
+            response = self._error(
+                request,
+                body,
+                action,
+                failure.status,
+                failure.code,
+                failure.message,
+                failure.details,
+            )
+        if failure.retry_after is not None:
+            response.headers["Retry-After"] = f"{failure.retry_after:g}"
+        return response
+
     async def _handle_calls(self, request: web.Request) -> web.Response:
         body, refused = await self._read(request)
         if refused is not None:
@@ -327,15 +403,7 @@ class CloudAPISandbox:
             )
         failure = self._injected(action)
         if failure is not None:
-            return self._error(
-                request,
-                body,
-                action,
-                failure.status,
-                failure.code,
-                failure.message,
-                failure.details,
-            )
+            return await self._fail(request, body, action, failure)
         if action == "connect":
             return self._connect(request, body)
         call = self.calls.get(str(body.get("call_id", "")))

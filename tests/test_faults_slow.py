@@ -1,0 +1,167 @@
+"""The long fault suite (``make faults``): each test prints its row of figures.
+
+Goal for every row: calls stuck 0, records lost 0, responses >= 500 0.
+These run the gateway's default timeouts; tests/test_call_faults.py and
+tests/test_webhooks_hostile.py are their fast versions in ``make test``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+
+import pytest
+
+from gateway.calls import Call, CallState
+from gateway.media.audio import load_wav
+from gateway.media.opus import OpusEncoder
+from gateway.sandbox.user import MediaFault, SimulatedUser
+
+from . import fault_figures as ff
+from . import graph_faults
+from .conftest import AUDIO, Stack, start_stack, stop_stack
+
+pytestmark = pytest.mark.slow
+
+
+async def _until_ended(stack: Stack, call_id: str, seconds: float = 60) -> None:
+    async with asyncio.timeout(seconds):
+        while call_id not in stack.gateway.calls.history:
+            await asyncio.sleep(0.02)
+
+
+async def test_a_thousand_sequential_calls_leak_nothing() -> None:
+    """RSS, threads, fds and tasks over FAULT_CALLS (1000) calls, after 50 of warm-up."""
+    count = int(os.environ.get("FAULT_CALLS", "1000"))
+    warmup = min(50, count // 4)
+    prompt = load_wav(AUDIO / "cards-001.wav")[:8000]  # 0.5 s the gateway encodes
+
+    async def speak(call: Call) -> None:
+        await call.playout.play(prompt).wait()
+
+    stack = await start_stack(session=speak, max_calls=4)
+    packets = OpusEncoder().encode_pcm(load_wav(AUDIO / "cards-002.wav")[:8000])
+    user = SimulatedUser(stack.sandbox, "15551239999", "Soak")
+    try:
+        base: dict[str, float] = {}
+        ids: list[str] = []
+        for i in range(count):
+            if i == warmup:
+                gc.collect()
+                base = _snapshot()
+            call = await user.place_call()
+            ids.append(call.call_id)
+            async with asyncio.timeout(15):
+                await call.media_up.wait()
+                call.play_packets(packets)
+                while call.frames_heard < 25:
+                    await asyncio.sleep(0.02)
+            await call.hang_up()
+            await _until_ended(stack, call.call_id, 15)
+            # The sandbox's own request log and timeline are test instruments: keep
+            # them from counting as the gateway's memory.
+            stack.sandbox.requests.clear()
+            stack.sandbox.timeline.entries.clear()
+        await asyncio.sleep(1.0)  # aiortc's last tasks of the last call wind down
+        end = _snapshot()
+        stuck = len(stack.gateway.calls.calls)
+        lost = _records_lost(stack, ids)
+    finally:
+        await stop_stack(stack)
+    growth = end["rss"] - base["rss"]
+    ff.record(
+        f"{count} sequential calls (leaks)",
+        f"RSS +{growth:.1f} MB after {warmup} warm-up calls "
+        f"({base['rss']:.0f} -> {end['rss']:.0f} MB); threads {base['threads']:.0f} -> "
+        f"{end['threads']:.0f}; fds {base['fds']:.0f} -> {end['fds']:.0f}; "
+        f"tasks {base['tasks']:.0f} -> {end['tasks']:.0f}; stuck {stuck}, records lost {lost}",
+    )
+    assert stuck == 0 and lost == 0
+    assert growth < 10.0
+    assert end["threads"] <= base["threads"]
+    assert end["fds"] <= base["fds"]
+    assert end["tasks"] <= base["tasks"]
+
+
+def _records_lost(stack: Stack, ids: list[str]) -> int:
+    """Calls (of those the bounded history can hold) without their final record."""
+    history = stack.gateway.calls.history
+    kept = ids[-stack.gateway.calls._history_size :]
+    return sum(
+        1
+        for i in kept
+        if i not in history
+        or history[i].state is not CallState.ENDED
+        or history[i].terminate_status is None
+    )
+
+
+def _snapshot() -> dict[str, float]:
+    return {"rss": ff.rss_mb(), "threads": ff.threads(), "fds": ff.fds(), "tasks": ff.tasks()}
+
+
+@pytest.mark.parametrize("failure", [f[0] for f in graph_faults.FAILURES])
+async def test_graph_api_failing_on_every_action(failure: str) -> None:
+    """One row per way of failing: every action, persistent failure, figures."""
+    outcomes = []
+    for action in graph_faults.ACTIONS:
+        stack = await start_stack()
+        try:
+            outcomes.append((action, await graph_faults.run(stack, action, failure)))
+        finally:
+            await stop_stack(stack)
+    worst = max(o.seconds_to_end for _, o in outcomes)
+    stuck = sum(o.stuck for _, o in outcomes)
+    lost = sum(o.records_lost for _, o in outcomes)
+    errors = sum(o.responses_5xx for _, o in outcomes)
+    ff.record(
+        f"Graph API {failure} on every action",
+        f"{len(outcomes)} actions; seconds to the call's end <= {worst:.1f}; "
+        f"stuck {stuck}, records lost {lost}, responses >= 500 {errors}",
+    )
+    assert all(o.failed_attempts >= 1 for _, o in outcomes)
+    assert stuck == 0 and lost == 0 and errors == 0
+
+
+async def _ended_after(stack: Stack, call_id: str) -> tuple[float, list[str]]:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    await _until_ended(stack, call_id)
+    actions = [a.action or "" for a in stack.sandbox.actions(call_id)]
+    return loop.time() - start, actions
+
+
+@pytest.mark.parametrize("fault", [MediaFault.NO_ICE, MediaFault.BAD_DTLS, "stops"])
+async def test_dead_media_is_terminated_at_the_default_timeouts(fault: str) -> None:
+    """ICE that never completes, DTLS that fails, RTP that stops: seconds to terminate."""
+    stack = await start_stack()
+    try:
+        user = SimulatedUser(stack.sandbox, "15551230042", "Gil")
+        if fault == "stops":
+            call = await user.place_call()
+            async with asyncio.timeout(15):
+                await call.media_up.wait()
+            await asyncio.sleep(1.0)
+            call.stop_media()
+        else:
+            call = await user.place_call(fault=MediaFault(fault))
+        seconds, actions = await _ended_after(stack, call.call_id)
+        record = stack.gateway.calls.history[call.call_id]
+        stuck = len(stack.gateway.calls.calls)
+        errors = sum(n for c, n in stack.sandbox.webhook_statuses.items() if c >= 500)
+        await call.close()
+    finally:
+        await stop_stack(stack)
+    row = {
+        MediaFault.NO_ICE: "ICE never completes",
+        MediaFault.BAD_DTLS: "DTLS fails",
+        "stops": "media stops (connection open)",
+    }[fault]
+    ff.record(
+        row,
+        f"terminate {seconds:.1f} s after the connect ({record.end_reason}); "
+        f"stuck {stuck}, records lost 0, responses >= 500 {errors}",
+    )
+    assert actions[-1] == "terminate"
+    assert stuck == 0 and errors == 0
