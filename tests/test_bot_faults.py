@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
 from gateway.calls import CallState
+from gateway.errors import CallError
 from gateway.media.audio import load_wav
 from gateway.pipeline.bot import BaseBot, CallControl, Interruption, Utterance
 from gateway.pipeline.plugins import default_tts
@@ -71,7 +73,8 @@ async def test_a_bot_raising_in_any_hook_ends_only_its_call(hook: str) -> None:
             await asyncio.sleep(0.5)  # the bot's prompt is under way
             call.play(load_wav(AUDIO / "cards-001.wav"))
         elif hook == "on_dtmf":
-            await call.press("5")
+            with contextlib.suppress(CallError):  # the call may end before the key's end packets
+                await call.press("5")
         elif hook == "on_hangup":
             await call.hang_up()
         async with asyncio.timeout(20):
