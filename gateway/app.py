@@ -15,17 +15,30 @@ from .api import CallsAPI
 from .calls import CallManager, SessionFactory
 from .config import Settings
 from .dashboard import Dashboard
-from .errors import UnavailableError
+from .errors import StoreError, UnavailableError
 from .graph import GraphClient
 from .metrics import Metrics, process_cpu_seconds, process_rss_bytes
 from .recording import Recordings
 from .routing import LocalRouter, Router
+from .store import MemoryStore, SQLiteStore, Store
 from .webhooks import WebhookReceiver
 
 if TYPE_CHECKING:
     from .cluster.router import ClusterRouter
 
 log = logging.getLogger(__name__)
+
+# How often old records are pruned (also once at start-up).
+PRUNE_INTERVAL = 3600.0
+
+
+def _default_store(settings: Settings) -> Store:
+    # One process keeps its state in SQLite under GATEWAY_DATA_DIR. A cluster worker
+    # keeps call records, dedupe and ownership in the cluster's Redis (gateway.cluster),
+    # so its own store only lives as long as the process.
+    if settings.redis_url is not None:
+        return MemoryStore()
+    return SQLiteStore(settings.data_dir)
 
 
 class Gateway:
@@ -37,8 +50,10 @@ class Gateway:
         *,
         session: SessionFactory | None = None,
         sessions: Callable[[str], SessionFactory] | None = None,
+        store: Store | None = None,
     ) -> None:
         self.settings = settings
+        self.store: Store = store if store is not None else _default_store(settings)
         rtc.configure(settings.media_addresses)
         self.metrics = Metrics()
         self.graph = GraphClient(
@@ -55,6 +70,7 @@ class Gateway:
             media_timeout=settings.media_timeout,
             media_idle_timeout=settings.media_idle_timeout,
             session=session,
+            store=self.store,
         )
         # The cluster's router when GATEWAY_REDIS_URL is set, else None.
         self.cluster: ClusterRouter | None = None
@@ -100,6 +116,7 @@ class Gateway:
             self.calls.observers.append(dashboard)
             dashboard.add_routes(self.app)
         self._runner: web.AppRunner | None = None
+        self._pruner: asyncio.Task[None] | None = None
         self.port = settings.port
         self.draining = False
         self._ready = False
@@ -142,8 +159,15 @@ class Gateway:
         return f"http://{self.settings.host}:{self.port}"
 
     async def start(self) -> None:
-        """Start the call manager and listen for HTTP."""
-        await self.calls.start()
+        """Open the store, recover from a dead predecessor, start the call manager, listen."""
+        await self.store.open()
+        try:
+            await self._prune()
+            await self.calls.start()
+        except BaseException:
+            await self.store.close()
+            raise
+        self._pruner = asyncio.create_task(self._prune_forever(), name="store-prune")
         await self.router.start()
         self.metrics.lag.start()
         self._runner = web.AppRunner(self.app, access_log=None)
@@ -179,7 +203,7 @@ class Gateway:
             log.warning("drain timeout: ending %d call(s) now", len(self.calls.calls))
 
     async def aclose(self) -> None:
-        """End every call, stop serving, close the Graph client."""
+        """End every call, stop serving, close the Graph client and the store."""
         self.draining = True
         self.calls.accepting = False
         await self.calls.aclose()
@@ -190,6 +214,27 @@ class Gateway:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.graph.aclose()
+        if self._pruner is not None:
+            self._pruner.cancel()
+            await asyncio.gather(self._pruner, return_exceptions=True)
+        # Webhooks that came in during shutdown may still have queued record writes.
+        await self.calls.flush()
+        await self.store.close()
+
+    async def _prune(self) -> None:
+        before = time.time() - self.settings.retention_days * 86400
+        try:
+            removed = await self.store.prune(before)
+        except StoreError as exc:
+            log.error("pruning old records failed: %s", exc)
+            return
+        if removed:
+            log.info("pruned %d item(s) older than %d days", removed, self.settings.retention_days)
+
+    async def _prune_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL)
+            await self._prune()
 
     async def _healthz(self, request: web.Request) -> web.Response:
         # Liveness: the process answers. Readiness (may it get new work) is /readyz.

@@ -17,8 +17,6 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Protocol
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -39,6 +37,10 @@ from .logsafe import clip
 from .media.inbound import InboundAudio
 from .media.playout import PlayoutTrack
 from .media.sender import PlayoutSender
+from .records import CallRecord, CallState
+from .store import JournalEntry, MemoryStore, Store
+
+__all__ = ["Call", "CallManager", "CallRecord", "CallState", "SessionFactory"]
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +48,6 @@ log = logging.getLogger(__name__)
 # aiortc's close, and the terminate request (its retries stop at 10 s anyway).
 CLOSE_MEDIA_TIMEOUT = 5.0
 TERMINATE_TIMEOUT = 15.0
-
-
-class CallState(StrEnum):
-    """Where a call is in its life."""
-
-    NEW = "NEW"
-    DIALING = "DIALING"  # business-initiated: connect sent, waiting for the user
-    RINGING = "RINGING"
-    PRE_ACCEPTED = "PRE_ACCEPTED"
-    ACTIVE = "ACTIVE"
-    ENDING = "ENDING"
-    ENDED = "ENDED"
 
 
 # Which transitions are legal; anything else is a bug worth a loud log line.
@@ -72,35 +62,8 @@ _NEXT: dict[CallState, set[CallState]] = {
 }
 
 
-@dataclass
-class CallRecord:
-    """What is known about a call after (and while) it happens."""
-
-    call_id: str
-    direction: Direction
-    peer: str
-    contact_name: str | None = None
-    biz_opaque_callback_data: str | None = None
-    state: CallState = CallState.NEW
-    created_at: float = field(default_factory=time.time)
-    accepted_at: float | None = None
-    ended_at: float | None = None
-    end_reason: str | None = None
-    terminate_status: str | None = None
-    duration: int | None = None
-    start_time: int | None = None
-    end_time: int | None = None
-    errors: list[dict[str, Any]] = field(default_factory=list)
-    statuses: list[str] = field(default_factory=list)
-    # Path of the call's recording file, when recordings are on (GATEWAY_RECORDINGS_DIR).
-    recording: str | None = None
-    # What was said on the call, turn by turn, when the bot keeps a conversation (agent).
-    conversation: list[dict[str, Any]] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready view."""
-        return {k: (str(v) if isinstance(v, StrEnum) else v) for k, v in self.__dict__.items()}
-
+# The end reason of calls that were live in a process that died.
+RESTART_END_REASON = "gateway restarted: the call was live in a process that died"
 
 SessionFactory = Callable[["Call"], Awaitable[None]]
 
@@ -375,9 +338,11 @@ class Call:
 class CallManager:
     """Routes webhook events to calls, enforces the call limit, owns every call.
 
-    ``dispatch`` is the webhook receiver's sink: it only queues. One worker task
-    handles events in arrival order; slow work (answering, Graph requests) runs in
-    tasks owned by the call it concerns.
+    ``dispatch`` is the webhook receiver's sink: it only queues journaled events. One
+    worker task handles them in arrival order and marks each handled in the store;
+    slow work (answering, Graph requests) runs in tasks owned by the call it concerns.
+    Records go to the store before the Cloud API hears of a call, so a successor
+    process can end the calls of one that died (see :meth:`recover`).
     """
 
     def __init__(
@@ -391,8 +356,10 @@ class CallManager:
         ring_timeout: float = 45.0,
         media_timeout: float = 10.0,
         media_idle_timeout: float = 20.0,
+        store: Store | None = None,
     ) -> None:
         self.graph = graph
+        self.store: Store = store if store is not None else MemoryStore()
         self.max_calls = max_calls
         self.answer_timeout = answer_timeout
         # Seconds from accept (or the user's answer) until media must be up; then
@@ -405,9 +372,11 @@ class CallManager:
         self._history_size = history_size
         # Terminates that came before their connect (deliveries can be out of order).
         self._ended_early: OrderedDict[str, CallTerminate] = OrderedDict()
-        self._queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._queue: asyncio.Queue[JournalEntry | Event] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Record writes in flight: awaited (never cancelled) on shutdown.
+        self._writes: set[asyncio.Task[None]] = set()
         self.permission_replies: dict[str, PermissionReply] = {}
         self.rejected_for_capacity = 0
         # Events that arrived before our connect request returned the call id.
@@ -432,9 +401,56 @@ class CallManager:
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the event worker."""
+        """Recover what a dead predecessor left in the store, then start the event worker."""
         if self._worker is None:
+            await self.recover()
             self._worker = asyncio.create_task(self._run(), name="call-manager")
+
+    async def recover(self) -> list[CallRecord]:
+        """End the calls a dead process left live, and queue the events it never handled.
+
+        A call cannot move to another process (its ICE and DTLS state died with the
+        old one), so each is recorded as ended now and ``terminate`` goes to the Cloud
+        API in the background; WhatsApp's terminate webhook completes the record later.
+        Returns the records of the calls ended this way.
+        """
+        orphans = await self.store.live_calls()
+        for record in orphans:
+            was = record.state
+            record.state = CallState.ENDED
+            record.ended_at = time.time()
+            record.end_reason = RESTART_END_REASON
+            await self._save(record)
+            log.warning("call %s: was %s in a process that died; ending it", record.call_id, was)
+            self._spawn(self._end_orphan(record, was), f"{record.call_id}:end-orphan")
+        replayed = 0
+        for entry in await self.store.unhandled():
+            event = entry.event
+            if isinstance(event, CallConnect) and event.sdp_type == "offer":
+                if await self.store.get_call(event.call_id) is not None:
+                    # The dead process had taken the call: it is one of the orphans.
+                    await self._mark_handled(entry)
+                    continue
+            replayed += 1
+            self.dispatch(entry)
+        if orphans or replayed:
+            log.warning(
+                "recovered after a restart: %d live call(s) ended, %d unhandled event(s) queued",
+                len(orphans),
+                replayed,
+            )
+        return orphans
+
+    async def _end_orphan(self, record: CallRecord, was: CallState) -> None:
+        try:
+            await self.graph.terminate(record.call_id)
+            return
+        except GraphAPIError as exc:
+            if not (was is CallState.NEW and record.direction is Direction.USER_INITIATED):
+                log.warning("call %s: terminate after restart failed: %s", record.call_id, exc)
+                return
+        # Never answered: Meta may want a reject instead.
+        await self._reject(record.call_id)
 
     async def aclose(self) -> None:
         """End every call (telling the Cloud API) and stop the worker."""
@@ -448,10 +464,20 @@ class CallManager:
         if self._worker is not None:
             await asyncio.gather(self._worker, return_exceptions=True)
             self._worker = None
+        await self.flush()
 
-    def dispatch(self, event: Event) -> None:
-        """Queue an event (the webhook receiver's sink; never blocks)."""
-        self._queue.put_nowait(event)
+    async def flush(self) -> None:
+        """Wait until every record write started so far is done."""
+        while self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+    def dispatch(self, item: JournalEntry | Event) -> None:
+        """Queue an event (the webhook receiver's sink; never blocks).
+
+        A journal entry is marked handled in the store once handled; a bare event
+        (from a test, or a caller without a journal) is just handled.
+        """
+        self._queue.put_nowait(item)
 
     async def drain(self) -> None:
         """Wait until every queued event was handled (for tests and shutdown)."""
@@ -477,21 +503,32 @@ class CallManager:
 
     async def _run(self) -> None:
         while True:
-            event = await self._queue.get()
+            item = await self._queue.get()
+            entry, event = (item, item.event) if isinstance(item, JournalEntry) else (None, item)
             try:
-                self._handle(event)
-            except Exception:  # one bad event must not stop the others
-                log.exception("error handling %s", clip(event))
+                try:
+                    await self._handle(event)
+                except Exception:  # one bad event must not stop the others
+                    log.exception("error handling %s", clip(event))
+                if entry is not None:
+                    # Also after an error: replaying it after a restart would fail again.
+                    await self._mark_handled(entry)
             finally:
                 self._queue.task_done()
 
+    async def _mark_handled(self, entry: JournalEntry) -> None:
+        try:
+            await self.store.mark_handled(entry.id)
+        except Exception as exc:
+            log.error("event %s handled but not marked so: %s", entry.id, clip(exc))
+
     # --- routing ---------------------------------------------------------------
 
-    def _handle(self, event: Event) -> None:
+    async def _handle(self, event: Event) -> None:
         if isinstance(event, CallConnect):
-            self._on_connect(event)
+            await self._on_connect(event)
         elif isinstance(event, CallTerminate):
-            self._on_terminate(event)
+            await self._on_terminate(event)
         elif isinstance(event, CallStatus):
             self._on_status(event)
         else:
@@ -502,15 +539,18 @@ class CallManager:
                 " (permanent)" if event.permanent else "",
             )
             self.permission_replies[event.from_] = event
+            await self.store.save_permission_reply(event)
 
-    def _on_connect(self, event: CallConnect) -> None:
+    async def _on_connect(self, event: CallConnect) -> None:
         if event.sdp_type == "answer":
             self._on_connect_answer(event)
             return
         early = self._ended_early.pop(event.call_id, None)
         if early is not None:
             log.info("call %s: connect arrived after its terminate; not answering", event.call_id)
-            self._remember(self._record_for(event, early))
+            record = self._record_for(event, early)
+            self._remember(record)
+            self._persist(record)
             return
         if event.call_id in self.calls:
             log.warning("call %s: second offer for a known call ignored", event.call_id)
@@ -531,6 +571,8 @@ class CallManager:
         call = Call(record, graph=self.graph, on_ended=self._ended)
         self.calls[call.id] = call
         self._observe(lambda o: o.call_started(call))
+        # On disk before Meta hears from us: if this process dies, a successor ends it.
+        await self._save(record)
         call.spawn(self._answer(call, event.sdp), "answer")
 
     def _on_connect_answer(self, event: CallConnect) -> None:
@@ -559,6 +601,7 @@ class CallManager:
         call.record.accepted_at = time.time()
         call.set_state(CallState.ACTIVE, "user answered")
         self._observe(lambda o: o.call_answered(call))
+        self._persist(call.record)
         call.spawn(self._watch_media(call), "media-watch")
         await call.media_up.wait()  # or the watchdog ends the call (and cancels this)
         if call.session_factory or self.session:
@@ -615,9 +658,10 @@ class CallManager:
         self.calls[call_id] = call
         call.set_state(CallState.DIALING, f"connect sent to {to}")
         self._observe(lambda o: o.call_started(call))
+        await self._save(record)
         call.spawn(self._ring(call, ring_timeout or self.ring_timeout), "ring")
         for early in self._early.pop(call_id, []):
-            self._handle(early)
+            await self._handle(early)
         return call
 
     async def _ring(self, call: Call, seconds: float) -> None:
@@ -630,9 +674,12 @@ class CallManager:
             log.info("call %s: not answered within %.0f s", call.id, seconds)
             call.end(f"not answered within {seconds:.0f} s", terminate=True)
 
-    def _on_terminate(self, event: CallTerminate) -> None:
+    async def _on_terminate(self, event: CallTerminate) -> None:
         call = self.calls.get(event.call_id)
         record = call.record if call is not None else self.history.get(event.call_id)
+        if record is None:
+            # A call of an earlier process (e.g. one ended at start-up after a crash).
+            record = await self.store.get_call(event.call_id)
         if record is None:
             log.info("call %s: terminate before connect; remembered", event.call_id)
             self._ended_early[event.call_id] = event
@@ -648,6 +695,8 @@ class CallManager:
             record.biz_opaque_callback_data = event.biz_opaque_callback_data
         if call is not None:
             call.end(f"terminated by WhatsApp ({clip(event.status.lower(), 40)})", terminate=False)
+        else:
+            await self._save(record)
 
     def _on_status(self, event: CallStatus) -> None:
         call = self.calls.get(event.call_id)
@@ -721,6 +770,7 @@ class CallManager:
         call.record.accepted_at = time.time()
         call.set_state(CallState.ACTIVE, "accepted")
         self._observe(lambda o: o.call_answered(call))
+        self._persist(call.record)
         call.spawn(self._watch_media(call), "media-watch")
         if call.session_factory or self.session:
             call.spawn(self._run_session(call), "session")
@@ -788,6 +838,20 @@ class CallManager:
         self._remember(call.record)
         self._observe(lambda o: o.call_ended(call))
         self._released.set()
+        self._persist(call.record)
+
+    async def _save(self, record: CallRecord) -> None:
+        # A store failure is logged, never raised: the call itself must go on (or end).
+        try:
+            await self.store.save_call(record)
+        except Exception as exc:
+            log.error("call %s: record not saved: %s", clip(record.call_id), clip(exc))
+
+    def _persist(self, record: CallRecord) -> None:
+        """Save ``record`` without waiting (the store applies writes in order)."""
+        task = asyncio.create_task(self._save(record), name=f"store:save:{record.call_id}")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     def _remember(self, record: CallRecord) -> None:
         self.history[record.call_id] = record

@@ -29,6 +29,10 @@ environment (flags override):
   GATEWAY_API_KEY           enables the HTTP API for backends (bearer key)
   GATEWAY_RING_TIMEOUT      seconds a business-initiated call rings, default 45
   GATEWAY_ANSWER_TIMEOUT    seconds to answer a user's call (pre_accept + accept), default 20
+  GATEWAY_DATA_DIR          where call records, permissions and the webhook journal are kept
+                            (SQLite), default $XDG_STATE_HOME/wa-voice-gateway
+                            (~/.local/state/wa-voice-gateway)
+  GATEWAY_RETENTION_DAYS    days ended call records and dedupe keys are kept, default 30
   GATEWAY_IVR_MENU          menu file of the ivr bot, default bots/menu.toml
   GATEWAY_LOG_LEVEL         DEBUG, INFO (default), WARNING, ERROR
   GATEWAY_LOG_FORMAT        text (default) or json (one object per line, with call_id)
@@ -189,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"gateway: error: {exc}", file=sys.stderr)
         return 2
     if not args.verbose:
-        for noisy in ("aioice", "aiortc", "aiohttp.access", "httpx"):
+        for noisy in ("aioice", "aiortc", "aiohttp.access", "httpx", "aiosqlite"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if args.command == "serve":

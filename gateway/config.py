@@ -68,11 +68,21 @@ class Settings:
     drain_timeout: float = 120.0
     # Several worker processes share the listen port (set by ``serve --workers``).
     reuse_port: bool = False
+    # Where the durable store lives (call records, journal, dedupe memory, permissions).
+    data_dir: str = field(default_factory=lambda: default_data_dir(os.environ))
+    # Days ended call records, dedupe keys and permission replies are kept.
+    retention_days: int = 30
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given (non-None) fields replaced, as CLI flags do."""
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def default_data_dir(env: Mapping[str, str]) -> str:
+    """``$XDG_STATE_HOME/wa-voice-gateway`` (``~/.local/state/wa-voice-gateway`` by default)."""
+    state = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(state, "wa-voice-gateway")
 
 
 _REQUIRED = {
@@ -136,6 +146,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         recordings_dir=Path(env["GATEWAY_RECORDINGS_DIR"])
         if env.get("GATEWAY_RECORDINGS_DIR")
         else None,
+        data_dir=env.get("GATEWAY_DATA_DIR") or default_data_dir(env),
+        retention_days=_int(env, "GATEWAY_RETENTION_DAYS", 30),
     )
     redis_url = overrides.pop("redis_url", None) or env.get("GATEWAY_REDIS_URL")
     settings = replace(

@@ -9,15 +9,14 @@ way, so the rest of the gateway has one code path.
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import Any, Protocol
+from collections.abc import Awaitable
+from typing import Any, Protocol, TypeVar
 
 from .calls import CallManager
-from .errors import CallError
-from .events import Event, PermissionReply, event_key
+from .errors import CallError, StoreError, UnavailableError
+from .events import Event, PermissionReply
 
-# How many recent event keys a single process remembers to drop Meta's duplicates.
-DEDUPE_SIZE = 20_000
+T = TypeVar("T")
 
 
 class Router(Protocol):
@@ -69,12 +68,14 @@ def reply_as_dict(reply: PermissionReply) -> dict[str, Any]:
 
 
 class LocalRouter:
-    """One process: every call is local; duplicates are remembered in memory."""
+    """One process: every call is local; state is in the call manager's store.
 
-    def __init__(self, calls: CallManager, *, dedupe_size: int = DEDUPE_SIZE) -> None:
+    Each new event is deduplicated and journaled in the store (on disk with the
+    default SQLite store) before ``deliver`` returns, so before the webhook's 200.
+    """
+
+    def __init__(self, calls: CallManager) -> None:
         self.calls = calls
-        self._seen: OrderedDict[tuple[str, ...], None] = OrderedDict()
-        self._dedupe_size = dedupe_size
 
     async def start(self) -> None:
         """Nothing to start."""
@@ -83,16 +84,15 @@ class LocalRouter:
         """Nothing to stop."""
 
     async def deliver(self, event: Event) -> bool:
-        """Queue the event on the call manager unless it was seen before."""
-        key = event_key(event)
-        if key in self._seen:
-            self._seen.move_to_end(key)
-            return False
-        self._seen[key] = None
-        if len(self._seen) > self._dedupe_size:
-            self._seen.popitem(last=False)
-        self.calls.dispatch(event)
-        return True
+        """Journal the event and queue it on the call manager, unless it was seen before."""
+        try:
+            entries = await self.calls.store.journal([event])
+        except StoreError as exc:
+            # Not durable, so not taken: the 503 makes WhatsApp deliver it again.
+            raise UnavailableError(f"store unavailable: {exc.message}") from None
+        for entry in entries:
+            self.calls.dispatch(entry)
+        return bool(entries)
 
     async def admit_new_call(self) -> None:
         """The call manager checks its own limit; nothing cluster-wide here."""
@@ -100,9 +100,11 @@ class LocalRouter:
             raise CallError("gateway draining: not placing new calls")
 
     async def call_record(self, call_id: str) -> dict[str, Any] | None:
-        """From the live calls, then the recent history."""
+        """From the live calls, then this process's history, then the store."""
         live = self.calls.calls.get(call_id)
         record = live.record if live else self.calls.history.get(call_id)
+        if record is None:
+            record = await self._store_read(self.calls.store.get_call(call_id))
         return None if record is None else record.as_dict()
 
     async def hang_up(self, call_id: str) -> dict[str, Any] | None:
@@ -114,16 +116,25 @@ class LocalRouter:
         return call.record.as_dict()
 
     async def list_calls(self) -> dict[str, list[dict[str, Any]]]:
-        """Live calls and the last 100 ended ones."""
+        """Live calls and the 100 newest records of the store (kept across restarts)."""
+        recent = await self._store_read(self.calls.store.recent_calls(100))
         return {
             "active": [c.record.as_dict() for c in self.calls.calls.values()],
-            "recent": [r.as_dict() for r in reversed(self.calls.history.values())][:100],
+            "recent": [r.as_dict() for r in recent],
         }
 
     async def permission_reply(self, wa_id: str) -> dict[str, Any] | None:
-        """From the replies this process received."""
+        """The latest reply, from this process or the store."""
         reply = self.calls.permission_replies.get(wa_id)
+        if reply is None:
+            reply = await self._store_read(self.calls.store.permission_reply(wa_id))
         return None if reply is None else reply_as_dict(reply)
+
+    async def _store_read(self, read: Awaitable[T]) -> T:
+        try:
+            return await read
+        except StoreError as exc:
+            raise UnavailableError(f"store unavailable: {exc.message}") from None
 
     def status(self) -> dict[str, Any]:
         """Mode and live call count."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 from gateway.calls import SessionFactory
 from gateway.sandbox.cloud import CloudAPISandbox
 from gateway.sandbox.stack import LocalStack, start_local_stack
+
+# aiosqlite logs every statement at DEBUG; the store's own log lines say what matters.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
 

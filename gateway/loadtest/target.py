@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +35,8 @@ class GatewayUnderTest:
     app_secret: str
     access_token: str
     process: asyncio.subprocess.Process | None = None
+    # The data dir made for the subprocess alone (removed on stop).
+    temp_dir: str | None = None
 
     async def metrics(self, client: httpx.AsyncClient) -> dict[str, float]:
         """The gateway's /metrics, parsed; a cluster's figures summed over its workers.
@@ -61,6 +65,8 @@ class GatewayUnderTest:
             except TimeoutError:
                 self.process.kill()
                 await self.process.wait()
+        if self.temp_dir is not None:
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
 async def start_local_gateway(
@@ -75,8 +81,14 @@ async def start_local_gateway(
     """Run ``command`` (the gateway by default) on a free loopback port, using ``graph_url``.
 
     ``cpus`` pins the process to those cores (``os.sched_setaffinity``).
+    Its store goes to a temporary data dir unless ``extra_env`` names GATEWAY_DATA_DIR.
     """
     port = _free_port()
+    extra_env = extra_env or {}
+    temp_dir = None
+    if "GATEWAY_DATA_DIR" not in extra_env:
+        temp_dir = tempfile.mkdtemp(prefix="gateway-data-")
+        extra_env = {**extra_env, "GATEWAY_DATA_DIR": temp_dir}
     secret, token = secrets.token_hex(16), secrets.token_hex(16)
     env = {
         **os.environ,
@@ -91,7 +103,7 @@ async def start_local_gateway(
         "GATEWAY_MAX_CALLS": str(max_calls),
         "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
         "GATEWAY_LOG_LEVEL": "WARNING",
-        **(extra_env or {}),
+        **extra_env,
     }
     process = await asyncio.create_subprocess_exec(
         *command, env=env, stdout=asyncio.subprocess.DEVNULL
@@ -99,10 +111,11 @@ async def start_local_gateway(
     if cpus is not None:
         # Before it has done anything worth measuring: Python is still starting.
         os.sched_setaffinity(process.pid, set(cpus))
-    gateway = GatewayUnderTest(f"http://127.0.0.1:{port}", secret, token, process)
+    gateway = GatewayUnderTest(f"http://127.0.0.1:{port}", secret, token, process, temp_dir)
     async with httpx.AsyncClient() as client:
         for _ in range(200):
             if process.returncode is not None:
+                await gateway.stop()
                 raise GatewayError(f"the gateway exited with code {process.returncode}")
             try:
                 if (await client.get(f"{gateway.url}/healthz")).status_code == 200:

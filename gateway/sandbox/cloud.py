@@ -194,6 +194,9 @@ class CloudAPISandbox:
         self.route_hooks: list[Callable[[web.Application], None]] = []
         self._runner: web.AppRunner | None = None
         self._http: httpx.AsyncClient | None = None
+        # Like Meta, retry a webhook the gateway could not be reached for (e.g. it is
+        # restarting) for up to this many seconds; 0 delivers once.
+        self.redelivery_seconds = 0.0
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -277,9 +280,18 @@ class CloudAPISandbox:
         headers = {"Content-Type": "application/json"}
         if signature is not None:
             headers[SIGNATURE_HEADER] = signature
-        response = await self._http.post(self.webhook_url, content=body, headers=headers)
-        self.webhook_statuses[response.status_code] += 1
-        return response
+        give_up = time.monotonic() + self.redelivery_seconds
+        while True:
+            try:
+                # The URL is read on every attempt: a restarted gateway may listen elsewhere.
+                response = await self._http.post(self.webhook_url, content=body, headers=headers)
+            except httpx.TransportError:
+                if time.monotonic() >= give_up:
+                    raise
+                await asyncio.sleep(0.1)
+                continue
+            self.webhook_statuses[response.status_code] += 1
+            return response
 
     def new_call_id(self) -> str:
         """A fresh id in Meta's format."""
