@@ -68,6 +68,8 @@ class LLMError(GatewayError):
     def __init__(self, message: str, *, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
 class StoreError(GatewayError):
     """The durable store cannot be opened, migrated, read or written."""
 
