@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 # Runs in a fresh interpreter: this test process has long imported everything.
 PROBE = textwrap.dedent(
@@ -44,10 +45,10 @@ ENV = {
 }
 
 
-def _probe(bot: str) -> list[str]:
+def _probe(bot: str, data_dir: Path) -> list[str]:
     result = subprocess.run(
         [sys.executable, "-c", PROBE, bot],
-        env={**ENV, "PATH": "/usr/bin:/bin"},
+        env={**ENV, "PATH": "/usr/bin:/bin", "GATEWAY_DATA_DIR": str(data_dir)},
         capture_output=True,
         text=True,
         timeout=60,
@@ -57,11 +58,11 @@ def _probe(bot: str) -> list[str]:
     return result.stdout.splitlines()
 
 
-def test_echo_gateway_loads_no_speech_models() -> None:
-    assert _probe("echo") == ["started: []", "bot made: []"]
+def test_echo_gateway_loads_no_speech_models(tmp_path: Path) -> None:
+    assert _probe("echo", tmp_path) == ["started: []", "bot made: []"]
 
 
-def test_ivr_loads_pocketsphinx_with_its_first_call_not_at_start_up() -> None:
+def test_ivr_loads_pocketsphinx_with_its_first_call_not_at_start_up(tmp_path: Path) -> None:
     # The bot, made for a call, reads the pronunciation dictionary (pocketsphinx's
     # package); the recognizer itself waits for the first utterance.
-    assert _probe("ivr") == ["started: []", "bot made: ['pocketsphinx']"]
+    assert _probe("ivr", tmp_path) == ["started: []", "bot made: ['pocketsphinx']"]
