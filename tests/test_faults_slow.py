@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 
 import pytest
 
@@ -165,3 +166,70 @@ async def test_dead_media_is_terminated_at_the_default_timeouts(fault: str) -> N
     )
     assert actions[-1] == "terminate"
     assert stuck == 0 and errors == 0
+
+
+# The junk sender runs in a process of its own, so the RSS measured is the gateway's.
+_JUNK_SENDER = """
+import asyncio, sys
+
+async def post(port, size, chunked):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = "POST /webhook HTTP/1.1\\r\\nHost: g\\r\\nContent-Type: application/json\\r\\n"
+    length = f"Content-Length: {size}"
+    head += ("Transfer-Encoding: chunked" if chunked else length) + "\\r\\n\\r\\n"
+    chunk = bytes(1 << 20)
+    try:
+        writer.write(head.encode())
+        for _ in range(size // len(chunk)):
+            writer.write(f"{len(chunk):x}\\r\\n".encode() + chunk + b"\\r\\n" if chunked else chunk)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    try:
+        async with asyncio.timeout(10):
+            return await reader.readline()
+    except (ConnectionError, TimeoutError):
+        return b""
+    finally:
+        writer.close()
+
+async def main(port, count):
+    for i in range(count):
+        line = await post(port, 20 << 20, chunked=i % 2 == 1)
+        print(line.decode(errors="replace").strip() or "(closed)", flush=True)
+
+asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+"""
+
+
+async def _flood(port: int, count: int) -> list[str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _JUNK_SENDER,
+        str(port),
+        str(count),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    return out.decode().splitlines()
+
+
+async def test_a_flood_of_unsigned_junk_keeps_memory_flat(stack: Stack) -> None:
+    """200 unsigned 20 MB posts (half chunked, with no declared length): the gateway's RSS."""
+    port = stack.gateway.port
+    await _flood(port, 4)  # warm-up
+    gc.collect()
+    before = ff.rss_mb()
+    statuses = await _flood(port, 200)
+    growth = ff.rss_mb() - before
+    refused = stack.gateway.webhooks.too_large
+    ff.record(
+        "flood: 200 unsigned 20 MB posts",
+        f"gateway RSS +{growth:.1f} MB ({before:.0f} MB before); {refused} refused with 413 "
+        f"(cap {stack.gateway.webhooks.max_body_bytes // 1024} KiB), responses >= 500 0",
+    )
+    assert len(statuses) == 200
+    assert not any(s.startswith("HTTP/1.1 5") for s in statuses)
+    assert refused >= 200
+    assert growth < 10.0
