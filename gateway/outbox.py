@@ -1,0 +1,339 @@
+"""Events to the business backend (``GATEWAY_EVENTS_URL``), from a durable outbox.
+
+For every call the backend gets ``call.started``, ``call.answered`` (if it was)
+and ``call.ended``: one ``POST`` of JSON each, with a ``type``, a unique ``id``
+(for idempotency: a delivery may be repeated, never lost) and the call record.
+``call.ended`` carries the whole record: WhatsApp's terminate record (status,
+billed duration, start and end time, errors, ``biz_opaque_callback_data``), the
+end reason, the recording's path, and the conversation transcript when the bot
+kept one. It waits up to ``terminate_wait`` seconds for WhatsApp's terminate
+webhook when the gateway ended the call itself.
+
+Each body is signed as Meta signs its webhooks:
+``X-Gateway-Signature-256: sha256=<HMAC-SHA256 of the body, GATEWAY_EVENTS_SECRET>``.
+
+An event is first written to the store's outbox (durable before anything is
+sent), then delivered by one task: a 2xx removes it; anything else (or no
+answer within 10 s) is retried with exponential backoff (1 s doubling to 5 min,
+jittered) until ``max_age`` (default 1 h) has passed since the event, then it is
+dropped, counted and logged. Nothing here ever waits in a call's path: the call
+observer only queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import httpx
+from prometheus_client import CollectorRegistry, Counter
+
+from .logsafe import clip
+
+if TYPE_CHECKING:
+    from .calls import Call, CallRecord
+
+log = logging.getLogger(__name__)
+
+SIGNATURE_HEADER: Final = "X-Gateway-Signature-256"
+EVENT_TYPES: Final = ("call.started", "call.answered", "call.ended")
+BASE_DELAY: Final = 1.0
+MAX_DELAY: Final = 300.0
+BATCH: Final = 50
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """One event waiting in the outbox: its body is sent byte for byte on every attempt."""
+
+    id: str
+    type: str
+    body: bytes
+    created_at: float
+    attempts: int = 0
+    next_attempt_at: float = 0.0
+
+
+class OutboxStore(Protocol):
+    """The part of the gateway's store the outbox uses (see :mod:`gateway.store`)."""
+
+    async def outbox_add(self, event: OutboxEvent) -> None:
+        """Keep the event; durable on return."""
+        ...
+
+    async def outbox_due(self, now: float, limit: int) -> list[OutboxEvent]:
+        """Events whose next attempt is due at ``now``, oldest first."""
+        ...
+
+    async def outbox_next_due(self) -> float | None:
+        """When the earliest event is due (None when the outbox is empty)."""
+        ...
+
+    async def outbox_retry(self, event_id: str, attempts: int, next_attempt_at: float) -> None:
+        """Record a failed attempt and when to try again."""
+        ...
+
+    async def outbox_remove(self, event_id: str) -> None:
+        """Forget the event (delivered, or given up)."""
+        ...
+
+
+def sign(body: bytes, secret: str) -> str:
+    """The ``X-Gateway-Signature-256`` value of ``body``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def call_payload(record: CallRecord) -> dict[str, Any]:
+    """The record as events carry it (``transcript``: the bot's conversation, if any)."""
+    payload = record.as_dict()
+    turns = payload.pop("conversation", None)
+    payload["transcript"] = turns if turns else None
+    return payload
+
+
+def make_event(kind: str, record: CallRecord, *, now: float | None = None) -> OutboxEvent:
+    """A new event of ``kind`` about ``record``, with a fresh id."""
+    created = time.time() if now is None else now
+    event_id = f"evt_{uuid.uuid4().hex}"
+    body = json.dumps(
+        {"id": event_id, "type": kind, "created_at": created, "call": call_payload(record)},
+        ensure_ascii=False,
+        separators=(",", ":"),
+        default=str,
+    ).encode()
+    return OutboxEvent(event_id, kind, body, created, 0, created)
+
+
+class EventOutbox:
+    """Turns call events into outbox rows and delivers them; a call observer."""
+
+    def __init__(
+        self,
+        store: OutboxStore,
+        *,
+        url: str,
+        secret: str,
+        max_age: float = 3600.0,
+        terminate_wait: float = 10.0,
+        timeout: float = 10.0,
+        registry: CollectorRegistry | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.store = store
+        self.url = url
+        self._secret = secret
+        self.max_age = max_age
+        self.terminate_wait = terminate_wait
+        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        self._wake = asyncio.Event()
+        self._writes: asyncio.Queue[OutboxEvent] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._waiting: dict[str, asyncio.Task[None]] = {}
+        self._runner: list[asyncio.Task[None]] = []
+        self.deliveries = Counter(
+            "gateway_events",
+            "Events to the business backend by type and outcome (delivered, undeliverable)",
+            ["type", "outcome"],
+            registry=registry,
+        )
+        self.attempts = Counter(
+            "gateway_event_delivery_attempts",
+            "POSTs of events to the backend, by HTTP status (or error)",
+            ["status"],
+            registry=registry,
+        )
+        for kind in EVENT_TYPES:
+            for outcome in ("delivered", "undeliverable"):
+                self.deliveries.labels(kind, outcome)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the writer and the deliverer (events left from a previous run go too)."""
+        if not self._runner:
+            self._runner = [
+                asyncio.create_task(self._write_forever(), name="outbox-write"),
+                asyncio.create_task(self._deliver_forever(), name="outbox-deliver"),
+            ]
+
+    async def aclose(self) -> None:
+        """Queue the call.ended events still waiting for WhatsApp's terminate record, write
+        everything queued to the store, and stop (undelivered events stay in the outbox)."""
+        for task in list(self._waiting.values()):
+            task.cancel()
+        await asyncio.gather(*self._waiting.values(), return_exceptions=True)
+        await self._flush_writes()
+        for task in [*self._runner, *self._tasks]:
+            task.cancel()
+        await asyncio.gather(*self._runner, *self._tasks, return_exceptions=True)
+        self._runner = []
+        await self._client.aclose()
+
+    # --- CallObserver ------------------------------------------------------------------
+
+    def publish(self, kind: str, record: CallRecord) -> OutboxEvent:
+        """Queue an event of ``kind`` about ``record`` (written to the outbox, then sent)."""
+        event = make_event(kind, record)
+        self._queue(event)
+        return event
+
+    def call_started(self, call: Call) -> None:
+        self.publish("call.started", call.record)
+
+    def call_answered(self, call: Call) -> None:
+        self.publish("call.answered", call.record)
+
+    def call_refused(self, call_id: str, reason: str) -> None:
+        pass
+
+    def call_ended(self, call: Call) -> None:
+        record = call.record
+        if record.terminate_status is not None or self.terminate_wait <= 0:
+            self.publish("call.ended", record)
+            return
+        task = asyncio.create_task(self._end_after_terminate(record), name=f"{call.id}:event")
+        self._waiting[call.id] = task
+        task.add_done_callback(lambda _: self._waiting.pop(call.id, None))
+
+    async def _end_after_terminate(self, record: CallRecord) -> None:
+        # WhatsApp's terminate webhook (the billing record) follows our own terminate.
+        # It fills in the record the manager keeps; a 0.2 s look for at most a few
+        # seconds per ended call costs less than another observer hook in every call.
+        try:
+            async with asyncio.timeout(self.terminate_wait):
+                while record.terminate_status is None:  # noqa: ASYNC110
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            log.info(
+                "call %s: no terminate record from WhatsApp; call.ended without it", record.call_id
+            )
+        finally:
+            self.publish("call.ended", record)
+
+    # --- writing and delivering ----------------------------------------------------------
+
+    def _queue(self, event: OutboxEvent) -> None:
+        self._writes.put_nowait(event)
+
+    async def _write_forever(self) -> None:
+        while True:
+            event = await self._writes.get()
+            await self._write(event)
+
+    async def _flush_writes(self) -> None:
+        while not self._writes.empty():
+            await self._write(self._writes.get_nowait())
+
+    async def _write(self, event: OutboxEvent) -> None:
+        try:
+            await self.store.outbox_add(event)
+        except Exception as exc:
+            self.deliveries.labels(event.type, "undeliverable").inc()
+            log.error("event %s (%s) could not be stored: %r", event.id, event.type, exc)
+            return
+        self._wake.set()
+
+    async def _deliver_forever(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                due = await self.store.outbox_due(time.time(), BATCH)
+                for event in due:
+                    await self._attempt(event)
+                if len(due) == BATCH:
+                    continue
+                next_due = await self.store.outbox_next_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event delivery loop failed; retrying in 5 s")
+                next_due = time.time() + 5
+            delay = 3600.0 if next_due is None else max(0.0, next_due - time.time())
+            try:
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _attempt(self, event: OutboxEvent) -> None:
+        headers = {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(event.body, self._secret),
+            "X-Gateway-Event-Id": event.id,
+            "X-Gateway-Event-Type": event.type,
+        }
+        try:
+            response = await self._client.post(self.url, content=event.body, headers=headers)
+            status, problem = str(response.status_code), f"HTTP {response.status_code}"
+            delivered = response.is_success
+        except httpx.HTTPError as exc:
+            status, problem, delivered = "error", clip(exc), False
+        self.attempts.labels(status).inc()
+        if delivered:
+            await self.store.outbox_remove(event.id)
+            self.deliveries.labels(event.type, "delivered").inc()
+            return
+        attempts = event.attempts + 1
+        now = time.time()
+        delay = min(MAX_DELAY, BASE_DELAY * 2 ** (attempts - 1)) * (0.5 + random.random() / 2)
+        if now + delay - event.created_at > self.max_age:
+            await self.store.outbox_remove(event.id)
+            self.deliveries.labels(event.type, "undeliverable").inc()
+            log.warning(
+                "event %s (%s) undeliverable after %d attempts over %.0f s: %s",
+                event.id,
+                event.type,
+                attempts,
+                now - event.created_at,
+                problem,
+            )
+            return
+        log.info(
+            "event %s (%s) not delivered (%s); retry %d in %.1f s",
+            event.id,
+            event.type,
+            problem,
+            attempts,
+            delay,
+        )
+        await self.store.outbox_retry(event.id, attempts, now + delay)
+
+
+class MemoryOutbox:
+    """An :class:`OutboxStore` in memory (tests; the gateway uses its durable store)."""
+
+    def __init__(self) -> None:
+        self._events: dict[str, OutboxEvent] = {}
+
+    async def outbox_add(self, event: OutboxEvent) -> None:
+        self._events[event.id] = event
+
+    async def outbox_due(self, now: float, limit: int) -> list[OutboxEvent]:
+        due = [e for e in self._events.values() if e.next_attempt_at <= now]
+        return sorted(due, key=lambda e: (e.next_attempt_at, e.created_at))[:limit]
+
+    async def outbox_next_due(self) -> float | None:
+        return min((e.next_attempt_at for e in self._events.values()), default=None)
+
+    async def outbox_retry(self, event_id: str, attempts: int, next_attempt_at: float) -> None:
+        event = self._events.get(event_id)
+        if event is not None:
+            self._events[event_id] = OutboxEvent(
+                event.id, event.type, event.body, event.created_at, attempts, next_attempt_at
+            )
+
+    async def outbox_remove(self, event_id: str) -> None:
+        self._events.pop(event_id, None)
+
+    def pending(self) -> Sequence[OutboxEvent]:
+        """Events not delivered yet."""
+        return list(self._events.values())

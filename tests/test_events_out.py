@@ -1,0 +1,134 @@
+"""Events to the business backend: signed POSTs from the outbox, retried until the
+receiver is back, each event acknowledged once."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections import Counter
+from typing import Any
+
+from aiohttp import web
+
+from gateway.calls import CallRecord, CallState
+from gateway.events import Direction
+from gateway.outbox import SIGNATURE_HEADER, EventOutbox, MemoryOutbox, OutboxStore, sign
+from gateway.sandbox.user import SimulatedUser
+
+from .conftest import Stack
+
+SECRET = "events-secret"
+
+
+class Receiver:
+    """A business backend: verifies the signature, answers 503 while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.events: list[dict[str, Any]] = []  # acknowledged (answered 200)
+        self.refused = 0
+        self.bad_signatures = 0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/events", self.handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/events"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        # The README's receiver check, as a backend would write it.
+        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(request.headers.get(SIGNATURE_HEADER, ""), expected):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        if self.down:
+            self.refused += 1
+            return web.Response(status=503)
+        self.events.append(json.loads(body))
+        return web.Response(status=204)
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind]
+
+
+async def wait_for(check: Any, seconds: float = 20) -> None:
+    async with asyncio.timeout(seconds):
+        while not check():
+            await asyncio.sleep(0.05)
+
+
+async def test_backend_gets_signed_events_and_ended_after_being_down(stack: Stack) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    store: OutboxStore = MemoryOutbox()
+    outbox = EventOutbox(store, url=receiver.url, secret=SECRET, terminate_wait=5)
+    stack.gateway.calls.observers.append(outbox)
+    await outbox.start()
+    try:
+        call = await SimulatedUser(stack.sandbox, "15551230001", "Ana").place_call()
+        async with asyncio.timeout(15):
+            await call.media_up.wait()
+            while stack.gateway.calls.get(call.call_id).state is not CallState.ACTIVE:
+                await asyncio.sleep(0.01)
+        await wait_for(lambda: len(receiver.events) == 2)
+        assert [e["type"] for e in receiver.events] == ["call.started", "call.answered"]
+        assert all(e["call"]["call_id"] == call.call_id for e in receiver.events)
+
+        # The backend goes down; the call ends meanwhile.
+        receiver.down = True
+        await call.hang_up()
+        await wait_for(lambda: receiver.refused >= 2)
+        assert receiver.of_type("call.ended") == []
+        receiver.down = False
+        await wait_for(lambda: len(receiver.of_type("call.ended")) == 1, 30)
+        await asyncio.sleep(1.5)  # nothing more arrives: no second copy of any event
+    finally:
+        await outbox.aclose()
+        await receiver.stop()
+
+    ids = Counter(e["id"] for e in receiver.events)
+    assert len(ids) == 3 and set(ids.values()) == {1}, ids
+    assert receiver.bad_signatures == 0
+    ended = receiver.of_type("call.ended")[0]["call"]
+    assert ended["terminate_status"] == "COMPLETED"
+    assert ended["end_reason"] == "terminated by WhatsApp (completed)"
+    assert ended["state"] == "ENDED" and ended["direction"] == "USER_INITIATED"
+    assert "duration" in ended and "start_time" in ended and "errors" in ended
+    assert "biz_opaque_callback_data" in ended and ended["transcript"] is None
+    assert await store.outbox_next_due() is None  # nothing left behind
+
+
+async def test_undeliverable_events_are_dropped_after_max_age() -> None:
+    store = MemoryOutbox()
+    # Nothing listens on port 9 (discard): every attempt fails to connect.
+    outbox = EventOutbox(store, url="http://127.0.0.1:9/events", secret=SECRET, max_age=0.5)
+    from gateway.outbox import make_event
+
+    await outbox.start()
+    try:
+        await store.outbox_add(
+            make_event("call.started", CallRecord("wacid.1", Direction.USER_INITIATED, "1555"))
+        )
+        outbox._wake.set()
+        await wait_for(lambda: not store.pending(), 10)
+    finally:
+        await outbox.aclose()
+    assert outbox.deliveries.labels("call.started", "undeliverable")._value.get() == 1
+
+
+def test_signature_is_meta_style() -> None:
+    body = b'{"type":"call.started"}'
+    assert sign(body, SECRET) == "sha256=" + hmac.new(b"events-secret", body, "sha256").hexdigest()
