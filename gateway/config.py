@@ -72,6 +72,10 @@ class Settings:
     data_dir: str = field(default_factory=lambda: default_data_dir(os.environ))
     # Days ended call records, dedupe keys and permission replies are kept.
     retention_days: int = 30
+    # Where call events go (a business backend), their signing key, and how long to retry.
+    events_url: str | None = None
+    events_secret: Secret | None = None
+    events_max_age: float = 3600.0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -125,6 +129,13 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
     if missing:
         raise ConfigError("missing required environment variable(s): " + ", ".join(missing))
     api_key = overrides.pop("api_key", None) or env.get("GATEWAY_API_KEY")
+    events_url = env.get("GATEWAY_EVENTS_URL") or None
+    events_secret = env.get("GATEWAY_EVENTS_SECRET") or None
+    if events_url is not None:
+        if not events_url.startswith(("http://", "https://")):
+            raise ConfigError(f"GATEWAY_EVENTS_URL must be an http(s) URL, got {events_url!r}")
+        if events_secret is None:
+            raise ConfigError("GATEWAY_EVENTS_URL needs GATEWAY_EVENTS_SECRET to sign the events")
     addresses = env.get("GATEWAY_MEDIA_ADDRESSES", "")
     settings = Settings(
         access_token=Secret(values["access_token"]),
@@ -148,6 +159,9 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         else None,
         data_dir=env.get("GATEWAY_DATA_DIR") or default_data_dir(env),
         retention_days=_int(env, "GATEWAY_RETENTION_DAYS", 30),
+        events_url=events_url,
+        events_secret=Secret(events_secret) if events_secret else None,
+        events_max_age=float(_int(env, "GATEWAY_EVENTS_MAX_AGE", 3600)),
     )
     redis_url = overrides.pop("redis_url", None) or env.get("GATEWAY_REDIS_URL")
     settings = replace(

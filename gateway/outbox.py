@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import httpx
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .logsafe import clip
 
@@ -151,6 +151,11 @@ class EventOutbox:
             ["status"],
             registry=registry,
         )
+        self.pending = Gauge(
+            "gateway_events_pending",
+            "Events in the outbox not delivered yet",
+            registry=registry,
+        )
         for kind in EVENT_TYPES:
             for outcome in ("delivered", "undeliverable"):
                 self.deliveries.labels(kind, outcome)
@@ -160,6 +165,10 @@ class EventOutbox:
     async def start(self) -> None:
         """Start the writer and the deliverer (events left from a previous run go too)."""
         if not self._runner:
+            left = await self.store.outbox_due(float("inf"), 1_000_000)
+            self.pending.set(len(left))
+            if left:
+                log.info("%d undelivered event(s) from before the restart", len(left))
             self._runner = [
                 asyncio.create_task(self._write_forever(), name="outbox-write"),
                 asyncio.create_task(self._deliver_forever(), name="outbox-deliver"),
@@ -236,6 +245,7 @@ class EventOutbox:
     async def _write(self, event: OutboxEvent) -> None:
         try:
             await self.store.outbox_add(event)
+            self.pending.inc()
         except Exception as exc:
             self.deliveries.labels(event.type, "undeliverable").inc()
             log.error("event %s (%s) could not be stored: %r", event.id, event.type, exc)
@@ -280,6 +290,7 @@ class EventOutbox:
         self.attempts.labels(status).inc()
         if delivered:
             await self.store.outbox_remove(event.id)
+            self.pending.dec()
             self.deliveries.labels(event.type, "delivered").inc()
             return
         attempts = event.attempts + 1
@@ -287,6 +298,7 @@ class EventOutbox:
         delay = min(MAX_DELAY, BASE_DELAY * 2 ** (attempts - 1)) * (0.5 + random.random() / 2)
         if now + delay - event.created_at > self.max_age:
             await self.store.outbox_remove(event.id)
+            self.pending.dec()
             self.deliveries.labels(event.type, "undeliverable").inc()
             log.warning(
                 "event %s (%s) undeliverable after %d attempts over %.0f s: %s",

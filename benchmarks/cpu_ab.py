@@ -1,0 +1,97 @@
+"""Gateway CPU per call-second: this checkout against another git revision, side by side.
+
+Did a change make the per-call path dearer? The other revision (default: main) is
+exported with ``git archive`` to a temporary directory and run as the gateway
+process (its package imported first); this checkout runs as the other. Load
+tests (sandbox callers speaking ../shared/audio to the echo bot, as in
+cpu_per_call.py) alternate between the two, so drift on a shared machine hits
+both alike; the figure is the gateway process's own CPU time per call-second.
+
+    python benchmarks/cpu_ab.py [--base main] [--calls 10] [--duration 30] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from gateway.loadtest import LoadTestConfig, run_load_test
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+AUDIO = str(ROOT.parent / "shared" / "audio")
+
+
+def export(rev: str, into: Path) -> str:
+    """Unpack ``rev``'s tree into ``into``; returns its short commit id."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", rev],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    archive = into / "tree.tar"
+    subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), commit], check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
+    return commit
+
+
+def server_from(tree: str) -> tuple[str, ...]:
+    """``gateway serve`` with the package imported from ``tree`` (ahead of the cwd)."""
+    code = (
+        f"import sys; sys.path.insert(0, {tree!r}); from gateway.cli import main; "
+        "sys.exit(main(['serve']))"
+    )
+    return (sys.executable, "-c", code)
+
+
+async def cpu_ms(calls: int, duration: float, tree: str | None) -> float:
+    config = LoadTestConfig(
+        calls=calls,
+        rate=10,
+        duration=duration,
+        audio=[AUDIO],
+        bot="echo",
+        progress=False,
+        server_command=server_from(tree) if tree else None,
+    )
+    report = await run_load_test(config)
+    if report["ended_cleanly"] != calls:
+        raise SystemExit(f"only {report['ended_cleanly']}/{calls} calls ended cleanly")
+    return float(report["gateway"]["cpu_ms_per_call_second"])
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="main", help="git revision to compare with")
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=30.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        base_commit = export(args.base, Path(tmp))
+        print(
+            f"gateway CPU per call-second, echo bot, {args.calls} calls of "
+            f"{args.duration:.0f} s, base {args.base} ({base_commit}) vs this checkout"
+        )
+        print(f"{'round':>5} | {'base ms':>8} | {'this ms':>8} | this/base")
+        base, this = [], []
+        for r in range(args.rounds):
+            base.append(await cpu_ms(args.calls, args.duration, tmp))
+            this.append(await cpu_ms(args.calls, args.duration, None))
+            print(f"{r + 1:>5} | {base[-1]:>8.2f} | {this[-1]:>8.2f} | {this[-1] / base[-1]:.3f}")
+        b, t = statistics.median(base), statistics.median(this)
+        print(f"  med | {b:>8.2f} | {t:>8.2f} | {t / b:.3f}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.ERROR)
+    asyncio.run(main())
