@@ -170,6 +170,8 @@ class Gateway:
         self._pruner = asyncio.create_task(self._prune_forever(), name="store-prune")
         await self.router.start()
         self.metrics.lag.start()
+        if self.settings.metrics_port is not None:
+            await self.metrics.serve(self.settings.host, self.settings.metrics_port)
         self._runner = web.AppRunner(self.app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(
@@ -210,7 +212,7 @@ class Gateway:
         if self.recordings is not None:
             await self.recordings.aclose()
         await self.router.aclose()
-        await self.metrics.lag.stop()
+        await self.metrics.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.graph.aclose()

@@ -50,6 +50,7 @@ environment (flags override):
   GATEWAY_EVENTS_URL        POST signed call events (started, answered, ended) there
   GATEWAY_EVENTS_SECRET     HMAC key of their X-Gateway-Signature-256 (required with the URL)
   GATEWAY_EVENTS_MAX_AGE    seconds an undelivered event is retried, default 3600
+  GATEWAY_METRICS_PORT      also serve /metrics on this port (+ GATEWAY_WORKER_INDEX per worker)
 cluster mode (every `gateway serve` on the same Redis is one worker of a cluster):
   GATEWAY_REDIS_URL         e.g. redis://10.0.0.5:6379/0; unset: one process, in memory
   GATEWAY_CLUSTER_MAX_CALLS concurrent calls across the cluster, default 1000

@@ -76,6 +76,8 @@ class Settings:
     events_url: str | None = None
     events_secret: Secret | None = None
     events_max_age: float = 3600.0
+    # A listener of its own for /metrics (per worker: base port + GATEWAY_WORKER_INDEX).
+    metrics_port: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -137,6 +139,11 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         if events_secret is None:
             raise ConfigError("GATEWAY_EVENTS_URL needs GATEWAY_EVENTS_SECRET to sign the events")
     addresses = env.get("GATEWAY_MEDIA_ADDRESSES", "")
+    metrics_port = None
+    if env.get("GATEWAY_METRICS_PORT"):
+        metrics_port = _int(env, "GATEWAY_METRICS_PORT", 0, minimum=0)
+        if metrics_port:
+            metrics_port += _int(env, "GATEWAY_WORKER_INDEX", 0, minimum=0)
     settings = Settings(
         access_token=Secret(values["access_token"]),
         app_secret=Secret(values["app_secret"]),
@@ -162,6 +169,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         events_url=events_url,
         events_secret=Secret(events_secret) if events_secret else None,
         events_max_age=float(_int(env, "GATEWAY_EVENTS_MAX_AGE", 3600)),
+        metrics_port=metrics_port,
     )
     redis_url = overrides.pop("redis_url", None) or env.get("GATEWAY_REDIS_URL")
     settings = replace(

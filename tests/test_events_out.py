@@ -132,3 +132,24 @@ async def test_undeliverable_events_are_dropped_after_max_age() -> None:
 def test_signature_is_meta_style() -> None:
     body = b'{"type":"call.started"}'
     assert sign(body, SECRET) == "sha256=" + hmac.new(b"events-secret", body, "sha256").hexdigest()
+
+
+def test_events_url_needs_a_secret() -> None:
+    import pytest
+
+    from gateway.config import load_settings
+    from gateway.errors import ConfigError
+
+    base = {
+        "WHATSAPP_ACCESS_TOKEN": "t",
+        "WHATSAPP_APP_SECRET": "s",
+        "WHATSAPP_VERIFY_TOKEN": "v",
+        "WHATSAPP_PHONE_NUMBER_ID": "1",
+        "GATEWAY_EVENTS_URL": "https://crm.example/hooks/calls",
+    }
+    with pytest.raises(ConfigError, match="GATEWAY_EVENTS_SECRET"):
+        load_settings(base)
+    with pytest.raises(ConfigError, match="http"):
+        load_settings({**base, "GATEWAY_EVENTS_URL": "crm.example", "GATEWAY_EVENTS_SECRET": "k"})
+    settings = load_settings({**base, "GATEWAY_EVENTS_SECRET": "k"})
+    assert settings.events_secret is not None and "k" not in repr(settings)

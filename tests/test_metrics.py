@@ -133,3 +133,32 @@ def test_parse_prometheus_sums_label_sets() -> None:
         'gateway_calls_total{end_reason="b"} 3\n'
     )
     assert parse_prometheus(text)["gateway_calls_total"] == 5
+
+
+def test_metrics_port_adds_the_worker_index() -> None:
+    from gateway.config import load_settings
+
+    base = {
+        "WHATSAPP_ACCESS_TOKEN": "t",
+        "WHATSAPP_APP_SECRET": "s",
+        "WHATSAPP_VERIFY_TOKEN": "v",
+        "WHATSAPP_PHONE_NUMBER_ID": "1",
+    }
+    assert load_settings(base).metrics_port is None
+    assert load_settings({**base, "GATEWAY_METRICS_PORT": "9100"}).metrics_port == 9100
+    worker = {**base, "GATEWAY_METRICS_PORT": "9100", "GATEWAY_WORKER_INDEX": "3"}
+    assert load_settings(worker).metrics_port == 9103
+
+
+async def test_metrics_on_a_port_of_their_own() -> None:
+    stack = await start_stack(env={"GATEWAY_METRICS_PORT": "0"})
+    try:
+        port = stack.gateway.metrics.port
+        assert port is not None and port != stack.gateway.port
+        async with httpx.AsyncClient() as client:
+            response = await client.get(f"http://127.0.0.1:{port}/metrics")
+            other = await client.get(f"http://127.0.0.1:{port}/healthz")
+        assert "gateway_calls_active" in parse_prometheus(response.text)
+        assert other.status_code == 404  # only the metrics there
+    finally:
+        await stop_stack(stack)

@@ -118,6 +118,8 @@ class Metrics:
         )
         self.lag = LoopLagMonitor(on_sample=self.loop_lag.observe)
         self.calls: CallMetrics | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
 
     def watch(self, calls: CallManager, webhooks: WebhookReceiver) -> None:
         """Observe this call manager's calls and this receiver's duplicates."""
@@ -144,6 +146,23 @@ class Metrics:
             return response
 
         return count_deliveries
+
+    async def serve(self, host: str, port: int) -> None:
+        """Also serve ``/metrics`` on a listener of its own (one scrape target per worker)."""
+        app = web.Application()
+        app.router.add_get("/metrics", self.handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def aclose(self) -> None:
+        """Stop the loop-lag task and the metrics listener."""
+        await self.lag.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
