@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
-from gateway.calls import SessionFactory
+from gateway.calls import CallState, SessionFactory
 from gateway.sandbox.cloud import CloudAPISandbox
 from gateway.sandbox.stack import LocalStack, start_local_stack
+from gateway.sandbox.user import SimulatedUser, UserCall
 
 # aiosqlite logs every statement at DEBUG; the store's own log lines say what matters.
 logging.getLogger("aiosqlite").setLevel(logging.INFO)
@@ -80,3 +82,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     width = max(len(row) for row, _ in ROWS)
     for row, figures in ROWS:
         terminalreporter.write_line(f"{row:<{width}}  {figures}")
+
+
+async def answered_call(
+    stack: Stack, wa_id: str = "15551230001", name: str = "Ana", *, within: float = 15
+) -> UserCall:
+    """A simulated user's call, once media is up and the gateway has it ACTIVE."""
+    call = await SimulatedUser(stack.sandbox, wa_id, name).place_call()
+    async with asyncio.timeout(within):
+        await call.media_up.wait()
+        while stack.gateway.calls.get(call.call_id).state is not CallState.ACTIVE:
+            await asyncio.sleep(0.01)
+    return call

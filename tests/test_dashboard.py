@@ -10,12 +10,10 @@ from pathlib import Path
 import httpx
 from playwright.async_api import Page, async_playwright
 
-from gateway.calls import CallState
 from gateway.media.audio import load_wav
 from gateway.pipeline.plugins import session_for
-from gateway.sandbox.user import SimulatedUser, UserCall
 
-from .conftest import API_KEY, AUDIO, Stack, start_stack, stop_stack
+from .conftest import API_KEY, AUDIO, answered_call, start_stack, stop_stack
 from .test_browser_phone import ARTIFACTS, CHROMIUM, DEADLINE
 
 ARGS = [
@@ -29,15 +27,6 @@ ARGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
     "--no-proxy-server",
 ]
-
-
-async def answered_call(stack: Stack, wa_id: str, name: str) -> UserCall:
-    call = await SimulatedUser(stack.sandbox, wa_id, name).place_call()
-    async with asyncio.timeout(DEADLINE):
-        await call.media_up.wait()
-        while stack.gateway.calls.get(call.call_id).state is not CallState.ACTIVE:
-            await asyncio.sleep(0.01)
-    return call
 
 
 async def text_of(page: Page, selector: str) -> str:
@@ -58,7 +47,7 @@ async def test_dashboard_shows_calls_in_chromium(tmp_path: Path) -> None:
         assert wrong.status_code == 401
 
         # A first call: the caller speaks, the echo bot answers, the caller hangs up.
-        first = await answered_call(stack, "15551230001", "Ana Lima")
+        first = await answered_call(stack, "15551230001", "Ana Lima", within=DEADLINE)
         await first.play(load_wav(AUDIO / "cards-001.wav")).wait()
         gw_first = stack.gateway.calls.get(first.call_id)
         async with asyncio.timeout(DEADLINE):
@@ -79,7 +68,7 @@ async def test_dashboard_shows_calls_in_chromium(tmp_path: Path) -> None:
         await stack.gateway.recordings.wait(first.call_id)
 
         # A second call stays up while the page is open.
-        second = await answered_call(stack, "15551230002", "Ben Okafor")
+        second = await answered_call(stack, "15551230002", "Ben Okafor", within=DEADLINE)
         second.play(load_wav(AUDIO / "cards-003.wav"))
 
         assert CHROMIUM is not None

@@ -12,12 +12,11 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.calls import CallRecord, CallState
+from gateway.calls import CallRecord
 from gateway.events import Direction
 from gateway.outbox import SIGNATURE_HEADER, EventOutbox, MemoryOutbox, OutboxStore, sign
-from gateway.sandbox.user import SimulatedUser
 
-from .conftest import Stack
+from .conftest import Stack, answered_call
 
 SECRET = "events-secret"
 
@@ -78,11 +77,7 @@ async def test_backend_gets_signed_events_and_ended_after_being_down(stack: Stac
     stack.gateway.calls.observers.append(outbox)
     await outbox.start()
     try:
-        call = await SimulatedUser(stack.sandbox, "15551230001", "Ana").place_call()
-        async with asyncio.timeout(15):
-            await call.media_up.wait()
-            while stack.gateway.calls.get(call.call_id).state is not CallState.ACTIVE:
-                await asyncio.sleep(0.01)
+        call = await answered_call(stack)
         await wait_for(lambda: len(receiver.events) == 2)
         assert [e["type"] for e in receiver.events] == ["call.started", "call.answered"]
         assert all(e["call"]["call_id"] == call.call_id for e in receiver.events)

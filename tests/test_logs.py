@@ -9,12 +9,10 @@ import logging
 
 import pytest
 
-from gateway.calls import CallState
 from gateway.errors import ConfigError
 from gateway.logs import make_handler
-from gateway.sandbox.user import SimulatedUser
 
-from .conftest import Stack
+from .conftest import Stack, answered_call
 
 
 async def test_json_lines_parse_and_carry_call_id(stack: Stack) -> None:
@@ -23,11 +21,7 @@ async def test_json_lines_parse_and_carry_call_id(stack: Stack) -> None:
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        call = await SimulatedUser(stack.sandbox, "15551230001", 'Ana "\n<x>').place_call()
-        async with asyncio.timeout(15):
-            await call.media_up.wait()
-            while stack.gateway.calls.get(call.call_id).state is not CallState.ACTIVE:
-                await asyncio.sleep(0.01)
+        call = await answered_call(stack, name='Ana "\n<x>')
         logging.getLogger("gateway.test").info("about a call", extra={"stage": "test", "n": 3})
         await call.hang_up()
         async with asyncio.timeout(10):

@@ -7,13 +7,12 @@ import asyncio
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.calls import CallState
 from gateway.media.audio import load_wav
 from gateway.metrics import end_reason_label, parse_prometheus
 from gateway.pipeline.plugins import session_for
 from gateway.sandbox.user import SimulatedUser
 
-from .conftest import AUDIO, Stack, start_stack, stop_stack
+from .conftest import AUDIO, Stack, answered_call, start_stack, stop_stack
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -43,12 +42,7 @@ async def test_metrics_move_as_calls_are_placed_and_end() -> None:
         assert value(before, "process_cpu_seconds_total") > 0
         assert value(before, "gateway_calls_capacity") == 1
 
-        user = SimulatedUser(stack.sandbox, "15551230001", "Ana")
-        call = await user.place_call()
-        async with asyncio.timeout(15):
-            await call.media_up.wait()
-            while stack.gateway.calls.get(call.call_id).state is not CallState.ACTIVE:
-                await asyncio.sleep(0.01)
+        call = await answered_call(stack)
         speech = load_wav(AUDIO / "cards-001.wav")
         await call.play(speech).wait()
         # The echo bot answers the turn: wait for its first frame to reach the caller.

@@ -129,9 +129,14 @@ class PlayoutTrack(MediaStreamTrack):
         self._speech_frames = 0
         self._late_frames = 0
         self._skipped_frames = 0
-        self.tap: list[tuple[float, bytes]] | None = None
-        """When a list, every speech packet sent is appended to it as
-        ``(event-loop time, payload)`` (the call's recording)."""
+        self.tap: list[tuple[int, bytes]] | None = None
+        """When a list, every speech packet sent is appended to it as ``(pts, payload)``,
+        pts in 48 kHz units from :attr:`started_at` (the call's recording)."""
+
+    @property
+    def started_at(self) -> float | None:
+        """Event-loop time of pts 0 (the first frame), once sending began."""
+        return self._start
 
     # --- what the bot calls --------------------------------------------------------
 
@@ -266,7 +271,7 @@ class PlayoutTrack(MediaStreamTrack):
         else:
             self._speech_frames += 1
             if self.tap is not None:
-                self.tap.append((loop.time(), payload))
+                self.tap.append((self._pts, payload))
         self._frames_sent += 1
         if self.on_frame_sent is not None:
             try:

@@ -84,7 +84,7 @@ class Recordings:
         if call.inbound is not None:
             call.inbound.tap = None
         call.playout.tap = None
-        recording.stop()
+        recording.stop(call.playout.started_at)
         loop = asyncio.get_running_loop()
         future = loop.run_in_executor(self._executor, recording.write)
         self._writing[call.id] = future

@@ -2,16 +2,20 @@
 
 Nothing is decoded or encoded for it. The inbound path appends each caller
 packet with its arrival time and RTP timestamp to :attr:`CallRecording.caller`;
-the playout track appends each bot speech packet with the time it left to
+the playout track appends each bot speech packet with its media time (pts) to
 :attr:`CallRecording.bot` (silence is not kept: it is the same packet every
 time). At the end, :meth:`CallRecording.write` (in a worker thread) places both
 sides on one 20 ms grid counted from the moment recording began, and writes a
-two-stream Ogg Opus file: caller left, bot right.
+two-stream Ogg Opus file: caller left, bot right (each grid slot is one
+multistream packet: the caller's packet self-delimited, then the bot's; see
+:func:`.ogg.multistream_packet`).
 
 Alignment: the caller's packets are placed by RTP timestamp, anchored at the
 least-delayed arrival (network jitter does not move them); a jump in RTP time
 that arrival times do not show (a restarted stream) starts a new anchor. The
-bot's are placed by the time each left (event-loop clock). Both are brought to
+bot's by their pts on the playout clock, which runs on the event loop's: after a
+stall the playout sends late frames back to back, and the caller's phone plays
+them by RTP time, which is what the recording follows. Both are brought to
 wall-clock time, so the two channels line up to a frame (20 ms).
 """
 
@@ -25,7 +29,7 @@ from pathlib import Path
 from typing import Final
 
 from ..media.opus import FRAME_TICKS, OPUS_RATE, packet_duration, silence_packet
-from .ogg import multistream_packet, write_opus
+from .ogg import self_delimited, write_opus
 
 FRAME: Final = FRAME_TICKS / OPUS_RATE  # 0.02 s
 NTP_UNIX_OFFSET_MS: Final = 2_208_988_800_000  # aiortc's arrival times count from 1900
@@ -55,11 +59,13 @@ class CallRecording:
         self._loop_to_wall = self.started_wall - loop_time
         self.ended_wall: float | None = None
         self.caller: list[tuple[int, int, bytes]] = []
-        self.bot: list[tuple[float, bytes]] = []
+        self.bot: list[tuple[int, bytes]] = []
+        self.bot_start_loop: float | None = None
 
-    def stop(self) -> None:
-        """Mark the end (the taps are already off)."""
+    def stop(self, bot_start_loop: float | None) -> None:
+        """Mark the end (the taps are already off); ``bot_start_loop`` is the playout's pts 0."""
         self.ended_wall = time.time()
+        self.bot_start_loop = bot_start_loop
 
     # --- placing packets on the grid -------------------------------------------------
 
@@ -86,15 +92,10 @@ class CallRecording:
 
     def bot_slots(self) -> dict[int, bytes]:
         """Bot speech packets by 20 ms slot."""
-        offset = self._loop_to_wall
-        slots: dict[int, bytes] = {}
-        for sent, payload in self.bot:
-            slot = self._slot(sent + offset)
-            # After an event-loop stall frames leave back to back: keep them in order.
-            while slot in slots:
-                slot += 1
-            slots[slot] = payload
-        return slots
+        if self.bot_start_loop is None:
+            return {}
+        start = self.bot_start_loop + self._loop_to_wall
+        return {self._slot(start + pts / OPUS_RATE): payload for pts, payload in self.bot}
 
     # --- the file ------------------------------------------------------------------------
 
@@ -105,14 +106,19 @@ class CallRecording:
         caller, skipped = self.caller_slots()
         bot = self.bot_slots()
         silence = silence_packet()
+        framed_silence = self_delimited(silence)  # the left stream is self-delimited
 
         def packets() -> Iterator[bytes]:
             for slot in range(count):
-                left = caller.get(slot, silence)
+                left = caller.get(slot)
+                right = bot.get(slot, silence)
+                if left is None:
+                    yield framed_silence + right
+                    continue
                 try:
-                    yield multistream_packet([left, bot.get(slot, silence)])
+                    yield self_delimited(left) + right
                 except (ValueError, IndexError):  # a malformed caller packet: silence there
-                    yield multistream_packet([silence, bot.get(slot, silence)])
+                    yield framed_silence + right
 
         partial = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.part")
         with open(partial, "wb") as out:
