@@ -7,7 +7,9 @@ tests (sandbox callers speaking ../shared/audio to the echo bot, as in
 cpu_per_call.py) alternate between the two, so drift on a shared machine hits
 both alike; the figure is the gateway process's own CPU time per call-second.
 
-    python benchmarks/cpu_ab.py [--base main] [--calls 10] [--duration 30] [--rounds 3]
+    python benchmarks/cpu_ab.py [--base main] [--head REV] [--calls 10] [--duration 30]
+
+``--head REV`` compares two revisions (both exported) instead of this checkout.
 """
 
 from __future__ import annotations
@@ -73,21 +75,27 @@ async def cpu_ms(calls: int, duration: float, tree: str | None) -> float:
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base", default="main", help="git revision to compare with")
+    parser.add_argument("--head", help="git revision to measure (default: this checkout)")
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_head:
         base_commit = export(args.base, Path(tmp))
+        head_tree = None
+        head = "this checkout"
+        if args.head:
+            head = f"{args.head} ({export(args.head, Path(tmp_head))})"
+            head_tree = tmp_head
         print(
             f"gateway CPU per call-second, echo bot, {args.calls} calls of "
-            f"{args.duration:.0f} s, base {args.base} ({base_commit}) vs this checkout"
+            f"{args.duration:.0f} s, base {args.base} ({base_commit}) vs {head}"
         )
         print(f"{'round':>5} | {'base ms':>8} | {'this ms':>8} | this/base")
         base, this = [], []
         for r in range(args.rounds):
             base.append(await cpu_ms(args.calls, args.duration, tmp))
-            this.append(await cpu_ms(args.calls, args.duration, None))
+            this.append(await cpu_ms(args.calls, args.duration, head_tree))
             print(f"{r + 1:>5} | {base[-1]:>8.2f} | {this[-1]:>8.2f} | {this[-1] / base[-1]:.3f}")
         b, t = statistics.median(base), statistics.median(this)
         print(f"  med | {b:>8.2f} | {t:>8.2f} | {t / b:.3f}")
