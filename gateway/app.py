@@ -18,6 +18,7 @@ from .dashboard import Dashboard
 from .errors import StoreError, UnavailableError
 from .graph import GraphClient
 from .metrics import Metrics, process_cpu_seconds, process_rss_bytes
+from .outbox import EventOutbox
 from .recording import Recordings
 from .routing import LocalRouter, Router
 from .store import MemoryStore, SQLiteStore, Store
@@ -86,6 +87,16 @@ class Gateway:
         if settings.recordings_dir is not None:
             self.recordings = Recordings(settings.recordings_dir, registry=self.metrics.registry)
             self.calls.observers.append(self.recordings)
+        self.outbox: EventOutbox | None = None
+        if settings.events_url is not None and settings.events_secret is not None:
+            self.outbox = EventOutbox(
+                self.store,
+                url=settings.events_url,
+                secret=settings.events_secret.value,
+                max_age=settings.events_max_age,
+                registry=self.metrics.registry,
+            )
+            self.calls.observers.append(self.outbox)
         # aiohttp's default 1 MiB body limit is for the calls API; the webhook
         # receiver reads its bodies itself, under its own (lower) cap.
         self.app = web.Application(middlewares=[self.metrics.webhook_middleware()])
@@ -168,6 +179,8 @@ class Gateway:
             await self.store.close()
             raise
         self._pruner = asyncio.create_task(self._prune_forever(), name="store-prune")
+        if self.outbox is not None:
+            await self.outbox.start()
         await self.router.start()
         self.metrics.lag.start()
         if self.settings.metrics_port is not None:
@@ -221,6 +234,8 @@ class Gateway:
             await asyncio.gather(self._pruner, return_exceptions=True)
         # Webhooks that came in during shutdown may still have queued record writes.
         await self.calls.flush()
+        if self.outbox is not None:
+            await self.outbox.aclose()  # what is not delivered stays in the store
         await self.store.close()
 
     async def _prune(self) -> None:

@@ -30,14 +30,13 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .logsafe import clip
+from .store import OutboxEvent, Store
 
 if TYPE_CHECKING:
     from .calls import Call, CallRecord
@@ -49,42 +48,6 @@ EVENT_TYPES: Final = ("call.started", "call.answered", "call.ended")
 BASE_DELAY: Final = 1.0
 MAX_DELAY: Final = 300.0
 BATCH: Final = 50
-
-
-@dataclass(frozen=True)
-class OutboxEvent:
-    """One event waiting in the outbox: its body is sent byte for byte on every attempt."""
-
-    id: str
-    type: str
-    body: bytes
-    created_at: float
-    attempts: int = 0
-    next_attempt_at: float = 0.0
-
-
-class OutboxStore(Protocol):
-    """The part of the gateway's store the outbox uses (see :mod:`gateway.store`)."""
-
-    async def outbox_add(self, event: OutboxEvent) -> None:
-        """Keep the event; durable on return."""
-        ...
-
-    async def outbox_due(self, now: float, limit: int) -> list[OutboxEvent]:
-        """Events whose next attempt is due at ``now``, oldest first."""
-        ...
-
-    async def outbox_next_due(self) -> float | None:
-        """When the earliest event is due (None when the outbox is empty)."""
-        ...
-
-    async def outbox_retry(self, event_id: str, attempts: int, next_attempt_at: float) -> None:
-        """Record a failed attempt and when to try again."""
-        ...
-
-    async def outbox_remove(self, event_id: str) -> None:
-        """Forget the event (delivered, or given up)."""
-        ...
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -118,7 +81,7 @@ class EventOutbox:
 
     def __init__(
         self,
-        store: OutboxStore,
+        store: Store,
         *,
         url: str,
         secret: str,
@@ -318,34 +281,3 @@ class EventOutbox:
             delay,
         )
         await self.store.outbox_retry(event.id, attempts, now + delay)
-
-
-class MemoryOutbox:
-    """An :class:`OutboxStore` in memory (tests; the gateway uses its durable store)."""
-
-    def __init__(self) -> None:
-        self._events: dict[str, OutboxEvent] = {}
-
-    async def outbox_add(self, event: OutboxEvent) -> None:
-        self._events[event.id] = event
-
-    async def outbox_due(self, now: float, limit: int) -> list[OutboxEvent]:
-        due = [e for e in self._events.values() if e.next_attempt_at <= now]
-        return sorted(due, key=lambda e: (e.next_attempt_at, e.created_at))[:limit]
-
-    async def outbox_next_due(self) -> float | None:
-        return min((e.next_attempt_at for e in self._events.values()), default=None)
-
-    async def outbox_retry(self, event_id: str, attempts: int, next_attempt_at: float) -> None:
-        event = self._events.get(event_id)
-        if event is not None:
-            self._events[event_id] = OutboxEvent(
-                event.id, event.type, event.body, event.created_at, attempts, next_attempt_at
-            )
-
-    async def outbox_remove(self, event_id: str) -> None:
-        self._events.pop(event_id, None)
-
-    def pending(self) -> Sequence[OutboxEvent]:
-        """Events not delivered yet."""
-        return list(self._events.values())

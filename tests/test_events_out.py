@@ -8,15 +8,18 @@ import hashlib
 import hmac
 import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from gateway.calls import CallRecord
 from gateway.events import Direction
-from gateway.outbox import SIGNATURE_HEADER, EventOutbox, MemoryOutbox, OutboxStore, sign
+from gateway.outbox import SIGNATURE_HEADER, EventOutbox, sign
+from gateway.store import MemoryStore, SQLiteStore
 
-from .conftest import Stack, answered_call
+from .conftest import answered_call, start_stack, stop_stack
 
 SECRET = "events-secret"
 
@@ -69,13 +72,12 @@ async def wait_for(check: Any, seconds: float = 20) -> None:
             await asyncio.sleep(0.05)
 
 
-async def test_backend_gets_signed_events_and_ended_after_being_down(stack: Stack) -> None:
+async def test_backend_gets_signed_events_and_ended_after_being_down() -> None:
     receiver = Receiver()
     await receiver.start()
-    store: OutboxStore = MemoryOutbox()
-    outbox = EventOutbox(store, url=receiver.url, secret=SECRET, terminate_wait=5)
-    stack.gateway.calls.observers.append(outbox)
-    await outbox.start()
+    stack = await start_stack(
+        env={"GATEWAY_EVENTS_URL": receiver.url, "GATEWAY_EVENTS_SECRET": SECRET}
+    )
     try:
         call = await answered_call(stack)
         await wait_for(lambda: len(receiver.events) == 2)
@@ -90,8 +92,13 @@ async def test_backend_gets_signed_events_and_ended_after_being_down(stack: Stac
         receiver.down = False
         await wait_for(lambda: len(receiver.of_type("call.ended")) == 1, 30)
         await asyncio.sleep(1.5)  # nothing more arrives: no second copy of any event
+        assert await stack.gateway.store.outbox_next_due() is None  # nothing left behind
+        registry = stack.gateway.metrics.registry
+        delivered = {"type": "call.ended", "outcome": "delivered"}
+        assert registry.get_sample_value("gateway_events_total", delivered) == 1
+        assert registry.get_sample_value("gateway_event_delivery_attempts_total", {"status": "503"})
     finally:
-        await outbox.aclose()
+        await stop_stack(stack)
         await receiver.stop()
 
     ids = Counter(e["id"] for e in receiver.events)
@@ -103,25 +110,52 @@ async def test_backend_gets_signed_events_and_ended_after_being_down(stack: Stac
     assert ended["state"] == "ENDED" and ended["direction"] == "USER_INITIATED"
     assert "duration" in ended and "start_time" in ended and "errors" in ended
     assert "biz_opaque_callback_data" in ended and ended["transcript"] is None
-    assert await store.outbox_next_due() is None  # nothing left behind
+
+
+async def test_outbox_survives_a_restart(tmp_path: Path) -> None:
+    record = CallRecord("wacid.R", Direction.USER_INITIATED, "15551230001")
+    first = SQLiteStore(tmp_path)
+    await first.open()
+    # The backend is unreachable while the first process runs (nothing on port 9).
+    outbox = EventOutbox(first, url="http://127.0.0.1:9/events", secret=SECRET)
+    await outbox.start()
+    event = outbox.publish("call.ended", record)
+    await outbox.aclose()
+    await first.close()
+
+    receiver = Receiver()
+    await receiver.start()
+    second = SQLiteStore(tmp_path)
+    await second.open()
+    outbox = EventOutbox(second, url=receiver.url, secret=SECRET)
+    try:
+        await outbox.start()
+        await wait_for(lambda: len(receiver.events) == 1)
+    finally:
+        await outbox.aclose()
+        await second.close()
+        await receiver.stop()
+    assert receiver.events[0]["id"] == event.id
+    assert receiver.events[0]["call"]["call_id"] == "wacid.R"
 
 
 async def test_undeliverable_events_are_dropped_after_max_age() -> None:
-    store = MemoryOutbox()
+    store = MemoryStore()
+    registry = CollectorRegistry()
     # Nothing listens on port 9 (discard): every attempt fails to connect.
-    outbox = EventOutbox(store, url="http://127.0.0.1:9/events", secret=SECRET, max_age=0.5)
-    from gateway.outbox import make_event
-
+    outbox = EventOutbox(
+        store, url="http://127.0.0.1:9/events", secret=SECRET, max_age=0.5, registry=registry
+    )
+    undeliverable = {"type": "call.started", "outcome": "undeliverable"}
     await outbox.start()
     try:
-        await store.outbox_add(
-            make_event("call.started", CallRecord("wacid.1", Direction.USER_INITIATED, "1555"))
-        )
-        outbox._wake.set()
-        await wait_for(lambda: not store.pending(), 10)
+        outbox.publish("call.started", CallRecord("wacid.1", Direction.USER_INITIATED, "1555"))
+        await wait_for(lambda: registry.get_sample_value("gateway_events_total", undeliverable))
     finally:
         await outbox.aclose()
-    assert outbox.deliveries.labels("call.started", "undeliverable")._value.get() == 1
+    assert registry.get_sample_value("gateway_events_total", undeliverable) == 1
+    assert registry.get_sample_value("gateway_event_delivery_attempts_total", {"status": "error"})
+    assert await store.outbox_next_due() is None
 
 
 def test_signature_is_meta_style() -> None:

@@ -23,7 +23,7 @@ from gateway.events import (
     PermissionReply,
 )
 from gateway.records import CallRecord, CallState
-from gateway.store import SCHEMA_VERSION, MemoryStore, SQLiteStore, Store
+from gateway.store import SCHEMA_VERSION, MemoryStore, OutboxEvent, SQLiteStore, Store
 from gateway.store.codec import decode_event, encode_event
 
 PNID = "106540352242922"
@@ -260,3 +260,22 @@ async def test_closed_store_refuses_with_a_store_error(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path)
     with pytest.raises(StoreError, match="not open"):
         await store.journal([connect()])
+
+
+async def test_outbox_keeps_events_until_removed(store: Store) -> None:
+    early = OutboxEvent("evt_1", "call.started", b'{"a":1}', 100.0, 0, 100.0)
+    late = OutboxEvent("evt_2", "call.ended", b'{"b":2}', 101.0, 0, 101.0)
+    await store.outbox_add(late)
+    await store.outbox_add(early)
+    assert await store.outbox_next_due() == 100.0
+    assert await store.outbox_due(100.5, 10) == [early]
+    assert await store.outbox_due(200.0, 10) == [early, late]
+    assert await store.outbox_due(200.0, 1) == [early]
+    await store.outbox_retry("evt_1", 1, 150.0)
+    assert await store.outbox_due(120.0, 10) == [late]
+    retried = (await store.outbox_due(200.0, 10))[1]
+    assert retried.attempts == 1 and retried.next_attempt_at == 150.0 and retried.body == b'{"a":1}'
+    await store.outbox_remove("evt_1")
+    await store.outbox_remove("evt_2")
+    await store.outbox_remove("evt_2")  # twice is fine
+    assert await store.outbox_next_due() is None and await store.outbox_due(1e12, 10) == []

@@ -4,8 +4,8 @@
 state across restarts; ``MemoryStore`` keeps it for the life of one process.
 """
 
-from .base import JournalEntry, Store
+from .base import JournalEntry, OutboxEvent, Store
 from .memory import MemoryStore
 from .sqlite import SCHEMA_VERSION, SQLiteStore
 
-__all__ = ["SCHEMA_VERSION", "JournalEntry", "MemoryStore", "SQLiteStore", "Store"]
+__all__ = ["SCHEMA_VERSION", "JournalEntry", "MemoryStore", "OutboxEvent", "SQLiteStore", "Store"]

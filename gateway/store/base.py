@@ -1,9 +1,10 @@
 """The one interface to everything the gateway keeps across restarts.
 
-The gateway needs five kinds of durable state: call records (with WhatsApp's
+The gateway needs six kinds of durable state: call records (with WhatsApp's
 terminate record), users' call-permission replies, the webhook dedupe memory, a
-journal of webhook events accepted but not yet handled, and the calls this
-process owns while they run (so a successor can end them after a crash).
+journal of webhook events accepted but not yet handled, the calls this
+process owns while they run (so a successor can end them after a crash), and the
+outbox of events for the business backend not yet delivered (:mod:`gateway.outbox`).
 
 Any implementation must keep these promises:
 
@@ -24,6 +25,19 @@ from typing import Protocol
 
 from ..events import Event, PermissionReply
 from ..records import CallRecord
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """An event for the business backend waiting in the outbox; its body is sent byte
+    for byte on every attempt (so its signature never changes)."""
+
+    id: str
+    type: str
+    body: bytes
+    created_at: float
+    attempts: int = 0
+    next_attempt_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,28 @@ class Store(Protocol):
 
     async def permission_reply(self, wa_id: str) -> PermissionReply | None:
         """The latest reply from ``wa_id``, if kept."""
+        ...
+
+    # --- outbox of events for the business backend -------------------------------------
+
+    async def outbox_add(self, event: OutboxEvent) -> None:
+        """Keep an event until it is delivered or given up; durable on return."""
+        ...
+
+    async def outbox_due(self, now: float, limit: int) -> list[OutboxEvent]:
+        """Up to ``limit`` events whose next attempt is due at ``now``, soonest due first."""
+        ...
+
+    async def outbox_next_due(self) -> float | None:
+        """When the earliest event is due; None when the outbox is empty."""
+        ...
+
+    async def outbox_retry(self, event_id: str, attempts: int, next_attempt_at: float) -> None:
+        """Record a failed attempt and when to try again."""
+        ...
+
+    async def outbox_remove(self, event_id: str) -> None:
+        """Forget an event (delivered, or given up)."""
         ...
 
     # --- retention -------------------------------------------------------------------

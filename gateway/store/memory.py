@@ -9,10 +9,11 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 from ..events import Event, PermissionReply
 from ..records import CallRecord, CallState
-from .base import JournalEntry
+from .base import JournalEntry, OutboxEvent
 from .codec import dedupe_key
 
 
@@ -25,6 +26,7 @@ class MemoryStore:
         self._ids = itertools.count(1)
         self._calls: dict[str, CallRecord] = {}
         self._replies: dict[str, tuple[float, PermissionReply]] = {}
+        self._outbox: dict[str, OutboxEvent] = {}
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -81,6 +83,31 @@ class MemoryStore:
         """The latest reply, or None."""
         kept = self._replies.get(wa_id)
         return kept[1] if kept else None
+
+    async def outbox_add(self, event: OutboxEvent) -> None:
+        """Keep the event."""
+        self._outbox[event.id] = event
+
+    async def outbox_due(self, now: float, limit: int) -> list[OutboxEvent]:
+        """Due events, soonest first."""
+        due = [e for e in self._outbox.values() if e.next_attempt_at <= now]
+        return sorted(due, key=lambda e: (e.next_attempt_at, e.created_at))[: max(0, limit)]
+
+    async def outbox_next_due(self) -> float | None:
+        """The earliest next attempt."""
+        return min((e.next_attempt_at for e in self._outbox.values()), default=None)
+
+    async def outbox_retry(self, event_id: str, attempts: int, next_attempt_at: float) -> None:
+        """Note the failed attempt."""
+        event = self._outbox.get(event_id)
+        if event is not None:
+            self._outbox[event_id] = replace(
+                event, attempts=attempts, next_attempt_at=next_attempt_at
+            )
+
+    async def outbox_remove(self, event_id: str) -> None:
+        """Drop the event."""
+        self._outbox.pop(event_id, None)
 
     async def prune(self, before: float) -> int:
         """Forget what is older than ``before``."""

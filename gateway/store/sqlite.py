@@ -29,7 +29,7 @@ import aiosqlite
 from ..errors import StoreError
 from ..events import Event, PermissionReply
 from ..records import CallRecord, CallState
-from .base import JournalEntry
+from .base import JournalEntry, OutboxEvent
 from .codec import decode_event, dedupe_key, encode_event
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             wa_id TEXT PRIMARY KEY,
             received_at REAL NOT NULL,
             reply TEXT NOT NULL)""",
+    ),
+    (
+        """CREATE TABLE outbox (
+            id TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            body BLOB NOT NULL,
+            created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL)""",
+        "CREATE INDEX outbox_due ON outbox (next_attempt_at)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -272,6 +282,54 @@ class SQLiteStore:
             return None
         reply = decode_event(rows[0][0])
         return reply if isinstance(reply, PermissionReply) else None
+
+    # --- outbox -------------------------------------------------------------------------------
+
+    async def outbox_add(self, event: OutboxEvent) -> None:
+        """Insert the event, committed to disk on return."""
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO outbox "
+                "(id, type, body, created_at, attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    event.id,
+                    event.type,
+                    event.body,
+                    event.created_at,
+                    event.attempts,
+                    event.next_attempt_at,
+                ),
+            )
+
+    async def outbox_due(self, now: float, limit: int) -> list[OutboxEvent]:
+        """Due events, soonest first."""
+        rows = await self._rows(
+            "SELECT id, type, body, created_at, attempts, next_attempt_at FROM outbox "
+            "WHERE next_attempt_at <= ? ORDER BY next_attempt_at, created_at LIMIT ?",
+            (now, max(0, limit)),
+        )
+        return [
+            OutboxEvent(str(r[0]), str(r[1]), bytes(r[2]), float(r[3]), int(r[4]), float(r[5]))
+            for r in rows
+        ]
+
+    async def outbox_next_due(self) -> float | None:
+        """The earliest next attempt."""
+        rows = await self._rows("SELECT MIN(next_attempt_at) FROM outbox")
+        return None if not rows or rows[0][0] is None else float(rows[0][0])
+
+    async def outbox_retry(self, event_id: str, attempts: int, next_attempt_at: float) -> None:
+        """Note the failed attempt."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE outbox SET attempts = ?, next_attempt_at = ? WHERE id = ?",
+                (attempts, next_attempt_at, event_id),
+            )
+
+    async def outbox_remove(self, event_id: str) -> None:
+        """Delete the event."""
+        async with self._transaction() as db:
+            await db.execute("DELETE FROM outbox WHERE id = ?", (event_id,))
 
     # --- retention ---------------------------------------------------------------------------
 
