@@ -287,9 +287,12 @@ class Call:
             log.info("call %s: ENDING -> ENDED (%s)", self.id, clip(reason))
             self.state_changed.set()
             self.ended.set()
-            self._release()
-            if self._on_ended is not None:
-                self._on_ended(self)
+            try:
+                # Observers (metrics, recordings, events) still see the session here.
+                if self._on_ended is not None:
+                    self._on_ended(self)
+            finally:
+                self._release()
 
     async def _run_end_hooks(self) -> None:
         for hook in self.end_hooks:

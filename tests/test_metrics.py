@@ -82,10 +82,14 @@ async def test_metrics_move_as_calls_are_placed_and_end() -> None:
         assert value(live, "gateway_graph_request_seconds_count", action="pre_accept") == 1
         assert value(live, "gateway_webhook_deliveries_total", outcome="accepted") >= 2
 
+        session = gw_call.session
         await call.hang_up()
         async with asyncio.timeout(10):
             await gw_call.ended.wait()
         after = await scrape(stack)
+        # Every figure the session took is in the histogram, up to the call's end.
+        responses = len(session.metrics.response_latencies_ms)
+        assert value(after, "gateway_response_seconds_count") == responses
         assert value(after, "gateway_calls_active", direction="USER_INITIATED") == 0
         assert (
             value(
