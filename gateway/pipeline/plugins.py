@@ -6,9 +6,9 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Mapping
-from importlib.metadata import entry_points
 
 from ..calls import SessionFactory
+from ..entrypoints import load_plugin, plugin_names
 from ..errors import BotError, ConfigError
 from .bot import Bot
 from .session import session_factory
@@ -21,19 +21,12 @@ GROUP = "gateway.bots"
 
 def available_bots() -> list[str]:
     """Names of the installed bot plugins, sorted."""
-    return sorted({ep.name for ep in entry_points(group=GROUP)})
+    return plugin_names(GROUP)
 
 
 def load_bot(name: str) -> Callable[[], Bot]:
     """The factory registered as ``name``; BotError lists the choices when unknown."""
-    matches = [ep for ep in entry_points(group=GROUP) if ep.name == name]
-    if not matches:
-        choices = ", ".join(available_bots()) or "none installed"
-        raise BotError(f"unknown bot {name!r}; available: {choices}")
-    try:
-        factory = matches[0].load()
-    except Exception as exc:  # a plugin's import error is the plugin's problem, say so
-        raise BotError(f"bot {name!r} failed to load: {exc!r}") from exc
+    factory = load_plugin(GROUP, name, kind="bot", error=BotError)
     if not callable(factory):
         raise BotError(f"bot {name!r} is not callable: {factory!r}")
     return factory  # type: ignore[no-any-return]
@@ -44,7 +37,7 @@ TTS_GROUP = "gateway.tts"
 
 def available_voices() -> list[str]:
     """Names of the installed TTS plugins (``gateway.tts`` group), sorted."""
-    return sorted({ep.name for ep in entry_points(group=TTS_GROUP)})
+    return plugin_names(TTS_GROUP)
 
 
 def load_tts(name: str | None = None, env: Mapping[str, str] | None = None) -> TTS:
@@ -58,17 +51,13 @@ def load_tts(name: str | None = None, env: Mapping[str, str] | None = None) -> T
     name = name or env.get("GATEWAY_TTS") or "espeak"
     if name == "espeak":  # the embedded voice, without an entry-point scan
         return EspeakTTS.from_env(env)
-    matches = [ep for ep in entry_points(group=TTS_GROUP) if ep.name == name]
-    if not matches:
-        choices = ", ".join(available_voices()) or "none installed"
-        raise ConfigError(f"GATEWAY_TTS: unknown voice plugin {name!r}; have {choices}")
+    factory = load_plugin(TTS_GROUP, name, kind="GATEWAY_TTS voice", error=ConfigError)
     try:
-        factory = matches[0].load()
         return factory(env)  # type: ignore[no-any-return]
     except ConfigError:
         raise
     except Exception as exc:
-        raise ConfigError(f"GATEWAY_TTS: voice plugin {name!r} failed to load: {exc!r}") from exc
+        raise ConfigError(f"GATEWAY_TTS: voice plugin {name!r} failed: {exc!r}") from exc
 
 
 @functools.cache

@@ -17,12 +17,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import Protocol, TypeAlias
 
 import numpy as np
 from numpy.typing import NDArray
 
+from ..entrypoints import load_plugin, plugin_names
 from ..errors import ConfigError
 
 GROUP = "gateway.stt"
@@ -56,7 +56,7 @@ TranscriberFactory: TypeAlias = Callable[[Mapping[str, str]], Transcriber]
 
 def available_transcribers() -> list[str]:
     """Names of the installed STT backends, sorted."""
-    return sorted({ep.name for ep in entry_points(group=GROUP)})
+    return plugin_names(GROUP)
 
 
 def load_transcriber(name: str | None = None, env: Mapping[str, str] | None = None) -> Transcriber:
@@ -67,12 +67,7 @@ def load_transcriber(name: str | None = None, env: Mapping[str, str] | None = No
     """
     env = os.environ if env is None else env
     name = name or env.get("GATEWAY_STT") or "whisper"
-    matches = [ep for ep in entry_points(group=GROUP) if ep.name == name]
-    if not matches:
-        choices = ", ".join(available_transcribers()) or "none installed"
-        raise ConfigError(f"GATEWAY_STT: unknown speech-to-text backend {name!r}; have {choices}")
-    try:
-        factory: TranscriberFactory = matches[0].load()
-    except Exception as exc:
-        raise ConfigError(f"GATEWAY_STT: backend {name!r} failed to load: {exc!r}") from exc
+    factory: TranscriberFactory = load_plugin(
+        GROUP, name, kind="GATEWAY_STT speech-to-text backend", error=ConfigError
+    )
     return factory(env)
