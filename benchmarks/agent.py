@@ -16,7 +16,7 @@
 CPU figures are process CPU time (the benchmark runs gateway, sandbox and callers
 in one process), which holds up on a shared machine better than wall time.
 
-    python benchmarks/agent.py [--skip-stt] [--skip-v2v] [--concurrency 1,2,4,6]
+    python benchmarks/agent.py [--skip-stt] [--skip-v2v] [--concurrency 1,2,4,6] [--workers 1]
 """
 
 from __future__ import annotations
@@ -107,10 +107,12 @@ async def bench_stt() -> None:
     print("\n".join(rows))
 
 
-async def _agent_stack(ttft_ms: float) -> tuple[object, ScriptedLLM, AgentServices, list[AgentBot]]:
+async def _agent_stack(
+    ttft_ms: float, workers: int = 1
+) -> tuple[object, ScriptedLLM, AgentServices, list[AgentBot]]:
     llm = await ScriptedLLM(ttft_ms=ttft_ms, tokens_per_s=50).start()
     settings = LLMSettings(llm.url, llm.model, first_token_timeout=10, stall_timeout=10)
-    stt = WhisperTranscriber()
+    stt = WhisperTranscriber(workers=workers)
     await stt.prepare()
     services = AgentServices(
         AgentConfig(settings, no_input_s=120), LLMClient(settings), stt, default_tts()
@@ -126,8 +128,11 @@ async def _agent_stack(ttft_ms: float) -> tuple[object, ScriptedLLM, AgentServic
     return stack, llm, services, bots
 
 
-async def _caller(stack: object, i: int, files: list[str]) -> tuple[BotSession, AgentBot]:
+async def _caller(
+    stack: object, i: int, files: list[str], delay: float = 0.0
+) -> tuple[BotSession, AgentBot]:
     gateway, sandbox = stack.gateway, stack.sandbox  # type: ignore[attr-defined]
+    await asyncio.sleep(delay)
     call = await SimulatedUser(sandbox, f"1555100{i:04d}", f"Caller {i}").place_call()
     async with asyncio.timeout(30):
         await call.accepted.wait()
@@ -187,16 +192,19 @@ async def bench_v2v() -> None:
         print(f"  process CPU for the call: {cpu:.1f} s ({cpu / len(total):.2f} s per turn)")
 
 
-async def bench_concurrency(levels: list[int]) -> None:
-    print("\n== concurrency: N agent calls at once, 3 turns each (turn closed -> first packet)")
+async def bench_concurrency(levels: list[int], workers: int) -> None:
+    print(
+        "\n== concurrency: N agent calls at once (starts 0.8 s apart), 3 turns each, "
+        f"GATEWAY_STT_WORKERS={workers}; turn closed -> first packet"
+    )
     files = ["goforward.wav", "cards-005.wav", "forever-2.wav"]
     base = None
     for n in levels:
-        stack, llm, services, _ = await _agent_stack(0.0)
+        stack, llm, services, _ = await _agent_stack(0.0, workers)
         try:
             cpu0, wall0 = time.process_time(), time.monotonic()
             results = await asyncio.gather(
-                *(_caller(stack, i, files[i % 3 :] + files[: i % 3]) for i in range(n))
+                *(_caller(stack, i, files[i % 3 :] + files[: i % 3], 0.8 * i) for i in range(n))
             )
             cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
         finally:
@@ -217,6 +225,7 @@ async def main() -> None:
     parser.add_argument("--skip-stt", action="store_true")
     parser.add_argument("--skip-v2v", action="store_true")
     parser.add_argument("--concurrency", default="1,2,4,6", help="N values ('' to skip)")
+    parser.add_argument("--workers", type=int, default=1, help="GATEWAY_STT_WORKERS")
     args = parser.parse_args()
     if not args.skip_stt:
         await bench_stt()
@@ -224,7 +233,7 @@ async def main() -> None:
         await bench_v2v()
     levels = [int(x) for x in args.concurrency.split(",") if x]
     if levels:
-        await bench_concurrency(levels)
+        await bench_concurrency(levels, args.workers)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Literal
 
 import pytest
@@ -138,3 +140,19 @@ async def test_whisper_hears_the_words_and_the_http_backend_matches() -> None:
     finally:
         await remote.aclose()
         await server.aclose()
+
+
+def test_an_echo_gateway_loads_no_agent_machinery() -> None:
+    # A fresh interpreter: this one has long imported everything.
+    probe = (
+        "import sys\n"
+        "from gateway.app import Gateway\n"
+        "from gateway.pipeline.plugins import load_bot, session_for\n"
+        "session_for('echo'); load_bot('echo')()\n"
+        "heavy = {'faster_whisper', 'ctranslate2', 'openai', 'gateway.agent', 'gateway.stt'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
