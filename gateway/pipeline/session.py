@@ -94,7 +94,7 @@ class BotSession:
         )
         # Only bots that define on_pause get pauses (and pay for the copy of the audio).
         self._on_pause = getattr(bot, "on_pause", None)
-        self._pause_frames = PAUSE_MS // 20 if self._on_pause is not None else 0
+        self._pause_ms = PAUSE_MS if self._on_pause is not None else 0
         self._current: tuple[Playback, str, bool] | None = None
         # The playback a speech onset paused, held until the caller's turn is decided.
         self._held: Playback | None = None
@@ -222,7 +222,7 @@ class BotSession:
             elif self._held is not None:  # SpeechDiscarded
                 self._resume("the sound was discarded")
                 self._held = None
-        if self._pause_frames and self._segmenter.silent_frames == self._pause_frames:
+        if self._pause_ms and self._segmenter.turn_silence_ms == self._pause_ms:
             turn = self._segmenter.peek()
             if turn is not None:
                 self._inbox.put_nowait(_Pause(Utterance(turn.pcm, turn.started_at_ms, turn.at_ms)))

@@ -249,11 +249,6 @@ class VadSegmenter:
             events.append(self._close(index, forced=True))
         return events
 
-    @property
-    def silent_frames(self) -> int:
-        """Unvoiced frames since the last voiced one of the open turn (0 when idle)."""
-        return self._index - 1 - self._last_voiced if self._start_frame >= 0 else 0
-
     def peek(self) -> SpeechEnded | None:
         """The open turn so far, as it would end if no more speech came; it stays open.
 
@@ -261,11 +256,9 @@ class VadSegmenter:
         ``started_at_ms`` equal those of the :class:`SpeechEnded` that later closes
         the turn, unless the caller speaks again first.
         """
-        if self._start_frame < 0:
+        if not self.turn_is_utterance:
             return None
         last, onset = self._last_voiced, self._onset
-        if last + 1 - onset < self._min_voiced:
-            return None
         end_frame = min(last + 1 + self._post_roll, self._index)
         pcm = self._buf[: (end_frame - self._start_frame) * FRAME_SAMPLES].copy()
         return SpeechEnded((last + 1) * FRAME_MS, onset * FRAME_MS, pcm)
