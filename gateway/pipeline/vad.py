@@ -249,6 +249,11 @@ class VadSegmenter:
             events.append(self._close(index, forced=True))
         return events
 
+    @property
+    def silent_frames(self) -> int:
+        """Unvoiced frames since the last voiced one of the open turn (0 when idle)."""
+        return self._index - 1 - self._last_voiced if self._start_frame >= 0 else 0
+
     def peek(self) -> SpeechEnded | None:
         """The open turn so far, as it would end if no more speech came; it stays open.
 
