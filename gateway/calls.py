@@ -37,6 +37,7 @@ from .logsafe import clip
 from .media.inbound import InboundAudio
 from .media.playout import PlayoutTrack
 from .media.sender import PlayoutSender
+from .media.transport import CallTransport
 from .records import CallRecord, CallState
 from .store import JournalEntry, MemoryStore, Store
 
@@ -189,6 +190,7 @@ class Call:
         transceiver = transceivers[0]
         transceiver.sender.replaceTrack(self.playout)
         PlayoutSender.adopt(transceiver.sender)
+        CallTransport.adopt(transceiver.receiver.transport)
         transceiver.direction = "sendrecv"
         self.inbound = InboundAudio(
             transceiver.receiver,
@@ -244,6 +246,7 @@ class Call:
         """Our SDP offer for a business-initiated call, in Meta's form."""
         sender = PlayoutSender.adopt(self.pc.addTrack(self.playout))
         receiver = next(t.receiver for t in self.pc.getTransceivers() if t.sender is sender)
+        CallTransport.adopt(receiver.transport)
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
         self.inbound = InboundAudio(

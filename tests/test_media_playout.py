@@ -48,9 +48,12 @@ async def test_idle_track_sends_silence_on_time() -> None:
     assert [bytes(p) for p in packets] == [silence_packet()] * 6
     assert [p.pts for p in packets] == [0, 960, 1920, 2880, 3840, 4800]
     assert all(p.time_base == fractions.Fraction(1, 48000) for p in packets)
-    # Never ahead of schedule (a track that bursts would be).
+    # Never ahead of schedule (a track that bursts would be): frame k leaves no
+    # earlier than k frames after the first was due (on the loop's frame grid).
+    start = track._start
+    assert start is not None
     for k, t in enumerate(times):
-        assert t - times[0] >= k * 0.020 - 0.002
+        assert t - start >= k * 0.020 - 0.002
     stats = track.stats
     assert (stats.frames_sent, stats.speech_frames, stats.silence_frames) == (6, 0, 6)
     assert not track.is_playing

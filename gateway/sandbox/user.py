@@ -25,6 +25,7 @@ from ..media.dtmf import DtmfSender
 from ..media.inbound import InboundAudio
 from ..media.playout import Playback, PlayoutTrack
 from ..media.sender import PlayoutSender
+from ..media.transport import CallTransport
 from . import payloads
 from .cloud import CloudAPISandbox
 
@@ -205,6 +206,7 @@ class UserCall:
 
     async def start(self, *, decode: bool = True) -> None:
         sender = PlayoutSender.adopt(self.pc.addTrack(self.playout))
+        CallTransport.adopt(sender.transport)
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
         # A phone is the controlled side: Meta's edge is ICE-lite, the business controls.
@@ -263,6 +265,7 @@ class UserCall:
         transceiver = self.pc.getTransceivers()[0]
         transceiver.sender.replaceTrack(self.playout)
         PlayoutSender.adopt(transceiver.sender)
+        CallTransport.adopt(transceiver.receiver.transport)
         transceiver.direction = "sendrecv"
         self.inbound = InboundAudio(
             transceiver.receiver,
