@@ -427,10 +427,13 @@ async def test_speech_and_dtmf_between_two_peers(speech: NDArray[np.int16]) -> N
         await asyncio.wait_for(enough.wait(), 5)
 
         # Every frame sent by then arrived, each as 320 samples (later ones may follow).
-        assert target[0] <= len(received) <= len(sent)
+        # A stalled event loop (a loaded machine) makes the track skip frame slots,
+        # by design: the receiver then conceals exactly those, and nothing else.
+        skipped = track.stats.skipped_frames
+        assert target[0] <= len(received) <= len(sent) + skipped
         assert {len(f) for f in received} == {FRAME_SAMPLES}
         stats = inbound.stats
-        assert (stats.lost, stats.late, stats.concealed) == (0, 0, 0)
+        assert (stats.lost, stats.late, stats.concealed) == (skipped, 0, skipped)
 
         # And it is the recording: line the loudness envelopes up and compare.
         heard = frame_rms(np.concatenate(received))
