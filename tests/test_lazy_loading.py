@@ -1,4 +1,5 @@
-"""A gateway loads only what its bot uses: no speech models for the echo bot at start-up."""
+"""A gateway loads only what its bot uses: no speech models (pocketsphinx, eSpeak NG,
+Whisper) nor LLM client for the echo bot at start-up."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ PROBE = textwrap.dedent(
     def loaded():
         maps = open("/proc/self/maps").read()
         return sorted(
-            {"pocketsphinx"} & set(sys.modules)
+            {"pocketsphinx", "openai", "faster_whisper", "ctranslate2"} & set(sys.modules)
             | {name for name in ("libespeak", "libpocketsphinx") if name in maps}
         )
 
