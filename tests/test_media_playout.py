@@ -286,11 +286,13 @@ async def test_all_tracks_of_a_loop_wait_on_one_timer_per_frame() -> None:
     loop = asyncio.get_running_loop()
     clock = frame_clock(loop)
     tracks = [PlayoutTrack() for _ in range(30)]
-    await asyncio.gather(*(t.next_payload() for t in tracks))  # each starts on the grid
+    await asyncio.gather(*(t.next_payload() for t in tracks))  # each keeps time on the grid
     second = [asyncio.create_task(t.next_payload()) for t in tracks]
     await asyncio.sleep(0)
-    # 30 tracks, one tick waited for: one timer, not 30.
-    assert [len(w) for w in clock._waiters.values()] == [30]
+    # 30 tracks started together wait for one tick (two, if their starts straddled
+    # a grid line): one or two timers, not 30.
+    assert sum(len(w) for w in clock._waiters.values()) == 30
+    assert len(clock._waiters) <= 2
     second[0].cancel()  # a call that ends wakes no other
     results = await asyncio.gather(*second[1:])
     assert {pts for _, pts in results} == {960}
@@ -301,6 +303,7 @@ async def test_frame_clock_ticks_are_20ms_apart() -> None:
     loop = asyncio.get_running_loop()
     clock = FrameClock(loop)
     first = clock.next_tick()
+    assert clock.last_tick() <= loop.time() <= first <= clock.last_tick() + 0.020
     await clock.sleep_until(first + 0.020)
     assert loop.time() >= first + 0.020 - 0.001
     assert clock.next_tick() >= first + 0.020

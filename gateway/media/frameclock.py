@@ -4,10 +4,11 @@ Each call's :class:`~gateway.media.playout.PlayoutTrack` waits for its next
 frame every 20 ms. With ``asyncio.sleep`` that is one timer per call per frame:
 a ``TimerHandle`` and a future made, pushed onto and popped off the loop's heap
 (whose comparisons are Python code) 50 times a second per call, and the heap
-grows with the calls. The tracks of a loop start on a shared grid instead
-(their first frame waits for the next grid line, < 20 ms once per call), so
-all their frames fall due on the same instants, and :class:`FrameClock` keeps
-one timer per instant that wakes every track due then.
+grows with the calls. The tracks of a loop keep time on a shared grid instead
+(a track's first frame goes out at once, as due on the latest grid line, so its
+second follows in less than 20 ms, once per call), so all their frames fall due
+on the same instants, and :class:`FrameClock` keeps one timer per instant that
+wakes every track due then.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ class FrameClock:
     def next_tick(self) -> float:
         """The loop time of the next tick (now, if now is one)."""
         ticks = math.ceil((self._loop.time() - self._origin) / TICK)
+        return self._origin + ticks * TICK
+
+    def last_tick(self) -> float:
+        """The loop time of the latest tick (now, if now is one)."""
+        ticks = math.floor((self._loop.time() - self._origin) / TICK)
         return self._origin + ticks * TICK
 
     async def sleep_until(self, when: float) -> None:

@@ -255,8 +255,9 @@ class PlayoutTrack(MediaStreamTrack):
         loop = asyncio.get_running_loop()
         if self._start is None:
             # On the loop's shared 20 ms grid: one timer wakes every call's track.
+            # The first frame counts as due on the latest grid line: it goes now.
             self._clock = frame_clock(loop)
-            self._start = self._clock.next_tick()
+            self._start = self._clock.last_tick()
         else:
             self._pts += FRAME_TICKS
         await self._wait_until_due(loop)
