@@ -6,7 +6,8 @@ itself: cProfile with the process CPU clock (not wall time, so the figures hold
 on a shared machine), dumped when the load test stops it. Prints the functions
 that spend the most CPU, in microseconds per inbound 20 ms frame (each call
 receives 50 frames and sends 50 a second), and with ``--flame`` also records a
-flame graph (SVG) with py-spy in a second run (sampling, no cProfile overhead).
+flame graph (SVG) with py-spy (`pip install py-spy==0.4.3`, not a project
+dependency) in a second run (sampling, no cProfile overhead).
 
     python benchmarks/profile_calls.py [--calls 10] [--duration 20] [--top 30]
         [--save docs/profile-echo.txt] [--flame docs/flame-echo.svg]
