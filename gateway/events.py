@@ -5,8 +5,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from enum import StrEnum
+from typing import Any
 
 
 class Direction(StrEnum):
@@ -107,3 +109,38 @@ def event_key(event: Event) -> tuple[str, ...]:
     if isinstance(event, CallStatus):
         return ("status", event.call_id, event.status)
     return ("permission", event.from_, event.context_id or "", str(event.timestamp))
+
+
+# --- events as JSON text (the store's journal, the cluster's Redis streams) ----------
+
+_TYPES: dict[str, type[Any]] = {
+    "connect": CallConnect,
+    "terminate": CallTerminate,
+    "status": CallStatus,
+    "permission": PermissionReply,
+}
+_NAMES = {cls: name for name, cls in _TYPES.items()}
+
+
+def encode_event(event: Event) -> str:
+    """One event as a JSON text (its type under ``"type"``)."""
+    return json.dumps({"type": _NAMES[type(event)], **asdict(event)}, separators=(",", ":"))
+
+
+def decode_event(text: str | bytes) -> Event:
+    """The inverse of :func:`encode_event`; ValueError when ``text`` is not one."""
+    data = json.loads(text)
+    if not isinstance(data, dict) or data.get("type") not in _TYPES:
+        raise ValueError("not an encoded event")
+    cls = _TYPES[data.pop("type")]
+    try:
+        if data.get("direction") is not None:
+            data["direction"] = Direction(data["direction"])
+        if cls is CallConnect and data.get("contact") is not None:
+            data["contact"] = Contact(**data["contact"])
+        if cls is CallTerminate:
+            data["errors"] = tuple(CallErrorInfo(**e) for e in data.get("errors") or ())
+        event: Event = cls(**data)
+    except TypeError as exc:  # missing or unknown fields
+        raise ValueError(f"not an encoded event: {exc}") from None
+    return event

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from gateway.cli import main as cli_main
-from gateway.cluster.wire import decode_event, encode_event
 from gateway.config import load_settings
 from gateway.errors import ConfigError
 from gateway.events import (
@@ -16,6 +15,8 @@ from gateway.events import (
     Contact,
     Direction,
     PermissionReply,
+    decode_event,
+    encode_event,
 )
 
 from .test_config import ENV

@@ -15,9 +15,8 @@ from gateway.cluster import keys
 from gateway.cluster.node import WorkerNode, connect
 from gateway.cluster.redis_server import RedisServer
 from gateway.cluster.router import ClusterRouter
-from gateway.cluster.wire import encode_event
 from gateway.errors import CallError, UnavailableError
-from gateway.events import CallConnect, Direction, Event
+from gateway.events import CallConnect, Direction, Event, encode_event
 from gateway.graph import GraphClient
 
 

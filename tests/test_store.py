@@ -21,10 +21,11 @@ from gateway.events import (
     Direction,
     Event,
     PermissionReply,
+    encode_event,
 )
 from gateway.records import CallRecord, CallState
 from gateway.store import SCHEMA_VERSION, MemoryStore, OutboxEvent, SQLiteStore, Store
-from gateway.store.codec import decode_event, encode_event
+from gateway.store.codec import decode_event
 
 PNID = "106540352242922"
 
@@ -96,7 +97,7 @@ def test_events_survive_the_codec(event: Event) -> None:
 
 def test_codec_refuses_junk_with_a_store_error() -> None:
     with pytest.raises(StoreError, match="unreadable journal entry"):
-        decode_event('{"kind": "nonsense"}')
+        decode_event('{"type": "nonsense"}')
 
 
 async def test_journal_keeps_new_events_and_drops_duplicates(store: Store) -> None:

@@ -9,5 +9,5 @@ cluster. Redis carries signaling and state only, never media:
   through a Streams consumer group, everything else to the call's owner.
 - :mod:`.supervisor` — ``gateway serve --workers N`` (SO_REUSEPORT).
 - :mod:`.redis_server` — a private ``redis-server`` for tests and ``gateway cluster``.
-- :mod:`.keys`, :mod:`.wire` — key names and the event encoding.
+- :mod:`.keys` — key names (events travel as :func:`gateway.events.encode_event` text).
 """

@@ -29,11 +29,18 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..calls import CallManager
 from ..errors import CallError, UnavailableError
-from ..events import CallConnect, CallTerminate, Event, PermissionReply, event_key
+from ..events import (
+    CallConnect,
+    CallTerminate,
+    Event,
+    PermissionReply,
+    decode_event,
+    encode_event,
+    event_key,
+)
 from ..routing import LocalRouter, reply_as_dict
 from . import keys
 from .node import RECORD_TTL, WorkerNode
-from .wire import decode_event, encode_event
 
 log = logging.getLogger(__name__)
 

@@ -27,10 +27,10 @@ from pathlib import Path
 import aiosqlite
 
 from ..errors import StoreError
-from ..events import Event, PermissionReply
+from ..events import Event, PermissionReply, encode_event
 from ..records import CallRecord, CallState
 from .base import JournalEntry, OutboxEvent
-from .codec import decode_event, dedupe_key, encode_event
+from .codec import decode_event, dedupe_key
 
 log = logging.getLogger(__name__)
 
