@@ -12,6 +12,7 @@ import gc
 import os
 import sys
 
+import numpy as np
 import pytest
 
 from gateway.calls import Call, CallState
@@ -233,3 +234,63 @@ async def test_a_flood_of_unsigned_junk_keeps_memory_flat(stack: Stack) -> None:
     assert not any(s.startswith("HTTP/1.1 5") for s in statuses)
     assert refused >= 200
     assert growth < 10.0
+
+
+async def test_five_percent_loss_and_60_ms_jitter_still_sound_continuous() -> None:
+    """The gateway talks through a relay that loses 5 % and delays 0-60 ms, both ways."""
+    from gateway.media.audio import frame_rms
+    from gateway.sandbox.relay import Impairment
+
+    from .audio_checks import find_in
+
+    speech = np.concatenate([load_wav(AUDIO / f"cards-00{i}.wav") for i in (1, 2, 3)])
+
+    async def talk(call: Call) -> None:
+        await call.media_up.wait()
+        await call.playout.play(speech).wait()
+
+    stack = await start_stack(session=talk)
+    try:
+        user = SimulatedUser(stack.sandbox, "15551230077", "Ivo")
+        # A phone's jitter buffer holds ~80 ms, as WebRTC's does at this jitter.
+        call = await user.place_call(
+            network=Impairment(loss=0.05, jitter_ms=60, seed=7), jitter_window=4
+        )
+        call.play(load_wav(AUDIO / "cards-004.wav"))  # the caller talks too (uplink loss)
+        async with asyncio.timeout(60):
+            await call.media_up.wait()
+            while call.frames_heard * 320 < len(speech) + 16000:
+                await asyncio.sleep(0.1)
+        heard = call.heard
+        assert call.inbound is not None and call.relay is not None
+        inbound, relay = call.inbound.stats, call.relay.stats
+        gw_call = stack.gateway.calls.get(call.call_id)
+        uplink_frames = gw_call.inbound.stats if gw_call.inbound is not None else None
+        await call.hang_up()
+        await _until_ended(stack, call.call_id)
+        stuck = len(stack.gateway.calls.calls)
+        errors = sum(n for c, n in stack.sandbox.webhook_statuses.items() if c >= 500)
+    finally:
+        await stop_stack(stack)
+    corr, at = find_in(heard, speech)
+    sent_env = frame_rms(speech)
+    heard_env = frame_rms(heard[at * 320 : at * 320 + len(speech)])
+    loud = sent_env > 300
+    kept = float(np.count_nonzero(heard_env[loud] > 150)) / max(1, int(loud.sum()))
+    # Longest run of near-silent frames where the bot was speaking.
+    gap = run = 0
+    for sent_loud, h in zip(loud, heard_env, strict=False):
+        run = run + 1 if sent_loud and h < 150 else 0
+        gap = max(gap, run)
+    ff.record(
+        "5 % loss + 0-60 ms jitter both ways (relay)",
+        f"caller heard {kept:.0%} of the bot's loud frames loud, envelope correlation "
+        f"{corr:.2f}, longest gap in speech {gap * 20} ms; relay dropped {relay.lost}, caller "
+        f"concealed {inbound.concealed}/{inbound.packets + inbound.lost} frames "
+        f"({inbound.late} late); gateway concealed "
+        f"{uplink_frames.concealed if uplink_frames else '?'}; stuck {stuck}, "
+        f"responses >= 500 {errors}",
+    )
+    assert relay.lost > 0  # the impairment really happened
+    assert corr > 0.8 and kept > 0.9 and gap <= 5
+    assert stuck == 0 and errors == 0

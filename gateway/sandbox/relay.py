@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -33,6 +34,17 @@ class _Side(asyncio.DatagramProtocol):
         self.receive(data, (addr[0], addr[1]))
 
 
+@dataclass(frozen=True)
+class Impairment:
+    """A bad network on the media path: each RTP/RTCP datagram, both ways, is lost
+    with probability ``loss`` or else delayed by 0 to ``jitter_ms`` (so reordered).
+    ICE and DTLS pass untouched: the fault under test is the media's."""
+
+    loss: float = 0.0
+    jitter_ms: float = 0.0
+    seed: int = 1
+
+
 @dataclass
 class RelayStats:
     """What the media edge forwarded, and what it refused."""
@@ -41,6 +53,8 @@ class RelayStats:
     to_browser: int = 0
     dropped: int = 0
     dropped_from: set[str] = field(default_factory=set)
+    lost: int = 0
+    """Media datagrams the impairment dropped."""
 
 
 class MediaRelay:
@@ -54,7 +68,7 @@ class MediaRelay:
     send from its Ethernet address, whose network cost it ranks lower.
     """
 
-    def __init__(self, browser: list[Address]) -> None:
+    def __init__(self, browser: list[Address], impairment: Impairment | None = None) -> None:
         # The edge listens on 127.0.0.1, so it talks to the browser over IPv4.
         browser = [c for c in browser if ":" not in c[0]]
         if not browser:
@@ -63,6 +77,8 @@ class MediaRelay:
         self.allowed = frozenset(host for host, _ in browser)
         self.gateway: Address | None = None
         self.stats = RelayStats()
+        self.impairment = impairment
+        self._random = random.Random(impairment.seed if impairment else 0)
         self._to_gateway: asyncio.DatagramTransport | None = None
         self._to_browser: asyncio.DatagramTransport | None = None
 
@@ -102,7 +118,7 @@ class MediaRelay:
             return
         self.gateway = addr
         self.stats.to_browser += 1
-        self._to_browser.sendto(data, self.browser)
+        self._send(self._to_browser, data, self.browser)
 
     def _from_browser(self, data: bytes, addr: Address) -> None:
         if addr[0] not in self.allowed or self.gateway is None or self._to_gateway is None:
@@ -110,7 +126,24 @@ class MediaRelay:
             return
         self.browser = addr  # follow the candidate the browser's ICE agent settles on
         self.stats.to_gateway += 1
-        self._to_gateway.sendto(data, self.gateway)
+        self._send(self._to_gateway, data, self.gateway)
+
+    def _send(self, transport: asyncio.DatagramTransport, data: bytes, to: Address) -> None:
+        bad = self.impairment
+        # RTP and RTCP start with version 2 (RFC 7983: first byte 128-191).
+        if bad is None or not data or not 128 <= data[0] <= 191:
+            transport.sendto(data, to)
+            return
+        if self._random.random() < bad.loss:
+            self.stats.lost += 1
+            return
+        delay = self._random.uniform(0.0, bad.jitter_ms / 1000)
+        asyncio.get_running_loop().call_later(delay, self._send_late, transport, data, to)
+
+    @staticmethod
+    def _send_late(transport: asyncio.DatagramTransport, data: bytes, to: Address) -> None:
+        if not transport.is_closing():
+            transport.sendto(data, to)
 
     def _drop(self, addr: Address) -> None:
         self.stats.dropped += 1

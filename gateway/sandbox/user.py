@@ -28,6 +28,7 @@ from ..media.sender import PlayoutSender
 from ..media.transport import CallTransport
 from . import payloads
 from .cloud import CloudAPISandbox
+from .relay import Address, Impairment, MediaRelay
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,29 @@ def _break_offer(offer: str, fault: MediaFault) -> str:
     return sdp.join(out)
 
 
+def _candidate(text: str) -> Address:
+    for line in sdp.lines(text):
+        if line.startswith("a=candidate:"):
+            fields = line.split(" ")
+            return (fields[4], int(fields[5]))
+    raise ValueError("the SDP has no candidate")
+
+
+def _via(text: str, edge: Address) -> str:
+    # One candidate, the media edge's: the other side only ever talks to the relay.
+    out: list[str] = []
+    seen = False
+    for line in sdp.lines(text):
+        if line.startswith("a=candidate:"):
+            if seen:
+                continue
+            fields = line.split(" ")
+            fields[4], fields[5] = edge[0], str(edge[1])
+            line, seen = " ".join(fields), True
+        out.append(line)
+    return sdp.join(out)
+
+
 class UserCallState(StrEnum):
     """The call as the simulated phone sees it."""
 
@@ -135,15 +159,21 @@ class SimulatedUser:
         inbound: bool = True,
         fault: MediaFault | None = None,
         payload_types: tuple[int, int] | None = None,
+        network: Impairment | None = None,
+        jitter_window: int = 2,
     ) -> UserCall:
         """Call the business: post a signed connect webhook with our offer.
 
         ``inbound=False`` leaves received audio undecoded (load tests count packets);
         ``fault`` breaks the call's media on purpose; ``payload_types`` offers Opus
-        and telephone-event on other numbers than WhatsApp's 111 and 126.
+        and telephone-event on other numbers than WhatsApp's 111 and 126;
+        ``network`` sends the media through a relay that loses and delays it, and
+        ``jitter_window`` (frames) is how long the phone waits for a late packet.
         """
         call = UserCall(self, self.sandbox.new_call_id())
         call.fault = fault
+        call.network = network
+        call.jitter_window = jitter_window
         if payload_types is not None:
             call.opus_pt, call.dtmf_pt = payload_types
         await call.start(decode=inbound)
@@ -192,6 +222,9 @@ class UserCall:
         self.frames_heard = 0
         self.digits_heard: list[str] = []
         self.fault: MediaFault | None = None
+        self.network: Impairment | None = None
+        self.jitter_window = 2
+        self.relay: MediaRelay | None = None
         self.opus_pt = rtc.OPUS_PT
         self.dtmf_pt = rtc.DTMF_PT
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -220,6 +253,7 @@ class UserCall:
                 on_dtmf=None,
                 opus_pt=self.opus_pt,
                 dtmf_pt=self.dtmf_pt,
+                window=self.jitter_window,
             )
             self.inbound.attach()
         self.offer_sdp = whatsapp_offer(self.pc.localDescription.sdp)
@@ -229,6 +263,10 @@ class UserCall:
             )
         if self.fault is not None:
             self.offer_sdp = _break_offer(self.offer_sdp, self.fault)
+        if self.network is not None:
+            self.relay = MediaRelay([_candidate(self.offer_sdp)], self.network)
+            await self.relay.start()
+            self.offer_sdp = _via(self.offer_sdp, self.relay.gateway_side)
         self.sandbox.calls[self.call_id] = self
         self.sandbox.timeline.add(f"{self.user.name} ({self.user.wa_id}) calls the business")
         response = await self.sandbox.deliver(
@@ -347,6 +385,8 @@ class UserCall:
             return  # the phone never starts its ICE checks
         local_mid = sdp.mids(self.pc.localDescription.sdp)[0]
         text = sdp.rename_mid(answer, "audio", local_mid)
+        if self.relay is not None:
+            text = _via(text, self.relay.browser_side)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
 
     def _on_frame(self, frame: np.ndarray) -> None:
@@ -407,6 +447,8 @@ class UserCall:
             self.inbound.close()
         self.playout.stop()
         await self.pc.close()
+        if self.relay is not None:
+            self.relay.close()
         business = self.sandbox.business_number
         outgoing = self.direction == "USER_INITIATED"
         if not outgoing:
