@@ -21,7 +21,7 @@ from .metrics import Metrics, process_cpu_seconds, process_rss_bytes
 from .outbox import EventOutbox
 from .recording import Recordings
 from .routing import LocalRouter, Router
-from .store import MemoryStore, SQLiteStore, Store
+from .store import SQLiteStore, Store
 from .webhooks import WebhookReceiver
 
 if TYPE_CHECKING:
@@ -33,12 +33,13 @@ log = logging.getLogger(__name__)
 PRUNE_INTERVAL = 3600.0
 
 
-def _default_store(settings: Settings) -> Store:
+def _default_store(settings: Settings, worker_id: str | None) -> Store:
     # One process keeps its state in SQLite under GATEWAY_DATA_DIR. A cluster worker
-    # keeps call records, dedupe and ownership in the cluster's Redis (gateway.cluster),
-    # so its own store only lives as long as the process.
-    if settings.redis_url is not None:
-        return MemoryStore()
+    # keeps it in the cluster's Redis, where every worker reads it.
+    if settings.redis_url is not None and worker_id is not None:
+        from .cluster.store import RedisStore
+
+        return RedisStore(settings.redis_url.value, worker_id)
     return SQLiteStore(settings.data_dir)
 
 
@@ -54,7 +55,13 @@ class Gateway:
         store: Store | None = None,
     ) -> None:
         self.settings = settings
-        self.store: Store = store if store is not None else _default_store(settings)
+        # A cluster worker's id (a new one at every start), None in single mode.
+        self.worker_id: str | None = None
+        if settings.redis_url is not None:
+            from .cluster.node import new_worker_id
+
+            self.worker_id = new_worker_id()
+        self.store: Store = store if store is not None else _default_store(settings, self.worker_id)
         rtc.configure(settings.media_addresses)
         self.metrics = Metrics()
         self.graph = GraphClient(
@@ -138,6 +145,7 @@ class Gateway:
             return LocalRouter(self.calls)
         from .cluster.node import WorkerNode
         from .cluster.router import ClusterRouter
+        from .cluster.store import RedisStore
 
         node = WorkerNode(
             settings.redis_url.value,
@@ -145,6 +153,8 @@ class Gateway:
             self.graph,
             lease_seconds=settings.lease_seconds,
             figures=self._figures,
+            worker_id=self.worker_id,
+            store=self.store if isinstance(self.store, RedisStore) else None,
         )
         self.cluster = ClusterRouter(
             node,

@@ -167,3 +167,27 @@ async def test_serve_workers_share_one_port(cluster: Cluster) -> None:
         proc.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(proc.wait(), 30)
     assert code == 0
+
+
+async def test_a_permission_reply_is_known_to_every_worker(cluster: Cluster) -> None:
+    user = cluster.user()
+    answer = await cluster.sandbox.deliver(
+        payloads.permission_reply(
+            user=user.wa_id,
+            user_name=user.name,
+            business=cluster.sandbox.business_number,
+            phone_number_id=cluster.sandbox.phone_number_id,
+            context_id="wamid.cluster",
+            accept=True,
+            permanent=True,
+        )
+    )
+    assert answer.status_code == 200, answer.text
+    for worker in cluster.workers:
+        async with cluster.api(worker) as api, asyncio.timeout(10):
+            while True:
+                reply = (await api.get(f"/permissions/{user.wa_id}")).json()["last_reply"]
+                if reply is not None:
+                    break
+                await asyncio.sleep(0.05)
+        assert reply["accepted"] is True and reply["permanent"] is True

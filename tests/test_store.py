@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cluster.redis_server import RedisServer
+from gateway.cluster.store import RedisStore
 from gateway.errors import StoreError
 from gateway.events import (
     CallConnect,
@@ -72,14 +74,23 @@ def reply(wa_id: str = "15551230002", accepted: bool = True) -> PermissionReply:
     )
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "memory", "redis"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    s: Store = SQLiteStore(tmp_path) if request.param == "sqlite" else MemoryStore()
+    redis = None
+    s: Store
+    if request.param == "redis":  # a cluster worker's store, on a real redis-server
+        redis = RedisServer()
+        await redis.start()
+        s = RedisStore(redis.url, "worker-1")
+    else:
+        s = SQLiteStore(tmp_path) if request.param == "sqlite" else MemoryStore()
     await s.open()
     try:
         yield s
     finally:
         await s.close()
+        if redis is not None:
+            await redis.aclose()
 
 
 @pytest.mark.parametrize(

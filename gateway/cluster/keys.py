@@ -13,8 +13,12 @@ WORKERS = PREFIX + "workers"
 OWNERS = PREFIX + "owners"
 # SET of the ids of every live call in the cluster (its size is the cluster's load).
 LIVE = PREFIX + "live"
-# ZSET call id -> end time, the recently ended calls.
-RECENT = PREFIX + "recent"
+# ZSET dedupe key of every webhook event handled -> when (pruned after ~3 days).
+SEEN = PREFIX + "seen"
+# ZSET call id -> created_at of every call record (recent calls, pruning).
+CALLS = PREFIX + "calls"
+# HASH wa_id -> the user's latest call permission reply and when it was saved.
+PERMISSIONS = PREFIX + "permissions"
 # STREAM of user-initiated calls waiting for a worker with room, and its consumer group.
 NEW_CALLS = PREFIX + "newcalls"
 PLACERS = "placers"
@@ -27,7 +31,7 @@ def lease(worker: str) -> str:
 
 def worker_calls(worker: str) -> str:
     """SET of the calls a worker owns (what a surviving worker ends if it dies)."""
-    return f"{PREFIX}calls:{worker}"
+    return f"{PREFIX}calls-of:{worker}"
 
 
 def inbox(worker: str) -> str:
@@ -50,14 +54,9 @@ def early_terminate(call_id: str) -> str:
     return f"{PREFIX}early:{call_id}"
 
 
-def dedupe(key: tuple[str, ...]) -> str:
-    """Marks a webhook event as handled (``SET NX``)."""
-    return PREFIX + "seen:" + "|".join(key)
-
-
-def permission(wa_id: str) -> str:
-    """The last call permission reply from a user."""
-    return f"{PREFIX}permission:{wa_id}"
+def journal(worker: str) -> str:
+    """STREAM of the events a worker accepted and has not handled yet."""
+    return f"{PREFIX}journal:{worker}"
 
 
 def reply(token: str) -> str:

@@ -17,7 +17,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -29,11 +29,19 @@ from ..errors import GraphAPIError, UnavailableError
 from ..graph import GraphClient
 from . import keys
 
+if TYPE_CHECKING:
+    from .store import RedisStore
+
 log = logging.getLogger(__name__)
 
 # How long records, deduplication marks and permission replies are kept.
 RECORD_TTL = 7 * 24 * 3600
 RECENT_KEPT = 1000
+
+
+def new_worker_id() -> str:
+    """A worker's id: host, pid and a random tail (a restarted worker is a new one)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
@@ -62,7 +70,12 @@ class WorkerNode:
         *,
         lease_seconds: float = 10.0,
         figures: Callable[[], dict[str, float]] | None = None,
+        worker_id: str | None = None,
+        store: RedisStore | None = None,
     ) -> None:
+        # Call records live in the store (the cluster's Redis); the node re-saves
+        # live calls' records from it when Redis lost them.
+        self.store = store
         # Process figures published with the load (CPU and call seconds, memory).
         self._figures = figures or dict
         # Typed Any: redis-py's hints cannot know that decode_responses gives str.
@@ -70,7 +83,7 @@ class WorkerNode:
         self.blocking: Any = connect(redis_url, blocking=True)
         self.calls = calls
         self.graph = graph
-        self.id = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.id = worker_id or new_worker_id()
         self.lease_seconds = lease_seconds
         # The lease outlives several missed renewals (a busy event loop is not a dead worker).
         self.lease_ttl_ms = int(lease_seconds * 600)
@@ -182,7 +195,8 @@ class WorkerNode:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for call in live:
                     self.register(pipe, call.id)
-                    pipe.set(keys.record(call.id), _record_json(call), nx=True, ex=RECORD_TTL)
+                    if self.store is not None:
+                        self.store.add_save(pipe, call.record, only_if_missing=True)
                 await pipe.execute()
             log.info("cluster: %d live call(s) registered again", len(live))
         self.came_up()
@@ -241,10 +255,8 @@ class WorkerNode:
         batch = dict(self._dirty)
         async with self.redis.pipeline(transaction=False) as pipe:
             for _, call in batch.values():
-                pipe.set(keys.record(call.id), _record_json(call), ex=RECORD_TTL)
+                # The record itself is the store's (the call manager saves it).
                 if call.state is CallState.ENDED:
-                    pipe.zadd(keys.RECENT, {call.id: call.record.ended_at or time.time()})
-                    pipe.zremrangebyrank(keys.RECENT, 0, -RECENT_KEPT - 1)
                     pipe.hdel(keys.OWNERS, call.id)
                     pipe.srem(keys.LIVE, call.id)
                     pipe.srem(keys.worker_calls(self.id), call.id)
@@ -304,8 +316,7 @@ class WorkerNode:
         if record.get("state") != CallState.ENDED:
             record.update(state=str(CallState.ENDED), end_reason=reason, ended_at=time.time())
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.record(call_id), json.dumps(record), ex=RECORD_TTL)
-            pipe.zadd(keys.RECENT, {call_id: record["ended_at"] or time.time()})
+            pipe.set(keys.record(call_id), json.dumps(record))
             pipe.hdel(keys.OWNERS, call_id)
             pipe.srem(keys.LIVE, call_id)
             await pipe.execute()

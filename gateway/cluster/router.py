@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from redis.exceptions import RedisError, ResponseError
 
 from ..calls import CallManager
-from ..errors import CallError, UnavailableError
+from ..errors import CallError, StoreError, UnavailableError
 from ..events import (
     CallConnect,
     CallTerminate,
@@ -36,16 +36,15 @@ from ..events import (
     PermissionReply,
     decode_event,
     encode_event,
-    event_key,
 )
+from ..records import CallRecord
 from ..routing import LocalRouter, reply_as_dict
+from ..store.codec import dedupe_key
 from . import keys
-from .node import RECORD_TTL, WorkerNode
+from .node import WorkerNode
 
 log = logging.getLogger(__name__)
 
-# Meta retries a failed delivery for up to a few days; remember events that long.
-DEDUPE_TTL = 3 * 24 * 3600
 STREAM_MAXLEN = 10_000
 # How long an event for a call not (yet) owned by anyone waits for its owner: a
 # status may overtake the placing worker's registration of a call it just placed.
@@ -146,13 +145,13 @@ class ClusterRouter:
 
     async def deliver(self, event: Event) -> bool:
         """Handle the event once across the cluster (see the module docstring)."""
-        key = keys.dedupe(event_key(event))
+        key = dedupe_key(event)
         offer = isinstance(event, CallConnect) and event.sdp_type == "offer"
         call_id = getattr(event, "call_id", None)
         try:
             # One round trip: the dedupe mark, plus what routing the event needs.
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.set(key, self.node.id, nx=True, ex=DEDUPE_TTL)
+                pipe.zadd(keys.SEEN, {key: time.time()}, nx=True)
                 if offer:
                     pipe.scard(keys.LIVE)
                     pipe.hvals(keys.WORKERS)
@@ -164,7 +163,7 @@ class ClusterRouter:
             await self._route(event, found)
         except RedisError as exc:
             try:  # let WhatsApp's retry be handled, not dropped as a duplicate
-                await self.redis.delete(key)
+                await self.redis.zrem(keys.SEEN, key)
             except RedisError:
                 pass
             raise self.node.unavailable(exc) from None
@@ -172,9 +171,7 @@ class ClusterRouter:
 
     async def _route(self, event: Event, found: list[Any]) -> None:
         if isinstance(event, PermissionReply):
-            reply = json.dumps(reply_as_dict(event))
-            await self.redis.set(keys.permission(event.from_), reply, ex=RECORD_TTL)
-            self.calls.dispatch(event)
+            self.calls.dispatch(event)  # saved to the store, which every worker reads
         elif isinstance(event, CallConnect) and event.sdp_type == "offer":
             await self._place(event, live=int(found[0]), loads=found[1])
         elif not found:  # a live call of this worker
@@ -245,7 +242,7 @@ class ClusterRouter:
             end_time=event.end_time,
             errors=[e.__dict__ for e in event.errors],
         )
-        await self.redis.set(keys.record(event.call_id), json.dumps(record), ex=RECORD_TTL)
+        await self.redis.set(keys.record(event.call_id), json.dumps(record))
 
     async def _send(self, worker: str, fields: dict[str, str]) -> None:
         await self.redis.xadd(keys.inbox(worker), fields, maxlen=STREAM_MAXLEN, approximate=True)
@@ -414,18 +411,18 @@ class ClusterRouter:
             raise CallError(f"cluster at capacity ({live} of {self.cluster_max_calls} calls)")
 
     async def call_record(self, call_id: str) -> dict[str, Any] | None:
-        """Live here, else the record in Redis (written by whichever worker had it)."""
+        """Live here, else the record in the store (the cluster's Redis: any worker's)."""
         live = self.calls.calls.get(call_id)
         if live is not None:
             return live.record.as_dict()
         try:
-            raw = await self.redis.get(keys.record(call_id))
-        except RedisError as exc:
-            local = await self.local.call_record(call_id)
+            record = await self.calls.store.get_call(call_id)
+        except StoreError as exc:
+            local = self.calls.history.get(call_id)
             if local is not None:
-                return local
+                return local.as_dict()
             raise self.node.unavailable(exc) from None
-        return None if raw is None else dict(json.loads(raw))
+        return None if record is None else record.as_dict()
 
     async def hang_up(self, call_id: str) -> dict[str, Any] | None:
         """Hang up here, or ask the owning worker to."""
@@ -442,30 +439,25 @@ class ClusterRouter:
         return None if result is None else dict(result)
 
     async def list_calls(self) -> dict[str, list[dict[str, Any]]]:
-        """Every live call of the cluster and the last 100 ended ones."""
+        """Every live call of the cluster and the store's 100 newest records."""
         try:
             live = sorted(await self.redis.smembers(keys.LIVE))
-            recent = await self.redis.zrevrange(keys.RECENT, 0, 99)
-            records = (
-                await self.redis.mget([keys.record(c) for c in [*live, *recent]])
-                if (live or recent)
-                else []
-            )
-        except RedisError as exc:
+            raws = await self.redis.mget([keys.record(c) for c in live]) if live else []
+            recent = await self.calls.store.recent_calls(100)
+        except (RedisError, StoreError) as exc:
             raise self.node.unavailable(exc) from None
-        found = [json.loads(r) if r else None for r in records]
         return {
-            "active": [r for r in found[: len(live)] if r is not None],
-            "recent": [r for r in found[len(live) :] if r is not None],
+            "active": [CallRecord.from_dict(json.loads(r)).as_dict() for r in raws if r],
+            "recent": [r.as_dict() for r in recent],
         }
 
     async def permission_reply(self, wa_id: str) -> dict[str, Any] | None:
-        """The last reply any worker received."""
+        """The last reply any worker received and saved."""
         try:
-            raw = await self.redis.get(keys.permission(wa_id))
-        except RedisError as exc:
+            reply = await self.calls.store.permission_reply(wa_id)
+        except StoreError as exc:
             raise self.node.unavailable(exc) from None
-        return None if raw is None else dict(json.loads(raw))
+        return None if reply is None else reply_as_dict(reply)
 
 
 def _has_room(load: dict[str, Any]) -> bool:
