@@ -165,7 +165,13 @@ async def test_serve_workers_share_one_port(cluster: Cluster) -> None:
                 await asyncio.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGTERM)
-        code = await asyncio.wait_for(proc.wait(), 30)
+        try:
+            code = await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            for pid in [*_children(proc.pid), proc.pid]:  # leave nothing running
+                os.kill(pid, signal.SIGKILL)
+            await proc.wait()
+            raise
     assert code == 0
 
 
@@ -191,3 +197,17 @@ async def test_a_permission_reply_is_known_to_every_worker(cluster: Cluster) -> 
                     break
                 await asyncio.sleep(0.05)
         assert reply["accepted"] is True and reply["permanent"] is True
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the supervisor's workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return found
