@@ -12,6 +12,7 @@ forgets; see :mod:`.keys` for every key.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from redis.exceptions import RedisError
 from ..errors import StoreError
 from ..events import Event, PermissionReply, encode_event
 from ..records import CallRecord, CallState
-from ..store import JournalEntry
+from ..store import JournalEntry, OutboxEvent
 from ..store.codec import decode_event, dedupe_key
 from . import keys
 from .node import connect
@@ -165,6 +166,66 @@ class RedisStore:
         reply = decode_event(json.loads(raw)["reply"])
         return reply if isinstance(reply, PermissionReply) else None
 
+    # --- outbox of events for the business backend (this worker's) -----------------------
+
+    def _outbox_keys(self) -> tuple[str, str]:
+        # ZSET event id -> next attempt time, and HASH event id -> the event.
+        return f"{keys.PREFIX}outbox-due:{self.worker}", f"{keys.PREFIX}outbox:{self.worker}"
+
+    async def outbox_add(self, event: OutboxEvent) -> None:
+        """Keep the event (one round trip)."""
+        due, events = self._outbox_keys()
+
+        async def add() -> None:
+            async with self._writes, self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(events, event.id, _outbox_json(event))
+                pipe.zadd(due, {event.id: event.next_attempt_at})
+                await pipe.execute()
+
+        await self._run(add())
+
+    async def outbox_due(self, now: float, limit: int) -> list[OutboxEvent]:
+        """Due events, soonest first."""
+        if limit <= 0:
+            return []
+        due, events = self._outbox_keys()
+        ids = await self._run(self.redis.zrangebyscore(due, "-inf", now, start=0, num=limit))
+        if not ids:
+            return []
+        raws = await self._run(self.redis.hmget(events, ids))
+        found = [_outbox_event(r) for r in raws if r is not None]
+        return sorted(found, key=lambda e: (e.next_attempt_at, e.created_at))
+
+    async def outbox_next_due(self) -> float | None:
+        """The earliest next attempt."""
+        due, _ = self._outbox_keys()
+        first = await self._run(self.redis.zrange(due, 0, 0, withscores=True))
+        return float(first[0][1]) if first else None
+
+    async def outbox_retry(self, event_id: str, attempts: int, next_attempt_at: float) -> None:
+        """Note the failed attempt."""
+        _, events = self._outbox_keys()
+        raw = await self._run(self.redis.hget(events, event_id))
+        if raw is None:
+            return
+        event = _outbox_event(raw)
+        updated = OutboxEvent(
+            event.id, event.type, event.body, event.created_at, attempts, next_attempt_at
+        )
+        await self.outbox_add(updated)
+
+    async def outbox_remove(self, event_id: str) -> None:
+        """Drop the event."""
+        due, events = self._outbox_keys()
+
+        async def remove() -> None:
+            async with self._writes, self.redis.pipeline(transaction=True) as pipe:
+                pipe.hdel(events, event_id)
+                pipe.zrem(due, event_id)
+                await pipe.execute()
+
+        await self._run(remove())
+
     # --- retention -------------------------------------------------------------------
 
     async def prune(self, before: float) -> int:
@@ -196,3 +257,28 @@ class RedisStore:
             return await awaitable
         except RedisError as exc:
             raise StoreError(f"Redis: {exc}") from None
+
+
+def _outbox_json(event: OutboxEvent) -> str:
+    return json.dumps(
+        {
+            "id": event.id,
+            "type": event.type,
+            "body": base64.b64encode(event.body).decode(),
+            "created_at": event.created_at,
+            "attempts": event.attempts,
+            "next_attempt_at": event.next_attempt_at,
+        }
+    )
+
+
+def _outbox_event(raw: str) -> OutboxEvent:
+    data = json.loads(raw)
+    return OutboxEvent(
+        data["id"],
+        data["type"],
+        base64.b64decode(data["body"]),
+        float(data["created_at"]),
+        int(data["attempts"]),
+        float(data["next_attempt_at"]),
+    )
