@@ -51,6 +51,8 @@ environment (flags override):
   GATEWAY_EVENTS_SECRET     HMAC key of their X-Gateway-Signature-256 (required with the URL)
   GATEWAY_EVENTS_MAX_AGE    seconds an undelivered event is retried, default 3600
   GATEWAY_METRICS_PORT      also serve /metrics on this port (+ GATEWAY_WORKER_INDEX per worker)
+  GATEWAY_VAD_VOICE_GATE    1: turn-taking for rooms with other voices (TV, babble), judging
+                            the caller against the room's loud end; default 0 (quiet rooms)
 cluster mode (every `gateway serve` on the same Redis is one worker of a cluster):
   GATEWAY_REDIS_URL         e.g. redis://10.0.0.5:6379/0; unset: one process, in memory
   GATEWAY_CLUSTER_MAX_CALLS concurrent calls across the cluster, default 1000
@@ -240,9 +242,15 @@ async def _serve(args: argparse.Namespace) -> int:
     from .app import Gateway
     from .config import load_settings
     from .pipeline.plugins import session_for
+    from .pipeline.vad import VadConfig
 
     settings = load_settings(host=args.host, port=args.port, bot=args.bot, max_calls=args.max_calls)
-    gateway = Gateway(settings, session=session_for(settings.bot), sessions=session_for)
+    vad = VadConfig(voice_gate=settings.vad_voice_gate)
+    gateway = Gateway(
+        settings,
+        session=session_for(settings.bot, vad=vad),
+        sessions=lambda name: session_for(name, vad=vad),
+    )
     signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -78,6 +78,8 @@ class Settings:
     events_max_age: float = 3600.0
     # A listener of its own for /metrics (per worker: base port + GATEWAY_WORKER_INDEX).
     metrics_port: int | None = None
+    # Judge the caller's speech against the room's other voices (VadConfig.voice_gate).
+    vad_voice_gate: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -110,6 +112,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
     return value
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in _TRUE or raw in _FALSE:
+        return raw in _TRUE
+    raise ConfigError(f"{name} must be one of {'/'.join(_TRUE + _FALSE)}, got {raw[:40]!r}")
 
 
 def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -179,5 +194,6 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         lease_seconds=float(_int(env, "GATEWAY_LEASE_SECONDS", 10, minimum=2)),
         drain_timeout=float(_int(env, "GATEWAY_DRAIN_TIMEOUT", 120, minimum=0)),
         reuse_port=env.get("GATEWAY_REUSE_PORT", "") in ("1", "true", "yes"),
+        vad_voice_gate=_bool(env, "GATEWAY_VAD_VOICE_GATE", False),
     )
     return settings.with_overrides(**overrides)

@@ -13,6 +13,7 @@ from ..errors import BotError, ConfigError
 from .bot import Bot
 from .session import session_factory
 from .tts import TTS, EspeakTTS
+from .vad import VadConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,14 @@ def default_tts() -> TTS:
     return load_tts()
 
 
-def session_for(name: str, tts: TTS | None = None) -> SessionFactory:
-    """Load bot ``name`` (failing now, at start-up) and return its session factory."""
+def session_for(name: str, tts: TTS | None = None, vad: VadConfig | None = None) -> SessionFactory:
+    """Load bot ``name`` (failing now, at start-up) and return its session factory.
+
+    ``vad`` is the turn-taking of its calls (default :class:`VadConfig()`).
+    """
     factory = load_bot(name)
     # A bot class may check its settings now, so misconfiguration fails at start-up.
     configure = getattr(factory, "configure", None)
     if callable(configure):
         configure()
-    return session_factory(factory, tts or default_tts())
+    return session_factory(factory, tts or default_tts(), vad)
