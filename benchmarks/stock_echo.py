@@ -48,7 +48,8 @@ class StockEcho:
             sink=self.on_event,
         )
 
-    def on_event(self, event: Event) -> None:
+    async def on_event(self, event: Event) -> bool:
+        """The receiver's sink: answer offers, close on terminate; every event is taken."""
         if isinstance(event, CallConnect) and event.sdp_type == "offer":
             task = asyncio.create_task(self.answer(event))
             self.tasks.add(task)
@@ -59,6 +60,7 @@ class StockEcho:
             task = asyncio.create_task(pc.close())
             self.tasks.add(task)  # type: ignore[arg-type]
             task.add_done_callback(self.tasks.discard)  # type: ignore[arg-type]
+        return True
 
     async def answer(self, event: CallConnect) -> None:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
