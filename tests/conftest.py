@@ -6,13 +6,18 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+import pytest_asyncio
 
 from gateway.calls import CallState, SessionFactory
 from gateway.sandbox.cloud import CloudAPISandbox
 from gateway.sandbox.stack import LocalStack, start_local_stack
 from gateway.sandbox.user import SimulatedUser, UserCall
+
+if TYPE_CHECKING:
+    from .cluster_stack import Cluster
 
 # aiosqlite logs every statement at DEBUG; the store's own log lines say what matters.
 logging.getLogger("aiosqlite").setLevel(logging.INFO)
@@ -94,3 +99,15 @@ async def answered_call(
         while stack.gateway.calls.get(call.call_id).state is not CallState.ACTIVE:
             await asyncio.sleep(0.01)
     return call
+
+
+# One cluster (real Redis, three worker processes) per test module that asks for it.
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+    from .cluster_stack import start_cluster  # it imports this module's constants
+
+    c = await start_cluster(tmp_path_factory.mktemp("cluster"), workers=3)
+    try:
+        yield c
+    finally:
+        await c.aclose()

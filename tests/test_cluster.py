@@ -11,29 +11,18 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from gateway.cluster.redis_server import free_port
 from gateway.sandbox import payloads
 from gateway.webhooks import sign
 
-from .cluster_stack import Cluster, actions, dump, start_cluster
+from .cluster_stack import Cluster, actions, dump
 from .conftest import APP_SECRET
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    c = await start_cluster(tmp_path_factory.mktemp("cluster"), workers=3)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 async def test_calls_are_answered_once_and_spread_over_workers(cluster: Cluster) -> None:

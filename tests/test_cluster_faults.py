@@ -5,27 +5,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import pytest_asyncio
 
 from gateway.sandbox import payloads
 from gateway.sandbox.user import UserCall
 
-from .cluster_stack import LEASE_SECONDS, Cluster, Worker, actions, dump, start_cluster
+from .cluster_stack import LEASE_SECONDS, Cluster, Worker, actions, dump
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
-
-
-@pytest_asyncio.fixture(loop_scope="module", scope="module")
-async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
-    c = await start_cluster(tmp_path_factory.mktemp("cluster"), workers=3)
-    try:
-        yield c
-    finally:
-        await c.aclose()
 
 
 async def _calls_on_one_worker(cluster: Cluster, n: int = 3) -> tuple[Worker, list[UserCall]]:
