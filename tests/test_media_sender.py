@@ -38,6 +38,11 @@ class RecordingTransport:
         pass
 
     async def _send_rtp(self, data: bytes) -> None:
+        """What aiortc's sender calls."""
+        self.send_rtp_now(data)
+
+    def send_rtp_now(self, data: bytes) -> None:
+        """What PlayoutSender calls (CallTransport's)."""
         if data[1] < 192 or data[1] > 223:  # RTP, not RTCP (RFC 5761)
             self.rtp.append(data)
 

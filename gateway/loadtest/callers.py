@@ -20,6 +20,7 @@ from aiortc.rtp import RtpPacket
 
 from .. import rtc
 from ..media.inbound import InboundAudio
+from ..media.transport import InboundPacket
 from ..sandbox.cloud import CloudAPISandbox
 from ..sandbox.user import SimulatedUser, UserCall
 from .recordings import Recording
@@ -46,7 +47,7 @@ class _PacketCounter(InboundAudio):
         self.sound_waiters: list[tuple[float, asyncio.Future[float]]] = []
         self.first_packet = asyncio.Event()
 
-    def _push_audio(self, packet: RtpPacket) -> None:
+    def _push_audio(self, packet: RtpPacket | InboundPacket) -> None:
         now = time.perf_counter()
         s = self.stats_
         s.packets_received += 1

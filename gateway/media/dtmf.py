@@ -238,8 +238,11 @@ def _intercept_rtp(transport: RTCDtlsTransport, rewrite: Callable[[bytes], bytes
     """Pass every packet ``transport`` sends through ``rewrite`` first.
 
     The one place that reaches into aiortc: it shadows the transport's
-    ``_send_rtp`` coroutine with an instance attribute, which all its senders
-    call through; :func:`_release_rtp` removes it again.
+    ``_send_rtp`` coroutine with an instance attribute, which aiortc's senders
+    call through, and sets ``rtp_rewrite``, which a
+    :class:`~gateway.media.transport.CallTransport` applies to what the
+    gateway's :class:`~gateway.media.sender.PlayoutSender` sends;
+    :func:`_release_rtp` removes both again.
     """
     original = transport._send_rtp
 
@@ -247,7 +250,9 @@ def _intercept_rtp(transport: RTCDtlsTransport, rewrite: Callable[[bytes], bytes
         await original(rewrite(data))
 
     transport._send_rtp = send_rtp  # type: ignore[method-assign]
+    transport.rtp_rewrite = rewrite  # type: ignore[attr-defined]
 
 
 def _release_rtp(transport: RTCDtlsTransport) -> None:
     transport.__dict__.pop("_send_rtp", None)
+    transport.__dict__.pop("rtp_rewrite", None)

@@ -1,26 +1,41 @@
 """One 20 ms timer for every outbound track of an event loop, not one per track per frame.
 
-Each call's :class:`~gateway.media.playout.PlayoutTrack` waits for its next
-frame every 20 ms. With ``asyncio.sleep`` that is one timer per call per frame:
-a ``TimerHandle`` and a future made, pushed onto and popped off the loop's heap
+Each call's :class:`~gateway.media.playout.PlayoutTrack` sends a frame every
+20 ms. With ``asyncio.sleep`` that is one timer per call per frame: a
+``TimerHandle`` and a future made, pushed onto and popped off the loop's heap
 (whose comparisons are Python code) 50 times a second per call, and the heap
 grows with the calls. The tracks of a loop keep time on a shared grid instead
 (a track's first frame goes out at once, as due on the latest grid line, so its
 second follows in less than 20 ms, once per call), so all their frames fall due
-on the same instants, and :class:`FrameClock` keeps one timer per instant that
-wakes every track due then.
+on the same instants, and :class:`FrameClock` ticks once per instant for all.
+
+Two ways to wait for a tick:
+
+- :meth:`FrameClock.subscribe`: a plain function called at every tick, for as
+  long as it stays subscribed. This is how calls send
+  (:class:`~gateway.media.sender.PlayoutSender`): one timer callback per tick
+  walks every call's sender, with no task woken and no future made per call.
+- :meth:`FrameClock.sleep_until`: a coroutine for one tick (aiortc's generic
+  ``recv()`` path), one future per waiter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import weakref
+from collections.abc import Callable
 from typing import Final
 
 from gateway.media.audio import FRAME_MS
 
+logger = logging.getLogger(__name__)
+
 TICK: Final = FRAME_MS / 1000
+
+TickCallback = Callable[[float], None]
+"""Called with the loop time at each tick; see :meth:`FrameClock.subscribe`."""
 
 
 class FrameClock:
@@ -30,6 +45,10 @@ class FrameClock:
         self._loop = loop
         self._origin = loop.time()
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        # Insertion-ordered, so subscribers are served in the order they came.
+        self._subscribers: dict[TickCallback, None] = {}
+        self._ticker: asyncio.TimerHandle | None = None
+        self._ticker_tick = 0
 
     def next_tick(self) -> float:
         """The loop time of the next tick (now, if now is one)."""
@@ -52,6 +71,55 @@ class FrameClock:
             self._loop.call_at(self._origin + tick * TICK, self._fire, tick)
         waiters.append(waiter)
         await waiter
+
+    def subscribe(self, callback: TickCallback) -> None:
+        """Call ``callback(now)`` at every tick from now on, and once right away.
+
+        ``now`` is the loop time when the tick's timer ran (at or a little after
+        the tick; later if the loop stalled, and ticks missed in a stall are not
+        replayed: the callback sees the time and catches up itself). A callback
+        that raises is unsubscribed and logged; the others go on.
+        """
+        self._subscribers[callback] = None
+        if self._ticker is None:
+            self._schedule(self._tick_after(self._loop.time()))
+        self._call(callback, self._loop.time())
+
+    def unsubscribe(self, callback: TickCallback) -> None:
+        """Stop calling ``callback`` (nothing if it is not subscribed)."""
+        self._subscribers.pop(callback, None)
+        if not self._subscribers and self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    @property
+    def subscribers(self) -> int:
+        """How many callbacks tick."""
+        return len(self._subscribers)
+
+    def _tick_after(self, now: float) -> int:
+        return math.floor((now - self._origin) / TICK) + 1
+
+    def _schedule(self, tick: int) -> None:
+        self._ticker_tick = tick
+        self._ticker = self._loop.call_at(self._origin + tick * TICK, self._on_tick)
+
+    def _on_tick(self) -> None:
+        now = self._loop.time()
+        # The next tick before the callbacks run, so one that unsubscribes the
+        # last callback cancels it.
+        self._schedule(max(self._ticker_tick + 1, self._tick_after(now)))
+        for callback in list(self._subscribers):
+            if callback in self._subscribers:  # not unsubscribed by an earlier one
+                self._call(callback, now)
+
+    def _call(self, callback: TickCallback, now: float) -> None:
+        try:
+            callback(now)
+        except Exception:
+            # One call's failure must not stop the others' audio.
+            logger.exception("frame clock callback %r failed; unsubscribed", callback)
+            self.unsubscribe(callback)
 
     def _fire(self, tick: int) -> None:
         for waiter in self._waiters.pop(tick, ()):

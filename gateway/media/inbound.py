@@ -29,6 +29,7 @@ from aiortc.rtp import RtpPacket
 from gateway.media.audio import FRAME_MS, PCM
 from gateway.media.dtmf import DtmfDetector
 from gateway.media.opus import FRAME_TICKS, OPUS_RATE, OpusDecoder, packet_duration
+from gateway.media.transport import InboundPacket
 
 logger = logging.getLogger(__name__)
 
@@ -223,6 +224,8 @@ class InboundAudio:
             return
         self._rtcp_streams = _reception_statistics(self.receiver)
         self.receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
+        # What CallTransport calls, synchronously, for each packet it routes here.
+        self.receiver._receive_rtp = self.receive  # type: ignore[attr-defined]
         self._attached = True
 
     def detach(self) -> None:
@@ -230,6 +233,7 @@ class InboundAudio:
         if not self._attached:
             return
         self.receiver.__dict__.pop("_handle_rtp_packet", None)
+        self.receiver.__dict__.pop("_receive_rtp", None)
         self._attached = False
         self._cancel_release()
         self._detector.flush()
@@ -273,7 +277,15 @@ class InboundAudio:
         )
 
     async def _handle_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        """Stands in for ``RTCRtpReceiver._handle_rtp_packet``."""
+        """Stands in for ``RTCRtpReceiver._handle_rtp_packet`` (aiortc's own transport)."""
+        self.receive(packet, arrival_time_ms)
+
+    def receive(self, packet: RtpPacket | InboundPacket, arrival_time_ms: int) -> None:
+        """Take one RTP packet of the receiver's stream, decrypted, as it arrives.
+
+        Decodes it (or holds it in the jitter buffer) and calls ``on_frame``
+        before returning. ``arrival_time_ms`` counts from 1900, as aiortc's.
+        """
         if not self.receiver._enabled:
             return
         streams = self._rtcp_streams
@@ -281,7 +293,7 @@ class InboundAudio:
             stream = streams.get(packet.ssrc)
             if stream is None:
                 stream = streams[packet.ssrc] = StreamStatistics(OPUS_RATE)
-            stream.add(packet)
+            stream.add(packet)  # type: ignore[arg-type]  # reads the header fields only
         try:
             if packet.payload_type == self.opus_pt:
                 self._packets += 1
@@ -297,7 +309,7 @@ class InboundAudio:
             # Raising here would end aiortc's receive loop: the whole call.
             logger.exception("inbound RTP packet handling failed: %s", packet)
 
-    def _push_audio(self, packet: RtpPacket) -> None:
+    def _push_audio(self, packet: RtpPacket | InboundPacket) -> None:
         try:
             duration = packet_duration(packet.payload)
         except ValueError:

@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 TIME_BASE: Final = fractions.Fraction(1, OPUS_RATE)
 FRAME_SECONDS: Final = FRAME_MS / 1000
+# A frame counts as due this close before its time: the tick that sends it is
+# due at the same instant, computed along another path (float rounding).
+_EARLY: Final = 0.0005
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +128,7 @@ class PlayoutTrack(MediaStreamTrack):
         self._start: float | None = None
         self._clock: FrameClock | None = None
         self._pts = 0
+        self._next_pts = 0
         self._frames_sent = 0
         self._speech_frames = 0
         self._late_frames = 0
@@ -247,56 +251,70 @@ class PlayoutTrack(MediaStreamTrack):
     async def next_payload(self) -> tuple[bytes, int]:
         """The next 20 ms Opus payload and its pts (48 kHz ticks), returned when due.
 
-        What :class:`~gateway.media.sender.PlayoutSender` sends, with no
-        ``av.Packet`` in between.
+        aiortc's generic path (:meth:`recv`); the gateway's own sender calls
+        :meth:`poll` from the frame clock's tick instead.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            frame = self.poll(loop.time())
+            if frame is not None:
+                return frame
+            assert self._clock is not None
+            await self._clock.sleep_until(self.next_due)
+
+    @property
+    def next_due(self) -> float:
+        """Loop time the next frame is due (the track's start must be known)."""
+        assert self._start is not None
+        return self._start + self._next_pts / OPUS_RATE
+
+    def poll(self, now: float) -> tuple[bytes, int] | None:
+        """The next 20 ms Opus payload and its pts (48 kHz ticks) if it is due at ``now``.
+
+        ``now`` is the event loop's time. None while the next frame is not due;
+        call again at the next tick of :func:`~gateway.media.frameclock.frame_clock`
+        (tracks keep time on its grid). A caller that is late gets the frames it
+        missed one per call, up to ``max_burst`` of them; beyond that the missed
+        slots are skipped. Raises MediaStreamError once the track has ended.
         """
         if self.readyState != "live":
             raise MediaStreamError
-        loop = asyncio.get_running_loop()
         if self._start is None:
             # On the loop's shared 20 ms grid: one timer wakes every call's track.
             # The first frame counts as due on the latest grid line: it goes now.
-            self._clock = frame_clock(loop)
+            self._clock = frame_clock(asyncio.get_running_loop())
             self._start = self._clock.last_tick()
-        else:
-            self._pts += FRAME_TICKS
-        await self._wait_until_due(loop)
-        if self.readyState != "live":
-            raise MediaStreamError
+        late = now - (self._start + self._next_pts / OPUS_RATE)
+        if late < -_EARLY:
+            return None
+        if late > FRAME_SECONDS:
+            self._late_frames += 1
+            if late > self._max_burst * FRAME_SECONDS:
+                # Skip the missed slots but this one; the media clock stays on the loop clock.
+                skip = int(late / FRAME_SECONDS)
+                self._next_pts += skip * FRAME_TICKS
+                self._skipped_frames += skip
+        pts = self._pts = self._next_pts
+        self._next_pts = pts + FRAME_TICKS
 
-        # Chosen only now, so a flush() while we slept takes effect at this frame.
-        payload = self._next_speech()
-        is_speech = payload is not None
+        # Chosen only now, so a flush() since the last frame takes effect at this one.
+        payload = self._next_speech() if self._queue else None
         if payload is None:
             payload = self._silence
+            is_speech = False
         else:
+            is_speech = True
             self._speech_frames += 1
             if self.tap is not None:
-                self.tap.append((self._pts, payload))
+                self.tap.append((pts, payload))
         self._frames_sent += 1
         if self.on_frame_sent is not None:
             try:
-                self.on_frame_sent(self._pts, is_speech)
+                self.on_frame_sent(pts, is_speech)
             except Exception:
                 # An exception here would end the RTP loop, and the call's audio.
                 logger.exception("on_frame_sent callback failed")
-        return payload, self._pts
-
-    async def _wait_until_due(self, loop: asyncio.AbstractEventLoop) -> None:
-        assert self._start is not None and self._clock is not None
-        due = self._start + self._pts / OPUS_RATE
-        delay = due - loop.time()
-        if delay > 0:
-            await self._clock.sleep_until(due)
-            return
-        late = -delay
-        if late > FRAME_SECONDS:
-            self._late_frames += 1
-        if late > self._max_burst * FRAME_SECONDS:
-            # Skip the missed slots but this one; the media clock stays on the loop clock.
-            skip = int(late / FRAME_SECONDS)
-            self._pts += skip * FRAME_TICKS
-            self._skipped_frames += skip
+        return payload, pts
 
     def _next_speech(self) -> bytes | None:
         if not self._queue:

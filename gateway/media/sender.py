@@ -40,7 +40,9 @@ from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from aiortc.utils import random32
 
+from gateway.media.frameclock import frame_clock
 from gateway.media.playout import PlayoutTrack
+from gateway.media.transport import CallTransport
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,17 @@ class PlayoutSender(RTCRtpSender):
     sending (before ``setLocalDescription`` of the answer or offer).
     """
 
+    # Set when the playout starts (the class is adopted, so there is no __init__).
+    _playing: PlayoutTrack
+    _ended: asyncio.Future[None]
+    _first_byte: int
+    _second_byte: int
+    _extensions: bytes
+    _sequence_number: int
+    _timestamp_origin: int
+    _packets: int
+    _octets: int
+
     @classmethod
     def adopt(cls, sender: RTCRtpSender) -> PlayoutSender:
         """Make aiortc's ``sender`` a PlayoutSender (the same object); returns it."""
@@ -76,6 +89,7 @@ class PlayoutSender(RTCRtpSender):
         extensions = self._extension_bytes()
         if (
             not isinstance(track, PlayoutTrack)
+            or not hasattr(self.transport, "send_rtp_now")  # a CallTransport (or a test's)
             or extensions is None
             or codec.payloadType is None
             or any(fb.type == "nack" for fb in codec.rtcpFeedback)
@@ -99,43 +113,73 @@ class PlayoutSender(RTCRtpSender):
         return serialized[0][_HEADER.size :]
 
     async def _run_playout(self, track: PlayoutTrack, payload_type: int, extensions: bytes) -> None:
+        """Send from the frame clock's tick until the track ends or the task is cancelled.
+
+        The task only waits here: the packets go out from :meth:`_on_tick`,
+        which the loop's :class:`~gateway.media.frameclock.FrameClock` calls
+        every 20 ms (and once right away, so the first frame goes at once).
+        """
         self._RTCRtpSender__rtp_started.set()  # type: ignore[attr-defined]
         has_extensions = 0x10 if extensions else 0
-        first_byte = 0x80 | has_extensions  # version 2, no padding, no CSRC
-        second_byte = 0x80 | payload_type  # marker: every audio frame is one packet
-        ssrc = self._ssrc
-        pack = _HEADER.pack
+        self._first_byte = 0x80 | has_extensions  # version 2, no padding, no CSRC
+        self._second_byte = 0x80 | payload_type  # marker: every audio frame is one packet
+        self._extensions = extensions
+        self._playing = track
         # Random starting points, as aiortc's (its sequence numbers start below 2**15).
-        sequence_number = random_sequence_number()
-        timestamp_origin = random32()
-        packets = octets = 0
+        self._sequence_number = random_sequence_number()
+        self._timestamp_origin = random32()
+        self._packets = self._octets = 0
+        loop = asyncio.get_running_loop()
+        self._ended = loop.create_future()
+        clock = frame_clock(loop)
+        clock.subscribe(self._on_tick)
         try:
-            while True:
-                if self.track is not track:  # replaceTrack()
-                    if not isinstance(self.track, PlayoutTrack):
-                        await asyncio.sleep(0.02)
-                        continue
-                    track = self.track
-                payload, pts = await track.next_payload()
-                if not self._enabled:
-                    continue
-                timestamp = (timestamp_origin + pts) & 0xFFFFFFFF
-                data = pack(first_byte, second_byte, sequence_number, timestamp, ssrc)
-                await self.transport._send_rtp(data + extensions + payload)
-                # What the next RTCP sender report says (aiortc reads these fields).
-                packets += 1
-                octets += len(payload)
-                self._RTCRtpSender__ntp_timestamp = ntp_time(time.time())
-                self._RTCRtpSender__rtp_timestamp = timestamp
-                self._RTCRtpSender__packet_count = packets
-                self._RTCRtpSender__octet_count = octets
-                sequence_number = (sequence_number + 1) & 0xFFFF
-        except (asyncio.CancelledError, ConnectionError, MediaStreamError):
+            await self._ended
+        except asyncio.CancelledError:
             pass
-        except Exception:
-            # aiortc's stop() waits for the loop's exit event: always reach it.
-            logger.exception("RTP sender loop failed")
+        finally:
+            clock.unsubscribe(self._on_tick)
         if self.track is not None:
             self.track.stop()
             self._RTCRtpSender__track = None
         self._RTCRtpSender__rtp_exited.set()  # type: ignore[attr-defined]
+
+    def _on_tick(self, now: float) -> None:
+        """Send every frame of the track that is due at ``now`` (one, unless the loop stalled)."""
+        try:
+            track = self.track
+            if track is not self._playing:  # replaceTrack()
+                if not isinstance(track, PlayoutTrack):
+                    return  # nothing to send until a PlayoutTrack comes back
+                self._playing = track
+            while (frame := track.poll(now)) is not None:
+                if self._enabled:
+                    self._send(*frame)
+        except (ConnectionError, MediaStreamError):
+            self._end()  # the transport closed, or the track ended: the call is ending
+        except Exception:
+            # aiortc's stop() waits for the loop's exit: always reach it.
+            logger.exception("RTP sender failed")
+            self._end()
+
+    def _send(self, payload: bytes, pts: int) -> None:
+        timestamp = (self._timestamp_origin + pts) & 0xFFFFFFFF
+        sequence_number = self._sequence_number
+        header = _HEADER.pack(
+            self._first_byte, self._second_byte, sequence_number, timestamp, self._ssrc
+        )
+        transport: CallTransport = self.transport  # type: ignore[assignment]
+        transport.send_rtp_now(header + self._extensions + payload)
+        self._sequence_number = (sequence_number + 1) & 0xFFFF
+        # What the next RTCP sender report says (aiortc reads these fields).
+        self._packets += 1
+        self._octets += len(payload)
+        self._RTCRtpSender__ntp_timestamp = ntp_time(time.time())
+        self._RTCRtpSender__rtp_timestamp = timestamp
+        self._RTCRtpSender__packet_count = self._packets
+        self._RTCRtpSender__octet_count = self._octets
+
+    def _end(self) -> None:
+        frame_clock(asyncio.get_running_loop()).unsubscribe(self._on_tick)
+        if not self._ended.done():
+            self._ended.set_result(None)

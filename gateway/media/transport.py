@@ -15,16 +15,23 @@ packets for any other receiver are parsed by aiortc as before.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
-from typing import Final
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
+import pylibsrtp
+from aioice.ice import CandidatePair, StunProtocol
 from aiortc import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State
 from aiortc.rtp import RtpPacket
 
 logger = logging.getLogger(__name__)
 
 _HEADER: Final = struct.Struct("!BBHII")
+_NTP_UNIX_OFFSET: Final = 2208988800  # aiortc's arrival times count from 1900 (NTP)
 
 
 class InboundPacket:
@@ -79,11 +86,23 @@ def parse_inbound(data: bytes) -> InboundPacket:
 
 
 class CallTransport(RTCDtlsTransport):
-    """An :class:`~aiortc.RTCDtlsTransport` that hands InboundAudio lean packets.
+    """An :class:`~aiortc.RTCDtlsTransport` that moves a call's RTP without a task hop.
 
     Use :meth:`adopt` on a transceiver's receiver transport once the remote
     description made it (before media flows).
     """
+
+    rtp_rewrite: Callable[[bytes], bytes] | None = None
+    """Applied to every RTP packet sent through :meth:`send_rtp_now` before SRTP
+    (the DTMF sender's substitution, see :mod:`gateway.media.dtmf`)."""
+
+    _fast_protocols: list[StunProtocol]
+    _spawned: set[asyncio.Task[None]]
+    # aiortc's transport statistics (getStats), kept as its own methods keep them.
+    _RTCDtlsTransport__rx_bytes: int
+    _RTCDtlsTransport__rx_packets: int
+    _RTCDtlsTransport__tx_bytes: int
+    _RTCDtlsTransport__tx_packets: int
 
     @classmethod
     def adopt(cls, transport: RTCDtlsTransport) -> CallTransport:
@@ -92,10 +111,96 @@ class CallTransport(RTCDtlsTransport):
             if type(transport) is not RTCDtlsTransport:
                 raise TypeError(f"cannot adopt a {type(transport).__name__}")
             transport.__class__ = cls
+            assert isinstance(transport, cls)
+            transport._fast_protocols = []
+            transport._spawned = set()
         assert isinstance(transport, cls)
         return transport
 
-    async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
+    # --- sending -------------------------------------------------------------------------
+
+    def send_rtp_now(self, data: bytes) -> None:
+        """Protect an RTP packet and send it on the selected ICE pair, now.
+
+        What aiortc's ``_send_rtp`` does, without its two coroutine layers and
+        aioice's two: the same SRTP session, the same socket and remote address
+        the ICE pair selected. Raises ConnectionError once the transport or the
+        ICE connection is closed (as ``_send_rtp`` does).
+        """
+        if self._state is not State.CONNECTED:
+            raise ConnectionError("Cannot send encrypted RTP, not connected")
+        rewrite = self.rtp_rewrite
+        if rewrite is not None:
+            data = rewrite(data)
+        data = self._tx_srtp.protect(data)
+        pair = self._ice_pairs.get(1)  # rtcp-mux: one component
+        if pair is None:
+            raise ConnectionError("Cannot send data, not connected")
+        protocol = pair.protocol
+        if type(protocol) is StunProtocol:
+            protocol.transport.sendto(data, pair.remote_addr)
+        else:  # a TURN relay: aioice's own send (it may bind a channel first)
+            self._spawn(protocol.send_data(data, pair.remote_addr))
+        self._RTCDtlsTransport__tx_bytes += len(data)
+        self._RTCDtlsTransport__tx_packets += 1
+
+    @property
+    def _ice_pairs(self) -> dict[int, CandidatePair]:
+        pairs: dict[int, CandidatePair] = self.transport._connection._nominated
+        return pairs
+
+    # --- receiving -----------------------------------------------------------------------
+
+    def _set_state(self, state: State) -> None:
+        super()._set_state(state)
+        if state is State.CONNECTED:
+            self._take_datagrams()
+        elif state in (State.CLOSED, State.FAILED):
+            self._release_datagrams()
+
+    def _take_datagrams(self) -> None:
+        """Have the ICE connection's sockets hand SRTP packets to :meth:`_datagram_received`.
+
+        Each of aioice's UDP protocols gets an instance attribute shadowing its
+        ``datagram_received`` (asyncio calls it through the attribute): RTP
+        (first byte 128-191 and not RTCP, RFC 7983) comes here; STUN, DTLS and
+        RTCP go on to aioice as before, through its queue to aiortc's task.
+        """
+        for protocol in self.transport._connection._protocols:
+            if type(protocol) is StunProtocol and "datagram_received" not in protocol.__dict__:
+                protocol.datagram_received = self._fast_path(protocol)  # type: ignore[method-assign,assignment]
+                self._fast_protocols.append(protocol)
+
+    def _release_datagrams(self) -> None:
+        for protocol in self._fast_protocols:
+            protocol.__dict__.pop("datagram_received", None)
+        self._fast_protocols.clear()
+
+    def _fast_path(self, protocol: StunProtocol) -> Callable[[bytes, Any], None]:
+        aioice_received = protocol.datagram_received
+        receive = self._datagram_received
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            if len(data) > 1 and 127 < data[0] < 192 and not 191 < data[1] < 209:
+                try:
+                    receive(data)
+                except Exception:
+                    logger.exception("inbound RTP handling failed")
+            else:
+                aioice_received(data, addr)
+
+        return datagram_received
+
+    def _datagram_received(self, data: bytes) -> None:
+        """One SRTP packet, straight from the socket: unprotect, parse, hand to its receiver."""
+        self._RTCDtlsTransport__rx_bytes += len(data)
+        self._RTCDtlsTransport__rx_packets += 1
+        try:
+            data = self._rx_srtp.unprotect(data)
+        except pylibsrtp.Error as exc:
+            logger.debug("x SRTP unprotect failed: %s", exc)
+            return
+        arrival_time_ms = int((time.time() + _NTP_UNIX_OFFSET) * 1000)
         try:
             packet = parse_inbound(data)
         except ValueError as exc:
@@ -104,13 +209,44 @@ class CallTransport(RTCDtlsTransport):
         receiver = self._rtp_router.route_rtp(packet)  # type: ignore[arg-type]
         if receiver is None:
             return
-        if "_handle_rtp_packet" in receiver.__dict__:  # taken by an InboundAudio
-            await receiver._handle_rtp_packet(packet, arrival_time_ms=arrival_time_ms)  # type: ignore[arg-type]
+        receive = receiver.__dict__.get("_receive_rtp")
+        if receive is not None:  # an InboundAudio's: the packet is handled now
+            receive(packet, arrival_time_ms)
+        else:
+            self._spawn(self._to_aiortc(receiver, data, arrival_time_ms))
+
+    async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
+        # aiortc's task path: packets that came before the fast path was on.
+        try:
+            packet = parse_inbound(data)
+        except ValueError as exc:
+            logger.debug("x RTP parsing failed: %s", exc)
             return
-        # aiortc's own receiver reads header extensions: give it its full packet.
+        receiver = self._rtp_router.route_rtp(packet)  # type: ignore[arg-type]
+        if receiver is None:
+            return
+        receive = receiver.__dict__.get("_receive_rtp")
+        if receive is not None:
+            receive(packet, arrival_time_ms)
+        else:
+            await self._to_aiortc(receiver, data, arrival_time_ms)
+
+    async def _to_aiortc(self, receiver: Any, data: bytes, arrival_time_ms: int) -> None:
+        """A packet for a receiver InboundAudio does not take: aiortc's parse, its handler."""
         try:
             full = RtpPacket.parse(data, self._rtp_header_extensions_map)
         except ValueError as exc:
             logger.debug("x RTP parsing failed: %s", exc)
             return
         await receiver._handle_rtp_packet(full, arrival_time_ms=arrival_time_ms)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._spawned.add(task)
+        task.add_done_callback(self._spawned.discard)
+
+    async def stop(self) -> None:
+        self._release_datagrams()
+        for task in list(self._spawned):
+            task.cancel()
+        await super().stop()
