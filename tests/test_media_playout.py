@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import fractions
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import av
@@ -307,3 +308,31 @@ async def test_frame_clock_ticks_are_20ms_apart() -> None:
     await clock.sleep_until(first + 0.020)
     assert loop.time() >= first + 0.020 - 0.001
     assert clock.next_tick() >= first + 0.020
+
+
+async def test_frame_clock_subscribers_tick_together_and_one_that_raises_goes_alone() -> None:
+    loop = asyncio.get_running_loop()
+    clock = FrameClock(loop)
+    seen: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+
+    def tick(name: str) -> Callable[[float], None]:
+        def callback(now: float) -> None:
+            seen[name].append(now)
+            if name == "b" and len(seen["b"]) == 3:
+                raise RuntimeError("broken")
+
+        return callback
+
+    callbacks = {name: tick(name) for name in seen}
+    for callback in callbacks.values():
+        clock.subscribe(callback)  # each is called once at once
+    assert [len(v) for v in seen.values()] == [1, 1, 1]
+    await asyncio.sleep(0.15)
+    assert len(seen["b"]) == 3 and clock.subscribers == 2
+    assert len(seen["a"]) >= 4 and len(seen["c"]) == len(seen["a"])
+    # One timer per tick called them all, with the same time.
+    assert seen["a"][1:] == seen["c"][1:]
+    assert seen["b"][1:3] == seen["a"][1:3]
+    for callback in callbacks.values():
+        clock.unsubscribe(callback)
+    assert clock._ticker is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpSendParameters,
 )
 
+from gateway.media.frameclock import frame_clock
 from gateway.media.playout import PlayoutTrack
 from gateway.media.sender import PlayoutSender, ntp_time
 
@@ -119,3 +121,59 @@ def test_only_aiortcs_own_sender_is_adopted() -> None:
     sender = Other.__new__(Other)
     with pytest.raises(TypeError):
         PlayoutSender.adopt(sender)
+
+
+async def start_lean(track: PlayoutTrack, transport: RecordingTransport) -> RTCRtpSender:
+    sender = PlayoutSender.adopt(RTCRtpSender(track, transport))  # type: ignore[arg-type]
+    await sender.send(
+        RTCRtpSendParameters(codecs=[OPUS], muxId="audio", rtcp=RTCRtcpParameters(cname="gw"))
+    )
+    await asyncio.sleep(0)  # its RTP task starts: the first frame goes at once
+    assert transport.rtp
+    return sender
+
+
+async def test_all_calls_send_from_one_tick_and_a_failing_one_ends_alone() -> None:
+    loop = asyncio.get_running_loop()
+    clock = frame_clock(loop)
+    transports = [RecordingTransport() for _ in range(3)]
+    tracks = [PlayoutTrack() for _ in range(3)]
+    senders = [await start_lean(t, tr) for t, tr in zip(tracks, transports, strict=True)]
+    assert clock.subscribers == 3  # one tick callback each, no task woken per frame
+    await asyncio.sleep(0.1)
+
+    def broken(now: float) -> tuple[bytes, int] | None:
+        raise RuntimeError("a bot's playout broke")
+
+    tracks[1].poll = broken  # type: ignore[method-assign]
+    sent = [len(t.rtp) for t in transports]
+    await asyncio.sleep(0.2)
+    # The broken call's sender ended (its track stopped, stop() returns at once) ...
+    assert len(transports[1].rtp) == sent[1]
+    assert tracks[1].readyState == "ended"
+    await asyncio.wait_for(senders[1].stop(), 1)
+    assert clock.subscribers == 2
+    # ... and the others went on, numbered as before (a stalled loop may skip slots).
+    for i in (0, 2):
+        assert len(transports[i].rtp) >= sent[i] + 5
+        seqs = [int.from_bytes(p[2:4]) for p in transports[i].rtp]
+        stamps = [int.from_bytes(p[4:8]) for p in transports[i].rtp]
+        assert all((b - a) & 0xFFFF == 1 for a, b in itertools.pairwise(seqs))
+        assert all(((b - a) & 0xFFFFFFFF) % 960 == 0 for a, b in itertools.pairwise(stamps))
+        await senders[i].stop()
+    assert clock.subscribers == 0 and clock._ticker is None
+
+
+async def test_a_transport_that_closes_ends_its_sender() -> None:
+    class Closing(RecordingTransport):
+        def send_rtp_now(self, data: bytes) -> None:
+            if len(self.rtp) == 3:
+                raise ConnectionError("Cannot send encrypted RTP, not connected")
+            super().send_rtp_now(data)
+
+    transport = Closing()
+    sender = await start_lean(PlayoutTrack(), transport)
+    await asyncio.sleep(0.2)
+    assert len(transport.rtp) == 3
+    assert sender.track is None  # the loop exited and stopped its track
+    await asyncio.wait_for(sender.stop(), 1)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import re
+from collections.abc import Iterator
 
+import aioice.ice
+import numpy as np
 import pytest
-from aiortc import RTCDtlsTransport
+from aiortc import RTCConfiguration, RTCDtlsTransport, RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from aiortc.rtp import HeaderExtensionsMap, RtcpByePacket, RtpPacket
+from numpy.typing import NDArray
 
+from gateway.media.audio import FRAME_SAMPLES
+from gateway.media.ice import use_host_addresses
+from gateway.media.inbound import InboundAudio
+from gateway.media.opus import OpusDecoder, OpusEncoder
 from gateway.media.transport import CallTransport, parse_inbound
 
 # The extensions WhatsApp's audio carries (contract, section 4), plus the mid.
@@ -89,3 +99,134 @@ def test_only_aiortcs_own_transport_is_adopted() -> None:
 
     with pytest.raises(TypeError):
         CallTransport.adopt(Other.__new__(Other))
+
+
+# --- a real aiortc peer over loopback: the synchronous receive path -------------------
+
+
+@pytest.fixture
+def loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
+    use_host_addresses(["127.0.0.1"])
+    yield
+
+
+async def connected(pc: RTCPeerConnection) -> None:
+    done = asyncio.Event()
+
+    @pc.on("connectionstatechange")
+    def _changed() -> None:
+        if pc.connectionState in ("connected", "failed", "closed"):
+            done.set()
+
+    if pc.connectionState != "connected":
+        await asyncio.wait_for(done.wait(), 20)
+    assert pc.connectionState == "connected"
+
+
+def speech_packets(count: int) -> list[bytes]:
+    encoder = OpusEncoder()
+    t = np.arange(count * FRAME_SAMPLES) / 16000
+    tone = (8000 * np.sin(2 * np.pi * 220 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.int16)
+    return [encoder.encode(tone[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]) for i in range(count)]
+
+
+@pytest.mark.usefixtures("loopback")
+async def test_rtp_from_a_real_peer_reaches_inbound_audio_without_aioices_queue() -> None:
+    """Header extensions, padding, CSRCs, reordering, RTCP in between and an SSRC
+    change, SRTP-protected by a real aiortc peer: every frame decodes as a decoder
+    fed the same packets in order would, RTCP still reaches aiortc, and no RTP
+    packet went through aioice's queue."""
+    caller = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    gateway = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        caller.addTransceiver("audio", direction="sendrecv")  # no track: sends nothing itself
+        await caller.setLocalDescription(await caller.createOffer())
+        await gateway.setRemoteDescription(caller.localDescription)
+        receiver = gateway.getTransceivers()[0].receiver
+        transport = CallTransport.adopt(receiver.transport)
+        frames: list[NDArray[np.int16]] = []
+        inbound = InboundAudio(receiver, frames.append)
+        inbound.attach()
+        await gateway.setLocalDescription(await gateway.createAnswer())
+        opus_pt = re.search(r"a=rtpmap:(\d+) opus/48000/2", gateway.localDescription.sdp)
+        assert opus_pt is not None
+        inbound.opus_pt = pt = int(opus_pt.group(1))
+
+        # What aioice queues for aiortc's task from now on (STUN, DTLS, RTCP; no RTP).
+        connection = transport.transport._connection
+        queued: list[bytes] = []
+        aioice_data_received = connection.data_received
+
+        def data_received(data: bytes, component: int) -> None:
+            queued.append(data)
+            aioice_data_received(data, component)
+
+        connection.data_received = data_received  # type: ignore[method-assign]
+        rtcp_seen: list[bytes] = []
+        aiortc_rtcp = transport._handle_rtcp_data
+
+        async def handle_rtcp(data: bytes) -> None:
+            rtcp_seen.append(data)
+            await aiortc_rtcp(data)
+
+        transport._handle_rtcp_data = handle_rtcp  # type: ignore[method-assign]
+
+        await caller.setRemoteDescription(gateway.localDescription)
+        await connected(caller)
+        await connected(gateway)
+        send = caller.getTransceivers()[0].sender.transport._send_rtp
+        queued.clear()
+
+        payloads = speech_packets(20)
+        m = extensions_map()
+        order = [0, 1, 2, 3, 5, 4, 6, 7, 8, 9]  # one pair swapped on the way
+        for n, i in enumerate(order):
+            p = RtpPacket(
+                payload_type=pt,
+                marker=int(i == 0),
+                sequence_number=100 + i,
+                timestamp=5000 + 960 * i,
+                ssrc=0x1111,
+                payload=payloads[i],
+            )
+            p.padding_size = 4 if i % 3 == 0 else 0
+            p.csrc = [0xABC, 0xDEF] if i % 4 == 1 else []
+            p.extensions.audio_level = (True, 30)
+            p.extensions.abs_send_time = 1234 * i
+            p.extensions.transport_sequence_number = 7 + i
+            await send(p.serialize(m))
+            if n == 3:
+                await send(bytes(RtcpByePacket(sources=[0x1111])))
+        # A new SSRC and timeline (a restarted stream).
+        for i in range(10, 20):
+            p = RtpPacket(
+                payload_type=pt,
+                sequence_number=9000 + i,
+                timestamp=3_000_000 + 960 * i,
+                ssrc=0x2222,
+                payload=payloads[i],
+            )
+            await send(p.serialize(m))
+        for _ in range(100):
+            if len(frames) >= 20 and rtcp_seen:
+                break
+            await asyncio.sleep(0.01)
+
+        decoder = OpusDecoder()
+        expected = [decoder.decode(p) for p in payloads]
+        assert len(frames) == 20
+        for got, want in zip(frames, expected, strict=True):
+            assert np.array_equal(got, want)
+        stats = inbound.stats
+        assert (stats.packets, stats.lost, stats.late, stats.concealed) == (20, 0, 0, 0)
+        assert stats.discontinuities == 1
+        assert rtcp_seen  # RTCP still goes through aiortc's task
+        assert not [d for d in queued if 127 < d[0] < 192 and not 191 < d[1] < 209]
+        # Both SSRCs feed RTCP reception statistics, as aiortc's own receiver would.
+        assert {0x1111, 0x2222} <= set(receiver._RTCRtpReceiver__remote_streams)
+    finally:
+        await caller.close()
+        await gateway.close()
+    assert not any("datagram_received" in p.__dict__ for p in transport._fast_protocols)
+    assert transport._fast_protocols == []

@@ -6,10 +6,13 @@ it overflows, leaving it 18 packets (360 ms) behind for the rest of the call;
 then through a decoder thread, with two queue hops between threads per frame.
 :class:`InboundAudio` takes the packets before all that. It is called where
 aiortc would be: ``RTCDtlsTransport`` routes each packet (by SSRC and
-negotiated payload type) to the receiver's ``_handle_rtp_packet``, which
-:meth:`InboundAudio.attach` shadows on that one receiver instance. The
-receiver's RTCP task keeps running, and the packets still feed its reception
-statistics, so RTCP receiver reports go on.
+negotiated payload type) to the receiver, and :meth:`InboundAudio.attach`
+shadows that one receiver instance's handlers: ``_receive_rtp``, which a
+:class:`~gateway.media.transport.CallTransport` calls synchronously from the
+socket's callback (:meth:`InboundAudio.receive`), and ``_handle_rtp_packet``,
+aiortc's own coroutine, for any other transport. The receiver's RTCP task
+keeps running, and the packets still feed its reception statistics, so RTCP
+receiver reports go on.
 
 Its own :class:`JitterBuffer` adds no delay while packets come in order.
 """

@@ -12,13 +12,21 @@ per packet: the sequence number and timestamp in a 12-byte header, before the
 header extensions serialized once per call (the mid, when negotiated; audio
 level is never sent for pre-encoded packets), then the payload.
 
+No task per call wakes to send: the sender subscribes to the event loop's
+:class:`~gateway.media.frameclock.FrameClock`, whose one timer per 20 ms tick
+calls every call's :meth:`PlayoutSender._on_tick`; that polls the track for the
+frames due (:meth:`~gateway.media.playout.PlayoutTrack.poll`, which also paces
+and catches up after a stall) and hands each packet to
+:meth:`~gateway.media.transport.CallTransport.send_rtp_now` (DTMF substitution,
+SRTP, ``sendto``). A call whose sending fails is ended alone: its sender
+unsubscribes and its RTP task returns, as aiortc's loop would.
+
 On the wire nothing changes: same SSRC, random initial sequence number and
 timestamp, marker bit on every packet (aiortc marks the last packet of each
 frame, and an audio frame is one packet), same extensions, and the same RTCP
 sender reports (packet and octet counts, RTP and NTP time of the last packet).
-The packets still go through the DTLS transport's ``_send_rtp`` (SRTP, and the
-DTMF sender's substitution). Anything else (another kind of track, NACK
-negotiated, a header extension that changes per packet) runs aiortc's own loop.
+Anything else (another kind of track or transport, NACK negotiated, a header
+extension that changes per packet) runs aiortc's own loop.
 
 The sender is adopted from the transceiver aiortc made (:meth:`PlayoutSender.adopt`,
 before it starts sending): aiortc creates its senders itself, and the class has

@@ -1,16 +1,27 @@
-"""The receiving side of a call's DTLS-SRTP transport: RTP headers read only as far as needed.
+"""A call's DTLS-SRTP transport, with RTP moved straight between socket and pipeline.
 
-For every decrypted RTP packet aiortc's :class:`~aiortc.RTCDtlsTransport` builds
-an ``RtpPacket``: the fixed header, the CSRC list, and every header extension
-decoded into a fresh ``HeaderExtensions`` dataclass. WhatsApp's audio carries
-three extensions per packet (audio level, abs-send-time, transport-wide
-sequence number, contract section 4) that nothing in the gateway reads. When the
-packet is for a receiver whose packets :class:`~gateway.media.inbound.InboundAudio`
-takes, :class:`CallTransport` reads the fixed header, skips the CSRCs, the
-extension block and the padding by their lengths (RFC 3550 5.1, RFC 8285), and
-hands on an :class:`InboundPacket` with the fields InboundAudio reads. SRTP,
-routing (by SSRC and payload type, aiortc's own router) and RTCP are unchanged;
-packets for any other receiver are parsed by aiortc as before.
+The path of one packet, and what this module takes out of it:
+
+Inbound (caller to bot). aiortc's way: aioice's ``StunProtocol.datagram_received``
+tries to parse every datagram as STUN, puts it on an ``asyncio.Queue``; aiortc's
+``RTCDtlsTransport`` task awaits that queue (a future and a task wake-up per
+packet), unprotects the SRTP, builds an ``RtpPacket`` with every header
+extension decoded, and awaits the receiver's handler. Once DTLS is up,
+:class:`CallTransport` shadows ``datagram_received`` on its ICE sockets: an RTP
+datagram (first byte 128-191, not RTCP; RFC 7983 demultiplexing) is unprotected
+and read by :func:`parse_inbound` (fixed header only; CSRCs, extensions and
+padding skipped by their lengths) right there, routed by aiortc's own router,
+and handed to :meth:`gateway.media.inbound.InboundAudio.receive`, which decodes
+it and runs the bot's frame callbacks, all before the socket's callback returns.
+STUN (consent freshness), DTLS and RTCP take aioice's and aiortc's own path.
+
+Outbound (bot to caller): :meth:`CallTransport.send_rtp_now` is aiortc's
+``_send_rtp`` without its coroutines: SRTP protect, then ``sendto`` on the socket
+and remote address of the ICE pair aioice selected (a TURN relay would go
+through aioice's ``send_data``), called from
+:class:`~gateway.media.sender.PlayoutSender` at the frame clock's tick.
+
+What goes on the wire is unchanged: the same SRTP sessions, the same 5-tuple.
 """
 
 from __future__ import annotations
