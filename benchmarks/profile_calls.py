@@ -6,8 +6,8 @@ itself: cProfile with the process CPU clock (not wall time, so the figures hold
 on a shared machine), dumped when the load test stops it. Prints the functions
 that spend the most CPU, in microseconds per inbound 20 ms frame (each call
 receives 50 frames and sends 50 a second), and with ``--flame`` also records a
-flame graph (SVG) with py-spy (`pip install py-spy==0.4.3`, not a project
-dependency) in a second run (sampling, no cProfile overhead).
+flame graph (SVG) with py-spy (pinned in the dev extra) in a second run
+(sampling, no cProfile overhead).
 
     python benchmarks/profile_calls.py [--calls 10] [--duration 20] [--top 30]
         [--save docs/profile-echo.txt] [--flame docs/flame-echo.svg]
@@ -41,7 +41,7 @@ def serve_profiled(stats_path: str, flame: str | None) -> int:
     if flame:
         spy = subprocess.Popen(
             [
-                *(shutil.which("py-spy") or "py-spy", "record", "--pid", str(os.getpid())),
+                *(_py_spy(), "record", "--pid", str(os.getpid())),
                 *("--rate", "250", "--nonblocking", "--format", "flamegraph", "-o", flame),
             ],
             stdout=subprocess.DEVNULL,
@@ -59,6 +59,12 @@ def serve_profiled(stats_path: str, flame: str | None) -> int:
     finally:
         profiler.disable()
         profiler.dump_stats(stats_path)
+
+
+def _py_spy() -> str:
+    """The py-spy next to this Python (the project's venv), else the one on PATH."""
+    beside = Path(sys.executable).with_name("py-spy")
+    return str(beside) if beside.exists() else shutil.which("py-spy") or "py-spy"
 
 
 async def load(calls: int, duration: float, command: tuple[str, ...]) -> dict[str, float]:
