@@ -48,7 +48,7 @@ def silero_segmenter(
     loudness scale, i.e. 40 dB (it measures EBU R128 loudness; this uses plain
     mean-square dB of int16 samples, close for speech).
     """
-    seg = VadSegmenter(VadConfig(level_gate=False, **config))
+    seg = VadSegmenter(VadConfig(level_gate=False, voice_gate=False, **config))
     seg._vad = SileroFrames(threshold, min_volume_db)  # type: ignore[assignment]
     # reset() would bring WebRTC's VAD back; the benchmark makes a fresh one per run.
     return seg

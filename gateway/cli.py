@@ -51,8 +51,9 @@ environment (flags override):
   GATEWAY_EVENTS_SECRET     HMAC key of their X-Gateway-Signature-256 (required with the URL)
   GATEWAY_EVENTS_MAX_AGE    seconds an undelivered event is retried, default 3600
   GATEWAY_METRICS_PORT      also serve /metrics on this port (+ GATEWAY_WORKER_INDEX per worker)
-  GATEWAY_VAD_VOICE_GATE    1: turn-taking for rooms with other voices (TV, babble), judging
-                            the caller against the room's loud end; default 0 (quiet rooms)
+  GATEWAY_VAD_VOICE_GATE    turn-taking for rooms with other voices and noise (TV, babble):
+                            the caller is judged against the room's loud end; default 1,
+                            0 for WebRTC's VAD with the floor gate only (the old default)
 cluster mode (every `gateway serve` on the same Redis is one worker of a cluster):
   GATEWAY_REDIS_URL         e.g. redis://10.0.0.5:6379/0; unset: one process, in memory
   GATEWAY_CLUSTER_MAX_CALLS concurrent calls across the cluster, default 1000

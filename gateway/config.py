@@ -79,7 +79,7 @@ class Settings:
     # A listener of its own for /metrics (per worker: base port + GATEWAY_WORKER_INDEX).
     metrics_port: int | None = None
     # Judge the caller's speech against the room's other voices (VadConfig.voice_gate).
-    vad_voice_gate: bool = False
+    vad_voice_gate: bool = True
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -194,6 +194,6 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         lease_seconds=float(_int(env, "GATEWAY_LEASE_SECONDS", 10, minimum=2)),
         drain_timeout=float(_int(env, "GATEWAY_DRAIN_TIMEOUT", 120, minimum=0)),
         reuse_port=env.get("GATEWAY_REUSE_PORT", "") in ("1", "true", "yes"),
-        vad_voice_gate=_bool(env, "GATEWAY_VAD_VOICE_GATE", False),
+        vad_voice_gate=_bool(env, "GATEWAY_VAD_VOICE_GATE", True),
     )
     return settings.with_overrides(**overrides)

@@ -69,7 +69,7 @@ def test_help_lists_commands_and_environment(capsys: pytest.CaptureFixture[str])
 
 
 def test_vad_voice_gate_setting(capsys: pytest.CaptureFixture[str]) -> None:
-    assert load_settings(ENV).vad_voice_gate is False
+    assert load_settings(ENV).vad_voice_gate is True
     for raw, value in (("1", True), ("yes", True), ("ON", True), ("0", False), ("false", False)):
         assert load_settings({**ENV, "GATEWAY_VAD_VOICE_GATE": raw}).vad_voice_gate is value
     with pytest.raises(ConfigError, match="GATEWAY_VAD_VOICE_GATE must be one of"):

@@ -239,7 +239,7 @@ def test_voice_gate_closes_turns_over_background_voices(snr_db: int) -> None:
 
     # WebRTC's VAD calls the other voices speech: one turn from the start, cut by
     # the end of the stream, instead of two.
-    assert len(_ended(_run(mix, VadConfig(level_gate=False)))) < 2
+    assert len(_ended(_run(mix, VadConfig(level_gate=False, voice_gate=False)))) < 2
     ended = _ended(_run(mix, VadConfig(voice_gate=True)))
     assert len(ended) == 2
     for e, (start, end) in zip(ended, spans, strict=True):

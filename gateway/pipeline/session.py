@@ -89,6 +89,8 @@ class BotSession:
         self.settings = ListenSettings()
         self.metrics = SessionMetrics()
         self._segmenter = VadSegmenter(vad or VadConfig())
+        voice_gate = "on" if self._segmenter.config.voice_gate else "off"
+        log.info("call %s: turn-taking with the VAD voice gate %s", call.id, voice_gate)
         self._inbox: asyncio.Queue[Utterance | _Dtmf | Interruption | _Pause | _Wake] = (
             asyncio.Queue()
         )

@@ -2,7 +2,8 @@
 
 :class:`VadSegmenter` runs in the media callback, once per frame, so it is built
 to cost a few microseconds a frame: the start window is a bit mask, recent audio
-lives in a fixed ring and the open utterance in one reusable numpy buffer.
+lives in a fixed ring (which WebRTC's VAD reads), the frame's level is one numpy
+product into preallocated buffers, and the open utterance is one reusable buffer.
 
 Times (``at_ms`` and friends) count from the first frame the segmenter was given
 (or from the last :meth:`VadSegmenter.reset`) and are multiples of 20 ms.
@@ -64,11 +65,14 @@ class VadConfig:
     """
     floor_margin_db: int = 3
     """How far above the tracked noise floor a voiced frame must be."""
-    voice_gate: bool = False
-    """For rooms with other voices: judge starts too, against the room's recent loud
-    end rather than its floor (voiced frames ``voice_margin_db`` above it; a start
-    needs 3 such frames of the window). Off by default: it trims soft word endings
-    in quiet rooms. Measured in ``benchmarks/vad_report.py``."""
+    voice_gate: bool = True
+    """For rooms with other voices and noise: judge starts and turns against the
+    room's recent loud end (voiced frames ``voice_margin_db`` above it; a start needs
+    3 such frames of the window), measured as frame variance so low rumble does not
+    count. The room is learned from the stream's first frames, which are held until
+    it has shown a quiet moment (at most 3.2 s) and then judged, so a caller who
+    speaks at once loses nothing. Measured in ``benchmarks/vad_report.py``; off
+    (``GATEWAY_VAD_VOICE_GATE=0``) gives WebRTC's VAD with the floor gate only."""
     voice_margin_db: int = 5
     """With ``voice_gate``: how far above the room's loud end a voiced frame must be."""
 
@@ -133,8 +137,19 @@ _ROOM_RISE: Final = 0.5  # between turns: at once
 _ROOM_RISE_IN_TURN: Final = 0.05  # in a turn, where the caller's soft sounds land too
 _ROOM_DECAY_DB: Final = 0.1  # dB per frame (5 dB/s): a pause in the babble is no silence
 _ROOM_HEADROOM_DB: Final = 10.0  # the first frame may be a lull: assume the room louder
+_ROOM_SPREAD_DB: Final = 20.0  # the room's loud end over its floor, at most
+_LEARN_QUIET_FRAMES: Final = 3  # unvoiced in a row: the room has shown itself
+_LEARN_QUIET_DB: Final = 10.0  # a quiet moment is this close to the quietest frame so far
+_LEARN_MIN_FRAMES: Final = 50  # after 1 s ...
+_LEARN_CONTRAST_DB: Final = 25.0  # ... with less between loudest and quietest: no caller yet
+_LEARN_MAX_FRAMES: Final = 160  # 3.2 s without a pause: judge with what the room showed
 _START_LOUD: Final = 3  # of the start window's frames, this many above the room
 _TAIL_DB: Final = 2.0  # the soft end of a loud frame, just above the room, still counts
+
+
+_INT16: Final = np.dtype(np.int16)
+_SHAPE: Final = (FRAME_SAMPLES,)
+_log10: Final = math.log10
 
 
 def _frames(ms: int) -> int:
@@ -155,9 +170,19 @@ class VadSegmenter:
         self._post_roll = min(_frames(cfg.post_roll_ms), self._hangover)
         # The ring must reach back over the start window and the pre-roll before it.
         self._ring = np.zeros((cfg.start_window_frames + self._pre_roll, FRAME_SAMPLES), np.int16)
+        # WebRTC's VAD reads each frame from its ring row, through byte views made once.
+        self._ring_bytes = [row.data.cast("B") for row in self._ring]
         # Grown by doubling up to the longest possible utterance, then reused.
         self._buf = np.zeros(0, np.int16)
-        self._f32 = np.zeros(FRAME_SAMPLES, np.float32)
+        # Row 0 takes the frame, row 1 is ones: one product gives sum of squares and sum.
+        self._sums_in = np.ones((2, FRAME_SAMPLES), np.float32)
+        self._head = self._sums_in[0]
+        self._sums = np.zeros(2, np.float32)
+        self._gated = cfg.level_gate or cfg.voice_gate
+        self._voice = cfg.voice_gate
+        self._voice_margin = float(cfg.voice_margin_db)
+        self._floor_margin = float(cfg.floor_margin_db)
+        self._start_voiced = cfg.start_voiced_frames
         self.reset()
 
     @property
@@ -203,50 +228,114 @@ class VadSegmenter:
         self._floor = -1.0
         self._room = -1.0  # the voice gate's room level; < 0 until the first frame
         self._prev_loud = False
+        self._learning = self.config.voice_gate  # the voice gate first learns the room
+        self._held: list[tuple[bool, float]] = []  # (voiced, dB) of the frames held while learning
+        self._quiet_run = 0
+        self._quietest = math.inf
+        self._loudest = -math.inf
         # The VAD's noise model belongs to the audio it has seen.
         self._vad = webrtcvad.Vad(self.config.aggressiveness)
 
     def push(self, frame: _PCM) -> list[VadEvent]:
         """Process one 320-sample int16 frame; return the events it caused (usually none)."""
-        if frame.shape != (FRAME_SAMPLES,) or frame.dtype != np.int16:
+        if (frame.dtype is not _INT16 and frame.dtype != _INT16) or frame.shape != _SHAPE:
             raise GatewayError(
                 f"VAD frames must be {FRAME_SAMPLES} int16 samples (20 ms at 16 kHz), "
                 f"got shape {frame.shape} {frame.dtype}"
             )
-        if not frame.flags.c_contiguous:
-            frame = np.ascontiguousarray(frame)
         index = self._index
         self._index = index + 1
-        self._ring[index % len(self._ring)] = frame
-        # A byte view: given the int16 array, webrtcvad would take len() (320) as the
-        # byte count and judge only the first 10 ms.
-        voiced = self._vad.is_speech(frame.data.cast("B"), SAMPLE_RATE)
-        cfg = self.config
-        if cfg.level_gate or cfg.voice_gate:
-            gated = self._gate(frame, voiced)
-            if cfg.voice_gate and self._start_frame < 0:
+        slot = index % len(self._ring)
+        self._ring[slot] = frame  # a contiguous copy, whatever the frame's strides
+        voiced = self._vad.is_speech(self._ring_bytes[slot], SAMPLE_RATE)
+        if not self._gated:
+            return self._step(index, frame, voiced, 0.0)
+        # The level in dB: one matrix-vector product gives the sum of squares and the sum.
+        np.copyto(self._head, frame)
+        np.dot(self._sums_in, self._head, out=self._sums)
+        power, total = self._sums.tolist()
+        if self._voice:
+            # The frame's variance, not its power: rumble below 50 Hz (most of pink
+            # noise's power, none of a voice's) moves a frame's mean, not its variance.
+            power -= total * total / FRAME_SAMPLES
+        db = 10.0 * _log10(power / FRAME_SAMPLES + 1.0)
+        if self._learning:
+            return self._learn(index, frame, voiced, db)
+        return self._step(index, frame, voiced, db)
+
+    def _step(self, index: int, frame: _PCM, voiced: bool, db: float) -> list[VadEvent]:
+        if self._gated:
+            gated = self._gate(db, voiced)
+            if self._voice and self._start_frame < 0:
                 # WebRTC's window as always, and enough of it clearly above the room.
-                self._loud = ((self._loud << 1) | gated) & self._window_mask
-                if self._loud.bit_count() < _START_LOUD:
+                self._loud = loud = ((self._loud << 1) | gated) & self._window_mask
+                if loud.bit_count() < _START_LOUD:
                     self._window = ((self._window << 1) | voiced) & self._window_mask
                     return []
             else:
                 voiced = gated
 
         if self._start_frame < 0:
-            self._window = ((self._window << 1) | voiced) & self._window_mask
-            if self._window.bit_count() < cfg.start_voiced_frames:
+            self._window = window = ((self._window << 1) | voiced) & self._window_mask
+            if window.bit_count() < self._start_voiced:
                 return []
             return [self._open(index)]
 
         self._append(frame)
         if voiced:
             self._last_voiced = index
-        events: list[VadEvent] = []
         if index - self._last_voiced >= self._hangover:
-            events.append(self._close(index, forced=False))
-        elif index + 1 - self._start_frame >= self._max_frames:
-            events.append(self._close(index, forced=True))
+            return [self._close(index, forced=False)]
+        if index + 1 - self._start_frame >= self._max_frames:
+            return [self._close(index, forced=True)]
+        return []
+
+    def _learn(self, index: int, frame: _PCM, voiced: bool, db: float) -> list[VadEvent]:
+        """The stream's first frames, held until the room has shown what it sounds like.
+
+        A stream may begin with the caller's voice or with other voices; the two
+        look alike until the first pause. Until then frames are kept (in the
+        utterance buffer) while the trackers follow the room; then they are judged
+        again as if the room had been known from the start, so a caller who speaks
+        at once loses nothing. Events of the held frames come out late, at most
+        ``_LEARN_MAX_FRAMES`` frames after the stream began.
+        """
+        self._append(frame)
+        self._held.append((voiced, db))
+        self._gate(db, voiced)
+        # A quiet moment: unvoiced and near the quietest frame so far (WebRTC's VAD,
+        # still learning the stream, may call loud speech unvoiced).
+        self._quietest = quietest = min(self._quietest, db)
+        self._loudest = loudest = max(self._loudest, db)
+        quiet = not voiced and db <= quietest + _LEARN_QUIET_DB
+        self._quiet_run = self._quiet_run + 1 if quiet else 0
+        if self._quiet_run >= _LEARN_QUIET_FRAMES or index + 1 >= _LEARN_MAX_FRAMES:
+            return self._replay()
+        # A second with neither a pause nor a voice well above the rest: the room is
+        # other voices or noise, and the caller has not spoken yet.
+        if index + 1 >= _LEARN_MIN_FRAMES and loudest - quietest < _LEARN_CONTRAST_DB:
+            return self._replay()
+        return []
+
+    def _replay(self) -> list[VadEvent]:
+        """End learning: judge the held frames against the room as learned."""
+        held, run = self._held, self._quiet_run
+        # The room's quiet end: the pause that ended learning, else the quietest frame.
+        floor = min(db for _, db in held[-run:]) if run else self._quietest
+        room = min(self._room, floor + _ROOM_SPREAD_DB)
+        frames = self._buf[: len(held) * FRAME_SAMPLES].reshape(len(held), FRAME_SAMPLES).copy()
+        self._learning = False
+        self._held = []
+        self._filled = 0
+        self._prev_loud = False
+        events: list[VadEvent] = []
+        ring = self._ring
+        for index, (voiced, db) in enumerate(held):
+            ring[index % len(ring)] = frames[index]
+            # Held frames do not move the room: the caller's first words would raise it.
+            self._floor, self._room = floor, room
+            events += self._step(index, frames[index], voiced, db)
+        self._floor, self._room = floor, room
         return events
 
     @property
@@ -268,52 +357,54 @@ class VadSegmenter:
         pcm = self._buf[: (end_frame - self._start_frame) * FRAME_SAMPLES].copy()
         return SpeechEnded((last + 1) * FRAME_MS, onset * FRAME_MS, pcm)
 
-    def _gate(self, frame: _PCM, voiced: bool) -> bool:
+    def _gate(self, db: float, voiced: bool) -> bool:
         """Whether a frame WebRTC's VAD called ``voiced`` is loud enough to be the caller."""
-        f32 = self._f32
-        np.copyto(f32, frame)
-        db = 10.0 * math.log10(float(np.dot(f32, f32)) / FRAME_SAMPLES + 1.0)
-        if self.config.voice_gate:
-            return self._voice_gate(db, voiced)
         floor = self._floor
         if floor < 0:  # the first frame: the room as it is
             self._floor = db
+            self._room = db + _ROOM_HEADROOM_DB
             return False
         in_turn = self._start_frame >= 0
         # The floor follows every frame down fast and up slowly, and not at all in a
         # turn, so it sits at the quiet moments of the room, not of the caller.
         dev = db - floor
         if dev < 0:
-            self._floor = floor + dev * _FLOOR_DOWN
+            self._floor = new_floor = floor + dev * _FLOOR_DOWN
         elif not in_turn:
-            self._floor = floor + dev * _FLOOR_UP
-        return voiced and (not in_turn or db >= floor + self.config.floor_margin_db)
+            self._floor = new_floor = floor + dev * _FLOOR_UP
+        else:
+            new_floor = floor
+        if not self._voice:
+            return voiced and (not in_turn or db >= floor + self._floor_margin)
 
-    def _voice_gate(self, db: float, voiced: bool) -> bool:
-        room = self._room
-        if room < 0:
-            self._room = db + _ROOM_HEADROOM_DB
-            return False
-        in_turn = self._start_frame >= 0
-        loud = voiced and db >= room + self.config.voice_margin_db
+        # The voice gate. No room's loud end is far above its quiet moments: after a
+        # silence (or a stream that began with the caller's own voice) the room is
+        # at most this.
+        room = min(self._room, new_floor + _ROOM_SPREAD_DB)
+        loud = voiced and db >= room + self._voice_margin
         if not loud and in_turn and self._prev_loud:
-            loud = voiced and db >= room + _TAIL_DB
+            # The soft end of a loud stretch still counts, down to near the floor.
+            loud = voiced and db >= min(room + _TAIL_DB, new_floor + self._floor_margin)
             self._prev_loud = loud
             return loud
         self._prev_loud = loud
         if not loud:
-            # Babble's loud end: up at once to what is not the caller, down slowly.
+            # Babble's loud end: up at once to voiced sounds that are not the caller,
+            # down slowly. Unvoiced sounds and those inside a turn (mostly the
+            # caller's own consonants and soft words) move it slowly.
             if db > room:
-                self._room = room + (db - room) * (_ROOM_RISE_IN_TURN if in_turn else _ROOM_RISE)
+                room += (db - room) * (_ROOM_RISE if voiced and not in_turn else _ROOM_RISE_IN_TURN)
             else:
-                self._room = max(db, room - _ROOM_DECAY_DB)
+                room = max(db, room - _ROOM_DECAY_DB)
+        self._room = room
         return loud
 
     def flush(self) -> list[VadEvent]:
         """End of stream: close an open turn now, as if its hangover had passed."""
+        events = self._replay() if self._learning and self._held else []
         if self._start_frame < 0:
-            return []
-        return [self._close(self._index - 1, forced=False)]
+            return events
+        return [*events, self._close(self._index - 1, forced=False)]
 
     def _open(self, index: int) -> SpeechStarted:
         # Bit 0 is this frame. Voiced frames before two unvoiced ones are a separate
