@@ -131,3 +131,16 @@ def test_speech_from_the_first_frame_is_judged_at_the_first_pause() -> None:
     speech_ms = len(speech) // 16
     assert emitted <= speech_ms + 100
     assert abs(ended.at_ms - speech_ms) <= TOLERANCE_MS
+
+
+def test_held_speech_counts_as_a_turn_and_flush_ends_it() -> None:
+    # Frames that stop while the first words are still held (a stalled stream):
+    # the session sees a turn in progress and its stall check flushes it.
+    seg = VadSegmenter()
+    speech = _trimmed("cards-001")
+    rows = speech.reshape(-1, FRAME_SAMPLES)
+    assert [e for frame in rows for e in seg.push(frame)] == []
+    assert seg.in_speech
+    events = seg.flush()
+    assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
+    assert events[0].at_ms == 0 and not seg.in_speech

@@ -187,8 +187,12 @@ class VadSegmenter:
 
     @property
     def in_speech(self) -> bool:
-        """Whether a turn is open (started, not yet ended)."""
-        return self._start_frame >= 0
+        """Whether a turn is open (started, not yet ended).
+
+        Also true while the stream's first frames are held (see ``VadConfig.voice_gate``)
+        and WebRTC's VAD would have started a turn in them: :meth:`flush` may end one.
+        """
+        return self._start_frame >= 0 or self._held_speech
 
     @property
     def turn_voiced_ms(self) -> int:
@@ -231,6 +235,7 @@ class VadSegmenter:
         self._learning = self.config.voice_gate  # the voice gate first learns the room
         self._held: list[tuple[bool, float]] = []  # (voiced, dB) of the frames held while learning
         self._quiet_run = 0
+        self._held_speech = False  # WebRTC's VAD would have started a turn in them
         self._quietest = math.inf
         self._loudest = -math.inf
         # The VAD's noise model belongs to the audio it has seen.
@@ -303,6 +308,8 @@ class VadSegmenter:
         self._append(frame)
         self._held.append((voiced, db))
         self._gate(db, voiced)
+        self._window = window = ((self._window << 1) | voiced) & self._window_mask
+        self._held_speech = self._held_speech or window.bit_count() >= self._start_voiced
         # A quiet moment: unvoiced and near the quietest frame so far (WebRTC's VAD,
         # still learning the stream, may call loud speech unvoiced).
         self._quietest = quietest = min(self._quietest, db)
@@ -324,8 +331,9 @@ class VadSegmenter:
         floor = min(db for _, db in held[-run:]) if run else self._quietest
         room = min(self._room, floor + _ROOM_SPREAD_DB)
         frames = self._buf[: len(held) * FRAME_SAMPLES].reshape(len(held), FRAME_SAMPLES).copy()
-        self._learning = False
+        self._learning = self._held_speech = False
         self._held = []
+        self._window = 0
         self._filled = 0
         self._prev_loud = False
         events: list[VadEvent] = []
