@@ -198,10 +198,11 @@ def main() -> argparse.Namespace:
         f"\nCPU per 20 ms frame, best of {args.repeat} passes over {len(all_frames)} frames: "
         + ", ".join(f"{k} {v / len(all_frames) * 1e6:.2f} µs" for k, v in best.items())
     )
+    args.config = config
     return args
 
 
-def noisy_rooms(rounds: int) -> None:
+def noisy_rooms(config: VadConfig, rounds: int) -> None:
     """The table of issue 9: turns closed, boundary errors, false starts, CPU per frame."""
     from rooms import caller, room, rooms
     from silero_ref import silero_segmenter
@@ -211,7 +212,9 @@ def noisy_rooms(rounds: int) -> None:
         "floor gate only (GATEWAY_VAD_VOICE_GATE=0)": lambda: VadSegmenter(
             VadConfig(voice_gate=False)
         ),
-        "ours (default: voice gate)": lambda: VadSegmenter(VadConfig()),
+        "ours (default: voice gate)" if config == VadConfig() else f"ours ({config})": lambda: (
+            VadSegmenter(config)
+        ),
         "reference: Silero 0.7 + volume 40 dB": silero_segmenter,
     }
     who = caller()
@@ -244,4 +247,5 @@ def noisy_rooms(rounds: int) -> None:
 
 
 if __name__ == "__main__":
-    noisy_rooms(main().rounds)
+    args = main()
+    noisy_rooms(args.config, args.rounds)
