@@ -64,27 +64,7 @@ class Cluster:
     async def add_worker(self, **env: str) -> Worker:
         """Start one more worker and put it behind the balancer."""
         log = self.tmp / f"worker-{len(self.workers)}.log"
-        with log.open("wb") as err:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "gateway",
-                "serve",
-                env={**os.environ, **self.env, **env},
-                stdout=asyncio.subprocess.PIPE,
-                stderr=err,
-            )
-        assert proc.stdout is not None
-        try:
-            async with asyncio.timeout(60):
-                while b"serving webhooks on" not in (line := await proc.stdout.readline()):
-                    if not line:
-                        raise RuntimeError(f"worker did not start:\n{log.read_text()}")
-        except BaseException:
-            proc.kill()
-            await proc.wait()
-            raise
-        url = line.decode().split("serving webhooks on ")[1].split("/webhook")[0]
+        proc, url = await start_serve({**self.env, **env}, log)
         worker = Worker(proc, url, log)
         self.workers.append(worker)
         self.balancer.backends.append(url)
@@ -180,6 +160,48 @@ class Cluster:
         await self.redis.aclose()
 
 
+def serve_env(sandbox: CloudAPISandbox, **env: str) -> dict[str, str]:
+    """The environment of a `gateway serve` answering the sandbox's calls with the echo bot."""
+    return {
+        "WHATSAPP_ACCESS_TOKEN": ACCESS_TOKEN,
+        "WHATSAPP_APP_SECRET": APP_SECRET,
+        "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
+        "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
+        "WHATSAPP_GRAPH_URL": sandbox.graph_url,
+        "GATEWAY_PORT": "0",
+        "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
+        "GATEWAY_BOT": "echo",
+        "GATEWAY_API_KEY": API_KEY,
+        "GATEWAY_LOG_LEVEL": "INFO",
+        **env,
+    }
+
+
+async def start_serve(env: dict[str, str], log: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """A `gateway serve` process with ``env`` (its log in ``log``), and its URL once it serves."""
+    with log.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "gateway",
+            "serve",
+            env={**os.environ, **env},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            while b"serving webhooks on" not in (line := await proc.stdout.readline()):
+                if not line:
+                    raise RuntimeError(f"gateway serve did not start:\n{log.read_text()}")
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc, line.decode().split("serving webhooks on ")[1].split("/webhook")[0]
+
+
 async def start_cluster(tmp: Path, workers: int = 3, **env: str) -> Cluster:
     """Redis, the sandbox, a balancer and ``workers`` worker processes."""
     redis = RedisServer()
@@ -195,21 +217,12 @@ async def start_cluster(tmp: Path, workers: int = 3, **env: str) -> Cluster:
     await balancer.start()
     sandbox.webhook_url = f"{balancer.url}/webhook"
     cluster = Cluster(redis, sandbox, balancer, tmp)
-    cluster.env = {
-        "WHATSAPP_ACCESS_TOKEN": ACCESS_TOKEN,
-        "WHATSAPP_APP_SECRET": APP_SECRET,
-        "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
-        "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
-        "WHATSAPP_GRAPH_URL": sandbox.graph_url,
-        "GATEWAY_PORT": "0",
-        "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
-        "GATEWAY_BOT": "echo",
-        "GATEWAY_API_KEY": API_KEY,
-        "GATEWAY_REDIS_URL": redis.url,
-        "GATEWAY_LEASE_SECONDS": str(LEASE_SECONDS),
-        "GATEWAY_LOG_LEVEL": "INFO",
+    cluster.env = serve_env(
+        sandbox,
+        GATEWAY_REDIS_URL=redis.url,
+        GATEWAY_LEASE_SECONDS=str(LEASE_SECONDS),
         **env,
-    }
+    )
     try:
         await asyncio.gather(*(cluster.add_worker() for _ in range(workers)))
     except BaseException:

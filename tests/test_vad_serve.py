@@ -3,58 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 from pathlib import Path
 
 from gateway.sandbox.cloud import CloudAPISandbox
 from gateway.sandbox.user import SimulatedUser
 
-from .conftest import ACCESS_TOKEN, API_KEY, APP_SECRET, PHONE_NUMBER_ID, VERIFY_TOKEN
-
-
-async def _serve(
-    sandbox: CloudAPISandbox, tmp: Path, **env: str
-) -> tuple[asyncio.subprocess.Process, Path]:
-    """A `gateway serve` process answering the sandbox's calls with the echo bot."""
-    log = tmp / "serve.log"
-    with log.open("wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "gateway",
-            "serve",
-            env={
-                **os.environ,
-                "WHATSAPP_ACCESS_TOKEN": ACCESS_TOKEN,
-                "WHATSAPP_APP_SECRET": APP_SECRET,
-                "WHATSAPP_VERIFY_TOKEN": VERIFY_TOKEN,
-                "WHATSAPP_PHONE_NUMBER_ID": PHONE_NUMBER_ID,
-                "WHATSAPP_GRAPH_URL": sandbox.graph_url,
-                "GATEWAY_PORT": "0",
-                "GATEWAY_MEDIA_ADDRESSES": "127.0.0.1",
-                "GATEWAY_BOT": "echo",
-                "GATEWAY_API_KEY": API_KEY,
-                "GATEWAY_DATA_DIR": str(tmp),
-                "GATEWAY_LOG_LEVEL": "INFO",
-                **env,
-            },
-            stdout=asyncio.subprocess.PIPE,
-            stderr=err,
-        )
-    assert proc.stdout is not None
-    try:
-        async with asyncio.timeout(60):
-            while b"serving webhooks on" not in (line := await proc.stdout.readline()):
-                assert line, f"gateway serve did not start:\n{log.read_text()}"
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
-    url = line.decode().split("serving webhooks on ")[1].split("/webhook")[0]
-    sandbox.webhook_url = f"{url}/webhook"
-    return proc, log
+from .cluster_stack import serve_env, start_serve
+from .conftest import ACCESS_TOKEN, APP_SECRET, PHONE_NUMBER_ID
 
 
 async def test_serve_passes_the_vad_setting_to_live_calls(tmp_path: Path) -> None:
@@ -65,7 +21,17 @@ async def test_serve_passes_the_vad_setting_to_live_calls(tmp_path: Path) -> Non
         phone_number_id=PHONE_NUMBER_ID,
     )
     await sandbox.start()
-    proc, log = await _serve(sandbox, tmp_path, GATEWAY_VAD_VOICE_GATE="0")
+    try:
+        await _call_and_check(sandbox, tmp_path)
+    finally:
+        await sandbox.aclose()
+
+
+async def _call_and_check(sandbox: CloudAPISandbox, tmp: Path) -> None:
+    log = tmp / "serve.log"
+    env = serve_env(sandbox, GATEWAY_DATA_DIR=str(tmp), GATEWAY_VAD_VOICE_GATE="0")
+    proc, url = await start_serve(env, log)
+    sandbox.webhook_url = f"{url}/webhook"
     call = None
     try:
         call = await SimulatedUser(sandbox, "15551239001", "Vera").place_call(inbound=False)
@@ -88,4 +54,3 @@ async def test_serve_passes_the_vad_setting_to_live_calls(tmp_path: Path) -> Non
         except TimeoutError:
             proc.kill()
             await proc.wait()
-        await sandbox.aclose()
