@@ -6,8 +6,10 @@ import asyncio
 import random
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import aioice.ice
+import aioice.stun
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCDtlsTransport, RTCPeerConnection
@@ -132,11 +134,18 @@ def speech_packets(count: int) -> list[bytes]:
 
 
 @pytest.mark.usefixtures("loopback")
-async def test_rtp_from_a_real_peer_reaches_inbound_audio_without_aioices_queue() -> None:
+async def test_rtp_from_a_real_peer_reaches_inbound_audio_without_aioices_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Header extensions, padding, CSRCs, reordering, RTCP in between and an SSRC
     change, SRTP-protected by a real aiortc peer: every frame decodes as a decoder
-    fed the same packets in order would, RTCP still reaches aiortc, and no RTP
-    packet went through aioice's queue."""
+    fed the same packets in order would, RTCP still reaches aiortc, no RTP packet
+    went through aioice's queue, and ICE consent checks (STUN, read at the tick
+    like the rest) keep both sides connected."""
+    # Consent checks every ~50 ms, each failing after 100 ms without an answer
+    # (aioice: 5 s and 0.5 s): six failures in a row would close the connection.
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.05)
+    monkeypatch.setattr(aioice.stun, "RETRY_RTO", 0.1)
     caller = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     gateway = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
@@ -163,6 +172,14 @@ async def test_rtp_from_a_real_peer_reaches_inbound_audio_without_aioices_queue(
             aioice_data_received(data, component)
 
         connection.data_received = data_received  # type: ignore[method-assign]
+        stun_requests: list[object] = []
+        aioice_request_received = connection.request_received
+
+        def request_received(*args: Any) -> None:
+            stun_requests.append(args[0])
+            aioice_request_received(*args)
+
+        connection.request_received = request_received  # type: ignore[method-assign]
         rtcp_seen: list[bytes] = []
         aiortc_rtcp = transport._handle_rtcp_data
 
@@ -225,6 +242,11 @@ async def test_rtp_from_a_real_peer_reaches_inbound_audio_without_aioices_queue(
         assert not [d for d in queued if 127 < d[0] < 192 and not 191 < d[1] < 209]
         # Both SSRCs feed RTCP reception statistics, as aiortc's own receiver would.
         assert {0x1111, 0x2222} <= set(receiver._RTCRtpReceiver__remote_streams)
+
+        stun_requests.clear()
+        await asyncio.sleep(1.0)
+        assert len(stun_requests) >= 5  # the caller's consent checks reached aioice
+        assert (caller.connectionState, gateway.connectionState) == ("connected", "connected")
     finally:
         await caller.close()
         await gateway.close()
