@@ -92,6 +92,7 @@ class OpusEncoder:
         if not state:
             raise libopus.OpusLibraryError("libopus encoder_create returned no encoder")
         self._free = weakref.finalize(self, lib.opus_encoder_destroy, state)
+        self._closed = False  # a plain flag: finalize.alive is Python code, read per frame
         self._encode = functools.partial(lib.opus_encode, state)
         ctl = functools.partial(lib.opus_encoder_ctl, ctypes.c_void_p(state))
         libopus.check(ctl(libopus.SET_BITRATE, ctypes.c_int32(bitrate)), "SET_BITRATE")
@@ -111,7 +112,7 @@ class OpusEncoder:
             raise ValueError(
                 f"expected {FRAME_SAMPLES} int16 samples, got {frame.shape} {frame.dtype}"
             )
-        if not self._free.alive:
+        if self._closed:
             raise ValueError("the encoder is closed")
         self._in[:] = frame
         size = self._encode(self._in_address, FRAME_SAMPLES, self._out_address, MAX_PACKET_BYTES)
@@ -130,6 +131,7 @@ class OpusEncoder:
 
     def close(self) -> None:
         """Free the libopus encoder now (encoding afterwards raises ValueError)."""
+        self._closed = True
         self._free()
 
 
@@ -165,6 +167,7 @@ class OpusDecoder:
         if not state:
             raise libopus.OpusLibraryError("libopus decoder_create returned no decoder")
         self._free = weakref.finalize(self, lib.opus_decoder_destroy, state)
+        self._closed = False
         self._decode = functools.partial(lib.opus_decode, state)
         # Decoded into one buffer, then copied out: each frame handed on is the callee's.
         self._pcm = np.zeros(_MAX_DECODED, dtype=np.int16)
@@ -175,7 +178,7 @@ class OpusDecoder:
         """Decode one packet; raises ValueError if it is empty or corrupt."""
         if not payload:
             raise ValueError("empty Opus payload")
-        if not self._free.alive:
+        if self._closed:
             raise ValueError("the decoder is closed")
         n = self._decode(payload, len(payload), self._pcm_address, _MAX_DECODED, 0)
         if n < 0:
@@ -191,7 +194,7 @@ class OpusDecoder:
         lost packets, and it keeps the decoder's state continuous, so the next
         real packet joins without a click. Before the first packet: silence.
         """
-        if not self._started or not self._free.alive:
+        if not self._started or self._closed:
             return np.zeros(FRAME_SAMPLES, dtype=np.int16)
         # No data: libopus conceals exactly frame_size samples (RFC 6716 4.4).
         n = self._decode(None, 0, self._pcm_address, FRAME_SAMPLES, 0)
@@ -201,4 +204,5 @@ class OpusDecoder:
 
     def close(self) -> None:
         """Free the libopus decoder now (decoding afterwards raises ValueError)."""
+        self._closed = True
         self._free()

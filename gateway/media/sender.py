@@ -182,7 +182,7 @@ class PlayoutSender(RTCRtpSender):
         # What the next RTCP sender report says (aiortc reads these fields).
         self._packets += 1
         self._octets += len(payload)
-        self._RTCRtpSender__ntp_timestamp = ntp_time(time.time())
+        self._RTCRtpSender__ntp_timestamp = int((time.time() + _NTP_UNIX_OFFSET) * _NTP_SCALE)
         self._RTCRtpSender__rtp_timestamp = timestamp
         self._RTCRtpSender__packet_count = self._packets
         self._RTCRtpSender__octet_count = self._octets

@@ -9,10 +9,11 @@ packet), unprotects the SRTP, builds an ``RtpPacket`` with every header
 extension decoded, and awaits the receiver's handler. Once DTLS is up,
 :class:`CallTransport` shadows ``datagram_received`` on its ICE sockets: an RTP
 datagram (first byte 128-191, not RTCP; RFC 7983 demultiplexing) is unprotected
-and read by :func:`parse_inbound` (fixed header only; CSRCs, extensions and
-padding skipped by their lengths) right there, routed by aiortc's own router,
-and handed to :meth:`gateway.media.inbound.InboundAudio.receive`, which decodes
-it and runs the bot's frame callbacks, all before the socket's callback returns.
+(:mod:`gateway.media.srtp`) and read by :func:`parse_inbound` (fixed header
+only; CSRCs, extensions and padding skipped by their lengths) right there,
+routed by aiortc's own router, and handed to
+:meth:`gateway.media.inbound.InboundAudio.receive`, which decodes it and runs
+the bot's frame callbacks, all before the socket's callback returns.
 STUN (consent freshness), DTLS and RTCP take aioice's and aiortc's own path.
 
 Outbound (bot to caller): :meth:`CallTransport.send_rtp_now` is aiortc's
@@ -28,12 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import struct
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Final, cast
+from typing import Any, Final
 
 import pylibsrtp
 from aioice.ice import CandidatePair, StunProtocol
@@ -41,16 +40,12 @@ from aiortc import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State
 from aiortc.rtp import RtpPacket
 
-from gateway.media.frameclock import frame_clock
+from gateway.media.srtp import SrtpCalls, srtp_calls
 
 logger = logging.getLogger(__name__)
 
 _HEADER: Final = struct.Struct("!BBHII")
 _NTP_UNIX_OFFSET: Final = 2208988800  # aiortc's arrival times count from 1900 (NTP)
-_MAX_DATAGRAM: Final = 65535
-# A bound on one tick's work per socket (a flood waits for the next tick, or is dropped
-# by the kernel once the socket's buffer is full); a call gets ~1 packet per tick.
-_MAX_READS_PER_TICK: Final = 64
 
 
 class InboundPacket:
@@ -115,8 +110,11 @@ class CallTransport(RTCDtlsTransport):
     """Applied to every RTP packet sent through :meth:`send_rtp_now` before SRTP
     (the DTMF sender's substitution, see :mod:`gateway.media.dtmf`)."""
 
-    _sockets: dict[StunProtocol, socket.socket]
-    """A duplicate of each of the ICE connection's UDP sockets, read at the tick."""
+    # Set when DTLS is connected: the SRTP sessions' lean callers, aioice's selected pairs.
+    _tx: SrtpCalls | pylibsrtp.Session
+    _rx: SrtpCalls | pylibsrtp.Session
+    _nominated: dict[int, CandidatePair]
+    _fast_protocols: list[StunProtocol]
     _spawned: set[asyncio.Task[None]]
     # aiortc's transport statistics (getStats), kept as its own methods keep them.
     _RTCDtlsTransport__rx_bytes: int
@@ -132,7 +130,7 @@ class CallTransport(RTCDtlsTransport):
                 raise TypeError(f"cannot adopt a {type(transport).__name__}")
             transport.__class__ = cls
             assert isinstance(transport, cls)
-            transport._sockets = {}
+            transport._fast_protocols = []
             transport._spawned = set()
         assert isinstance(transport, cls)
         return transport
@@ -152,98 +150,70 @@ class CallTransport(RTCDtlsTransport):
         rewrite = self.rtp_rewrite
         if rewrite is not None:
             data = rewrite(data)
-        data = self._tx_srtp.protect(data)
-        pair = self._ice_pairs.get(1)  # rtcp-mux: one component
+        data = self._tx.protect(data)
+        pair = self._nominated.get(1)  # rtcp-mux: one component
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
         protocol = pair.protocol
         if type(protocol) is StunProtocol:
-            self._sendto(protocol, data, pair.remote_addr)
+            protocol.transport.sendto(data, pair.remote_addr)
         else:  # a TURN relay: aioice's own send (it may bind a channel first)
             self._spawn(protocol.send_data(data, pair.remote_addr))
         self._RTCDtlsTransport__tx_bytes += len(data)
         self._RTCDtlsTransport__tx_packets += 1
-
-    def _sendto(self, protocol: StunProtocol, data: bytes, addr: tuple[str, int]) -> None:
-        sock = self._sockets.get(protocol)
-        if sock is not None:
-            try:
-                sock.sendto(data, addr)
-                return
-            except (BlockingIOError, InterruptedError):
-                pass  # the socket's buffer is full: asyncio's transport buffers it
-        protocol.transport.sendto(data, addr)
-
-    @property
-    def _ice_pairs(self) -> dict[int, CandidatePair]:
-        pairs: dict[int, CandidatePair] = self.transport._connection._nominated
-        return pairs
 
     # --- receiving -----------------------------------------------------------------------
 
     def _set_state(self, state: State) -> None:
         super()._set_state(state)
         if state is State.CONNECTED:
+            # The SRTP sessions are set up and the ICE pair is selected by now.
+            self._tx = srtp_calls(self._tx_srtp)
+            self._rx = srtp_calls(self._rx_srtp)
+            self._nominated = self.transport._connection._nominated
             self._take_datagrams()
         elif state in (State.CLOSED, State.FAILED):
             self._release_datagrams()
 
     def _take_datagrams(self) -> None:
-        """Read the ICE connection's sockets at the frame clock's tick, not on readiness.
+        """Have the ICE connection's sockets hand SRTP packets to :meth:`_datagram_received`.
 
-        Each of aioice's UDP sockets stops waking the event loop
-        (``pause_reading``); :meth:`_read_sockets` drains them once per 20 ms
-        tick through a duplicate of the socket's descriptor. RTP (first byte
-        128-191 and not RTCP, RFC 7983) goes to :meth:`_datagram_received`;
-        STUN, DTLS and RTCP to aioice's protocol as before (its queue, aiortc's
-        task). One wake-up per tick for every call's packets, instead of one
-        per packet.
+        Each of aioice's UDP protocols gets an instance attribute shadowing its
+        ``datagram_received`` (asyncio calls it through the attribute): RTP
+        (first byte 128-191 and not RTCP, RFC 7983) comes here; STUN, DTLS and
+        RTCP go on to aioice as before, through its queue to aiortc's task.
         """
         for protocol in self.transport._connection._protocols:
-            transport = protocol.transport
-            if type(protocol) is not StunProtocol or transport.is_closing():
-                continue
-            fd = os.dup(transport.get_extra_info("socket").fileno())
-            self._sockets[protocol] = socket.socket(fileno=fd)
-            cast(asyncio.ReadTransport, transport).pause_reading()
-        if self._sockets:
-            frame_clock(asyncio.get_running_loop()).subscribe(self._read_sockets)
+            if type(protocol) is StunProtocol and "datagram_received" not in protocol.__dict__:
+                protocol.datagram_received = self._fast_path(protocol)  # type: ignore[method-assign,assignment]
+                self._fast_protocols.append(protocol)
 
     def _release_datagrams(self) -> None:
-        if not self._sockets:
-            return
-        frame_clock(asyncio.get_running_loop()).unsubscribe(self._read_sockets)
-        for protocol, sock in self._sockets.items():
-            sock.close()  # the duplicate; aioice's own socket stays open
-            if not protocol.transport.is_closing():
-                cast(asyncio.ReadTransport, protocol.transport).resume_reading()
-        self._sockets.clear()
+        for protocol in self._fast_protocols:
+            protocol.__dict__.pop("datagram_received", None)
+        self._fast_protocols.clear()
 
-    def _read_sockets(self, now: float) -> None:
-        """Everything that arrived since the last tick, in order, socket by socket."""
-        for protocol, sock in self._sockets.items():
-            for _ in range(_MAX_READS_PER_TICK):
+    def _fast_path(self, protocol: StunProtocol) -> Callable[[bytes, Any], None]:
+        aioice_received = protocol.datagram_received
+        receive = self._datagram_received
+
+        def datagram_received(data: bytes, addr: Any) -> None:
+            if len(data) > 1 and 127 < data[0] < 192 and not 191 < data[1] < 209:
                 try:
-                    data, addr = sock.recvfrom(_MAX_DATAGRAM)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as exc:
-                    protocol.error_received(exc)  # what asyncio does (aioice logs it)
-                    break
-                if len(data) > 1 and 127 < data[0] < 192 and not 191 < data[1] < 209:
-                    try:
-                        self._datagram_received(data)
-                    except Exception:
-                        logger.exception("inbound RTP handling failed")
-                else:
-                    protocol.datagram_received(data, addr)
+                    receive(data)
+                except Exception:
+                    logger.exception("inbound RTP handling failed")
+            else:
+                aioice_received(data, addr)
+
+        return datagram_received
 
     def _datagram_received(self, data: bytes) -> None:
         """One SRTP packet, straight from the socket: unprotect, parse, hand to its receiver."""
         self._RTCDtlsTransport__rx_bytes += len(data)
         self._RTCDtlsTransport__rx_packets += 1
         try:
-            data = self._rx_srtp.unprotect(data)
+            data = self._rx.unprotect(data)
         except pylibsrtp.Error as exc:
             logger.debug("x SRTP unprotect failed: %s", exc)
             return
