@@ -144,3 +144,14 @@ def test_held_speech_counts_as_a_turn_and_flush_ends_it() -> None:
     events = seg.flush()
     assert [type(e) for e in events] == [SpeechStarted, SpeechEnded]
     assert events[0].at_ms == 0 and not seg.in_speech
+
+
+@pytest.mark.parametrize("name", ["cards-002", "cards-004"])
+def test_a_short_lead_in_of_room_noise_is_enough_to_learn_the_room(name: str) -> None:
+    # 140 ms of the phone's room before the words: the room is learned there, so
+    # the start is reported as soon as WebRTC's start window confirms it.
+    pcm = load_wav(AUDIO / f"{name}.wav")
+    events = _events(pcm, VadConfig())
+    emitted, started = events[0]
+    assert isinstance(started, SpeechStarted)
+    assert emitted - started.at_ms <= 200

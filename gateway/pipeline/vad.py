@@ -140,6 +140,8 @@ _ROOM_HEADROOM_DB: Final = 10.0  # the first frame may be a lull: assume the roo
 _ROOM_SPREAD_DB: Final = 20.0  # the room's loud end over its floor, at most
 _LEARN_QUIET_FRAMES: Final = 3  # unvoiced in a row: the room has shown itself
 _LEARN_QUIET_DB: Final = 10.0  # a quiet moment is this close to the quietest frame so far
+_LEARN_WARMUP_FRAMES: Final = 6  # WebRTC's VAD calls a stream's first 4-5 frames voiced
+_LEARN_STEADY_DB: Final = 3.0  # there, a frame this close to the quietest is quiet too
 _LEARN_MIN_FRAMES: Final = 50  # after 1 s ...
 _LEARN_CONTRAST_DB: Final = 25.0  # ... with less between loudest and quietest: no caller yet
 _LEARN_MAX_FRAMES: Final = 160  # 3.2 s without a pause: judge with what the room showed
@@ -311,10 +313,14 @@ class VadSegmenter:
         self._window = window = ((self._window << 1) | voiced) & self._window_mask
         self._held_speech = self._held_speech or window.bit_count() >= self._start_voiced
         # A quiet moment: unvoiced and near the quietest frame so far (WebRTC's VAD,
-        # still learning the stream, may call loud speech unvoiced).
+        # still learning the stream, may call loud speech unvoiced). In its first
+        # frames it calls anything voiced: there a steady level is quiet too.
         self._quietest = quietest = min(self._quietest, db)
         self._loudest = loudest = max(self._loudest, db)
-        quiet = not voiced and db <= quietest + _LEARN_QUIET_DB
+        if not voiced:
+            quiet = db <= quietest + _LEARN_QUIET_DB
+        else:
+            quiet = index < _LEARN_WARMUP_FRAMES and db <= quietest + _LEARN_STEADY_DB
         self._quiet_run = self._quiet_run + 1 if quiet else 0
         if self._quiet_run >= _LEARN_QUIET_FRAMES or index + 1 >= _LEARN_MAX_FRAMES:
             return self._replay()
