@@ -11,21 +11,21 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from . import rtc
-from .api import CallsAPI
 from .calls import CallManager, SessionFactory
 from .config import Settings
-from .dashboard import Dashboard
 from .errors import StoreError, UnavailableError
 from .graph import GraphClient
 from .metrics import Metrics, process_cpu_seconds, process_rss_bytes
-from .outbox import EventOutbox
-from .recording import Recordings
 from .routing import LocalRouter, Router
 from .store import SQLiteStore, Store
 from .webhooks import WebhookReceiver
 
+# What a setting turns on (the HTTP API and dashboard, recordings, business events,
+# the cluster) is imported only when it is on: a gateway weighs what it runs.
 if TYPE_CHECKING:
     from .cluster.router import ClusterRouter
+    from .outbox import EventOutbox
+    from .recording import Recordings
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +92,14 @@ class Gateway:
         self.metrics.watch(self.calls, self.webhooks)
         self.recordings: Recordings | None = None
         if settings.recordings_dir is not None:
+            from .recording import Recordings
+
             self.recordings = Recordings(settings.recordings_dir, registry=self.metrics.registry)
             self.calls.observers.append(self.recordings)
         self.outbox: EventOutbox | None = None
         if settings.events_url is not None and settings.events_secret is not None:
+            from .outbox import EventOutbox
+
             self.outbox = EventOutbox(
                 self.store,
                 url=settings.events_url,
@@ -115,6 +119,9 @@ class Gateway:
             self.metrics.registry.register(self.cluster)
         self.app.router.add_get("/metrics", self.metrics.handle)
         if settings.api_key is not None:
+            from .api import CallsAPI
+            from .dashboard import Dashboard
+
             CallsAPI(
                 self.calls,
                 self.graph,

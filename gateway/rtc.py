@@ -5,15 +5,24 @@ plus ``telephone-event/8000`` on 126 (DTMF), nothing else; no STUN server (aiort
 default is unreachable and delays every answer by seconds; Meta's side is
 ICE-lite with public host candidates); and optionally a fixed list of host
 addresses for ICE (the sandbox and tests stay on loopback).
+
+Every call of the process presents one DTLS certificate (what browsers and SFUs
+do): aiortc would otherwise make an ECDSA key and certificate for each peer
+connection, and an OpenSSL context for each DTLS transport.
 """
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.codecs import CODECS
+from aiortc.rtcdtlstransport import RTCCertificate, SRTPProtectionProfile
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from OpenSSL import SSL
 
 from .media.dtmf import DTMF_PAYLOAD_TYPE, add_telephone_event_codec
 from .media.ice import use_host_addresses
@@ -41,7 +50,57 @@ def configure(media_addresses: Sequence[str] = ()) -> None:
     _configured = True
 
 
-def new_peer_connection() -> RTCPeerConnection:
-    """A peer connection with no STUN/TURN servers (host candidates only)."""
+# A new process certificate is made when the current one has less than this left
+# (aiortc's are valid 30 days); calls in progress keep the one they started with.
+CERTIFICATE_RENEW_BEFORE = datetime.timedelta(days=1)
+
+
+class SharedCertificate(RTCCertificate):
+    """A certificate for many peer connections, with one OpenSSL context per SRTP
+    profile list instead of one per DTLS transport.
+
+    The context's session cache is off, as with aiortc's context per call: a
+    shared cache would let a peer resume another call's DTLS session.
+    """
+
+    def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
+        super().__init__(key, cert)
+        self._contexts: dict[tuple[bytes, ...], SSL.Context] = {}
+
+    def _create_ssl_context(self, srtp_profiles: list[SRTPProtectionProfile]) -> SSL.Context:
+        profiles = tuple(p.openssl_profile for p in srtp_profiles)
+        context = self._contexts.get(profiles)
+        if context is None:
+            context = super()._create_ssl_context(srtp_profiles)
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            self._contexts[profiles] = context
+        return context
+
+
+_certificate: SharedCertificate | None = None
+
+
+def certificate() -> SharedCertificate:
+    """The process's DTLS certificate (made on first use, renewed before it expires)."""
+    global _certificate
+    now = datetime.datetime.now(datetime.UTC)
+    if _certificate is None or _certificate.expires - now < CERTIFICATE_RENEW_BEFORE:
+        _certificate = SharedCertificate.generateCertificate()
+    return _certificate
+
+
+def new_peer_connection(*, shared_certificate: bool = True) -> RTCPeerConnection:
+    """A peer connection with no STUN/TURN servers (host candidates only).
+
+    It presents the process's certificate (:func:`certificate`); with
+    ``shared_certificate=False`` one of its own, as a separate party would (the
+    sandbox's simulated phones).
+    """
     configure()
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    if shared_certificate:
+        # aiortc 1.16 takes no certificate (RTCConfiguration has no `certificates`):
+        # its DTLS transports are made from this list when the SDP is applied, so
+        # replacing it before then is enough. tests/test_rtc_certificate.py guards it.
+        pc._RTCPeerConnection__certificates = [certificate()]  # type: ignore[attr-defined]
+    return pc

@@ -1,12 +1,18 @@
-"""A gateway loads only what its bot uses: no speech models (pocketsphinx, eSpeak NG,
-Whisper) nor LLM client for the echo bot at start-up."""
+"""A gateway loads only what its bot and settings use: no speech models (pocketsphinx,
+eSpeak NG, Whisper) nor LLM client for the echo bot at start-up, and no cluster, API,
+dashboard, recording or event-outbox code unless configured."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+from gateway.loadtest import LoadTestConfig, run_load_test
+
+from .conftest import AUDIO
 
 # Runs in a fresh interpreter: this test process has long imported everything.
 PROBE = textwrap.dedent(
@@ -67,3 +73,66 @@ def test_ivr_loads_pocketsphinx_with_its_first_call_not_at_start_up(tmp_path: Pa
     # The bot, made for a call, reads the pronunciation dictionary (pocketsphinx's
     # package); the recognizer itself waits for the first utterance.
     assert _probe("ivr", tmp_path) == ["started: []", "bot made: ['pocketsphinx']"]
+
+
+# `gateway serve` exactly as the console script runs it; when it has drained and
+# closed (SIGTERM), what the process imported goes to PROBE_MODULES.
+SERVE = textwrap.dedent(
+    """
+    import json, os, sys
+    from gateway.cli import main
+
+    code = main(["serve"])
+    with open(os.environ["PROBE_MODULES"], "w") as out:
+        json.dump(sorted(name for name, module in sys.modules.items() if module), out)
+    sys.exit(code)
+    """
+)
+
+# What a single-process gateway with the echo bot and default settings never runs.
+NOT_FOR_ECHO = (
+    "redis",  # cluster mode (GATEWAY_REDIS_URL)
+    "gateway.cluster",
+    "gateway.api",  # GATEWAY_API_KEY
+    "gateway.dashboard",
+    "gateway.recording",  # GATEWAY_RECORDINGS_DIR
+    "gateway.outbox",  # GATEWAY_EVENTS_URL
+    "gateway.agent",  # the agent bot
+    "gateway.stt",
+    "openai",
+    "faster_whisper",
+    "ctranslate2",
+    "pocketsphinx",
+    "gateway.sandbox",  # the demo and the tests' WhatsApp side
+    "gateway.loadtest",
+    "click",  # httpx's command-line client
+    "pygments",
+    "numpy.ma",  # numpy.quantile's, once used for the loop-lag quantiles
+)
+
+
+async def test_serve_with_the_echo_bot_imports_only_what_it_runs(tmp_path: Path) -> None:
+    modules_file = tmp_path / "modules.json"
+    report = await run_load_test(
+        LoadTestConfig(
+            calls=1,
+            rate=1,
+            duration=3,
+            audio=[str(AUDIO / "cards-001.wav")],
+            progress=False,
+            server_command=(sys.executable, "-c", SERVE),
+            gateway_env={"PROBE_MODULES": str(modules_file)},
+        )
+    )
+    # A real call went through that process: answered, echoed, ended.
+    assert report["ended_cleanly"] == 1, report["failures"]
+    assert report["metrics_ms"]["response"]["count"] >= 1
+    modules = json.loads(modules_file.read_text())
+    assert "gateway.calls" in modules and "bots.echo" in modules
+    loaded = [
+        name
+        for name in modules
+        for unwanted in NOT_FOR_ECHO
+        if name == unwanted or name.startswith(unwanted + ".")
+    ]
+    assert loaded == []

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import random
 
 import httpx
+import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.media.audio import load_wav
 from gateway.metrics import end_reason_label, parse_prometheus
+from gateway.metrics.loop import quantile
 from gateway.pipeline.plugins import session_for
 from gateway.sandbox.user import SimulatedUser
 
@@ -160,3 +164,12 @@ async def test_metrics_on_a_port_of_their_own() -> None:
         assert other.status_code == 404  # only the metrics there
     finally:
         await stop_stack(stack)
+
+
+def test_loop_lag_quantile_matches_numpys_linear_method() -> None:
+    rng = random.Random(7)
+    assert quantile([], 0.99) == 0.0
+    for n in (1, 2, 3, 10, 600):
+        values = [rng.random() for _ in range(n)]
+        for q in (0.0, 0.5, 0.9, 0.99, 1.0):
+            assert quantile(values, q) == pytest.approx(float(np.quantile(values, q)), abs=1e-12)

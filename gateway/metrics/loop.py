@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable
-
-import numpy as np
+from collections.abc import Callable, Iterable
 
 
 class LoopLagMonitor:
@@ -51,6 +49,20 @@ class LoopLagMonitor:
 
     def quantile(self, q: float) -> float:
         """Lag quantile over the window, in seconds (0 before any sample)."""
-        if not self.lags:
-            return 0.0
-        return float(np.quantile(np.fromiter(self.lags, float), q))
+        return quantile(self.lags, q)
+
+
+def quantile(values: Iterable[float], q: float) -> float:
+    """The ``q`` quantile, interpolated linearly between the closest ranks (numpy's
+    default method); 0 for no values.
+
+    Plain Python on purpose: ``numpy.quantile`` imports ``numpy.ma`` (about 1 MiB
+    resident) at the first scrape, for a sort of at most a few hundred floats.
+    """
+    ordered = sorted(values)
+    if not ordered:
+        return 0.0
+    position = min(max(q, 0.0), 1.0) * (len(ordered) - 1)
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (ordered[above] - ordered[below]) * (position - below)

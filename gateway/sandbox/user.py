@@ -205,7 +205,7 @@ class UserCall:
         self.callback_data = callback_data
         self.sandbox = user.sandbox
         self.state = UserCallState.OFFERED
-        self.pc = rtc.new_peer_connection()
+        self.pc = rtc.new_peer_connection(shared_certificate=False)  # a phone of its own
         self.playout = PlayoutTrack()
         self.inbound: InboundAudio | None = None
         self.offer_sdp = ""

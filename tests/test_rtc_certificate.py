@@ -1,0 +1,62 @@
+"""One DTLS certificate (and OpenSSL context) for every call of a gateway process."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import re
+
+import pytest
+
+from gateway import rtc
+from gateway.media.audio import load_wav
+
+from .conftest import AUDIO, Stack, answered_call
+
+
+def _fingerprint(sdp: str) -> str:
+    found = re.findall(r"^a=fingerprint:(\S+ \S+)\r?$", sdp, re.MULTILINE)
+    assert len(found) == 1, sdp
+    return str(found[0])
+
+
+async def test_two_calls_present_one_certificate_and_both_carry_media(stack: Stack) -> None:
+    first = await answered_call(stack, "15551230001", "Ana")
+    second = await answered_call(stack, "15551230002", "Ben")
+
+    answers = [stack.sandbox.actions(c.call_id)[-1].body["session"]["sdp"] for c in (first, second)]
+    fingerprints = {_fingerprint(sdp) for sdp in answers}
+    process = rtc.certificate().getFingerprints()
+    assert fingerprints == {f"sha-256 {f.value}" for f in process if f.algorithm == "sha-256"}
+    # The simulated phones are parties of their own, each with its own certificate.
+    offers = {_fingerprint(c.offer_sdp) for c in (first, second)}
+    assert len(offers) == 2 and not offers & fingerprints
+    # Both DTLS transports were made from the one context.
+    assert len(rtc.certificate()._contexts) == 1
+
+    # Both calls at once, both ways: SRTP keyed by each call's own handshake.
+    speech = load_wav(AUDIO / "cards-001.wav")[: 16000 * 2]
+    await asyncio.gather(first.play(speech).wait(), second.play(speech).wait())
+    await asyncio.sleep(0.3)
+    for call in (first, second):
+        gw_call = stack.gateway.calls.get(call.call_id)
+        assert gw_call.inbound is not None and call.inbound is not None
+        assert gw_call.inbound.stats.packets >= len(speech) // 320
+        assert gw_call.inbound.stats.decode_errors == 0
+        assert call.inbound.stats.packets > 20
+    for call in (first, second):
+        await call.hang_up()
+
+
+def test_certificate_is_renewed_before_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    current = rtc.certificate()
+    assert rtc.certificate() is current
+    # aiortc's certificates are valid 30 days: asking for 31 left means "expiring".
+    monkeypatch.setattr(rtc, "CERTIFICATE_RENEW_BEFORE", datetime.timedelta(days=31))
+    renewed = rtc.certificate()
+    assert renewed is not current
+    assert renewed.getFingerprints()[0].value != current.getFingerprints()[0].value
+    monkeypatch.undo()
+    assert rtc.certificate() is renewed
+    pc = rtc.new_peer_connection()
+    assert pc._RTCPeerConnection__certificates == [renewed]
