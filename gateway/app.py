@@ -15,6 +15,7 @@ from .calls import CallManager, SessionFactory
 from .config import Settings
 from .errors import StoreError, UnavailableError
 from .graph import GraphClient
+from .heap import HeapTrimmer
 from .metrics import Metrics, process_cpu_seconds, process_rss_bytes
 from .routing import LocalRouter, Router
 from .store import SQLiteStore, Store
@@ -90,6 +91,9 @@ class Gateway:
             max_body_bytes=settings.webhook_max_bytes,
         )
         self.metrics.watch(self.calls, self.webhooks)
+        # Ended calls' memory goes back to the OS (glibc keeps freed heap resident).
+        self.heap = HeapTrimmer()
+        self.calls.observers.append(self.heap)
         self.recordings: Recordings | None = None
         if settings.recordings_dir is not None:
             from .recording import Recordings
@@ -239,6 +243,7 @@ class Gateway:
         self.draining = True
         self.calls.accepting = False
         await self.calls.aclose()
+        await self.heap.aclose()
         if self.recordings is not None:
             await self.recordings.aclose()
         await self.router.aclose()

@@ -90,6 +90,8 @@ def build_report(
             "peak_active_calls": peak,
             "rss_bytes_at_start": before.get("process_resident_memory_bytes"),
             "rss_bytes_peak": max(rss, default=0),
+            # A second after the last caller hung up.
+            "rss_bytes_at_end": after.get("process_resident_memory_bytes"),
             "rss_bytes_per_call": (max(rss) - min(rss)) / peak if rss and peak else None,
             "loop_lag_p99_ms_max": 1000 * max((s.loop_lag_p99 for s in samples), default=0),
         },

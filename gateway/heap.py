@@ -1,0 +1,94 @@
+"""Giving the heap that ended calls freed back to the operating system.
+
+glibc's malloc returns freed memory to the kernel only from the top of the
+heap; what a call freed in the middle (its DTLS, SRTP, codec and Python
+buffers) stays resident until reused. ``malloc_trim(0)`` releases those free
+pages. It runs in a worker thread (it walks the heap: about a millisecond per
+few MiB), after calls end and at most once every :data:`MIN_INTERVAL`
+seconds, so it costs nothing per packet and little per call. Elsewhere than
+glibc it is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .calls import Call
+
+log = logging.getLogger(__name__)
+
+# A trim waits this long after a call ends (so that a burst of ends is one trim)...
+DELAY = 0.2
+# ...and comes at most this often.
+MIN_INTERVAL = 2.0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        return trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        return None
+
+
+class HeapTrimmer:
+    """A call observer: trims the heap once calls have ended (see the module's doc)."""
+
+    def __init__(self) -> None:
+        self._trim = _malloc_trim()
+        self._pending: asyncio.TimerHandle | None = None
+        self._running: asyncio.Future[int] | None = None
+        self._last = float("-inf")
+        self.trims = 0
+
+    @property
+    def available(self) -> bool:
+        """Whether this C library can trim (glibc)."""
+        return self._trim is not None
+
+    def call_started(self, call: Call) -> None:
+        pass
+
+    def call_answered(self, call: Call) -> None:
+        pass
+
+    def call_refused(self, call_id: str, reason: str) -> None:
+        pass
+
+    def call_ended(self, call: Call) -> None:
+        if self._trim is None or self._pending is not None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(DELAY, self._last + MIN_INTERVAL - loop.time())
+        self._pending = loop.call_later(delay, self._start)
+
+    def _start(self) -> None:
+        self._pending = None
+        if self._trim is None or self._running is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._last = loop.time()
+        self._running = loop.run_in_executor(None, self._trim, 0)
+        self._running.add_done_callback(self._done)
+
+    def _done(self, future: asyncio.Future[int]) -> None:
+        self._running = None
+        if future.cancelled():
+            return
+        if future.exception() is not None:
+            log.warning("malloc_trim failed: %r", future.exception())
+            return
+        self.trims += 1
+
+    async def aclose(self) -> None:
+        """Cancel a pending trim and wait for one in progress."""
+        if self._pending is not None:
+            self._pending.cancel()
+            self._pending = None
+        if self._running is not None:
+            await asyncio.gather(self._running, return_exceptions=True)
