@@ -5,9 +5,10 @@ side sends 20 ms Opus packets from a PlayoutTrack and decodes what it receives
 with InboundAudio (libopus, 16 kHz). Prints the process CPU time per packet
 (sent + received), for each variant, each in a fresh interpreter, alternating,
 best of ``--rounds`` (CPU time, not wall time: a shared machine inflates it
-less). Variants: the asyncio event loop or uvloop; PlayoutSender or aiortc's
-own RTCRtpSender. (uvloop was tried this way and not kept: it measured no
-better than asyncio's own loop here.)
+less). Variants: the asyncio event loop or uvloop; the gateway's path
+(PlayoutSender and CallTransport) or aiortc's own RTCRtpSender and transport.
+(uvloop was tried this way and not kept: it measured no better than asyncio's
+own loop here.)
 
     python benchmarks/media_path.py [--pairs 10] [--seconds 10] [--rounds 3]
 """
@@ -39,6 +40,7 @@ async def run_pairs(pairs: int, seconds: float, lean: bool) -> dict[str, float]:
     from gateway.media.inbound import InboundAudio
     from gateway.media.playout import PlayoutTrack
     from gateway.media.sender import PlayoutSender
+    from gateway.media.transport import CallTransport
 
     rtc.configure(["127.0.0.1"])
     recordings, _ = load_recordings([AUDIO])
@@ -52,14 +54,16 @@ async def run_pairs(pairs: int, seconds: float, lean: bool) -> dict[str, float]:
         b = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         tracks = [PlayoutTrack(), PlayoutTrack()]
         sender_a = a.addTrack(tracks[0])
-        if lean:
+        if lean:  # the gateway's path: its sender and its transport (see calls.py)
             PlayoutSender.adopt(sender_a)
+            CallTransport.adopt(sender_a.transport)
         await a.setLocalDescription(await a.createOffer())
         await b.setRemoteDescription(a.localDescription)
         transceiver = b.getTransceivers()[0]
         transceiver.sender.replaceTrack(tracks[1])
         if lean:
             PlayoutSender.adopt(transceiver.sender)
+            CallTransport.adopt(transceiver.receiver.transport)
         transceiver.direction = "sendrecv"
         await b.setLocalDescription(await b.createAnswer())
         await a.setRemoteDescription(b.localDescription)
