@@ -9,6 +9,7 @@ import pytest
 
 from gateway.calls import CallState
 from gateway.media.audio import load_wav
+from gateway.media.frameclock import frame_clock
 from gateway.sandbox import payloads
 from gateway.sandbox.user import SimulatedUser, UserCall
 
@@ -59,6 +60,8 @@ async def test_answered_call_flows_both_ways_and_cleans_up(stack: Stack) -> None
     assert stack.gateway.calls.calls == {}
     assert gw_call.pc.connectionState == "closed"
     assert _call_tasks(call.call_id) == []
+    # Neither side's sender ticks any more (the caller's peer is closed by hang_up too).
+    assert frame_clock(asyncio.get_running_loop()).subscribers == 0
     record = stack.gateway.calls.history[call.call_id]
     assert record.terminate_status == "COMPLETED" and record.state is CallState.ENDED
     # The user hung up, so the gateway must not send terminate itself.
