@@ -29,6 +29,8 @@ from gateway.media.inbound import InboundAudio, JitterBuffer
 from gateway.media.opus import ENCODER_DELAY, OpusDecoder, OpusEncoder
 from gateway.media.playout import PlayoutTrack
 
+from .peers import connected
+
 AUDIO = Path(__file__).resolve().parent / ".." / ".." / "shared" / "audio"
 SSRC = 0x0BADCAFE
 
@@ -368,19 +370,6 @@ def loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     use_host_addresses(["127.0.0.1"])
     add_telephone_event_codec()
     yield
-
-
-async def connected(pc: RTCPeerConnection) -> None:
-    done = asyncio.Event()
-
-    @pc.on("connectionstatechange")
-    def _changed() -> None:
-        if pc.connectionState in ("connected", "failed", "closed"):
-            done.set()
-
-    if pc.connectionState != "connected":
-        await asyncio.wait_for(done.wait(), 20)
-    assert pc.connectionState == "connected"
 
 
 @pytest.mark.usefixtures("loopback")

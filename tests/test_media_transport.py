@@ -23,6 +23,8 @@ from gateway.media.inbound import InboundAudio
 from gateway.media.opus import OpusDecoder, OpusEncoder
 from gateway.media.transport import CallTransport, parse_inbound
 
+from .peers import connected
+
 # The extensions WhatsApp's audio carries (contract, section 4), plus the mid.
 EXTENSIONS = [
     (1, "urn:ietf:params:rtp-hdrext:ssrc-audio-level"),
@@ -111,19 +113,6 @@ def loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
     use_host_addresses(["127.0.0.1"])
     yield
-
-
-async def connected(pc: RTCPeerConnection) -> None:
-    done = asyncio.Event()
-
-    @pc.on("connectionstatechange")
-    def _changed() -> None:
-        if pc.connectionState in ("connected", "failed", "closed"):
-            done.set()
-
-    if pc.connectionState != "connected":
-        await asyncio.wait_for(done.wait(), 20)
-    assert pc.connectionState == "connected"
 
 
 def speech_packets(count: int) -> list[bytes]:

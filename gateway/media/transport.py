@@ -218,35 +218,34 @@ class CallTransport(RTCDtlsTransport):
             logger.debug("x SRTP unprotect failed: %s", exc)
             return
         arrival_time_ms = int((time.time() + _NTP_UNIX_OFFSET) * 1000)
-        try:
-            packet = parse_inbound(data)
-        except ValueError as exc:
-            logger.debug("x RTP parsing failed: %s", exc)
-            return
-        receiver = self._rtp_router.route_rtp(packet)  # type: ignore[arg-type]
-        if receiver is None:
-            return
-        receive = receiver.__dict__.get("_receive_rtp")
-        if receive is not None:  # an InboundAudio's: the packet is handled now
-            receive(packet, arrival_time_ms)
-        else:
-            self._spawn(self._to_aiortc(receiver, data, arrival_time_ms))
+        later = self._deliver(data, arrival_time_ms)
+        if later is not None:
+            self._spawn(later)
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
         # aiortc's task path: packets that came before the fast path was on.
+        later = self._deliver(data, arrival_time_ms)
+        if later is not None:
+            await later
+
+    def _deliver(self, data: bytes, arrival_time_ms: int) -> Coroutine[Any, Any, None] | None:
+        """Parse and route a decrypted RTP packet; an InboundAudio's is handled now.
+
+        For any other receiver, the coroutine that hands it aiortc's full packet.
+        """
         try:
             packet = parse_inbound(data)
         except ValueError as exc:
             logger.debug("x RTP parsing failed: %s", exc)
-            return
+            return None
         receiver = self._rtp_router.route_rtp(packet)  # type: ignore[arg-type]
         if receiver is None:
-            return
+            return None
         receive = receiver.__dict__.get("_receive_rtp")
         if receive is not None:
             receive(packet, arrival_time_ms)
-        else:
-            await self._to_aiortc(receiver, data, arrival_time_ms)
+            return None
+        return self._to_aiortc(receiver, data, arrival_time_ms)
 
     async def _to_aiortc(self, receiver: Any, data: bytes, arrival_time_ms: int) -> None:
         """A packet for a receiver InboundAudio does not take: aiortc's parse, its handler."""
