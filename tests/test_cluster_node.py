@@ -12,7 +12,8 @@ import pytest
 
 from gateway.calls import CallManager
 from gateway.cluster import keys
-from gateway.cluster.node import WorkerNode, connect
+from gateway.cluster.client import connect
+from gateway.cluster.node import WorkerNode
 from gateway.cluster.redis_server import RedisServer
 from gateway.cluster.router import ClusterRouter
 from gateway.errors import CallError, UnavailableError

@@ -20,15 +20,13 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from redis import asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from ..calls import Call, CallManager, CallState
 from ..errors import GraphAPIError, UnavailableError
 from ..graph import GraphClient
 from . import keys
+from .client import connect
 
 if TYPE_CHECKING:
     from .store import RedisStore
@@ -43,21 +41,6 @@ RECENT_KEPT = 1000
 def new_worker_id() -> str:
     """A worker's id: host, pid and a random tail (a restarted worker is a new one)."""
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
-def connect(url: str, *, blocking: bool = False) -> aioredis.Redis:
-    """A client that fails fast (one immediate retry) instead of hanging on an outage.
-
-    ``blocking`` clients have no socket timeout: they serve ``BLOCK``/``BLPOP``
-    reads whose callers bound them with their own timeout.
-    """
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=None if blocking else 2.0,
-        socket_connect_timeout=1.0,
-        retry=Retry(NoBackoff(), 1),
-    )
 
 
 class WorkerNode:

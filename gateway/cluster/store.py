@@ -26,7 +26,7 @@ from ..records import CallRecord, CallState
 from ..store import JournalEntry, OutboxEvent
 from ..store.codec import decode_event, dedupe_key
 from . import keys
-from .node import connect
+from .client import connect
 
 SEEN, CALLS, PERMISSIONS = keys.SEEN, keys.CALLS, keys.PERMISSIONS
 DEDUPE_SECONDS = 3 * 24 * 3600
