@@ -24,11 +24,10 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from gateway.loadtest import LoadTestConfig, run_load_test
+from echo_load import run_echo_calls
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-AUDIO = str(ROOT.parent / "shared" / "audio")
 
 
 def export(rev: str, into: Path) -> str:
@@ -56,16 +55,9 @@ def server_from(tree: str) -> tuple[str, ...]:
 
 
 async def cpu_ms(calls: int, duration: float, tree: str | None) -> float:
-    config = LoadTestConfig(
-        calls=calls,
-        rate=10,
-        duration=duration,
-        audio=[AUDIO],
-        bot="echo",
-        progress=False,
-        server_command=server_from(tree) if tree else None,
+    report = await run_echo_calls(
+        calls, duration, server_command=server_from(tree) if tree else None
     )
-    report = await run_load_test(config)
     if report["ended_cleanly"] != calls:
         # A saturated machine: the figure is still the gateway's CPU per call-second.
         print(f"  (only {report['ended_cleanly']}/{calls} calls ended cleanly)", flush=True)

@@ -17,23 +17,17 @@ import logging
 import sys
 from pathlib import Path
 
-from gateway.loadtest import LoadTestConfig, run_load_test
+from echo_load import run_echo_calls
 
 HERE = Path(__file__).resolve().parent
-AUDIO = str(HERE.parent.parent / "shared" / "audio")
 
 
 async def measure(calls: int, duration: float, stock: bool) -> dict[str, float]:
-    config = LoadTestConfig(
-        calls=calls,
-        rate=10,
-        duration=duration,
-        audio=[AUDIO],
-        bot="echo",
-        progress=False,
+    report = await run_echo_calls(
+        calls,
+        duration,
         server_command=(sys.executable, str(HERE / "stock_echo.py")) if stock else None,
     )
-    report = await run_load_test(config)
     g = report["gateway"]
     p = report["packets"]
     cpu = g["cpu_ms_per_call_second"] or float("nan")

@@ -26,10 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.loadtest import LoadTestConfig, run_load_test
+from echo_load import run_echo_calls
 
 HERE = Path(__file__).resolve().parent
-AUDIO = str(HERE.parent.parent / "shared" / "audio")
 MIB = 2**20
 
 
@@ -91,16 +90,10 @@ async def measure(calls: int, duration: float, stock: bool) -> dict[str, float]:
 
 
 async def _load(calls: int, duration: float, stock: bool) -> dict[str, Any]:
-    return await run_load_test(
-        LoadTestConfig(
-            calls=calls,
-            rate=10,
-            duration=duration,
-            audio=[AUDIO],
-            bot="echo",
-            progress=False,
-            server_command=(sys.executable, str(HERE / "stock_echo.py")) if stock else None,
-        )
+    return await run_echo_calls(
+        calls,
+        duration,
+        server_command=(sys.executable, str(HERE / "stock_echo.py")) if stock else None,
     )
 
 

@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-AUDIO = str(HERE.parent.parent.parent / "shared" / "audio")
 
 
 def serve_profiled(stats_path: str, flame: str | None) -> int:
@@ -68,19 +67,9 @@ def _py_spy() -> str:
 
 
 async def load(calls: int, duration: float, command: tuple[str, ...]) -> dict[str, float]:
-    from gateway.loadtest import LoadTestConfig, run_load_test
+    from echo_load import run_echo_calls
 
-    report = await run_load_test(
-        LoadTestConfig(
-            calls=calls,
-            rate=10,
-            duration=duration,
-            audio=[AUDIO],
-            bot="echo",
-            progress=False,
-            server_command=command,
-        )
-    )
+    report = await run_echo_calls(calls, duration, server_command=command)
     g, p = report["gateway"], report["packets"]
     return {
         "cpu_ms": g["cpu_ms_per_call_second"] or 0.0,

@@ -25,26 +25,19 @@ import time
 import timeit
 from pathlib import Path
 
-from gateway.loadtest import LoadTestConfig, run_load_test
+from echo_load import AUDIO, run_echo_calls
+
 from gateway.loadtest.recordings import load_recordings
 from gateway.recording import CallRecording
 from gateway.recording.call import NTP_UNIX_OFFSET_MS
 
-HERE = Path(__file__).resolve().parent
-AUDIO = str(HERE.parent.parent / "shared" / "audio")
-
 
 async def load_test_cpu(calls: int, duration: float, record_dir: str | None) -> float:
-    config = LoadTestConfig(
-        calls=calls,
-        rate=10,
-        duration=duration,
-        audio=[AUDIO],
-        bot="echo",
-        progress=False,
+    report = await run_echo_calls(
+        calls,
+        duration,
         gateway_env={"GATEWAY_RECORDINGS_DIR": record_dir} if record_dir else None,
     )
-    report = await run_load_test(config)
     if report["ended_cleanly"] != calls:
         # A saturated machine: the figure is still the gateway's CPU per call-second.
         print(f"  (only {report['ended_cleanly']}/{calls} calls ended cleanly)", flush=True)
