@@ -124,6 +124,8 @@ class PlayoutTrack(MediaStreamTrack):
         self._silence = silence_packet()
         self._pad = np.zeros(FRAME_SAMPLES, dtype=np.int16)
         self._queue: deque[_Queued] = deque()
+        # readyState is a property of aiortc's track: read per frame, a plain flag is cheaper.
+        self._ended = False
         self._paused = False
         self._start: float | None = None
         self._clock: FrameClock | None = None
@@ -232,6 +234,7 @@ class PlayoutTrack(MediaStreamTrack):
     def stop(self) -> None:
         """End the track: queued playbacks finish as interrupted, the encoder is freed."""
         self.flush()
+        self._ended = True
         # Free libopus now, not at the next GC.
         if self._encoder is not None:
             self._encoder.close()
@@ -277,7 +280,7 @@ class PlayoutTrack(MediaStreamTrack):
         missed one per call, up to ``max_burst`` of them; beyond that the missed
         slots are skipped. Raises MediaStreamError once the track has ended.
         """
-        if self.readyState != "live":
+        if self._ended:
             raise MediaStreamError
         if self._start is None:
             # On the loop's shared 20 ms grid: one timer wakes every call's track.

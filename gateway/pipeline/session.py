@@ -29,6 +29,7 @@ from .bot import (
     PlaybackResult,
     Utterance,
 )
+from .stall import STALL_CHECK_S, StallWatch, stall_watch
 from .tts import TTS
 from .vad import SpeechEnded, SpeechStarted, VadConfig, VadEvent, VadSegmenter
 
@@ -46,9 +47,6 @@ PAUSE_MS = 200
 # and the resumed audio takes a frame to leave: the caller hears the prompt again
 # about 200-250 ms after the sound ended (the goal is within 300 ms).
 RESUME_AFTER_MS = 160
-
-# While a caller's turn is open, how often to look whether their frames stopped coming.
-STALL_CHECK_S = 0.1
 
 
 @dataclass
@@ -100,8 +98,9 @@ class BotSession:
         self._current: tuple[Playback, str, bool] | None = None
         # The playback a speech onset paused, held until the caller's turn is decided.
         self._held: Playback | None = None
-        # Closes a turn whose frames stopped (see _check_stall); armed while a turn is open.
-        self._stall_timer: asyncio.TimerHandle | None = None
+        # Closes a turn whose frames stopped (see _check_stall); watched while a turn is open.
+        self._stall_watch: StallWatch | None = None
+        self._stall_watched = False
         self._stall_seen = 0
         self._stall_since = 0.0
         self._stall_tick_at = 0.0
@@ -199,8 +198,12 @@ class BotSession:
         if not self.settings.enabled:
             return
         segmenter = self._segmenter
-        self._on_vad_events(segmenter.push(frame))
-        if segmenter.in_speech and self._stall_timer is None:
+        events = segmenter.push(frame)
+        # Most frames cause no event, and then there is only work while a bot
+        # takes pauses or a prompt is held for a sound.
+        if events or self._pause_ms or self._held is not None:
+            self._on_vad_events(events)
+        if not self._stall_watched and segmenter.in_speech:
             self._arm_stall_check()
 
     def _on_vad_events(self, events: list[VadEvent]) -> None:
@@ -220,6 +223,8 @@ class BotSession:
                     len(event.pcm) / 16000,
                 )
                 self._turn_ended_at = time.perf_counter()
+                # Told of frames sent only until the first of the answer leaves.
+                self.call.playout.on_frame_sent = self._on_frame_sent
                 self._inbox.put_nowait(Utterance(event.pcm, event.started_at_ms, event.at_ms))
             elif self._held is not None:  # SpeechDiscarded
                 self._resume("the sound was discarded")
@@ -237,22 +242,23 @@ class BotSession:
         loop = asyncio.get_running_loop()
         self._stall_seen = self._segmenter.frames_seen
         self._stall_since = self._stall_tick_at = loop.time()
-        self._stall_timer = loop.call_later(STALL_CHECK_S, self._check_stall)
+        self._stall_watch = stall_watch(loop)
+        self._stall_watch.watch(self._check_stall)
+        self._stall_watched = True
 
-    def _check_stall(self) -> None:
+    def _check_stall(self, now: float) -> None:
         """Close an open turn on the wall clock once no frame came for the hangover.
 
         The segmenter's hangover counts frames; when the caller's packets stop
         (a network drop, a client that stops sending in silence) none come, and
-        the turn would stay open forever. No per-frame cost: a timer looks every
-        100 ms while a turn is open.
+        the turn would stay open forever. No per-frame cost: the loop's
+        :class:`~gateway.pipeline.stall.StallWatch` calls this every 100 ms
+        while a turn is open.
         """
-        self._stall_timer = None
         segmenter = self._segmenter
         if not segmenter.in_speech or not self.settings.enabled:
+            self._cancel_stall_check()
             return
-        loop = asyncio.get_running_loop()
-        now = loop.time()
         late = now - self._stall_tick_at - STALL_CHECK_S
         self._stall_tick_at = now
         if segmenter.frames_seen != self._stall_seen:
@@ -268,14 +274,14 @@ class BotSession:
                 self.call.id,
                 segmenter.config.hangover_ms,
             )
+            self._cancel_stall_check()
             self._on_vad_events(segmenter.flush())
-            return
-        self._stall_timer = loop.call_later(STALL_CHECK_S, self._check_stall)
 
     def _cancel_stall_check(self) -> None:
-        if self._stall_timer is not None:
-            self._stall_timer.cancel()
-            self._stall_timer = None
+        if self._stall_watched:
+            self._stall_watched = False
+            if self._stall_watch is not None:
+                self._stall_watch.unwatch(self._check_stall)
 
     def _on_speech_started(self) -> bool:
         """Stop the bot's interruptible speech at a speech onset; True if it did."""
@@ -352,6 +358,7 @@ class BotSession:
                 (time.perf_counter() - self._turn_ended_at) * 1000
             )
             self._turn_ended_at = None
+            self.call.playout.on_frame_sent = None  # no call per frame until the next turn
 
     # --- the session loop ---------------------------------------------------------------
 
@@ -360,7 +367,6 @@ class BotSession:
         call = self.call
         call.frame_listeners.append(self._on_frame)
         call.dtmf_listeners.append(self._on_dtmf)
-        call.playout.on_frame_sent = self._on_frame_sent
         call.end_hooks.append(self._on_call_end)
         try:
             await self.bot.on_start(self)
