@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
 
+from bots.echo import EchoBot
+from gateway.calls import Call
+from gateway.events import Direction
+from gateway.media.audio import FRAME_SAMPLES, load_wav
 from gateway.media.frameclock import TICK, TickCallback, frame_clock
+from gateway.pipeline.session import BotSession
 from gateway.pipeline.stall import STALL_CHECK_S, StallWatch, stall_watch
+from gateway.pipeline.tts import TTS
+from gateway.records import CallRecord
+
+from .conftest import AUDIO
 
 
 class HandClock:
@@ -106,3 +116,60 @@ async def test_one_watch_per_loop_on_its_frame_clock() -> None:
         await asyncio.sleep(TICK)
     watch.unwatch(ran.append)
     assert clock.subscribers == before
+
+
+def _session() -> BotSession:
+    call = Call(CallRecord("wacid.stall", Direction.USER_INITIATED, "1555"), graph=None)  # type: ignore[arg-type]
+    return BotSession(call, EchoBot(), cast(TTS, None))  # the echo bot never speaks here
+
+
+def _speak(session: BotSession) -> None:
+    speech = load_wav(AUDIO / "cards-001.wav")
+    n = len(speech) // FRAME_SAMPLES
+    for frame in speech[: n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES)[: n // 2]:
+        session._on_frame(frame)  # the frames stop mid-sentence
+
+
+async def test_a_session_is_watched_while_its_turn_is_open_and_closed_when_frames_stop() -> None:
+    watch = stall_watch(asyncio.get_running_loop())
+    session = _session()
+    _speak(session)
+    assert session._segmenter.in_speech and watch.watched == 1
+    now = session._stall_tick_at
+    hangover = session._segmenter.config.hangover_ms / 1000
+    checks = 0
+    while watch.watched:
+        now += STALL_CHECK_S
+        session._check_stall(now)  # no frame since: the clock runs toward the hangover
+        checks += 1
+    # The first check sees the frames since the turn opened; from there the
+    # hangover passes in whole periods (one more if float sums fall just short).
+    assert round(hangover / STALL_CHECK_S) <= checks - 1 <= round(hangover / STALL_CHECK_S) + 1
+    assert not session._segmenter.in_speech
+    assert session.metrics.utterances == 1
+
+
+async def test_a_session_that_stops_listening_is_unwatched() -> None:
+    watch = stall_watch(asyncio.get_running_loop())
+    session = _session()
+    _speak(session)
+    assert watch.watched == 1
+    session.listen(enabled=False)
+    assert watch.watched == 0
+    session._cancel_stall_check()  # again: nothing
+    assert watch.watched == 0
+
+
+async def test_time_the_event_loop_stalled_does_not_count_against_the_caller() -> None:
+    session = _session()
+    _speak(session)
+    hangover = session._segmenter.config.hangover_ms / 1000
+    now = session._stall_tick_at + STALL_CHECK_S
+    session._check_stall(now)  # sees the frames since the turn opened
+    now += STALL_CHECK_S + hangover  # one check that came a whole hangover late
+    session._check_stall(now)
+    assert session._segmenter.in_speech  # packets may be waiting unread: not a stall
+    for _ in range(round(hangover / STALL_CHECK_S) + 1):
+        now += STALL_CHECK_S
+        session._check_stall(now)
+    assert not session._segmenter.in_speech
