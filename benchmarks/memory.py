@@ -13,7 +13,11 @@ MiB from run to run with what the page cache holds (the kernel maps cached
 neighbours of a faulted page). So the peak is also split into anon and file,
 read from /proc/<pid>/status of the server process: compare anon across runs.
 
-    python benchmarks/memory.py [--calls 10] [--duration 20]
+With --map, the gateway's memory is also attributed per mapping (benchmarks/smaps.py):
+libraries, malloc arenas, thread stacks, pymalloc arenas; at rest (a gateway
+started for that, 2 s after it answers /healthz) and at the peak of the run.
+
+    python benchmarks/memory.py [--calls 10] [--duration 20] [--map]
 """
 
 from __future__ import annotations
@@ -23,10 +27,14 @@ import asyncio
 import logging
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import smaps
 from echo_load import run_echo_calls
+
+from gateway.loadtest import start_local_gateway
 
 HERE = Path(__file__).resolve().parent
 MIB = 2**20
@@ -54,8 +62,8 @@ def _status_kib(pid: int) -> dict[str, int]:
         }
 
 
-async def _split_at_peak(peak: dict[str, int]) -> None:
-    # Until cancelled: RssAnon and RssFile when VmRSS was highest.
+async def _split_at_peak(peak: dict[str, int], at_peak: Counter[str] | None) -> None:
+    # Until cancelled: RssAnon and RssFile when VmRSS was highest (and the map then).
     while True:
         await asyncio.sleep(0.25)
         pid = _server_pid()
@@ -67,11 +75,34 @@ async def _split_at_peak(peak: dict[str, int]) -> None:
             continue
         if now.get("VmRSS", 0) > peak.get("VmRSS", 0):
             peak.update(now)
+            if at_peak is not None:
+                try:
+                    mapped = smaps.attribute(pid)
+                except OSError:
+                    continue
+                at_peak.clear()
+                at_peak.update(mapped)
+                at_peak["threads"] = smaps.threads(pid)
 
 
-async def measure(calls: int, duration: float, stock: bool) -> dict[str, float]:
+async def rest_map() -> Counter[str]:
+    """The map of a gateway (echo bot) at rest: started, answering, no call yet."""
+    gateway = await start_local_gateway("http://127.0.0.1:9", bot="echo", max_calls=20)
+    try:
+        await asyncio.sleep(2)
+        assert gateway.process is not None
+        mapped = smaps.attribute(gateway.process.pid)
+        mapped["threads"] = smaps.threads(gateway.process.pid)
+        return mapped
+    finally:
+        await gateway.stop()
+
+
+async def measure(
+    calls: int, duration: float, stock: bool, at_peak: Counter[str] | None = None
+) -> dict[str, float]:
     peak: dict[str, int] = {}
-    sampler = asyncio.create_task(_split_at_peak(peak))
+    sampler = asyncio.create_task(_split_at_peak(peak, at_peak))
     try:
         report = await _load(calls, duration, stock)
     finally:
@@ -101,14 +132,20 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--map", action="store_true", help="attribute the gateway's RSS")
+    parser.add_argument("--no-stock", action="store_true", help="measure the gateway only")
     args = parser.parse_args()
     print(f"resident memory (MiB), echo, {args.calls} calls of {args.duration:.0f} s")
     print(
         f"{'server':<24} {'at rest':>8} {'peak':>8} {'(anon':>6} {'file)':>6} "
         f"{'per call':>9} {'after':>8} {'calls':>6}"
     )
-    for name, stock in (("stock aiortc echo", True), ("gateway (echo bot, VAD)", False)):
-        r = await measure(args.calls, args.duration, stock)
+    servers = [("gateway (echo bot, VAD)", False)]
+    if not args.no_stock:
+        servers.insert(0, ("stock aiortc echo", True))
+    at_peak: Counter[str] = Counter()
+    for name, stock in servers:
+        r = await measure(args.calls, args.duration, stock, None if stock else at_peak)
         per_call = (r["peak"] - r["start"]) / r["calls"] if r["calls"] else float("nan")
         print(
             f"{name:<24} {r['start']:>8.1f} {r['peak']:>8.1f} {r['anon']:>6.1f} {r['file']:>6.1f} "
@@ -116,6 +153,21 @@ async def main() -> None:
             f"{r['end']:>8.1f} {int(r['calls']):>3}/{args.calls:<3}",
             flush=True,
         )
+    if args.map:
+        at_rest = await rest_map()
+        print("\ngateway's resident memory by mapping (MiB), at rest and at the peak")
+        print(f"threads: {at_rest.pop('threads')} at rest, {at_peak.pop('threads', 0)} at the peak")
+        smaps.print_table(
+            {
+                "at rest": at_rest,
+                "peak": at_peak,
+                "per call": _per_call(at_rest, at_peak, args.calls),
+            }
+        )
+
+
+def _per_call(rest: Counter[str], peak: Counter[str], calls: int) -> Counter[str]:
+    return Counter({k: (peak[k] - rest[k]) // max(calls, 1) for k in rest.keys() | peak.keys()})
 
 
 if __name__ == "__main__":

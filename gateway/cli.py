@@ -192,6 +192,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
+    # Before numpy is imported: its OpenBLAS would start a thread per core, idle
+    # for good (the gateway's products are a few hundred samples, which OpenBLAS
+    # computes on the calling thread anyway). The operator's setting wins.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     args = _parser().parse_args(argv)
     level = "DEBUG" if args.verbose else os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper()
     try:

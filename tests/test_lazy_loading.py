@@ -77,14 +77,24 @@ def test_ivr_loads_pocketsphinx_with_its_first_call_not_at_start_up(tmp_path: Pa
 
 # `gateway serve` exactly as the console script runs it; when it has drained and
 # closed (SIGTERM), what the process imported goes to PROBE_MODULES.
+# Modules made by LazyLoader that never ran (gateway/lazy_imports.py) are "deferred".
+# Threads Python did not start (numpy's OpenBLAS pool) outlive `main`: "native threads".
 SERVE = textwrap.dedent(
     """
-    import json, os, sys
+    import json, os, sys, threading
     from gateway.cli import main
 
     code = main(["serve"])
+    modules = {name: type(module).__name__ for name, module in sys.modules.items() if module}
     with open(os.environ["PROBE_MODULES"], "w") as out:
-        json.dump(sorted(name for name, module in sys.modules.items() if module), out)
+        json.dump(
+            {
+                "ran": sorted(n for n, kind in modules.items() if kind != "_LazyModule"),
+                "deferred": sorted(n for n, kind in modules.items() if kind == "_LazyModule"),
+                "native threads": len(os.listdir("/proc/self/task")) - threading.active_count(),
+            },
+            out,
+        )
     sys.exit(code)
     """
 )
@@ -108,6 +118,10 @@ NOT_FOR_ECHO = (
     "click",  # httpx's command-line client
     "pygments",
     "numpy.ma",  # numpy.quantile's, once used for the loop-lag quantiles
+    # aioice's mDNS (peers' .local candidates; Meta's are public): loaded, not run
+    "dns.message",
+    "dns.zone",
+    "dns.name",
 )
 
 
@@ -127,8 +141,11 @@ async def test_serve_with_the_echo_bot_imports_only_what_it_runs(tmp_path: Path)
     # A real call went through that process: answered, echoed, ended.
     assert report["ended_cleanly"] == 1, report["failures"]
     assert report["metrics_ms"]["response"]["count"] >= 1
-    modules = json.loads(modules_file.read_text())
+    probe = json.loads(modules_file.read_text())
+    modules = probe["ran"]
     assert "gateway.calls" in modules and "bots.echo" in modules
+    assert "aioice.mdns" in modules and "dns.message" in probe["deferred"]
+    assert probe["native threads"] == 0  # OPENBLAS_NUM_THREADS=1: no BLAS thread pool
     loaded = [
         name
         for name in modules
