@@ -81,8 +81,18 @@ def test_ivr_loads_pocketsphinx_with_its_first_call_not_at_start_up(tmp_path: Pa
 # Threads Python did not start (numpy's OpenBLAS pool) outlive `main`: "native threads".
 SERVE = textwrap.dedent(
     """
-    import json, os, sys, threading
+    import json, os, sys, threading, time
     from gateway.cli import main
+
+    def native_threads():
+        # A joined thread can linger in /proc for a moment after Python let it go:
+        # the fewest seen over a second (OpenBLAS's pool would stay throughout).
+        fewest = None
+        for _ in range(20):
+            n = len(os.listdir("/proc/self/task")) - threading.active_count()
+            fewest = n if fewest is None else min(fewest, n)
+            time.sleep(0.05)
+        return fewest
 
     code = main(["serve"])
     modules = {name: type(module).__name__ for name, module in sys.modules.items() if module}
@@ -91,7 +101,7 @@ SERVE = textwrap.dedent(
             {
                 "ran": sorted(n for n, kind in modules.items() if kind != "_LazyModule"),
                 "deferred": sorted(n for n, kind in modules.items() if kind == "_LazyModule"),
-                "native threads": len(os.listdir("/proc/self/task")) - threading.active_count(),
+                "native threads": native_threads(),
             },
             out,
         )

@@ -65,6 +65,7 @@ _TAIL_DB: Final = 2.0  # the soft end of a loud frame, just above the room, stil
 
 
 _INT16: Final = np.dtype(np.int16)
+_NO_SAMPLES: Final = np.zeros(0, np.int16)  # never written: any append grows it first
 _SHAPE: Final = (FRAME_SAMPLES,)
 _log10: Final = math.log10
 # WebRTC's VAD through its C function: ``Vad.is_speech`` is a Python wrapper that
@@ -92,8 +93,9 @@ class VadSegmenter:
         self._ring_rows = len(self._ring)
         # WebRTC's VAD reads each frame from its ring row, through byte views made once.
         self._ring_bytes = [row.data.cast("B") for row in self._ring]
-        # Grown by doubling up to the longest possible utterance, then reused.
-        self._buf = np.zeros(0, np.int16)
+        # Grown by doubling from 1 s up to the longest possible utterance; reused for
+        # the next turn up to 1 s, beyond that let go when the turn ends (see _close).
+        self._buf = _NO_SAMPLES
         # Row 0 takes the frame, row 1 is ones: one product gives sum of squares and sum.
         self._sums_in = np.ones((2, FRAME_SAMPLES), np.float32)
         self._head = self._sums_in[0]
@@ -363,7 +365,7 @@ class VadSegmenter:
         end = self._filled + len(samples)
         if end > len(self._buf):
             limit = (self._max_frames + self._pre_roll + len(self._ring)) * FRAME_SAMPLES
-            grown = np.zeros(min(max(end, 2 * len(self._buf), 4 * SAMPLE_RATE), limit), np.int16)
+            grown = np.zeros(min(max(end, 2 * len(self._buf), SAMPLE_RATE), limit), _INT16)
             grown[: self._filled] = self._buf[: self._filled]
             self._buf = grown
         self._buf[self._filled : end] = samples
@@ -377,7 +379,12 @@ class VadSegmenter:
         self._start_frame = -1
         self._window = 0
         self._loud = 0
+        buf = self._buf
+        if len(buf) > SAMPLE_RATE:
+            # A long turn's buffer (32 KB a second, up to 20 s) is not held for the rest of the
+            # call: most calls spend most of their time between turns.
+            self._buf = _NO_SAMPLES
         if last + 1 - onset < self._min_voiced:
             return SpeechDiscarded((last + 1) * FRAME_MS, onset * FRAME_MS)
-        pcm = self._buf[: (end_frame - start_frame) * FRAME_SAMPLES].copy()
+        pcm = buf[: (end_frame - start_frame) * FRAME_SAMPLES].copy()
         return SpeechEnded((last + 1) * FRAME_MS, onset * FRAME_MS, pcm)
