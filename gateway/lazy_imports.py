@@ -53,14 +53,11 @@ class DeferredFinder(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname.partition(".")[0] not in self.packages:
             return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
+        # The path finder directly, not the rest of sys.meta_path: another finder
+        # that also asks every finder (an import profiler) would recurse forever.
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path, target)
+        if spec is None:
+            return None  # not on sys.path (frozen, another finder): imported as usual
         if isinstance(spec.loader, _PURE_PYTHON):
             spec.loader = importlib.util.LazyLoader(spec.loader)
         return spec

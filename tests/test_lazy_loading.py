@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from gateway.loadtest import LoadTestConfig, run_load_test
 
 from .conftest import AUDIO
@@ -163,3 +165,42 @@ async def test_serve_with_the_echo_bot_imports_only_what_it_runs(tmp_path: Path)
         if name == unwanted or name.startswith(unwanted + ".")
     ]
     assert loaded == []
+
+
+# aioice's mDNS with dnspython deferred (gateway/lazy_imports.py): its modules wait
+# until a peer's .local candidate needs resolving, then run and resolve it.
+MDNS = textwrap.dedent(
+    """
+    import asyncio, sys
+    import gateway, aiortc
+    from aioice import mdns
+
+    print(type(sys.modules["dns.zone"]).__name__)
+
+    async def main():
+        try:
+            publisher = await mdns.create_mdns_protocol()
+        except OSError as exc:
+            print("no multicast:", exc)
+            return
+        resolver = await mdns.create_mdns_protocol()
+        await publisher.publish("gateway-lazy-test.local", "127.0.0.1")
+        print(await resolver.resolve("gateway-lazy-test.local", timeout=5))
+        await publisher.close()
+        await resolver.close()
+
+    asyncio.run(main())
+    print(type(sys.modules["dns.zone"]).__name__)
+    """
+)
+
+
+def test_mdns_loads_dnspython_when_a_local_candidate_is_resolved() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", MDNS], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    if lines[1].startswith("no multicast"):
+        pytest.skip(lines[1])
+    assert lines == ["_LazyModule", "127.0.0.1", "module"]
