@@ -3,10 +3,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo phone chromium redis cluster test lint typecheck pytest faults bench clean
 
-$(STAMP): pyproject.toml
+# The C part of the media path (gateway/media/_rtp.c) is compiled by pip install;
+# it needs a C compiler (Debian's gcc when missing) and Python's headers.
+$(STAMP): pyproject.toml setup.py gateway/media/_rtp.c
+	@command -v cc >/dev/null 2>&1 || { $(SUDO) apt-get update && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y gcc libc6-dev; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -23,7 +28,6 @@ phone: $(STAMP)
 	$(BIN)/gateway sandbox --serve
 
 ## Debian's Chromium for the browser-phone tests (never a driver's own browser download).
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium; }
@@ -59,4 +63,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/cpu_per_call.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build gateway/media/_rtp.*.so

@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from gateway.media.audio import FRAME_SAMPLES
 from gateway.media.ice import use_host_addresses
 from gateway.media.inbound import InboundAudio
+from gateway.media.native import NativeStreamStatistics
 from gateway.media.opus import OpusDecoder, OpusEncoder
 from gateway.media.transport import CallTransport, parse_inbound
 
@@ -230,7 +231,21 @@ async def test_rtp_from_a_real_peer_reaches_inbound_audio_without_aioices_queue(
         assert rtcp_seen  # RTCP still goes through aiortc's task
         assert not [d for d in queued if 127 < d[0] < 192 and not 191 < d[1] < 209]
         # Both SSRCs feed RTCP reception statistics, as aiortc's own receiver would.
-        assert {0x1111, 0x2222} <= set(receiver._RTCRtpReceiver__remote_streams)
+        streams = receiver._RTCRtpReceiver__remote_streams
+        assert {0x1111, 0x2222} <= set(streams)
+        first = streams[0x1111]
+        assert (first.base_seq, first.max_seq, first.cycles, first.packets_received) == (
+            100,
+            109,
+            0,
+            10,
+        )
+        assert (first.packets_expected, first.packets_lost) == (10, 0)
+        # The compiled path took the in-order packets of the first stream itself.
+        wire = transport._native_in
+        assert wire is not None and isinstance(first, NativeStreamStatistics)
+        assert wire.fast_packets >= 5 and wire.auth_failures == wire.malformed == 0
+        assert transport._RTCDtlsTransport__rx_packets >= 20
 
         stun_requests.clear()
         await asyncio.sleep(1.0)

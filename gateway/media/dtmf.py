@@ -255,4 +255,4 @@ def _intercept_rtp(transport: RTCDtlsTransport, rewrite: Callable[[bytes], bytes
 
 def _release_rtp(transport: RTCDtlsTransport) -> None:
     transport.__dict__.pop("_send_rtp", None)
-    transport.__dict__.pop("rtp_rewrite", None)
+    transport.rtp_rewrite = None  # type: ignore[attr-defined]  # CallTransport's is a property

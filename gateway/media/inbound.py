@@ -25,12 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+import numpy as np
 from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RtpPacket
 
+from gateway.media import native
 from gateway.media.audio import FRAME_MS, PCM
 from gateway.media.dtmf import DtmfDetector
+from gateway.media.native import NativeStreamStatistics, _rtp
 from gateway.media.opus import FRAME_TICKS, OPUS_RATE, OpusDecoder, packet_duration
 from gateway.media.transport import InboundPacket
 
@@ -85,6 +88,23 @@ class JitterBuffer:
     def holding(self) -> bool:
         """Whether packets wait for a missing one."""
         return bool(self._held)
+
+    @property
+    def position(self) -> tuple[int, int] | None:
+        """(the 32-bit RTP timestamp due next, the last packet's duration), once started."""
+        if self._next is None:
+            return None
+        return self._next & 0xFFFFFFFF, self._slot
+
+    def played(self, timestamp: int, slot: int) -> None:
+        """Packets up to ``timestamp`` (32-bit; the last of them ``slot`` long) were
+        played in order elsewhere (the compiled path): continue from there."""
+        next_ts = self._next
+        self._next = (
+            timestamp if next_ts is None else next_ts + _timestamp_delta(timestamp, next_ts)
+        )
+        self._slot = slot
+        self._far_behind = 0
 
     def push(self, timestamp: int, payload: bytes, duration: int = FRAME_TICKS) -> None:
         """Add a packet with its RTP timestamp and duration (in RTP clock ticks)."""
@@ -197,9 +217,9 @@ class InboundAudio:
         max_gap: int = 25,
     ) -> None:
         self.receiver = receiver
-        self.on_frame = on_frame
+        self._on_frame = on_frame
         self.on_dtmf = on_dtmf
-        self.opus_pt = opus_pt
+        self._opus_pt = opus_pt
         self.dtmf_pt = dtmf_pt
         self._decoder = OpusDecoder()
         self._jitter = JitterBuffer(self._on_payload, window=window, max_gap=max_gap)
@@ -217,9 +237,44 @@ class InboundAudio:
         self._dtmf = 0
         self._dtmf_packets = 0
         self._decode_errors = 0
-        self.tap: list[tuple[int, int, bytes]] | None = None
+        self._tap: list[tuple[int, int, bytes]] | None = None
+        # The compiled path of a CallTransport (gateway.media.native), once it is up.
+        self._native: _rtp.Inbound | None = None
+        self._native_ok = native.available() and _takes_native(type(self))
+
+    @property
+    def on_frame(self) -> Callable[[PCM], None]:
+        """Called with each decoded frame (the compiled path calls it too)."""
+        return self._on_frame
+
+    @on_frame.setter
+    def on_frame(self, on_frame: Callable[[PCM], None]) -> None:
+        self._disarm()
+        if self._native is not None:
+            self._native.release()
+            self._native = None  # configured again, with this callback, by the next packet
+        self._on_frame = on_frame
+
+    @property
+    def tap(self) -> list[tuple[int, int, bytes]] | None:
         """When a list, every Opus packet is appended to it as it arrives, as
         ``(arrival_time_ms, rtp_timestamp, payload)`` (the call's recording)."""
+        return self._tap
+
+    @tap.setter
+    def tap(self, tap: list[tuple[int, int, bytes]] | None) -> None:
+        self._disarm()  # the compiled path does not record
+        self._tap = tap
+
+    @property
+    def opus_pt(self) -> int:
+        """The Opus payload type (negotiated)."""
+        return self._opus_pt
+
+    @opus_pt.setter
+    def opus_pt(self, payload_type: int) -> None:
+        self._disarm()
+        self._opus_pt = payload_type
 
     def attach(self) -> None:
         """Take the receiver's RTP packets from now on."""
@@ -238,6 +293,10 @@ class InboundAudio:
         self.receiver.__dict__.pop("_handle_rtp_packet", None)
         self.receiver.__dict__.pop("_receive_rtp", None)
         self._attached = False
+        if self._native is not None:
+            self._disarm()
+            self._native.release()  # before the decoder can go
+            self._native = None
         self._cancel_release()
         self._detector.flush()
 
@@ -255,7 +314,12 @@ class InboundAudio:
     @property
     def received(self) -> int:
         """RTP packets taken so far (audio and DTMF): a cheap liveness counter."""
-        return self._packets + self._dtmf_packets
+        return self._packets + self._fast()[0] + self._dtmf_packets
+
+    def _fast(self) -> tuple[int, int]:
+        """Opus packets and bytes the compiled path took."""
+        wire = self._native
+        return (0, 0) if wire is None else (wire.fast_packets, wire.fast_bytes)
 
     @property
     def jitter_seconds(self) -> float:
@@ -267,9 +331,10 @@ class InboundAudio:
     @property
     def stats(self) -> InboundStats:
         """A snapshot of the counters."""
+        fast_packets, fast_bytes = self._fast()
         return InboundStats(
-            packets=self._packets,
-            bytes=self._bytes,
+            packets=self._packets + fast_packets,
+            bytes=self._bytes + fast_bytes,
             lost=self._lost,
             late=self._jitter.late,
             concealed=self._concealed,
@@ -291,19 +356,31 @@ class InboundAudio:
         """
         if not self.receiver._enabled:
             return
+        wire = self._native
+        if wire is None and self._native_ok and self._attached:
+            wire = self._take_native()
+        elif wire is not None and wire.armed:
+            self._disarm()  # what the compiled path played is behind us now
         streams = self._rtcp_streams
         if streams is not None:
             stream = streams.get(packet.ssrc)
             if stream is None:
-                stream = streams[packet.ssrc] = StreamStatistics(OPUS_RATE)
+                if wire is not None and wire.tracked_ssrc is None:
+                    wire.track(packet.ssrc)  # its statistics live in C from now on
+                    stream = NativeStreamStatistics(wire)
+                else:
+                    stream = StreamStatistics(OPUS_RATE)
+                streams[packet.ssrc] = stream
             stream.add(packet)  # type: ignore[arg-type]  # reads the header fields only
         try:
-            if packet.payload_type == self.opus_pt:
+            if packet.payload_type == self._opus_pt:
                 self._packets += 1
                 self._bytes += len(packet.payload)
-                if self.tap is not None:
-                    self.tap.append((arrival_time_ms, packet.timestamp, packet.payload))
+                if self._tap is not None:
+                    self._tap.append((arrival_time_ms, packet.timestamp, packet.payload))
                 self._push_audio(packet)
+                if wire is not None and packet.ssrc == wire.tracked_ssrc:
+                    self._arm(wire, packet.ssrc)
             elif packet.payload_type == self.dtmf_pt:
                 self._dtmf_packets += 1
                 self._dtmf_since_audio = True
@@ -324,6 +401,50 @@ class InboundAudio:
                 self._release_timer = loop.call_later(self._release_after, self._release)
         elif self._release_timer is not None:
             self._cancel_release()
+
+    def _take_native(self) -> _rtp.Inbound | None:
+        """The compiled inbound path of the receiver's CallTransport, set up for this
+        stream; None if there is none (yet)."""
+        wire: _rtp.Inbound | None = getattr(self.receiver.transport, "_native_in", None)
+        if wire is None or self._decoder.closed:
+            return None
+        wire.configure(
+            native.opus_function("opus_decode"),
+            self._decoder.address,
+            self._decoder,
+            self.on_frame,
+            np.empty,
+            np.int16,
+            self.receiver,
+        )
+        self._native = wire
+        return wire
+
+    def _arm(self, wire: _rtp.Inbound, ssrc: int) -> None:
+        """Let the compiled path take the next packets while they come in order.
+
+        Only in the plain case: nothing held back, no recording, no key press
+        since the last audio (its loss accounting is Python's).
+        """
+        position = self._jitter.position
+        if (
+            position is not None
+            and not self._jitter.holding
+            and self._tap is None
+            and not self._dtmf_since_audio
+            and self._attached
+        ):
+            wire.arm(ssrc, self._opus_pt, *position)
+
+    def _disarm(self) -> None:
+        """Stop the compiled path; catch the jitter buffer up with what it played."""
+        wire = self._native
+        if wire is None:
+            return
+        played = wire.disarm()
+        if played is not None:
+            self._jitter.played(*played)
+            self._dtmf_since_audio = False
 
     def _release(self) -> None:
         self._release_timer = None
@@ -352,7 +473,7 @@ class InboundAudio:
                 self._decode_errors += 1
                 self._concealed += 1
                 frame = self._decoder.conceal()
-        self.on_frame(frame)
+        self._on_frame(frame)
 
     def _on_key(self, digit: str, duration_ms: int) -> None:
         self._dtmf += 1
@@ -362,6 +483,15 @@ class InboundAudio:
 
 def _discard(frame: PCM) -> None:
     pass
+
+
+def _takes_native(cls: type[InboundAudio]) -> bool:
+    """Whether ``cls`` handles audio as InboundAudio does (a subclass that overrides
+    what a packet does, e.g. the load tester's counter, keeps the Python path)."""
+    return all(
+        getattr(cls, name) is getattr(InboundAudio, name)
+        for name in ("_push_audio", "_on_payload", "receive")
+    )
 
 
 def _reception_statistics(receiver: RTCRtpReceiver) -> dict[int, StreamStatistics] | None:

@@ -168,6 +168,9 @@ class OpusDecoder:
             raise libopus.OpusLibraryError("libopus decoder_create returned no decoder")
         self._free = weakref.finalize(self, lib.opus_decoder_destroy, state)
         self._closed = False
+        self.address: int = state
+        """The libopus decoder state (for the compiled path, which decodes in-order
+        packets with it: one state, so concealment continues either's audio)."""
         self._decode = functools.partial(lib.opus_decode, state)
         # Decoded into one buffer, then copied out: each frame handed on is the callee's.
         self._pcm = np.zeros(_MAX_DECODED, dtype=np.int16)
@@ -201,6 +204,11 @@ class OpusDecoder:
         if n != FRAME_SAMPLES:
             return np.zeros(FRAME_SAMPLES, dtype=np.int16)
         return self._pcm[:n].copy()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` freed the libopus state."""
+        return self._closed
 
     def close(self) -> None:
         """Free the libopus decoder now (decoding afterwards raises ValueError)."""

@@ -38,8 +38,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-import time
-from typing import Final
+from typing import Any, Final
 
 from aiortc import RTCRtpSender
 from aiortc.mediastreams import MediaStreamError
@@ -48,6 +47,7 @@ from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from aiortc.utils import random32
 
+from gateway.media import native
 from gateway.media.frameclock import frame_clock
 from gateway.media.playout import PlayoutTrack
 from gateway.media.transport import CallTransport
@@ -64,6 +64,33 @@ def ntp_time(unix_seconds: float) -> int:
     return int((unix_seconds + _NTP_UNIX_OFFSET) * _NTP_SCALE)
 
 
+def _report_field(mangled: str, name: str) -> Any:
+    """A sender-report field of aiortc's sender, read from the stream once it plays.
+
+    Before that (and if aiortc's own loop runs) it is the instance's own value.
+    """
+
+    def get(self: PlayoutSender) -> int:
+        stream = self.__dict__.get("_stream")
+        if stream is not None:
+            return int(getattr(stream, name))
+        return int(self.__dict__.get(mangled, 0))
+
+    def set_(self: PlayoutSender, value: int) -> None:
+        self.__dict__[mangled] = value
+
+    return property(get, set_)
+
+
+class _NoRoute:
+    """A transport the compiled stream cannot send on: it hands every packet back."""
+
+    _native_route = None
+
+
+_NO_ROUTE: Final = _NoRoute()
+
+
 class PlayoutSender(RTCRtpSender):
     """An :class:`~aiortc.RTCRtpSender` that sends a :class:`PlayoutTrack` lean.
 
@@ -74,13 +101,13 @@ class PlayoutSender(RTCRtpSender):
     # Set when the playout starts (the class is adopted, so there is no __init__).
     _playing: PlayoutTrack
     _ended: asyncio.Future[None]
-    _first_byte: int
-    _second_byte: int
-    _extensions: bytes
-    _sequence_number: int
-    _timestamp_origin: int
-    _packets: int
-    _octets: int
+    _stream: native.OutboundStream
+
+    # What aiortc's RTCP sender reports and getStats read: the stream's counters.
+    _RTCRtpSender__ntp_timestamp = _report_field("_RTCRtpSender__ntp_timestamp", "ntp_timestamp")
+    _RTCRtpSender__rtp_timestamp = _report_field("_RTCRtpSender__rtp_timestamp", "rtp_timestamp")
+    _RTCRtpSender__packet_count = _report_field("_RTCRtpSender__packet_count", "packets")
+    _RTCRtpSender__octet_count = _report_field("_RTCRtpSender__octet_count", "octets")
 
     @classmethod
     def adopt(cls, sender: RTCRtpSender) -> PlayoutSender:
@@ -129,14 +156,18 @@ class PlayoutSender(RTCRtpSender):
         """
         self._RTCRtpSender__rtp_started.set()  # type: ignore[attr-defined]
         has_extensions = 0x10 if extensions else 0
-        self._first_byte = 0x80 | has_extensions  # version 2, no padding, no CSRC
-        self._second_byte = 0x80 | payload_type  # marker: every audio frame is one packet
-        self._extensions = extensions
         self._playing = track
-        # Random starting points, as aiortc's (its sequence numbers start below 2**15).
-        self._sequence_number = random_sequence_number()
-        self._timestamp_origin = random32()
-        self._packets = self._octets = 0
+        transport = self.transport
+        self._stream = native.outbound(
+            transport if isinstance(transport, CallTransport) else _NO_ROUTE,
+            0x80 | has_extensions,  # version 2, no padding, no CSRC
+            0x80 | payload_type,  # marker: every audio frame is one packet
+            self._ssrc,
+            extensions,
+            # Random starting points, as aiortc's (its sequence numbers start below 2**15).
+            random_sequence_number(),
+            random32(),
+        )
         loop = asyncio.get_running_loop()
         self._ended = loop.create_future()
         clock = frame_clock(loop)
@@ -171,21 +202,10 @@ class PlayoutSender(RTCRtpSender):
             self._end()
 
     def _send(self, payload: bytes, pts: int) -> None:
-        timestamp = (self._timestamp_origin + pts) & 0xFFFFFFFF
-        sequence_number = self._sequence_number
-        header = _HEADER.pack(
-            self._first_byte, self._second_byte, sequence_number, timestamp, self._ssrc
-        )
-        transport: CallTransport = self.transport  # type: ignore[assignment]
-        transport.send_rtp_now(header + self._extensions + payload)
-        self._sequence_number = (sequence_number + 1) & 0xFFFF
-        # What the next RTCP sender report says (aiortc reads these fields).
-        self._packets += 1
-        self._octets += len(payload)
-        self._RTCRtpSender__ntp_timestamp = int((time.time() + _NTP_UNIX_OFFSET) * _NTP_SCALE)
-        self._RTCRtpSender__rtp_timestamp = timestamp
-        self._RTCRtpSender__packet_count = self._packets
-        self._RTCRtpSender__octet_count = self._octets
+        packet = self._stream.send(payload, pts)  # sent by C, unless it comes back
+        if packet is not None:
+            transport: CallTransport = self.transport  # type: ignore[assignment]
+            transport.send_rtp_now(packet)
 
     def _end(self) -> None:
         frame_clock(asyncio.get_running_loop()).unsubscribe(self._on_tick)

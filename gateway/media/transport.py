@@ -40,6 +40,8 @@ from aiortc import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State
 from aiortc.rtp import RtpPacket
 
+from gateway.media import native
+from gateway.media.native import _rtp
 from gateway.media.srtp import SrtpCalls, srtp_calls
 
 logger = logging.getLogger(__name__)
@@ -99,6 +101,26 @@ def parse_inbound(data: bytes) -> InboundPacket:
     )
 
 
+def _counter(mangled: str, source: str, name: str) -> Any:
+    """One of aiortc's transport counters: its own part (``+=`` as before) plus the
+    compiled path's, read from the object in attribute ``source``."""
+
+    def get(self: CallTransport) -> int:
+        extra = self.__dict__.get(source)
+        own: int = self.__dict__.get(mangled, 0)
+        return own + (getattr(extra, name) if extra is not None else 0)
+
+    def set_(self: CallTransport, value: int) -> None:
+        extra = self.__dict__.get(source)
+        self.__dict__[mangled] = value - (getattr(extra, name) if extra is not None else 0)
+
+    return property(get, set_)
+
+
+def _log_inbound_error(exc: BaseException) -> None:
+    logger.error("inbound RTP handling failed", exc_info=exc)
+
+
 class CallTransport(RTCDtlsTransport):
     """An :class:`~aiortc.RTCDtlsTransport` that moves a call's RTP without a task hop.
 
@@ -106,21 +128,40 @@ class CallTransport(RTCDtlsTransport):
     description made it (before media flows).
     """
 
-    rtp_rewrite: Callable[[bytes], bytes] | None = None
-    """Applied to every RTP packet sent through :meth:`send_rtp_now` before SRTP
-    (the DTMF sender's substitution, see :mod:`gateway.media.dtmf`)."""
-
     # Set when DTLS is connected: the SRTP sessions' lean callers, aioice's selected pairs.
     _tx: SrtpCalls | pylibsrtp.Session
     _rx: SrtpCalls | pylibsrtp.Session
     _nominated: dict[int, CandidatePair]
     _fast_protocols: list[StunProtocol]
     _spawned: set[asyncio.Task[None]]
-    # aiortc's transport statistics (getStats), kept as its own methods keep them.
-    _RTCDtlsTransport__rx_bytes: int
-    _RTCDtlsTransport__rx_packets: int
-    _RTCDtlsTransport__tx_bytes: int
-    _RTCDtlsTransport__tx_packets: int
+    _rewrite: Callable[[bytes], bytes] | None
+    # The compiled path (gateway.media.native), when built and DTLS is connected.
+    _native_in: _rtp.Inbound | None
+    _route: _rtp.Route | None
+    _native_route: _rtp.Route | None
+    """What a PlayoutSender's compiled stream sends through: None while it may not."""
+
+    # aiortc's transport statistics (getStats): its own count plus the compiled path's.
+    _RTCDtlsTransport__rx_bytes = _counter("_RTCDtlsTransport__rx_bytes", "_native_in", "rx_bytes")
+    _RTCDtlsTransport__rx_packets = _counter(
+        "_RTCDtlsTransport__rx_packets", "_native_in", "rx_packets"
+    )
+    _RTCDtlsTransport__tx_bytes = _counter("_RTCDtlsTransport__tx_bytes", "_route", "tx_bytes")
+    _RTCDtlsTransport__tx_packets = _counter(
+        "_RTCDtlsTransport__tx_packets", "_route", "tx_packets"
+    )
+
+    @property
+    def rtp_rewrite(self) -> Callable[[bytes], bytes] | None:
+        """Applied to every RTP packet sent through :meth:`send_rtp_now` before SRTP
+        (the DTMF sender's substitution, see :mod:`gateway.media.dtmf`); while it is
+        set, the sender's packets take the Python path."""
+        return self._rewrite
+
+    @rtp_rewrite.setter
+    def rtp_rewrite(self, rewrite: Callable[[bytes], bytes] | None) -> None:
+        self._rewrite = rewrite
+        self._native_route = self._route if rewrite is None else None
 
     @classmethod
     def adopt(cls, transport: RTCDtlsTransport) -> CallTransport:
@@ -132,6 +173,8 @@ class CallTransport(RTCDtlsTransport):
             assert isinstance(transport, cls)
             transport._fast_protocols = []
             transport._spawned = set()
+            transport._rewrite = None
+            transport._native_in = transport._route = transport._native_route = None
         assert isinstance(transport, cls)
         return transport
 
@@ -147,7 +190,7 @@ class CallTransport(RTCDtlsTransport):
         """
         if self._state is not State.CONNECTED:
             raise ConnectionError("Cannot send encrypted RTP, not connected")
-        rewrite = self.rtp_rewrite
+        rewrite = self._rewrite
         if rewrite is not None:
             data = rewrite(data)
         data = self._tx.protect(data)
@@ -171,9 +214,74 @@ class CallTransport(RTCDtlsTransport):
             self._tx = srtp_calls(self._tx_srtp)
             self._rx = srtp_calls(self._rx_srtp)
             self._nominated = self.transport._connection._nominated
+            if native.available():
+                self._start_native()
             self._take_datagrams()
         elif state in (State.CLOSED, State.FAILED):
             self._release_datagrams()
+            self._stop_native()
+
+    # --- the compiled path -------------------------------------------------------------------
+
+    def _start_native(self) -> None:
+        """Set up the compiled inbound path and, on a direct UDP pair, the outbound route.
+
+        Each needs libsrtp's function and this call's session out of pylibsrtp;
+        without them (another pylibsrtp), the Python path stays.
+        """
+        unprotect, protect = (
+            native.srtp_function("srtp_unprotect"),
+            native.srtp_function("srtp_protect"),
+        )
+        rx, tx = native.srtp_session(self._rx_srtp), native.srtp_session(self._tx_srtp)
+        if unprotect and rx:
+            self._native_in = _rtp.Inbound(
+                unprotect, rx, self._rx_srtp, self._from_native, _log_inbound_error
+            )
+        pair = self._nominated.get(1)  # rtcp-mux: one component
+        if not (protect and tx) or pair is None or type(pair.protocol) is not StunProtocol:
+            return  # a TURN relay (or none): aioice sends
+        sock = pair.protocol.transport.get_extra_info("socket")
+        try:
+            self._route = _rtp.Route(
+                protect,
+                tx,
+                self._tx_srtp,
+                getattr(sock, "_sock", sock),  # asyncio's TransportSocket wraps it
+                pair.remote_addr[0],
+                pair.remote_addr[1],
+                self._send_protected,
+            )
+        except ValueError as exc:  # not a numeric address
+            logger.debug("RTP goes through asyncio: %s", exc)
+            return
+        self.rtp_rewrite = self._rewrite
+
+    def _stop_native(self) -> None:
+        self._native_route = None
+        if self._route is not None:
+            self._route.close()  # kept for its counters
+        if self._native_in is not None:
+            self._native_in.release()
+
+    def _send_protected(self, data: bytes) -> None:
+        """An SRTP packet the compiled route could not send: asyncio's sendto buffers it."""
+        pair = self._nominated.get(1)
+        if pair is None:
+            return
+        transport = pair.protocol.transport
+        if transport is None:
+            return  # the ICE connection closed
+        transport.sendto(data, pair.remote_addr)
+        buffered = transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        if self._route is not None and not buffered:
+            self._route.backlog = False  # asyncio's buffer is empty: sendto straight again
+
+    def _from_native(self, data: bytes, arrival_time_ms: int) -> None:
+        """A decrypted RTP packet the compiled path does not take itself."""
+        later = self._deliver(data, arrival_time_ms)
+        if later is not None:
+            self._spawn(later)
 
     def _take_datagrams(self) -> None:
         """Have the ICE connection's sockets hand SRTP packets to :meth:`_datagram_received`.
@@ -185,7 +293,11 @@ class CallTransport(RTCDtlsTransport):
         """
         for protocol in self.transport._connection._protocols:
             if type(protocol) is StunProtocol and "datagram_received" not in protocol.__dict__:
-                protocol.datagram_received = self._fast_path(protocol)  # type: ignore[method-assign,assignment]
+                if self._native_in is not None:
+                    port = _rtp.Port(self._native_in, protocol.datagram_received)
+                    protocol.datagram_received = port  # type: ignore[method-assign,assignment]
+                else:
+                    protocol.datagram_received = self._fast_path(protocol)  # type: ignore[method-assign,assignment]
                 self._fast_protocols.append(protocol)
 
     def _release_datagrams(self) -> None:

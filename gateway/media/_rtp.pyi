@@ -1,0 +1,92 @@
+"""Types of the compiled per-packet path (gateway/media/_rtp.c; see gateway.media.native)."""
+
+from collections.abc import Callable
+from typing import Any, Final
+
+BUFFER_SIZE: Final[int]
+
+def parse(data: bytes) -> tuple[int, int, int, int, int, int, int] | None:
+    """(payload_type, marker, seq, timestamp, ssrc, payload start, payload end), or None."""
+
+def opus_duration(payload: bytes) -> int:
+    """An Opus packet's duration in 48 kHz samples, or -1 if its TOC cannot say."""
+
+class Inbound:
+    rx_packets: Final[int]
+    rx_bytes: Final[int]
+    fast_packets: Final[int]
+    fast_bytes: Final[int]
+    auth_failures: Final[int]
+    malformed: Final[int]
+    too_long: Final[int]
+    @property
+    def tracked_ssrc(self) -> int | None: ...
+    @property
+    def armed(self) -> bool: ...
+    def __init__(
+        self,
+        unprotect: int,
+        session: int,
+        session_owner: object,
+        slow: Callable[[bytes, int], object],
+        on_error: Callable[[BaseException], object],
+    ) -> None: ...
+    def __call__(self, data: bytes) -> None: ...
+    def receive(self, data: bytes) -> None: ...
+    def configure(
+        self,
+        decode: int,
+        decoder: int,
+        decoder_owner: object,
+        on_frame: Callable[[Any], object],
+        empty: Callable[..., Any],
+        dtype: object,
+        receiver: object,
+    ) -> None: ...
+    def arm(self, ssrc: int, opus_pt: int, next_timestamp: int, slot: int, /) -> None: ...
+    def disarm(self) -> tuple[int, int] | None: ...
+    def release(self) -> None: ...
+    def track(self, ssrc: int, /) -> None: ...
+    def count(self, sequence_number: int, timestamp: int, /) -> None: ...
+    def statistics(self) -> tuple[int | None, int | None, int, int, int]: ...
+
+class Port:
+    def __init__(self, inbound: Inbound, other: Callable[[bytes, Any], object]) -> None: ...
+    def __call__(self, data: bytes, addr: Any) -> None: ...
+
+class Route:
+    tx_packets: Final[int]
+    tx_bytes: Final[int]
+    fallbacks: Final[int]
+    backlog: bool
+    @property
+    def open(self) -> bool: ...
+    def __init__(
+        self,
+        protect: int,
+        session: int,
+        session_owner: object,
+        sock: Any,
+        host: str,
+        port: int,
+        fallback: Callable[[bytes], object],
+    ) -> None: ...
+    def close(self) -> None: ...
+
+class Outbound:
+    packets: Final[int]
+    octets: Final[int]
+    ntp_timestamp: Final[int]
+    rtp_timestamp: Final[int]
+    sequence_number: Final[int]
+    def __init__(
+        self,
+        transport: object,
+        first_byte: int,
+        second_byte: int,
+        ssrc: int,
+        extensions: bytes,
+        sequence_number: int,
+        timestamp_origin: int,
+    ) -> None: ...
+    def send(self, payload: bytes, pts: int, /) -> bytes | None: ...

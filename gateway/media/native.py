@@ -1,0 +1,183 @@
+"""The compiled per-packet path (:mod:`gateway.media._rtp`) and what connects it to aiortc.
+
+After the previous rounds each 20 ms frame still took ~30 small Python steps in
+each direction, and the interpreter was half the gateway's CPU. ``_rtp.c`` does
+the common case of both directions in one C call:
+
+- inbound, :class:`_rtp.Inbound`, called by :class:`_rtp.Port` as each ICE
+  socket's ``datagram_received``: SRTP unprotect, RTP parse, the reception
+  statistics of the call's SSRC (:class:`NativeStreamStatistics` reads them for
+  aiortc's receiver reports) and, while :class:`~gateway.media.inbound.InboundAudio`
+  has armed it, the Opus decode of the next in-order packet into a fresh frame
+  handed to the pipeline. Everything else (reordering, loss, DTMF, another SSRC
+  or payload type, the recording tap, a corrupt packet) goes to the Python path
+  as a decrypted packet;
+- outbound, :class:`_rtp.Outbound` (a sender's header, sequence numbers and
+  sender-report counters) sends through :class:`_rtp.Route` (SRTP protect and
+  ``sendto`` on the selected ICE pair's socket). Without an open route (a TURN
+  relay, the DTMF rewrite, before DTLS) it returns the packet for the Python path;
+  a ``sendto`` that fails goes through asyncio's transport.
+
+The C code links nothing: it calls the libsrtp of pylibsrtp's cffi binding and
+the libopus of :mod:`gateway.media.libopus` through addresses handed in here.
+If the extension is not built, :func:`available` is False and the gateway runs the
+Python path it had before (slower, same bytes on the wire).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import struct
+import time
+from typing import Any, Final, TypeAlias
+
+from aiortc.rtcrtpreceiver import StreamStatistics
+
+from gateway.media import libopus
+
+logger = logging.getLogger(__name__)
+
+try:
+    from gateway.media import _rtp as _rtp  # re-exported: transport.py, inbound.py
+except ImportError as exc:  # pragma: no cover - depends on the install
+    _rtp = None  # type: ignore[assignment]
+    logger.warning("gateway.media._rtp is not built (%s): the media path runs in Python", exc)
+
+try:
+    from pylibsrtp import _binding
+except ImportError:  # pragma: no cover - another pylibsrtp layout
+    _binding = None
+
+OPUS_RATE: Final = 48000
+_NTP_UNIX_OFFSET: Final = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
+
+
+def available() -> bool:
+    """Whether the compiled path is there."""
+    return _rtp is not None
+
+
+def srtp_function(name: str) -> int | None:
+    """The address of libsrtp's ``name`` in pylibsrtp's binding, None if it cannot be had."""
+    if _binding is None:
+        return None
+    address = int(_binding.ffi.cast("uintptr_t", _binding.ffi.addressof(_binding.lib, name)))
+    return address or None
+
+
+def srtp_session(session: Any) -> int | None:
+    """The ``srtp_t`` of a pylibsrtp Session (a private name of pylibsrtp 1.0), or None."""
+    handle = getattr(session, "_srtp", None)
+    if _binding is None or handle is None:
+        return None
+    address = int(_binding.ffi.cast("uintptr_t", handle[0]))
+    return address or None
+
+
+def opus_function(name: str) -> int:
+    """The address of a libopus function, from the library the codec uses."""
+    address = ctypes.cast(getattr(libopus.library(), name), ctypes.c_void_p).value
+    if not address:
+        raise libopus.OpusLibraryError(f"libopus has no {name}")
+    return address
+
+
+class NativeStreamStatistics(StreamStatistics):
+    """aiortc's per-SSRC reception statistics, kept by an :class:`_rtp.Inbound`.
+
+    The C path counts the packets it takes; the Python path counts the others
+    through :meth:`add`. aiortc's own properties (``fraction_lost``,
+    ``packets_lost``, ``jitter``) read the fields below, so its receiver
+    reports and ``getStats`` are what they were.
+    """
+
+    def __init__(self, inbound: _rtp.Inbound) -> None:
+        # Not StreamStatistics.__init__: its fields are read from C here.
+        self._inbound = inbound
+        self._clockrate = OPUS_RATE
+        self._expected_prior = 0
+        self._received_prior = 0
+
+    def add(self, packet: Any) -> None:
+        self._inbound.count(packet.sequence_number, packet.timestamp)
+
+    # aiortc's attributes, read-only here: only add() and __init__ set them, both replaced.
+    @property
+    def base_seq(self) -> int | None:  # type: ignore[override]
+        return self._inbound.statistics()[0]
+
+    @property
+    def max_seq(self) -> int | None:  # type: ignore[override]
+        return self._inbound.statistics()[1]
+
+    @property
+    def cycles(self) -> int:  # type: ignore[override]
+        return self._inbound.statistics()[2]
+
+    @property
+    def packets_received(self) -> int:  # type: ignore[override]
+        return self._inbound.statistics()[3]
+
+    @property
+    def _jitter_q4(self) -> int:  # type: ignore[override]
+        return self._inbound.statistics()[4]
+
+
+class PythonOutbound:
+    """What :class:`_rtp.Outbound` does, in Python, for when the extension is not built.
+
+    It never sends itself: every packet goes back to the caller in clear.
+    """
+
+    _HEADER: Final = struct.Struct("!BBHII")
+
+    def __init__(
+        self,
+        transport: object,
+        first_byte: int,
+        second_byte: int,
+        ssrc: int,
+        extensions: bytes,
+        sequence_number: int,
+        timestamp_origin: int,
+    ) -> None:
+        self._first = first_byte
+        self._second = second_byte
+        self._ssrc = ssrc
+        self._extensions = extensions
+        self._origin = timestamp_origin
+        self.sequence_number = sequence_number & 0xFFFF
+        self.packets = self.octets = self.ntp_timestamp = self.rtp_timestamp = 0
+
+    def send(self, payload: bytes, pts: int) -> bytes | None:
+        timestamp = (self._origin + pts) & 0xFFFFFFFF
+        header = self._HEADER.pack(
+            self._first, self._second, self.sequence_number, timestamp, self._ssrc
+        )
+        self.sequence_number = (self.sequence_number + 1) & 0xFFFF
+        self.packets += 1
+        self.octets += len(payload)
+        self.rtp_timestamp = timestamp
+        self.ntp_timestamp = int((time.time() + _NTP_UNIX_OFFSET) * (1 << 32))
+        return header + self._extensions + payload
+
+
+OutboundStream: TypeAlias = "_rtp.Outbound | PythonOutbound"
+
+
+def outbound(
+    transport: object,
+    first_byte: int,
+    second_byte: int,
+    ssrc: int,
+    extensions: bytes,
+    sequence_number: int,
+    timestamp_origin: int,
+) -> OutboundStream:
+    """A sender's RTP stream: the compiled one if built (``transport`` is read for its
+    ``_native_route`` per packet)."""
+    kind = PythonOutbound if _rtp is None else _rtp.Outbound
+    return kind(
+        transport, first_byte, second_byte, ssrc, extensions, sequence_number, timestamp_origin
+    )
