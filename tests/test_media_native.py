@@ -22,6 +22,7 @@ from typing import Any
 
 import aioice.ice
 import numpy as np
+import pylibsrtp
 import pytest
 from aiortc import (
     RTCCertificate,
@@ -376,6 +377,54 @@ def test_bad_set_up_is_refused() -> None:
         inbound.arm(1, 111, 0, 960)
     with pytest.raises(TypeError):
         inbound.receive(bytearray(20))  # type: ignore[arg-type]
+    # Objects made without __init__ refuse to work rather than follow NULL pointers.
+    with pytest.raises(RuntimeError):
+        _rtp.Inbound.__new__(_rtp.Inbound).receive(b"\x80" * 40)
+    with pytest.raises(RuntimeError):
+        _rtp.Port.__new__(_rtp.Port)(b"\x80" * 40, None)
+    with pytest.raises(RuntimeError):
+        _rtp.Outbound.__new__(_rtp.Outbound).send(b"abc", 0)
+    assert not _rtp.Route.__new__(_rtp.Route).open
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            rtp_like().map(lambda data: (data, None)),
+            st.tuples(st.just(b""), st.binary(max_size=300)),  # in order, any payload
+        ),
+        max_size=8,
+    )
+)
+def test_authentic_garbage_goes_no_further_than_it_should(
+    datagrams: list[tuple[bytes, bytes | None]],
+) -> None:
+    """Whatever an authenticated peer sends (lying lengths, garbage Opus in the packet the
+    compiled path is waiting for), each datagram is counted once and nothing raises."""
+
+    async def run() -> None:
+        wire = Wire()
+        wire.send(111, 1, 0, opus_packets()[0])
+        seq, sent = 2, 1
+        for data, payload in datagrams:
+            if payload is not None:
+                data = wire.rtp(111, seq, 960 * (seq - 1), payload)
+                seq += 1
+            try:
+                protected = wire.tx.protect(data)
+            except pylibsrtp.Error:
+                continue  # libsrtp will not even protect it
+            wire.inbound.receive(protected)
+            sent += 1
+        inbound = wire.inbound
+        assert inbound.rx_packets == sent and wire.errors == []
+        assert (
+            inbound.malformed + inbound.auth_failures + len(wire.slow) + inbound.fast_packets
+            == sent
+        )
+
+    asyncio.run(run())
 
 
 # --- outbound: the route ---------------------------------------------------------------------

@@ -260,7 +260,9 @@ static int report_error(Inbound *self) {
     }
     if (traceback != NULL)
         PyException_SetTraceback(value, traceback);
-    PyObject *result = PyObject_CallOneArg(self->on_error, value);
+    PyObject *on_error = Py_NewRef(self->on_error);
+    PyObject *result = PyObject_CallOneArg(on_error, value);
+    Py_DECREF(on_error);
     Py_XDECREF(type);
     Py_DECREF(value);
     Py_XDECREF(traceback);
@@ -293,11 +295,19 @@ static int take_audio(Inbound *self, const rtp_header *h, double now) {
     PyObject *size = PyLong_FromLong(samples);
     if (size == NULL)
         return -1;
-    PyObject *call_args[2] = {size, self->dtype};
-    PyObject *frame = PyObject_Vectorcall(self->empty, call_args, 2, NULL);
+    PyObject *empty = Py_NewRef(self->empty), *dtype = Py_NewRef(self->dtype);
+    PyObject *call_args[2] = {size, dtype};
+    PyObject *frame = PyObject_Vectorcall(empty, call_args, 2, NULL);
     Py_DECREF(size);
+    Py_DECREF(empty);
+    Py_DECREF(dtype);
     if (frame == NULL)
         return -1;
+    /* Python code ran above (an attribute, numpy): it may have disarmed or released us. */
+    if (!self->armed || self->decoder == NULL) {
+        Py_DECREF(frame);
+        return 0;
+    }
     Py_buffer pcm;
     if (PyObject_GetBuffer(frame, &pcm, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) {
         Py_DECREF(frame);
@@ -320,7 +330,10 @@ static int take_audio(Inbound *self, const rtp_header *h, double now) {
     self->next_timestamp += (uint32_t)duration;
     self->slot = (uint32_t)duration;
     self->taken = 1;
-    PyObject *result = PyObject_CallOneArg(self->on_frame, frame);
+    /* Our own reference: the callback may replace or release self->on_frame. */
+    PyObject *on_frame = Py_NewRef(self->on_frame);
+    PyObject *result = PyObject_CallOneArg(on_frame, frame);
+    Py_DECREF(on_frame);
     Py_DECREF(frame);
     if (result == NULL)
         return report_error(self) < 0 ? -1 : 1;
@@ -331,6 +344,10 @@ static int take_audio(Inbound *self, const rtp_header *h, double now) {
 static PyObject *inbound_receive(Inbound *self, PyObject *data) {
     if (!PyBytes_Check(data)) {
         PyErr_SetString(PyExc_TypeError, "an SRTP packet must be bytes");
+        return NULL;
+    }
+    if (self->unprotect == NULL || self->slow == NULL || self->on_error == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Inbound is not initialized");
         return NULL;
     }
     Py_ssize_t size = PyBytes_GET_SIZE(data);
@@ -370,7 +387,9 @@ static PyObject *inbound_receive(Inbound *self, PyObject *data) {
         return NULL;
     }
     PyObject *call_args[2] = {packet, arrival};
-    PyObject *result = PyObject_Vectorcall(self->slow, call_args, 2, NULL);
+    PyObject *slow = Py_NewRef(self->slow);
+    PyObject *result = PyObject_Vectorcall(slow, call_args, 2, NULL);
+    Py_DECREF(slow);
     Py_DECREF(packet);
     Py_DECREF(arrival);
     if (result == NULL) {
@@ -577,14 +596,27 @@ static void Port_dealloc(Port *self) {
  * RFC 7983 and RFC 5761) to the Inbound, anything else to aioice. */
 static PyObject *Port_call(Port *self, PyObject *args, PyObject *kwargs) {
     PyObject *data, *addr;
-    if (kwargs != NULL || !PyArg_ParseTuple(args, "OO", &data, &addr))
+    if (self->inbound == NULL || self->other == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Port is not initialized");
+        return NULL;
+    }
+    if (kwargs != NULL || !PyArg_ParseTuple(args, "OO", &data, &addr)) {
+        PyErr_Clear();
         return PyObject_Call(self->other, args, kwargs);
+    }
     if (PyBytes_Check(data) && PyBytes_GET_SIZE(data) > 1) {
         const uint8_t *bytes = (const uint8_t *)PyBytes_AS_STRING(data);
-        if (bytes[0] > 127 && bytes[0] < 192 && !(bytes[1] > 191 && bytes[1] < 209))
-            return inbound_receive(self->inbound, data);
+        if (bytes[0] > 127 && bytes[0] < 192 && !(bytes[1] > 191 && bytes[1] < 209)) {
+            Inbound *inbound = (Inbound *)Py_NewRef(self->inbound);
+            PyObject *result = inbound_receive(inbound, data);
+            Py_DECREF(inbound);
+            return result;
+        }
     }
-    return PyObject_Call(self->other, args, NULL);
+    PyObject *other = Py_NewRef(self->other);
+    PyObject *result = PyObject_Call(other, args, NULL);
+    Py_DECREF(other);
+    return result;
 }
 
 static PyTypeObject PortType = {
@@ -723,7 +755,9 @@ static int route_send(Route *self, int length) {
     PyObject *packet = PyBytes_FromStringAndSize((const char *)self->buffer, length);
     if (packet == NULL)
         return -1;
-    PyObject *result = PyObject_CallOneArg(self->fallback, packet);
+    PyObject *fallback = Py_NewRef(self->fallback);
+    PyObject *result = PyObject_CallOneArg(fallback, packet);
+    Py_DECREF(fallback);
     Py_DECREF(packet);
     if (result == NULL)
         return -1;
@@ -886,6 +920,10 @@ static PyObject *Outbound_send(Outbound *self, PyObject *const *args, Py_ssize_t
         self->timestamp_origin + (uint32_t)PyLong_AsUnsignedLongLongMask(args[1]);
     if (PyErr_Occurred())
         return NULL;
+    if (self->transport == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "Outbound is not initialized");
+        return NULL;
+    }
     PyObject *route = PyObject_GetAttr(self->transport, route_name);
     if (route == NULL)
         return NULL;
