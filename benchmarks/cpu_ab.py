@@ -1,7 +1,8 @@
 """Gateway CPU per call-second: this checkout against another git revision, side by side.
 
 Did a change make the per-call path dearer? The other revision (default: main) is
-exported with ``git archive`` to a temporary directory and run as the gateway
+exported with ``git archive`` to a temporary directory (its C extension built
+there, if it has one) and run as the gateway
 process (its package imported first); this checkout runs as the other. Load
 tests (sandbox callers speaking ../shared/audio to the echo bot, as in
 cpu_per_call.py) alternate between the two, so drift on a shared machine hits
@@ -42,7 +43,20 @@ def export(rev: str, into: Path) -> str:
     subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), commit], check=True)
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
+    if (into / "setup.py").exists():  # the compiled media path: without it, Python's
+        subprocess.run(
+            [sys.executable, "-c", BUILD_EXT], cwd=into, check=True, stdout=subprocess.DEVNULL
+        )
     return commit
+
+
+# setup.py's extensions, built in place (its setup() would read pyproject.toml, which
+# needs a newer setuptools than the venv's own; pip builds in an isolated one).
+BUILD_EXT = (
+    "import runpy; from setuptools import Distribution; "
+    "d = Distribution({'ext_modules': runpy.run_path('setup.py')['EXTENSIONS']}); "
+    "d.get_command_obj('build_ext').inplace = True; d.run_command('build_ext')"
+)
 
 
 def server_from(tree: str) -> tuple[str, ...]:

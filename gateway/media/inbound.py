@@ -15,6 +15,16 @@ keeps running, and the packets still feed its reception statistics, so RTCP
 receiver reports go on.
 
 Its own :class:`JitterBuffer` adds no delay while packets come in order.
+
+On a CallTransport with the compiled path (:mod:`gateway.media.native`), after
+each packet this class handles it *arms* that path with where the stream
+stands (SSRC, payload type, next RTP timestamp): the C code then decodes the
+packets that continue the stream in order straight into frames for
+``on_frame``, counting them, and hands anything else back here, where the
+jitter buffer first catches up with what C played (:meth:`JitterBuffer.played`).
+Arming waits while packets are held, a recording tap is set or a key press
+interrupted the audio, so losses, reordering, DTMF and recording are this
+module's alone.
 """
 
 from __future__ import annotations

@@ -16,7 +16,11 @@ No task per call wakes to send: the sender subscribes to the event loop's
 :class:`~gateway.media.frameclock.FrameClock`, whose one timer per 20 ms tick
 calls every call's :meth:`PlayoutSender._on_tick`; that polls the track for the
 frames due (:meth:`~gateway.media.playout.PlayoutTrack.poll`, which also paces
-and catches up after a stall) and hands each packet to
+and catches up after a stall) and hands each one to its RTP stream
+(:func:`gateway.media.native.outbound`): with the compiled extension, one C call
+writes the header, SRTP-protects the packet and ``sendto``-s it on the
+transport's route; without an open route (DTMF substitution in progress, a TURN
+relay, no extension) the packet comes back in clear for
 :meth:`~gateway.media.transport.CallTransport.send_rtp_now` (DTMF substitution,
 SRTP, ``sendto``). A call whose sending fails is ended alone: its sender
 unsubscribes and its RTP task returns, as aiortc's loop would.

@@ -22,6 +22,15 @@ and remote address of the ICE pair aioice selected (a TURN relay would go
 through aioice's ``send_data``), called from
 :class:`~gateway.media.sender.PlayoutSender` at the frame clock's tick.
 
+With the compiled extension (:mod:`gateway.media.native`), both directions'
+common case is one C call: each ICE socket's ``datagram_received`` is a
+``_rtp.Port``, which unprotects, parses, counts and (for the next in-order Opus
+packet of the call's stream) decodes and hands the frame on itself, and passes
+anything else, decrypted, to :meth:`CallTransport._deliver` as above; the
+sender's packets go out through ``_native_route`` (``_rtp.Route``: protect and
+``sendto`` on the selected pair's socket), which is None while a DTMF rewrite
+is set or on a TURN relay, so they take :meth:`CallTransport.send_rtp_now`.
+
 What goes on the wire is unchanged: the same SRTP sessions, the same 5-tuple.
 """
 
