@@ -301,6 +301,12 @@ async def test_the_recording_tap_and_a_new_callback_take_effect_at_once(
         wire.send(111, i, 960 * i, opus[i])
     assert len(wire.frames) == 10 and len(later) == 5
     assert wire.inbound.armed
+    # What the compiled path counted stays counted after the audio is detached.
+    assert wire.inbound.fast_packets >= 6
+    assert wire.audio.stats.packets == wire.audio.received == 15
+    wire.audio.close()
+    assert wire.audio.stats.packets == wire.audio.received == 15
+    assert wire.audio.stats.bytes == sum(len(p) for p in opus[:15])
 
 
 async def test_srtp_that_fails_or_lies_is_counted_and_dropped(opus: list[bytes]) -> None:

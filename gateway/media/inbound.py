@@ -250,6 +250,7 @@ class InboundAudio:
         self._tap: list[tuple[int, int, bytes]] | None = None
         # The compiled path of a CallTransport (gateway.media.native), once it is up.
         self._native: _rtp.Inbound | None = None
+        self._fast_base = (0, 0)
         self._native_ok = native.available() and _takes_native(type(self))
 
     @property
@@ -259,10 +260,7 @@ class InboundAudio:
 
     @on_frame.setter
     def on_frame(self, on_frame: Callable[[PCM], None]) -> None:
-        self._disarm()
-        if self._native is not None:
-            self._native.release()
-            self._native = None  # configured again, with this callback, by the next packet
+        self._drop_native()  # configured again, with this callback, by the next packet
         self._on_frame = on_frame
 
     @property
@@ -303,10 +301,7 @@ class InboundAudio:
         self.receiver.__dict__.pop("_handle_rtp_packet", None)
         self.receiver.__dict__.pop("_receive_rtp", None)
         self._attached = False
-        if self._native is not None:
-            self._disarm()
-            self._native.release()  # before the decoder can go
-            self._native = None
+        self._drop_native()  # before the decoder can go
         self._cancel_release()
         self._detector.flush()
 
@@ -327,9 +322,23 @@ class InboundAudio:
         return self._packets + self._fast()[0] + self._dtmf_packets
 
     def _fast(self) -> tuple[int, int]:
-        """Opus packets and bytes the compiled path took."""
+        """Opus packets and bytes the compiled path took for this stream (its counters
+        run on from when it was taken: the transport's object outlives a configuration)."""
         wire = self._native
-        return (0, 0) if wire is None else (wire.fast_packets, wire.fast_bytes)
+        if wire is None:
+            return (0, 0)
+        return (wire.fast_packets - self._fast_base[0], wire.fast_bytes - self._fast_base[1])
+
+    def _drop_native(self) -> None:
+        """Stop using the compiled path, keeping what it counted."""
+        if self._native is None:
+            return
+        self._disarm()
+        packets, octets = self._fast()
+        self._packets += packets
+        self._bytes += octets
+        self._native.release()
+        self._native = None
 
     @property
     def jitter_seconds(self) -> float:
@@ -428,6 +437,7 @@ class InboundAudio:
             self.receiver,
         )
         self._native = wire
+        self._fast_base = (wire.fast_packets, wire.fast_bytes)
         return wire
 
     def _arm(self, wire: _rtp.Inbound, ssrc: int) -> None:
