@@ -100,14 +100,17 @@ async def inbound(pcm: list[np.ndarray], rounds: int) -> float:
     from gateway.pipeline.tts import TTS
     from gateway.records import CallRecord
 
-    calls: list[Call] = []
-
-    def run() -> int:
-        # A fresh call and session each round: the segmenter learns the room anew.
+    # A fresh call and session each round (the segmenter learns the room anew),
+    # made before the clock starts: an RTCPeerConnection is no per-frame cost.
+    sessions: list[tuple[Call, BotSession]] = []
+    for _ in range(rounds):
         call = Call(CallRecord("wacid.bench", Direction.USER_INITIATED, "1555"), graph=None)  # type: ignore[arg-type]
-        calls.append(call)
         session = BotSession(call, EchoBot(), cast(TTS, None))  # the echo bot never speaks
         call.frame_listeners.append(session._on_frame)
+        sessions.append((call, session))
+
+    def run() -> int:
+        call, session = sessions.pop()
         on_frame = call._on_frame
         for frame in pcm:
             on_frame(frame)
