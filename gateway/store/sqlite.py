@@ -74,6 +74,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
+# SQLite's page cache, in KiB (a negative cache_size): SQLite's default, set here
+# because the memory it bounds is real. Records and dedupe keys are kept for the
+# retention, so the database grows about 1 KB per call and the cache with it until
+# it holds this much; then it stays there (tests/test_faults_slow.py measures it).
+CACHE_KIB = 2000
+
 
 class SQLiteStore:
     """:class:`~gateway.store.base.Store` on SQLite in ``data_dir``."""
@@ -94,7 +100,12 @@ class SQLiteStore:
         try:
             self._lock_fd = await asyncio.to_thread(self._lock_dir)
             self._db = await aiosqlite.connect(self.path, isolation_level=None)
-            for pragma in ("journal_mode=WAL", "synchronous=FULL", "busy_timeout=5000"):
+            for pragma in (
+                "journal_mode=WAL",
+                "synchronous=FULL",
+                "busy_timeout=5000",
+                f"cache_size=-{CACHE_KIB}",
+            ):
                 await self._db.execute(f"PRAGMA {pragma}")
             await self._migrate()
         except (OSError, sqlite3.Error) as exc:
