@@ -1,4 +1,7 @@
-"""The C part of the media path (gateway/media/_rtp.c); everything else is in pyproject.toml."""
+"""The C parts: the media path (gateway/media/_rtp.c) and the VAD step (gateway/pipeline/_vadstep.c).
+
+Everything else is in pyproject.toml.
+"""
 
 from setuptools import Extension, setup
 
@@ -13,7 +16,12 @@ EXTENSIONS = [
             "-Wno-unused-parameter",
             "-Wno-missing-field-initializers",  # CPython's own tables end with {NULL}
         ],
-    )
+    ),
+    Extension(
+        "gateway.pipeline._vadstep",
+        ["gateway/pipeline/_vadstep.c"],
+        extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-missing-field-initializers"],
+    ),
 ]
 
 if __name__ == "__main__":  # not when benchmarks/cpu_ab.py reads EXTENSIONS

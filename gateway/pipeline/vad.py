@@ -2,8 +2,9 @@
 
 :class:`VadSegmenter` runs in the media callback, once per frame, so it is built
 to cost a few microseconds a frame: the start window is a bit mask, recent audio
-lives in a fixed ring (which WebRTC's VAD reads), the frame's level is one numpy
-product into preallocated buffers, and the open utterance is one reusable buffer.
+lives in a fixed ring (which WebRTC's VAD reads), the ring copy, WebRTC's VAD and
+the frame's level are one compiled call (:mod:`gateway.pipeline.vadstep`), and
+the open utterance is one reusable buffer.
 
 Times (``at_ms`` and friends) count from the first frame the segmenter was given
 (or from the last :meth:`VadSegmenter.reset`) and are multiples of 20 ms. Its
@@ -30,6 +31,7 @@ from .turns import (
     VadConfig,
     VadEvent,
 )
+from .vadstep import LEVEL_NONE, LEVEL_POWER, LEVEL_VARIANCE, make_step
 
 __all__ = [
     "FRAME_MS",
@@ -66,11 +68,6 @@ _TAIL_DB: Final = 2.0  # the soft end of a loud frame, just above the room, stil
 
 _INT16: Final = np.dtype(np.int16)
 _NO_SAMPLES: Final = np.zeros(0, np.int16)  # never written: any append grows it first
-_SHAPE: Final = (FRAME_SAMPLES,)
-_log10: Final = math.log10
-# WebRTC's VAD through its C function: ``Vad.is_speech`` is a Python wrapper that
-# re-checks the length push() already checked, ~0.7 us of a frame's ~6.
-_vad_process: Final = webrtcvad._webrtcvad.process
 
 
 def _frames(ms: int) -> int:
@@ -91,17 +88,14 @@ class VadSegmenter:
         # The ring must reach back over the start window and the pre-roll before it.
         self._ring = np.zeros((cfg.start_window_frames + self._pre_roll, FRAME_SAMPLES), np.int16)
         self._ring_rows = len(self._ring)
-        # WebRTC's VAD reads each frame from its ring row, through byte views made once.
-        self._ring_bytes = [row.data.cast("B") for row in self._ring]
         # Grown by doubling from 1 s up to the longest possible utterance; reused for
         # the next turn up to 1 s, beyond that let go when the turn ends (see _close).
         self._buf = _NO_SAMPLES
-        # Row 0 takes the frame, row 1 is ones: one product gives sum of squares and sum.
-        self._sums_in = np.ones((2, FRAME_SAMPLES), np.float32)
-        self._head = self._sums_in[0]
-        self._sums = np.zeros(2, np.float32)
         self._gated = cfg.level_gate or cfg.voice_gate
         self._voice = cfg.voice_gate
+        # The voice gate reads the frame's variance, not its power: rumble below 50 Hz
+        # (most of pink noise's power, none of a voice's) moves a frame's mean, not its variance.
+        self._level = LEVEL_VARIANCE if self._voice else LEVEL_POWER if self._gated else LEVEL_NONE
         self._voice_margin = float(cfg.voice_margin_db)
         self._floor_margin = float(cfg.floor_margin_db)
         self._start_voiced = cfg.start_voiced_frames
@@ -162,31 +156,20 @@ class VadSegmenter:
         self._loudest = -math.inf
         # The VAD's noise model belongs to the audio it has seen.
         self._vad = webrtcvad.Vad(self.config.aggressiveness)
-        self._vad_handle = self._vad._vad
+        # Ring copy, WebRTC's VAD and the level in one call (it holds the ring and the VAD).
+        self._frame_step = make_step(self._ring, self._vad, self._level)
 
     def push(self, frame: PCM) -> list[VadEvent]:
         """Process one 320-sample int16 frame; return the events it caused (usually none)."""
-        if (frame.dtype is not _INT16 and frame.dtype != _INT16) or frame.shape != _SHAPE:
+        index = self._index
+        try:
+            voiced, db = self._frame_step(frame, index % self._ring_rows)
+        except ValueError:
             raise GatewayError(
                 f"VAD frames must be {FRAME_SAMPLES} int16 samples (20 ms at 16 kHz), "
-                f"got shape {frame.shape} {frame.dtype}"
-            )
-        index = self._index
+                f"got shape {getattr(frame, 'shape', None)} {getattr(frame, 'dtype', type(frame))}"
+            ) from None
         self._index = index + 1
-        slot = index % self._ring_rows
-        self._ring[slot] = frame  # a contiguous copy, whatever the frame's strides
-        voiced = _vad_process(self._vad_handle, SAMPLE_RATE, self._ring_bytes[slot], FRAME_SAMPLES)
-        if not self._gated:
-            return self._step(index, frame, voiced, 0.0)
-        # The level in dB: one matrix-vector product gives the sum of squares and the sum.
-        self._head[:] = frame  # int16 to float32, exact (cheaper than np.copyto's dispatch)
-        np.dot(self._sums_in, self._head, out=self._sums)
-        power, total = self._sums.tolist()
-        if self._voice:
-            # The frame's variance, not its power: rumble below 50 Hz (most of pink
-            # noise's power, none of a voice's) moves a frame's mean, not its variance.
-            power -= total * total / FRAME_SAMPLES
-        db = 10.0 * _log10(power / FRAME_SAMPLES + 1.0)
         if self._learning:
             return self._learn(index, frame, voiced, db)
         return self._step(index, frame, voiced, db)
