@@ -183,3 +183,13 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises((ValueError, BufferError)):  # read-only: the step writes the ring
         ring.flags.writeable = False
         VadStep(ring, vadstep._process(), vad, LEVEL_POWER)
+
+
+def test_webrtcs_vad_is_the_wheels_own_copy() -> None:
+    # The address handed to the C step lies in the one mapping of _webrtcvad: no second library.
+    address = vadstep._process()
+    maps = [line.split() for line in Path("/proc/self/maps").read_text().splitlines()]
+    mapped = [fields for fields in maps if fields[-1] == webrtcvad._webrtcvad.__file__]
+    assert len({fields[-1] for fields in maps if "_webrtcvad" in fields[-1]}) == 1
+    spans = [tuple(int(x, 16) for x in fields[0].split("-")) for fields in mapped]
+    assert any(start <= address < end for start, end in spans)
