@@ -34,7 +34,7 @@ from aiortc import (
     RTCRtpReceiver,
 )
 from aiortc.rtp import RtpPacket
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 from pylibsrtp import Policy, Session
@@ -264,6 +264,8 @@ async def test_unusual_streams_take_the_python_path_with_the_same_result(
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from([111, 111, 111, 126, 0]), st.integers(-1, 24))))
+# Found by hypothesis: a loss after audio the compiled path decoded is concealed, not silent.
+@example([(111, -1), (111, 2), (111, -1)])
 def test_any_arrival_order_gives_what_the_python_path_gives(
     events: list[tuple[int, int]],
 ) -> None:

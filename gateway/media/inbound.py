@@ -465,6 +465,7 @@ class InboundAudio:
         if played is not None:
             self._jitter.played(*played)
             self._dtmf_since_audio = False
+            self._decoder.note_decoded()  # a loss after it is concealed, not silenced
 
     def _release(self) -> None:
         self._release_timer = None

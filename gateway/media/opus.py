@@ -189,6 +189,11 @@ class OpusDecoder:
         self._started = True
         return self._pcm[:n].copy()
 
+    def note_decoded(self) -> None:
+        """Record that a packet was decoded on this state elsewhere (the compiled path,
+        :mod:`gateway.media.native`), so :meth:`conceal` continues from it."""
+        self._started = True
+
     def conceal(self) -> PCM:
         """320 samples to stand in for one lost 20 ms packet.
 
