@@ -49,6 +49,15 @@ def silero_segmenter(
     mean-square dB of int16 samples, close for speech).
     """
     seg = VadSegmenter(VadConfig(level_gate=False, voice_gate=False, **config))
-    seg._vad = SileroFrames(threshold, min_volume_db)  # type: ignore[assignment]
+    silero = SileroFrames(threshold, min_volume_db)
+    ring_and_level = seg._frame_step  # the segmenter's own per-frame step (ring copy, level)
+
+    def silero_step(frame: np.ndarray, slot: int) -> tuple[bool, float]:
+        # Silero's verdict in place of WebRTC's: the segmenter decides voiced frames
+        # through this one step (compiled or not), so that is where to stand in.
+        _, db = ring_and_level(frame, slot)
+        return silero.is_speech(memoryview(frame).cast("B"), 16000), db
+
+    seg._frame_step = silero_step  # type: ignore[method-assign,assignment]
     # reset() would bring WebRTC's VAD back; the benchmark makes a fresh one per run.
     return seg
