@@ -25,7 +25,8 @@ from numpy.typing import NDArray
 from gateway.media.audio import FRAME_SAMPLES, frame_rms, load_wav
 from gateway.media.dtmf import DtmfSender, add_telephone_event_codec, encode_digit
 from gateway.media.ice import use_host_addresses
-from gateway.media.inbound import InboundAudio, JitterBuffer
+from gateway.media.inbound import InboundAudio
+from gateway.media.jitter import JitterBuffer
 from gateway.media.opus import ENCODER_DELAY, OpusDecoder, OpusEncoder
 from gateway.media.playout import PlayoutTrack
 

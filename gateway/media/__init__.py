@@ -22,7 +22,8 @@ from gateway.media.dtmf import (
     parse_event,
 )
 from gateway.media.ice import use_host_addresses
-from gateway.media.inbound import InboundAudio, InboundStats, JitterBuffer
+from gateway.media.inbound import InboundAudio, InboundStats
+from gateway.media.jitter import JitterBuffer
 from gateway.media.opus import OpusDecoder, OpusEncoder, packet_duration, silence_packet
 from gateway.media.playout import Playback, PlayoutStats, PlayoutTrack
 
