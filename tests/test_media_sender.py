@@ -18,7 +18,8 @@ from aiortc.rtcrtpparameters import (
 
 from gateway.media.frameclock import frame_clock
 from gateway.media.playout import PlayoutTrack
-from gateway.media.sender import PlayoutSender, ntp_time
+from gateway.media.rtp import ntp_time
+from gateway.media.sender import PlayoutSender
 
 MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
 AUDIO_LEVEL = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"

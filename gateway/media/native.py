@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import struct
 import time
 from typing import Any, Final, TypeAlias
 
 from aiortc.rtcrtpreceiver import StreamStatistics
 
 from gateway.media import libopus
+from gateway.media.rtp import HEADER, ntp_time
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ except ImportError:  # pragma: no cover - another pylibsrtp layout
     _binding = None
 
 OPUS_RATE: Final = 48000
-_NTP_UNIX_OFFSET: Final = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
 
 
 def available() -> bool:
@@ -130,8 +129,6 @@ class PythonOutbound:
     It never sends itself: every packet goes back to the caller in clear.
     """
 
-    _HEADER: Final = struct.Struct("!BBHII")
-
     def __init__(
         self,
         transport: object,
@@ -152,14 +149,12 @@ class PythonOutbound:
 
     def send(self, payload: bytes, pts: int) -> bytes | None:
         timestamp = (self._origin + pts) & 0xFFFFFFFF
-        header = self._HEADER.pack(
-            self._first, self._second, self.sequence_number, timestamp, self._ssrc
-        )
+        header = HEADER.pack(self._first, self._second, self.sequence_number, timestamp, self._ssrc)
         self.sequence_number = (self.sequence_number + 1) & 0xFFFF
         self.packets += 1
         self.octets += len(payload)
         self.rtp_timestamp = timestamp
-        self.ntp_timestamp = int((time.time() + _NTP_UNIX_OFFSET) * (1 << 32))
+        self.ntp_timestamp = ntp_time(time.time())
         return header + self._extensions + payload
 
 

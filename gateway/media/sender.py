@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 from typing import Any, Final
 
 from aiortc import RTCRtpSender
@@ -54,18 +53,10 @@ from aiortc.utils import random32
 from gateway.media import native
 from gateway.media.frameclock import frame_clock
 from gateway.media.playout import PlayoutTrack
+from gateway.media.rtp import HEADER
 from gateway.media.transport import CallTransport
 
 logger = logging.getLogger(__name__)
-
-_HEADER: Final = struct.Struct("!BBHII")
-_NTP_UNIX_OFFSET: Final = 2208988800  # seconds from 1900 (NTP) to 1970 (Unix)
-_NTP_SCALE: Final = 1 << 32
-
-
-def ntp_time(unix_seconds: float) -> int:
-    """64-bit NTP timestamp (RFC 3550 4) of a Unix time."""
-    return int((unix_seconds + _NTP_UNIX_OFFSET) * _NTP_SCALE)
 
 
 def _report_field(mangled: str, name: str) -> Any:
@@ -149,7 +140,7 @@ class PlayoutSender(RTCRtpSender):
             serialized.append(packet.serialize(extensions_map))
         if serialized[0] != serialized[1]:
             return None  # abs-send-time negotiated: aiortc's loop computes it per packet
-        return serialized[0][_HEADER.size :]
+        return serialized[0][HEADER.size :]
 
     async def _run_playout(self, track: PlayoutTrack, payload_type: int, extensions: bytes) -> None:
         """Send from the frame clock's tick until the track ends or the task is cancelled.

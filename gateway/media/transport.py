@@ -38,10 +38,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from typing import Any
 
 import pylibsrtp
 from aioice.ice import CandidatePair, StunProtocol
@@ -51,12 +50,10 @@ from aiortc.rtp import RtpPacket
 
 from gateway.media import native
 from gateway.media.native import _rtp
+from gateway.media.rtp import HEADER, NTP_UNIX_OFFSET
 from gateway.media.srtp import SrtpCalls, srtp_calls
 
 logger = logging.getLogger(__name__)
-
-_HEADER: Final = struct.Struct("!BBHII")
-_NTP_UNIX_OFFSET: Final = 2208988800  # aiortc's arrival times count from 1900 (NTP)
 
 
 class InboundPacket:
@@ -90,12 +87,12 @@ class InboundPacket:
 
 def parse_inbound(data: bytes) -> InboundPacket:
     """Read an RTP packet's header and payload; ValueError if it is malformed."""
-    if len(data) < _HEADER.size:
+    if len(data) < HEADER.size:
         raise ValueError("RTP packet length is less than 12 bytes")
-    first, second, sequence_number, timestamp, ssrc = _HEADER.unpack_from(data)
+    first, second, sequence_number, timestamp, ssrc = HEADER.unpack_from(data)
     if first >> 6 != 2:
         raise ValueError("RTP packet has invalid version")
-    start = _HEADER.size + 4 * (first & 0x0F)  # CSRCs
+    start = HEADER.size + 4 * (first & 0x0F)  # CSRCs
     if first & 0x10:  # header extension: 16-bit profile, 16-bit length in words
         if len(data) < start + 4:
             raise ValueError("RTP packet has truncated extension profile / length")
@@ -338,7 +335,7 @@ class CallTransport(RTCDtlsTransport):
         except pylibsrtp.Error as exc:
             logger.debug("x SRTP unprotect failed: %s", exc)
             return
-        arrival_time_ms = int((time.time() + _NTP_UNIX_OFFSET) * 1000)
+        arrival_time_ms = int((time.time() + NTP_UNIX_OFFSET) * 1000)
         later = self._deliver(data, arrival_time_ms)
         if later is not None:
             self._spawn(later)
