@@ -8,10 +8,13 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import aioice.ice
 import pytest
 import pytest_asyncio
 
 from gateway.calls import CallState, SessionFactory
+from gateway.media.dtmf import add_telephone_event_codec
+from gateway.media.ice import use_host_addresses
 from gateway.sandbox.cloud import CloudAPISandbox
 from gateway.sandbox.stack import LocalStack, start_local_stack
 from gateway.sandbox.user import SimulatedUser, UserCall
@@ -65,6 +68,19 @@ async def start_stack(
 async def stop_stack(stack: Stack) -> None:
     """Stop both sides."""
     await stack.aclose()
+
+
+@pytest.fixture
+def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Raw aiortc peers gather host candidates on 127.0.0.1 only (restored after the test)."""
+    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
+    use_host_addresses(["127.0.0.1"])
+
+
+@pytest.fixture
+def telephone_events() -> None:
+    """aiortc offers RFC 4733 telephone-event, as the gateway's peers do (idempotent)."""
+    add_telephone_event_codec()
 
 
 @pytest.fixture

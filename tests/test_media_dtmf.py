@@ -6,7 +6,6 @@ import asyncio
 import re
 from typing import cast
 
-import aioice.ice
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.codecs import CODECS
@@ -21,7 +20,6 @@ from gateway.media.dtmf import (
     encode_digit,
     parse_event,
 )
-from gateway.media.ice import use_host_addresses
 from gateway.media.playout import PlayoutTrack
 
 from .contract import meta_offer
@@ -138,12 +136,6 @@ def test_detector_refuses_invalid_payloads() -> None:
 
 
 # --- negotiation ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def loopback(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
-    use_host_addresses(["127.0.0.1"])
 
 
 def test_add_telephone_event_codec_is_idempotent() -> None:

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-import aioice.ice
 import numpy as np
 import pytest
 from aiortc import (
@@ -23,8 +21,7 @@ from aiortc.rtp import RtpPacket
 from numpy.typing import NDArray
 
 from gateway.media.audio import FRAME_SAMPLES, frame_rms, load_wav
-from gateway.media.dtmf import DtmfSender, add_telephone_event_codec, encode_digit
-from gateway.media.ice import use_host_addresses
+from gateway.media.dtmf import DtmfSender, encode_digit
 from gateway.media.inbound import InboundAudio
 from gateway.media.jitter import JitterBuffer
 from gateway.media.opus import ENCODER_DELAY, OpusDecoder, OpusEncoder
@@ -365,15 +362,7 @@ async def test_detach_gives_packets_back(opus: list[bytes]) -> None:
 # --- two real peers over loopback ---------------------------------------------------
 
 
-@pytest.fixture
-def loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
-    use_host_addresses(["127.0.0.1"])
-    add_telephone_event_codec()
-    yield
-
-
-@pytest.mark.usefixtures("loopback")
+@pytest.mark.usefixtures("loopback", "telephone_events")
 async def test_speech_and_dtmf_between_two_peers(speech: NDArray[np.int16]) -> None:
     caller = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     gateway = RTCPeerConnection(RTCConfiguration(iceServers=[]))

@@ -15,12 +15,10 @@ import asyncio
 import functools
 import re
 import socket
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import aioice.ice
 import numpy as np
 import pylibsrtp
 import pytest
@@ -41,8 +39,7 @@ from pylibsrtp import Policy, Session
 
 from gateway.media import native
 from gateway.media.audio import FRAME_SAMPLES, load_wav
-from gateway.media.dtmf import DtmfSender, add_telephone_event_codec, encode_digit
-from gateway.media.ice import use_host_addresses
+from gateway.media.dtmf import DtmfSender, encode_digit
 from gateway.media.inbound import InboundAudio
 from gateway.media.opus import OpusEncoder, packet_duration
 from gateway.media.playout import PlayoutTrack
@@ -547,15 +544,7 @@ async def test_frames_decoded_in_c_are_fresh_arrays(opus: list[bytes]) -> None:
 # --- both directions between two real peers ----------------------------------------------
 
 
-@pytest.fixture
-def loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
-    use_host_addresses(["127.0.0.1"])
-    add_telephone_event_codec()
-    yield
-
-
-@pytest.mark.usefixtures("loopback")
+@pytest.mark.usefixtures("loopback", "telephone_events")
 async def test_speech_and_dtmf_through_the_compiled_path_both_ways() -> None:
     """A PlayoutSender on a CallTransport sends through the C route (and through the
     Python path while DTMF rewrites packets); the other side's CallTransport decodes in

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Iterator
 from typing import Any
 
 import aioice.ice
@@ -19,7 +18,6 @@ from numpy.typing import NDArray
 
 from gateway.media import native
 from gateway.media.audio import FRAME_SAMPLES
-from gateway.media.ice import use_host_addresses
 from gateway.media.inbound import InboundAudio
 from gateway.media.native import NativeStreamStatistics
 from gateway.media.opus import OpusDecoder, OpusEncoder
@@ -108,13 +106,6 @@ def test_only_aiortcs_own_transport_is_adopted() -> None:
 
 
 # --- a real aiortc peer over loopback: the synchronous receive path -------------------
-
-
-@pytest.fixture
-def loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(aioice.ice, "get_host_addresses", aioice.ice.get_host_addresses)
-    use_host_addresses(["127.0.0.1"])
-    yield
 
 
 def speech_packets(count: int) -> list[bytes]:
