@@ -242,7 +242,7 @@ class CallTransport(RTCDtlsTransport):
         rx, tx = native.srtp_session(self._rx_srtp), native.srtp_session(self._tx_srtp)
         if unprotect and rx:
             self._native_in = _rtp.Inbound(
-                unprotect, rx, self._rx_srtp, self._from_native, _log_inbound_error
+                unprotect, rx, self._rx_srtp, self._from_unprotected, _log_inbound_error
             )
         pair = self._nominated.get(1)  # rtcp-mux: one component
         if not (protect and tx) or pair is None or type(pair.protocol) is not StunProtocol:
@@ -283,8 +283,9 @@ class CallTransport(RTCDtlsTransport):
         if self._route is not None and not buffered:
             self._route.backlog = False  # asyncio's buffer is empty: sendto straight again
 
-    def _from_native(self, data: bytes, arrival_time_ms: int) -> None:
-        """A decrypted RTP packet the compiled path does not take itself."""
+    def _from_unprotected(self, data: bytes, arrival_time_ms: int) -> None:
+        """A decrypted RTP packet, from the Python path or one the compiled path
+        does not take itself: handed on now, or in a task for aiortc's receivers."""
         later = self._deliver(data, arrival_time_ms)
         if later is not None:
             self._spawn(later)
@@ -335,10 +336,7 @@ class CallTransport(RTCDtlsTransport):
         except pylibsrtp.Error as exc:
             logger.debug("x SRTP unprotect failed: %s", exc)
             return
-        arrival_time_ms = int((time.time() + NTP_UNIX_OFFSET) * 1000)
-        later = self._deliver(data, arrival_time_ms)
-        if later is not None:
-            self._spawn(later)
+        self._from_unprotected(data, int((time.time() + NTP_UNIX_OFFSET) * 1000))
 
     async def _handle_rtp_data(self, data: bytes, arrival_time_ms: int) -> None:
         # aiortc's task path: packets that came before the fast path was on.
