@@ -208,7 +208,8 @@ async def test_sqlite_keeps_everything_across_reopen(tmp_path: Path) -> None:
     entries = await store.journal([connect(), terminate()])
     await store.mark_handled(entries[0].id)
     await store.save_call(CallRecord("wacid.A", Direction.USER_INITIATED, "1555"))
-    await store.save_permission_reply(reply())
+    saved = reply()  # its timestamp is now: build it once, or a second may tick between
+    await store.save_permission_reply(saved)
     await store.close()
 
     again = SQLiteStore(tmp_path)
@@ -217,7 +218,7 @@ async def test_sqlite_keeps_everything_across_reopen(tmp_path: Path) -> None:
         assert [e.event for e in await again.unhandled()] == [terminate()]
         assert await again.journal([connect()]) == []
         assert [r.call_id for r in await again.live_calls()] == ["wacid.A"]
-        assert await again.permission_reply("15551230002") == reply()
+        assert await again.permission_reply("15551230002") == saved
     finally:
         await again.close()
 
