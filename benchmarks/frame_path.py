@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -46,7 +47,7 @@ import numpy as np
 import webrtcvad
 
 from gateway.media.audio import FRAME_SAMPLES, SAMPLE_RATE, load_wav
-from gateway.media.opus import OpusEncoder
+from gateway.media.opus import OpusDecoder, OpusEncoder
 from gateway.media.playout import PlayoutTrack
 from gateway.pipeline.vad import VadSegmenter
 
@@ -55,11 +56,15 @@ SPEECH = ["cards-001", "cards-002", "cards-003", "cards-004", "cards-005", "gofo
 TICK = FRAME_SAMPLES / SAMPLE_RATE
 
 
-def frames(repeat: int) -> list[np.ndarray]:
+def frames(repeat: int) -> list[Any]:
     """The recordings' whole frames, one after another, each its own array (as decoded)."""
     pcm = np.concatenate([load_wav(AUDIO / f"{name}.wav") for name in SPEECH * repeat])
     n = len(pcm) // FRAME_SAMPLES
-    return [row.copy() for row in pcm[: n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES)]
+    rows = [row.copy() for row in pcm[: n * FRAME_SAMPLES].reshape(n, FRAME_SAMPLES)]
+    # As the decoder hands them on: numpy arrays before gateway/media/pcm.py, array('h') since.
+    if not isinstance(OpusDecoder().conceal(), np.ndarray):
+        return [array("h", row.tobytes()) for row in rows]
+    return rows
 
 
 def best_us(run: Callable[[], int], rounds: int) -> float:

@@ -20,8 +20,9 @@ import av
 import numpy as np
 
 from gateway.errors import AudioFileError
-from gateway.media.audio import FRAME_SAMPLES, PCM, load_wav
+from gateway.media.audio import FRAME_SAMPLES, load_wav
 from gateway.media.opus import OpusDecoder, OpusEncoder
+from gateway.media.pcm import Int16Array as PCM
 
 AUDIO = Path(__file__).resolve().parent / ".." / ".." / "shared" / "audio"
 PASSES = 5

@@ -9,8 +9,8 @@ class EchoBot(BaseBot):
     """Repeats what the caller says; a test of the whole media path."""
 
     async def on_utterance(self, call: CallControl, utterance: Utterance) -> None:
-        """Play the caller's own words back."""
-        await call.play(utterance.pcm, label="echo")
+        """Play the caller's own words back (as ``array('h')``: no numpy on this path)."""
+        await call.play(utterance.audio, label="echo")
 
     async def on_dtmf(self, call: CallControl, digit: str) -> None:
         """``#`` ends the call politely."""

@@ -68,6 +68,36 @@ async def test_echo_bot_hangs_up_on_hash(echo_stack: Stack) -> None:
     assert record.end_reason == "caller pressed #"
 
 
+class NumpyEcho(BaseBot):
+    """A plugin written against the numpy API: reads ``Utterance.pcm``, plays an ndarray."""
+
+    seen: list[tuple[np.ndarray, bytes]] = []
+
+    async def on_utterance(self, call: CallControl, utterance: Utterance) -> None:
+        pcm = utterance.pcm
+        NumpyEcho.seen.append((pcm, bytes(utterance.audio)))
+        await call.play(pcm.astype(np.float32) * 0.5, label="numpy echo")  # converted, as ever
+
+
+async def test_a_bot_reading_utterance_pcm_gets_int16_samples_on_a_real_call() -> None:
+    NumpyEcho.seen = []
+    stack = await start_stack(session=session_factory(NumpyEcho, default_tts()))
+    try:
+        call = await _call(stack)
+        speech = load_wav(AUDIO / "cards-005.wav")
+        await call.play(speech).wait()
+        await asyncio.sleep(len(speech) / 16000 + 1.5)
+        assert len(NumpyEcho.seen) == 1
+        pcm, raw = NumpyEcho.seen[0]
+        assert isinstance(pcm, np.ndarray) and pcm.dtype == np.int16 and pcm.ndim == 1
+        assert pcm.tobytes() == raw and len(pcm) > 16000  # the utterance's own samples
+        corr, _ = find_in(call.heard, (speech // 2).astype(np.int16))
+        assert corr > 0.85, corr  # the float array the bot made was played
+        await call.hang_up()
+    finally:
+        await stop_stack(stack)
+
+
 class Lecturer(BaseBot):
     """Talks for a long time; records what barge-in cut."""
 

@@ -1,6 +1,7 @@
 """A gateway loads only what its bot and settings use: no speech models (pocketsphinx,
-eSpeak NG, Whisper) nor LLM client for the echo bot at start-up, and no cluster, API,
-dashboard, recording or event-outbox code unless configured."""
+eSpeak NG, Whisper) nor LLM client for the echo bot at start-up, no numpy for a call
+the echo bot answers, and no cluster, API, dashboard, recording or event-outbox code
+unless configured."""
 
 from __future__ import annotations
 
@@ -129,7 +130,10 @@ NOT_FOR_ECHO = (
     "gateway.loadtest",
     "click",  # httpx's command-line client
     "pygments",
-    "numpy.ma",  # numpy.quantile's, once used for the loop-lag quantiles
+    # The PCM path (decode, VAD, utterance, echo, playout, encode) is array('h') and
+    # memoryviews (gateway/media/pcm.py); numpy loads only for WAV files, TTS, ASR,
+    # a bot reading Utterance.pcm. Covers numpy.ma (once the loop-lag quantiles').
+    "numpy",
     # aioice's mDNS (peers' .local candidates; Meta's are public): loaded, not run
     "dns.message",
     "dns.zone",
@@ -157,7 +161,7 @@ async def test_serve_with_the_echo_bot_imports_only_what_it_runs(tmp_path: Path)
     modules = probe["ran"]
     assert "gateway.calls" in modules and "bots.echo" in modules
     assert "aioice.mdns" in modules and "dns.message" in probe["deferred"]
-    assert probe["native threads"] == 0  # OPENBLAS_NUM_THREADS=1: no BLAS thread pool
+    assert probe["native threads"] == 0  # no BLAS thread pool (and no numpy at all)
     loaded = [
         name
         for name in modules

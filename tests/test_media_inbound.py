@@ -188,7 +188,7 @@ def opus(speech: NDArray[np.int16]) -> list[bytes]:
 @pytest.fixture(scope="module")
 def reference(opus: list[bytes]) -> list[NDArray[np.int16]]:
     decoder = OpusDecoder()
-    return [decoder.decode(p).copy() for p in opus]
+    return [np.array(decoder.decode(p)) for p in opus]
 
 
 class Inbound:
@@ -291,7 +291,7 @@ async def test_lost_packet_is_concealed_and_timing_recovers(
     assert lag[33:] == [0] * 27
     assert len(inbound.frames) == 60
     assert np.array_equal(inbound.frames[29], reference[29])
-    assert inbound.frames[30].any()  # concealment continues the voice
+    assert any(inbound.frames[30])  # concealment continues the voice
     await inbound.send_audio(opus[30], 30)  # arrives after it was given up
     stats = inbound.audio.stats
     assert (stats.lost, stats.concealed, stats.late) == (1, 1, 1)

@@ -19,12 +19,13 @@ from gateway.media.opus import (
     packet_duration,
     silence_packet,
 )
+from gateway.media.pcm import PCM
 
 AUDIO = Path(__file__).resolve().parent / ".." / ".." / "shared" / "audio"
 
 
-def rms(pcm: NDArray[np.int16]) -> float:
-    return float(np.sqrt(np.mean(pcm.astype(np.float64) ** 2)))
+def rms(pcm: NDArray[np.int16] | PCM) -> float:
+    return float(np.sqrt(np.mean(np.asarray(pcm, dtype=np.float64) ** 2)))
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +170,7 @@ def test_corrupt_and_empty_payloads_raise_and_leave_the_decoder_usable(
 def test_conceal_before_any_packet_is_silence() -> None:
     out = OpusDecoder().conceal()
     assert len(out) == FRAME_SAMPLES
-    assert not out.any()
+    assert not any(out)
 
 
 def test_conceal_continues_the_voice_then_fades(packets: list[bytes]) -> None:
@@ -218,7 +219,7 @@ def test_closed_codecs_refuse_work(packets: list[bytes]) -> None:
         encoder.encode(np.zeros(FRAME_SAMPLES, dtype=np.int16))
     with pytest.raises(ValueError):
         decoder.decode(packets[1])
-    assert not decoder.conceal().any()
+    assert not any(decoder.conceal())
 
 
 def test_encoding_and_decoding_leak_nothing_per_frame() -> None:

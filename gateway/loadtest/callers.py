@@ -15,11 +15,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 from aiortc.rtp import RtpPacket
 
 from .. import rtc
 from ..media.inbound import InboundAudio
+from ..media.pcm import PCM
 from ..media.transport import InboundPacket
 from ..sandbox.cloud import CloudAPISandbox
 from ..sandbox.user import SimulatedUser, UserCall
@@ -90,7 +90,7 @@ class _PacketCounter(InboundAudio):
         return fut
 
 
-def _ignore(frame: np.ndarray) -> None:
+def _ignore(frame: PCM) -> None:
     pass
 
 

@@ -1,9 +1,11 @@
-"""The pipeline's audio format, and WAV files in and out of it.
+"""WAV files in and out of the pipeline's audio format (:mod:`gateway.media.pcm`).
 
-Everything past the media module speaks one format: 16 kHz, mono, int16 numpy
-arrays, cut into 20 ms frames of 320 samples. :func:`load_wav` turns any PCM or
-float WAV into that format (downmix, resample) and refuses broken files with an
+Everything past the media module speaks one format: 16 kHz, mono, int16, cut
+into 20 ms frames of 320 samples. :func:`load_wav` turns any PCM or float WAV
+into that format (downmix, resample) and refuses broken files with an
 :class:`~gateway.errors.AudioFileError` that says what is wrong with them.
+The WAV functions work in numpy, imported when one is first called: a gateway
+that never reads a WAV file (the echo bot) never loads it.
 """
 
 from __future__ import annotations
@@ -15,20 +17,25 @@ import struct
 import wave
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Final, TypeAlias
-
-import av
-import numpy as np
-from numpy.typing import NDArray
+from typing import TYPE_CHECKING, BinaryIO, Final
 
 from gateway.errors import AudioFileError
+from gateway.media.pcm import FRAME_MS, FRAME_SAMPLES, SAMPLE_RATE, Int16Array
 
-SAMPLE_RATE: Final = 16000
-FRAME_MS: Final = 20
-FRAME_SAMPLES: Final = SAMPLE_RATE * FRAME_MS // 1000
+if TYPE_CHECKING:
+    import av
+    import numpy as np
+    from numpy.typing import NDArray
 
-PCM: TypeAlias = NDArray[np.int16]
-"""16 kHz mono int16 samples."""
+__all__ = [
+    "FRAME_MS",
+    "FRAME_SAMPLES",
+    "SAMPLE_RATE",
+    "frame_rms",
+    "frames",
+    "load_wav",
+    "save_wav",
+]
 
 _WAVE_FORMAT_PCM: Final = 0x0001
 _WAVE_FORMAT_IEEE_FLOAT: Final = 0x0003
@@ -44,7 +51,7 @@ _FORMAT_NAMES: Final = {
 }
 
 
-def load_wav(path: str | os.PathLike[str]) -> PCM:
+def load_wav(path: str | os.PathLike[str]) -> Int16Array:
     """Read a WAV file as 16 kHz mono int16 samples.
 
     Accepts 8/16/24/32-bit integer PCM and 32/64-bit float, any sample rate and
@@ -68,8 +75,10 @@ def load_wav(path: str | os.PathLike[str]) -> PCM:
     return pcm
 
 
-def save_wav(path: str | os.PathLike[str], pcm: PCM, sample_rate: int = SAMPLE_RATE) -> None:
+def save_wav(path: str | os.PathLike[str], pcm: Int16Array, sample_rate: int = SAMPLE_RATE) -> None:
     """Write int16 mono samples as a 16-bit PCM WAV file."""
+    import numpy as np
+
     samples = np.asarray(pcm)
     if samples.dtype != np.int16 or samples.ndim != 1:
         raise ValueError(f"expected 1-D int16 samples, got {samples.ndim}-D {samples.dtype}")
@@ -84,8 +93,10 @@ def save_wav(path: str | os.PathLike[str], pcm: PCM, sample_rate: int = SAMPLE_R
         raise AudioFileError(name, f"cannot write the file: {exc.strerror or exc}") from exc
 
 
-def frames(pcm: PCM) -> Iterator[PCM]:
+def frames(pcm: Int16Array) -> Iterator[Int16Array]:
     """Cut samples into 320-sample frames: views of ``pcm``, the last one zero-padded."""
+    import numpy as np
+
     whole = len(pcm) - len(pcm) % FRAME_SAMPLES
     for start in range(0, whole, FRAME_SAMPLES):
         yield pcm[start : start + FRAME_SAMPLES]
@@ -95,8 +106,10 @@ def frames(pcm: PCM) -> Iterator[PCM]:
         yield last
 
 
-def frame_rms(pcm: PCM) -> NDArray[np.float32]:
+def frame_rms(pcm: Int16Array) -> NDArray[np.float32]:
     """RMS level of each whole 20 ms frame (a trailing partial frame is left out)."""
+    import numpy as np
+
     n = len(pcm) // FRAME_SAMPLES
     whole = pcm[: n * FRAME_SAMPLES].astype(np.float32).reshape(n, FRAME_SAMPLES)
     rms: NDArray[np.float32] = np.sqrt((whole**2).mean(axis=1))
@@ -246,7 +259,9 @@ def _parse_fmt(name: str, body: bytes) -> _WavFormat:
 # --- conversion ----------------------------------------------------------------------
 
 
-def _to_pipeline_format(fmt: _WavFormat, data: bytes) -> PCM:
+def _to_pipeline_format(fmt: _WavFormat, data: bytes) -> Int16Array:
+    import numpy as np
+
     if not fmt.is_float and fmt.bits == 16 and fmt.channels == 1 and fmt.rate == SAMPLE_RATE:
         return np.frombuffer(data, dtype="<i2").astype(np.int16)  # the common case: a copy
 
@@ -258,6 +273,8 @@ def _to_pipeline_format(fmt: _WavFormat, data: bytes) -> PCM:
 
 
 def _decode_samples(fmt: _WavFormat, data: bytes) -> NDArray[np.float32]:
+    import numpy as np
+
     count = len(data) // fmt.block_align
     if fmt.is_float:
         raw = np.frombuffer(data, dtype="<f4" if fmt.bits == 32 else "<f8")
@@ -277,14 +294,19 @@ def _decode_samples(fmt: _WavFormat, data: bytes) -> NDArray[np.float32]:
     return values.reshape(count, fmt.channels)
 
 
-def _float_to_int16(samples: NDArray[np.float32]) -> PCM:
+def _float_to_int16(samples: NDArray[np.float32]) -> Int16Array:
+    import numpy as np
+
     scaled: NDArray[np.float32] = np.rint(samples * np.float32(32768.0))
     np.clip(scaled, -32768, 32767, out=scaled)
     return scaled.astype(np.int16)
 
 
-def _resample(mono: NDArray[np.float32], rate: int) -> PCM:
+def _resample(mono: NDArray[np.float32], rate: int) -> Int16Array:
     """Resample with libswresample (windowed-sinc, delay-compensated)."""
+    import av
+    import numpy as np
+
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
     frame = av.AudioFrame.from_ndarray(
         np.ascontiguousarray(mono).reshape(1, -1), format="flt", layout="mono"
@@ -298,9 +320,11 @@ def _resample(mono: NDArray[np.float32], rate: int) -> PCM:
     return np.concatenate([samples_of(f) for f in out])
 
 
-def samples_of(frame: av.AudioFrame) -> PCM:
+def samples_of(frame: av.AudioFrame) -> Int16Array:
     """The samples of a mono s16 frame, as a view of the frame's own buffer (no copy).
 
     The array keeps the frame's buffer alive; FFmpeg reuses it only once both are gone.
     """
+    import numpy as np
+
     return np.frombuffer(memoryview(frame.planes[0]), dtype=np.int16, count=frame.samples)

@@ -32,23 +32,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
-import numpy as np
 from aiortc import RTCRtpReceiver
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RtpPacket
 
 from gateway.media import native
-from gateway.media.audio import FRAME_MS, PCM
 from gateway.media.dtmf import DtmfDetector
 from gateway.media.jitter import JitterBuffer
 from gateway.media.native import NativeStreamStatistics, _rtp
 from gateway.media.opus import FRAME_TICKS, OPUS_RATE, OpusDecoder, packet_duration
+from gateway.media.pcm import FRAME_MS, PCM
 from gateway.media.transport import InboundPacket
 
 logger = logging.getLogger(__name__)
+
+# The compiled path makes each frame it decodes into as ``new_frame(samples, _ONE_ZERO)``:
+# ``samples * array('h', [0])``, a fresh zeroed array('h') of that length, made in C.
+_NEW_FRAME: Final = operator.mul
+_ONE_ZERO: Final = array("h", [0])
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +82,9 @@ class InboundStats:
 class InboundAudio:
     """Decodes a receiver's Opus and DTMF packets in the event loop, as they arrive.
 
-    ``on_frame`` gets each 16 kHz mono frame (320 samples per 20 ms packet);
-    the array belongs to the callee. ``on_dtmf`` gets (digit, duration in ms)
-    once per key press. Other payload types are ignored.
+    ``on_frame`` gets each 16 kHz mono frame (320 samples per 20 ms packet) as
+    an ``array('h')``, from the compiled path too; the array belongs to the callee.
+    ``on_dtmf`` gets (digit, duration in ms) once per key press. Other payload types are ignored.
 
     Attach before media flows (e.g. right after ``setRemoteDescription``):
     packets that reach aiortc's own path go to the receiver's track, which
@@ -301,8 +308,8 @@ class InboundAudio:
             self._decoder.address,
             self._decoder,
             self.on_frame,
-            np.empty,
-            np.int16,
+            _NEW_FRAME,
+            _ONE_ZERO,
             self.receiver,
         )
         self._native = wire

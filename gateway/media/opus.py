@@ -15,10 +15,16 @@ import functools
 import weakref
 from typing import Final
 
-import numpy as np
-
 from gateway.media import libopus
-from gateway.media.audio import FRAME_SAMPLES, PCM, SAMPLE_RATE
+from gateway.media.pcm import (
+    FRAME_SAMPLES,
+    PCM,
+    SAMPLE_RATE,
+    AudioBuffer,
+    as_samples,
+    describe,
+    silence,
+)
 
 OPUS_RATE: Final = 48000
 """Opus' RTP clock rate: RTP timestamps advance 960 per 20 ms whatever the audio rate."""
@@ -100,33 +106,43 @@ class OpusEncoder:
         libopus.check(ctl(libopus.SET_VBR_CONSTRAINT, ctypes.c_int32(0)), "SET_VBR_CONSTRAINT")
         if complexity is not None:
             libopus.check(ctl(libopus.SET_COMPLEXITY, ctypes.c_int32(complexity)), "COMPLEXITY")
-        # One input frame and one output buffer, reused by every encode.
-        self._in = np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        self._in_address = self._in.ctypes.data
+        # One input frame and one output buffer, reused by every encode. The view
+        # pins the array (it cannot be resized while exported), so its address holds.
+        self._in = silence(FRAME_SAMPLES)
+        self._in_view = memoryview(self._in)
+        self._in_address = self._in.buffer_info()[0]
         self._out = ctypes.create_string_buffer(MAX_PACKET_BYTES)
         self._out_address = ctypes.addressof(self._out)
 
-    def encode(self, frame: PCM) -> bytes:
-        """Encode one frame of exactly 320 int16 samples into one Opus packet."""
-        if frame.shape != (FRAME_SAMPLES,) or frame.dtype != np.int16:
-            raise ValueError(
-                f"expected {FRAME_SAMPLES} int16 samples, got {frame.shape} {frame.dtype}"
-            )
+    def encode(self, frame: AudioBuffer) -> bytes:
+        """Encode one frame of exactly 320 int16 samples into one Opus packet.
+
+        ``frame`` is any 1-D buffer of format ``'h'`` (an ``array('h')``, a memoryview,
+        an int16 numpy array); ValueError for anything else.
+        """
         if self._closed:
             raise ValueError("the encoder is closed")
-        self._in[:] = frame
+        try:
+            # A memcpy; the shapes and formats must match (ndarray: see AudioBuffer).
+            self._in_view[:] = frame  # type: ignore[assignment]
+        except (ValueError, TypeError):
+            raise ValueError(
+                f"expected {FRAME_SAMPLES} int16 samples, got {describe(frame)}"
+            ) from None
         size = self._encode(self._in_address, FRAME_SAMPLES, self._out_address, MAX_PACKET_BYTES)
         if size <= 0:
             raise RuntimeError(f"libopus encode failed: {libopus.strerror(size)} ({size})")
         return ctypes.string_at(self._out_address, size)
 
-    def encode_pcm(self, pcm: PCM) -> list[bytes]:
+    def encode_pcm(self, pcm: AudioBuffer) -> list[bytes]:
         """Encode a whole utterance, zero-padded, with enough frames to flush the lookahead."""
-        count = frames_for(len(pcm)) if len(pcm) else 0
-        padded = np.zeros(count * FRAME_SAMPLES, dtype=np.int16)
-        padded[: len(pcm)] = pcm
+        samples = as_samples(pcm)
+        count = frames_for(len(samples)) if len(samples) else 0
+        padded = silence(count * FRAME_SAMPLES)
+        view = memoryview(padded)
+        view[: len(samples)] = samples
         return [
-            self.encode(padded[i : i + FRAME_SAMPLES]) for i in range(0, len(padded), FRAME_SAMPLES)
+            self.encode(view[i : i + FRAME_SAMPLES]) for i in range(0, len(padded), FRAME_SAMPLES)
         ]
 
     def close(self) -> None:
@@ -144,7 +160,7 @@ def frames_for(samples: int) -> int:
 def silence_packet() -> bytes:
     """A 20 ms Opus packet of digital silence, encoded once per process."""
     encoder = OpusEncoder()
-    zeros = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+    zeros = silence(FRAME_SAMPLES)
     # The first packets of a fresh encoder still carry its start-up state; the
     # third is the steady-state silence packet (8 bytes).
     packet = b""
@@ -172,9 +188,10 @@ class OpusDecoder:
         """The libopus decoder state (for the compiled path, which decodes in-order
         packets with it: one state, so concealment continues either's audio)."""
         self._decode = functools.partial(lib.opus_decode, state)
-        # Decoded into one buffer, then copied out: each frame handed on is the callee's.
-        self._pcm = np.zeros(_MAX_DECODED, dtype=np.int16)
-        self._pcm_address = self._pcm.ctypes.data
+        # Decoded into one buffer, then copied out (an array slice is a copy): each
+        # frame handed on is the callee's. Never resized, so its address holds.
+        self._pcm = silence(_MAX_DECODED)
+        self._pcm_address = self._pcm.buffer_info()[0]
         self._started = False
 
     def decode(self, payload: bytes) -> PCM:
@@ -187,7 +204,7 @@ class OpusDecoder:
         if n < 0:
             raise ValueError(f"cannot decode Opus packet: {libopus.strerror(n)}")
         self._started = True
-        return self._pcm[:n].copy()
+        return self._pcm[:n]
 
     def note_decoded(self) -> None:
         """Record that a packet was decoded on this state elsewhere (the compiled path,
@@ -203,12 +220,12 @@ class OpusDecoder:
         real packet joins without a click. Before the first packet: silence.
         """
         if not self._started or self._closed:
-            return np.zeros(FRAME_SAMPLES, dtype=np.int16)
+            return silence(FRAME_SAMPLES)
         # No data: libopus conceals exactly frame_size samples (RFC 6716 4.4).
         n = self._decode(None, 0, self._pcm_address, FRAME_SAMPLES, 0)
         if n != FRAME_SAMPLES:
-            return np.zeros(FRAME_SAMPLES, dtype=np.int16)
-        return self._pcm[:n].copy()
+            return silence(FRAME_SAMPLES)
+        return self._pcm[:n]
 
     @property
     def closed(self) -> bool:

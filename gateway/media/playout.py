@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from typing import Final
 
 import av
-import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from gateway.media.audio import FRAME_MS, FRAME_SAMPLES, PCM
 from gateway.media.frameclock import FrameClock, frame_clock
 from gateway.media.opus import FRAME_TICKS, OPUS_RATE, OpusEncoder, frames_for, silence_packet
+from gateway.media.pcm import FRAME_MS, FRAME_SAMPLES, AudioBuffer, as_samples, silence
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +35,7 @@ FRAME_SECONDS: Final = FRAME_MS / 1000
 # A frame counts as due this close before its time: the tick that sends it is
 # due at the same instant, computed along another path (float rounding).
 _EARLY: Final = 0.0005
+_ZEROS: Final = memoryview(silence(FRAME_SAMPLES))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,9 @@ class _Queued:
 
     __slots__ = ("next_index", "packets", "pcm", "playback")
 
-    def __init__(self, playback: Playback, pcm: PCM | None, packets: Sequence[bytes]) -> None:
+    def __init__(
+        self, playback: Playback, pcm: memoryview | None, packets: Sequence[bytes]
+    ) -> None:
         self.playback = playback
         self.pcm = pcm
         self.packets = packets
@@ -122,7 +124,7 @@ class PlayoutTrack(MediaStreamTrack):
         self._max_burst = max_burst
         self._encoder: OpusEncoder | None = None
         self._silence = silence_packet()
-        self._pad = np.zeros(FRAME_SAMPLES, dtype=np.int16)
+        self._pad = memoryview(silence(FRAME_SAMPLES))
         self._queue: deque[_Queued] = deque()
         # readyState is a property of aiortc's track: read per frame, a plain flag is cheaper.
         self._ended = False
@@ -146,14 +148,14 @@ class PlayoutTrack(MediaStreamTrack):
 
     # --- what the bot calls --------------------------------------------------------
 
-    def play(self, pcm: PCM) -> Playback:
+    def play(self, pcm: AudioBuffer) -> Playback:
         """Queue 16 kHz mono int16 speech; it is encoded a frame at a time as it is sent.
 
-        The array is not copied: do not modify it until the playback is done.
+        ``pcm`` is any buffer of int16 samples (see :func:`~gateway.media.pcm.as_samples`).
+        It is not copied: do not modify it until the playback is done.
         """
-        if pcm.ndim != 1 or pcm.dtype != np.int16:
-            raise ValueError(f"expected 1-D int16 samples, got {pcm.ndim}-D {pcm.dtype}")
-        return self._enqueue(pcm, (), frames_for(len(pcm)) if len(pcm) else 0)
+        samples = as_samples(pcm)
+        return self._enqueue(samples, (), frames_for(len(samples)) if len(samples) else 0)
 
     def play_packets(self, packets: Sequence[bytes]) -> Playback:
         """Queue speech already encoded as 20 ms Opus packets (e.g. a cached prompt)."""
@@ -341,7 +343,7 @@ class PlayoutTrack(MediaStreamTrack):
             item.playback._finish(interrupted=False)
         return payload
 
-    def _encode(self, pcm: PCM, index: int) -> bytes:
+    def _encode(self, pcm: memoryview, index: int) -> bytes:
         if self._encoder is None:
             self._encoder = OpusEncoder(self._bitrate)
         start = index * FRAME_SAMPLES
@@ -353,10 +355,10 @@ class PlayoutTrack(MediaStreamTrack):
         pad = self._pad
         tail = max(0, len(pcm) - start)
         pad[:tail] = pcm[start:]
-        pad[tail:] = 0
+        pad[tail:] = _ZEROS[tail:]
         return self._encoder.encode(pad)
 
-    def _enqueue(self, pcm: PCM | None, packets: Sequence[bytes], frames: int) -> Playback:
+    def _enqueue(self, pcm: memoryview | None, packets: Sequence[bytes], frames: int) -> Playback:
         playback = Playback(frames)
         if self.readyState != "live" or frames == 0:
             playback._finish(interrupted=frames > 0)

@@ -2,7 +2,7 @@
 
 from typing import Final
 
-import numpy as np
+from gateway.media.pcm import AudioBuffer
 
 FRAME_SAMPLES: Final[int]
 LEVEL_NONE: Final[int]
@@ -10,6 +10,6 @@ LEVEL_POWER: Final[int]
 LEVEL_VARIANCE: Final[int]
 
 class VadStep:
-    def __init__(self, ring: np.ndarray, process: int, vad: object, level: int) -> None: ...
-    def step(self, frame: np.ndarray, slot: int) -> tuple[bool, float]:
+    def __init__(self, ring: AudioBuffer, process: int, vad: object, level: int) -> None: ...
+    def step(self, frame: AudioBuffer, slot: int) -> tuple[bool, float]:
         """The frame into ring row ``slot``; (WebRTC's verdict on it, its level in dB)."""

@@ -31,18 +31,16 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, TypeAlias
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import TYPE_CHECKING, Any, Final
 
 from ..errors import ConfigError, GatewayError
+from ..media.pcm import SAMPLE_RATE
 
-SAMPLE_RATE: Final = 16000
+if TYPE_CHECKING:
+    from ..media.pcm import Int16Array as _PCM
+
 _MS_PER_FRAME: Final = 10  # PocketSphinx analyses 100 frames a second
 _PHONE_LOOP_PROBABILITY: Final = 1e-8  # kws_plp; default 0.1 left 4x less margin here
-
-_PCM: TypeAlias = NDArray[np.int16]
 
 _pronunciations: dict[str, list[str]] = {}  # word -> phone strings, filled as needed
 _dict_lock = threading.Lock()
@@ -125,6 +123,8 @@ class KeywordSpotter:
 
     async def detect(self, pcm: _PCM) -> list[KeywordHit]:
         """Every keyword heard in ``pcm``, in order of time."""
+        import numpy as np
+
         if pcm.ndim != 1 or pcm.dtype != np.int16:
             raise GatewayError(f"expected 1-D int16 samples, got {pcm.ndim}-D {pcm.dtype}")
         if len(pcm) == 0:
@@ -132,6 +132,8 @@ class KeywordSpotter:
         return await asyncio.get_running_loop().run_in_executor(None, self._detect, pcm)
 
     def _detect(self, pcm: _PCM) -> list[KeywordHit]:
+        import numpy as np
+
         with self._lock:
             decoder = self._decoder or self._build()
             decoder.start_utt()

@@ -7,13 +7,17 @@ the bot acts through the :class:`CallControl` it is handed.
 
 from __future__ import annotations
 
+import functools
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..events import Direction
+from ..media.pcm import FRAME_MS, PCM, SAMPLE_RATE, AudioBuffer, as_samples, to_ndarray
+
+if TYPE_CHECKING:
+    from ..media.pcm import Int16Array
 
 
 @dataclass(frozen=True)
@@ -29,19 +33,37 @@ class CallInfo:
 
 @dataclass(frozen=True, eq=False)
 class Utterance:
-    """One turn of caller speech, as the VAD closed it (16 kHz mono int16)."""
+    """One turn of caller speech, as the VAD closed it (16 kHz mono int16).
 
-    pcm: np.ndarray
+    Read the samples as :attr:`audio` (an ``array('h')``: no numpy needed; hand it
+    straight to :meth:`CallControl.play`, or ``bytes(audio)`` for the raw
+    little-endian bytes) or as :attr:`pcm` (a numpy array of the same samples;
+    numpy is imported on first use). Made with any int16 buffer (a numpy array
+    too), it keeps its samples as an ``array('h')``.
+    """
+
+    audio: PCM
+    """The samples, 16 kHz mono int16, as an ``array('h')``."""
     started_ms: int
     ended_ms: int
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.audio, array) and self.audio.typecode == "h"):
+            # Frozen: the conversion is set the way dataclasses set fields themselves.
+            object.__setattr__(self, "audio", array("h", as_samples(self.audio).tobytes()))
+
+    @functools.cached_property
+    def pcm(self) -> Int16Array:
+        """The samples as a 1-D int16 numpy array sharing :attr:`audio`'s memory.
+
+        Imports numpy on first use; bots that only pass the audio on use :attr:`audio`.
+        """
+        return to_ndarray(self.audio)
 
     @property
     def duration_ms(self) -> int:
         """Length of the utterance's audio."""
-        return len(self.pcm) * 1000 // 16000
-
-
-FRAME_MS = 20  # every frame played to the caller is 20 ms of audio
+        return len(self.audio) * 1000 // SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -109,9 +131,15 @@ class CallControl(Protocol):
         ...
 
     async def play(
-        self, audio: np.ndarray | str | Path, *, interruptible: bool = True, label: str = ""
+        self, audio: AudioBuffer | str | Path, *, interruptible: bool = True, label: str = ""
     ) -> PlaybackResult:
-        """Play 16 kHz mono int16 PCM, or a WAV file; returns when done or cut off."""
+        """Play 16 kHz mono int16 PCM, or a WAV file; returns when done or cut off.
+
+        PCM is any buffer of int16 samples: ``Utterance.audio``, an ``array('h')``, a
+        memoryview of format ``'h'``, ``bytes``/``bytearray`` holding native int16,
+        or a numpy array (int16; others are converted as ``np.asarray(audio,
+        np.int16)`` would). A ``str`` or ``Path`` is a WAV file's name.
+        """
         ...
 
     def listen(

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..calls import Call, SessionFactory
 from ..media.audio import load_wav
+from ..media.pcm import SAMPLE_RATE, AudioBuffer, as_samples
 from ..media.playout import Playback
 from .bot import (
     Bot,
@@ -129,22 +128,24 @@ class BotSession:
 
     async def say(self, text: str, *, interruptible: bool = True) -> PlaybackResult:
         """Synthesize ``text`` (off the loop, cached) and play it."""
-        chunks = [chunk async for chunk in self.tts.synthesize(text)]
-        pcm = np.concatenate(chunks) if chunks else np.zeros(0, np.int16)
+        chunks = [as_samples(chunk) async for chunk in self.tts.synthesize(text)]
+        # One chunk (eSpeak's whole prompt) is played as it is; several are joined (a memcpy each).
+        pcm = chunks[0] if len(chunks) == 1 else as_samples(b"".join(chunks))
         return await self.play(pcm, interruptible=interruptible, label=text)
 
     async def play(
-        self, audio: np.ndarray | str | Path, *, interruptible: bool = True, label: str = ""
+        self, audio: AudioBuffer | str | Path, *, interruptible: bool = True, label: str = ""
     ) -> PlaybackResult:
-        """Play PCM or a WAV file; returns when it finished or was cut off."""
+        """Play PCM (any int16 buffer, see :meth:`CallControl.play`) or a WAV file; returns
+        when it finished or was cut off."""
         if isinstance(audio, str | Path):
             label = label or str(audio)
-            pcm = await asyncio.get_running_loop().run_in_executor(None, load_wav, audio)
-        else:
-            pcm = np.asarray(audio, dtype=np.int16)
+            audio = await asyncio.get_running_loop().run_in_executor(None, load_wav, audio)
+        pcm = as_samples(audio, convert=True)
         if len(pcm) == 0:
             return PlaybackResult(0, 0, False)
-        log.info("call %s: bot plays %s (%.2f s)", self.call.id, label or "audio", len(pcm) / 16000)
+        seconds = len(pcm) / SAMPLE_RATE
+        log.info("call %s: bot plays %s (%.2f s)", self.call.id, label or "audio", seconds)
         playback = self.call.playout.play(pcm)
         self._current = (playback, label, interruptible)
         try:
@@ -194,7 +195,7 @@ class BotSession:
 
     # --- media callbacks (in-loop, per frame) -------------------------------------------
 
-    def _on_frame(self, frame: np.ndarray) -> None:
+    def _on_frame(self, frame: AudioBuffer) -> None:
         if not self.settings.enabled:
             return
         segmenter = self._segmenter
@@ -220,19 +221,21 @@ class BotSession:
                     "call %s: caller turn %d ended (%.2f s of speech)",
                     self.call.id,
                     self.metrics.utterances,
-                    len(event.pcm) / 16000,
+                    len(event.audio) / SAMPLE_RATE,
                 )
                 self._turn_ended_at = time.perf_counter()
                 # Told of frames sent only until the first of the answer leaves.
                 self.call.playout.on_frame_sent = self._on_frame_sent
-                self._inbox.put_nowait(Utterance(event.pcm, event.started_at_ms, event.at_ms))
+                self._inbox.put_nowait(Utterance(event.audio, event.started_at_ms, event.at_ms))
             elif self._held is not None:  # SpeechDiscarded
                 self._resume("the sound was discarded")
                 self._held = None
         if self._pause_ms and self._segmenter.turn_silence_ms == self._pause_ms:
             turn = self._segmenter.peek()
             if turn is not None:
-                self._inbox.put_nowait(_Pause(Utterance(turn.pcm, turn.started_at_ms, turn.at_ms)))
+                self._inbox.put_nowait(
+                    _Pause(Utterance(turn.audio, turn.started_at_ms, turn.at_ms))
+                )
         if self._held is not None:
             self._decide_paused()
 

@@ -6,7 +6,7 @@ keeps its state in process globals and is not thread-safe: every call into it
 goes through one lock on one dedicated thread, never the event loop. Synthesis
 runs ~1000x faster than real time, so a prompt is rendered whole, resampled from
 22050 Hz to the pipeline's 16 kHz, and cached: a repeated IVR prompt costs a dict
-lookup.
+lookup. numpy (the rendered prompts' type) is imported with the first prompt.
 """
 
 from __future__ import annotations
@@ -17,17 +17,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Final, Protocol
 
 import av
-import numpy as np
-from numpy.typing import NDArray
 
 from ..errors import ConfigError, GatewayError
+from ..media.pcm import SAMPLE_RATE
 
-SAMPLE_RATE: Final = 16000
-
-_PCM: TypeAlias = NDArray[np.int16]
+if TYPE_CHECKING:
+    from ..media.pcm import Int16Array as _PCM
 
 
 class TTS(Protocol):
@@ -66,6 +64,8 @@ _SynthCallback = ctypes.CFUNCTYPE(
 
 def _resample(pcm: _PCM, rate: int) -> _PCM:
     """``rate`` Hz to 16 kHz with libswresample (band-limited, no aliasing)."""
+    import numpy as np
+
     if rate == SAMPLE_RATE or len(pcm) == 0:
         return pcm
     resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
@@ -179,6 +179,8 @@ class _Engine:
                 self._chunks = []
             if status != _EE_OK:
                 raise GatewayError(f"eSpeak NG synthesis failed (status {status})")
+            import numpy as np
+
             native = np.frombuffer(raw, dtype=np.int16)
             return _resample(native, self._rate)
 

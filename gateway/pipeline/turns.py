@@ -7,18 +7,25 @@ format it takes: 20 ms of 16 kHz mono int16.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, TypeAlias
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import TYPE_CHECKING, TypeAlias
 
 from ..errors import ConfigError
+from ..media.pcm import FRAME_MS, FRAME_SAMPLES, PCM, SAMPLE_RATE, to_ndarray
 
-SAMPLE_RATE: Final = 16000
-FRAME_MS: Final = 20
-FRAME_SAMPLES: Final = SAMPLE_RATE * FRAME_MS // 1000
+if TYPE_CHECKING:
+    from ..media.pcm import Int16Array
 
-PCM: TypeAlias = NDArray[np.int16]
+__all__ = [
+    "FRAME_MS",
+    "FRAME_SAMPLES",
+    "PCM",
+    "SAMPLE_RATE",
+    "SpeechDiscarded",
+    "SpeechEnded",
+    "SpeechStarted",
+    "VadConfig",
+    "VadEvent",
+]
 
 
 @dataclass(frozen=True)
@@ -102,13 +109,19 @@ class SpeechEnded:
     """The caller finished a turn.
 
     ``at_ms`` is the end of the last voiced frame (the event itself comes a
-    hangover later); ``pcm`` runs from ``pre_roll_ms`` before ``started_at_ms`` to
-    ``post_roll_ms`` after ``at_ms``, clipped to the audio there was.
+    hangover later); ``audio`` (an ``array('h')``) runs from ``pre_roll_ms`` before
+    ``started_at_ms`` to ``post_roll_ms`` after ``at_ms``, clipped to the audio
+    there was.
     """
 
     at_ms: int
     started_at_ms: int
-    pcm: PCM
+    audio: PCM
+
+    @property
+    def pcm(self) -> Int16Array:
+        """``audio`` as an int16 numpy array sharing its memory (imports numpy)."""
+        return to_ndarray(self.audio)
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,16 @@ configuration and events live in :mod:`gateway.pipeline.turns` (re-exported here
 from __future__ import annotations
 
 import math
+from array import array
 from typing import Final
 
-import numpy as np
 import webrtcvad
 
 from ..errors import GatewayError
+from ..media.pcm import AudioBuffer, describe, silence
 from .turns import (
     FRAME_MS,
     FRAME_SAMPLES,
-    PCM,
     SAMPLE_RATE,
     SpeechDiscarded,
     SpeechEnded,
@@ -66,8 +66,7 @@ _START_LOUD: Final = 3  # of the start window's frames, this many above the room
 _TAIL_DB: Final = 2.0  # the soft end of a loud frame, just above the room, still counts
 
 
-_INT16: Final = np.dtype(np.int16)
-_NO_SAMPLES: Final = np.zeros(0, np.int16)  # never written: any append grows it first
+_NO_SAMPLES: Final = array("h")  # never written: any append grows it first
 
 
 def _frames(ms: int) -> int:
@@ -85,12 +84,18 @@ class VadSegmenter:
         self._max_frames = _frames(cfg.max_utterance_ms)
         self._pre_roll = _frames(cfg.pre_roll_ms)
         self._post_roll = min(_frames(cfg.post_roll_ms), self._hangover)
-        # The ring must reach back over the start window and the pre-roll before it.
-        self._ring = np.zeros((cfg.start_window_frames + self._pre_roll, FRAME_SAMPLES), np.int16)
-        self._ring_rows = len(self._ring)
+        # The ring must reach back over the start window and the pre-roll before it:
+        # int16 rows of a frame, one buffer seen as rows by the step (2-D) and as
+        # samples here (1-D).
+        self._ring_rows = rows = cfg.start_window_frames + self._pre_roll
+        ring = bytearray(rows * FRAME_SAMPLES * 2)
+        self._ring = memoryview(ring).cast("h", (rows, FRAME_SAMPLES))
+        self._ring_samples = memoryview(ring).cast("h")
         # Grown by doubling from 1 s up to the longest possible utterance; reused for
         # the next turn up to 1 s, beyond that let go when the turn ends (see _close).
+        # Written through a view (a memcpy from any int16 buffer).
         self._buf = _NO_SAMPLES
+        self._buf_view = memoryview(self._buf)
         self._gated = cfg.level_gate or cfg.voice_gate
         self._voice = cfg.voice_gate
         # The voice gate reads the frame's variance, not its power: rumble below 50 Hz
@@ -159,22 +164,26 @@ class VadSegmenter:
         # Ring copy, WebRTC's VAD and the level in one call (it holds the ring and the VAD).
         self._frame_step = make_step(self._ring, self._vad, self._level)
 
-    def push(self, frame: PCM) -> list[VadEvent]:
-        """Process one 320-sample int16 frame; return the events it caused (usually none)."""
+    def push(self, frame: AudioBuffer) -> list[VadEvent]:
+        """Process one 320-sample int16 frame; return the events it caused (usually none).
+
+        ``frame`` is any 1-D buffer of format ``'h'`` (the decoder's ``array('h')``, a
+        memoryview, an int16 numpy array).
+        """
         index = self._index
         try:
             voiced, db = self._frame_step(frame, index % self._ring_rows)
         except ValueError:
             raise GatewayError(
                 f"VAD frames must be {FRAME_SAMPLES} int16 samples (20 ms at 16 kHz), "
-                f"got shape {getattr(frame, 'shape', None)} {getattr(frame, 'dtype', type(frame))}"
+                f"got {describe(frame)}"
             ) from None
         self._index = index + 1
         if self._learning:
             return self._learn(index, frame, voiced, db)
         return self._step(index, frame, voiced, db)
 
-    def _step(self, index: int, frame: PCM, voiced: bool, db: float) -> list[VadEvent]:
+    def _step(self, index: int, frame: AudioBuffer, voiced: bool, db: float) -> list[VadEvent]:
         if self._gated:
             gated = self._gate(db, voiced)
             if self._voice and self._start_frame < 0:
@@ -201,7 +210,7 @@ class VadSegmenter:
             return [self._close(index, forced=True)]
         return []
 
-    def _learn(self, index: int, frame: PCM, voiced: bool, db: float) -> list[VadEvent]:
+    def _learn(self, index: int, frame: AudioBuffer, voiced: bool, db: float) -> list[VadEvent]:
         """The stream's first frames, held until the room has shown what it sounds like.
 
         A stream may begin with the caller's voice or with other voices; the two
@@ -240,19 +249,21 @@ class VadSegmenter:
         # The room's quiet end: the pause that ended learning, else the quietest frame.
         floor = min(db for _, db in held[-run:]) if run else self._quietest
         room = min(self._room, floor + _ROOM_SPREAD_DB)
-        frames = self._buf[: len(held) * FRAME_SAMPLES].reshape(len(held), FRAME_SAMPLES).copy()
+        frames = memoryview(self._buf[: len(held) * FRAME_SAMPLES])  # a copy: _step appends
         self._learning = self._held_speech = False
         self._held = []
         self._window = 0
         self._filled = 0
         self._prev_loud = False
         events: list[VadEvent] = []
-        ring = self._ring
+        ring, rows = self._ring_samples, self._ring_rows
         for index, (voiced, db) in enumerate(held):
-            ring[index % len(ring)] = frames[index]
+            frame = frames[index * FRAME_SAMPLES : (index + 1) * FRAME_SAMPLES]
+            row = index % rows * FRAME_SAMPLES
+            ring[row : row + FRAME_SAMPLES] = frame
             # Held frames do not move the room: the caller's first words would raise it.
             self._floor, self._room = floor, room
-            events += self._step(index, frames[index], voiced, db)
+            events += self._step(index, frame, voiced, db)
         self._floor, self._room = floor, room
         return events
 
@@ -272,8 +283,8 @@ class VadSegmenter:
             return None
         last, onset = self._last_voiced, self._onset
         end_frame = min(last + 1 + self._post_roll, self._index)
-        pcm = self._buf[: (end_frame - self._start_frame) * FRAME_SAMPLES].copy()
-        return SpeechEnded((last + 1) * FRAME_MS, onset * FRAME_MS, pcm)
+        audio = self._buf[: (end_frame - self._start_frame) * FRAME_SAMPLES]  # a copy
+        return SpeechEnded((last + 1) * FRAME_MS, onset * FRAME_MS, audio)
 
     def _gate(self, db: float, voiced: bool) -> bool:
         """Whether a frame WebRTC's VAD called ``voiced`` is loud enough to be the caller."""
@@ -333,10 +344,13 @@ class VadSegmenter:
         if pairs:
             window &= (pairs & -pairs) - 1
         onset = index + 1 - window.bit_length()
-        start = max(onset - self._pre_roll, index + 1 - len(self._ring), 0)
-        rows = np.arange(start, index + 1) % len(self._ring)
+        rows = self._ring_rows
+        start = max(onset - self._pre_roll, index + 1 - rows, 0)
         self._filled = 0
-        self._append(self._ring[rows].reshape(-1))
+        ring = self._ring_samples
+        for frame in range(start, index + 1):  # a memcpy per row, once per turn
+            row = frame % rows * FRAME_SAMPLES
+            self._append(ring[row : row + FRAME_SAMPLES])
         self._start_frame = start
         self._onset = onset
         self._last_voiced = index
@@ -344,14 +358,17 @@ class VadSegmenter:
         self._loud = 0
         return SpeechStarted(onset * FRAME_MS)
 
-    def _append(self, samples: PCM) -> None:
-        end = self._filled + len(samples)
+    def _append(self, frame: AudioBuffer) -> None:
+        """One frame (320 samples, checked by the step) onto the open turn's buffer."""
+        filled = self._filled
+        end = filled + FRAME_SAMPLES
         if end > len(self._buf):
-            limit = (self._max_frames + self._pre_roll + len(self._ring)) * FRAME_SAMPLES
-            grown = np.zeros(min(max(end, 2 * len(self._buf), SAMPLE_RATE), limit), _INT16)
-            grown[: self._filled] = self._buf[: self._filled]
-            self._buf = grown
-        self._buf[self._filled : end] = samples
+            limit = (self._max_frames + self._pre_roll + self._ring_rows) * FRAME_SAMPLES
+            grown = silence(min(max(end, 2 * len(self._buf), SAMPLE_RATE), limit))
+            view = memoryview(grown)
+            view[:filled] = self._buf_view[:filled]
+            self._buf, self._buf_view = grown, view
+        self._buf_view[filled:end] = frame  # type: ignore[assignment]  # ndarray: see AudioBuffer
         self._filled = end
 
     def _close(self, index: int, *, forced: bool) -> SpeechEnded | SpeechDiscarded:
@@ -367,7 +384,8 @@ class VadSegmenter:
             # A long turn's buffer (32 KB a second, up to 20 s) is not held for the rest of the
             # call: most calls spend most of their time between turns.
             self._buf = _NO_SAMPLES
+            self._buf_view = memoryview(_NO_SAMPLES)
         if last + 1 - onset < self._min_voiced:
             return SpeechDiscarded((last + 1) * FRAME_MS, onset * FRAME_MS)
-        pcm = buf[: (end_frame - start_frame) * FRAME_SAMPLES].copy()
-        return SpeechEnded((last + 1) * FRAME_MS, onset * FRAME_MS, pcm)
+        audio = buf[: (end_frame - start_frame) * FRAME_SAMPLES]  # a copy
+        return SpeechEnded((last + 1) * FRAME_MS, onset * FRAME_MS, audio)

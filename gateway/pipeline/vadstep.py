@@ -13,7 +13,7 @@ The C step calls the ``WebRtcVad_Process`` of the webrtcvad wheel's own
 library, not a second copy) on the ``Vad`` object's state. Its level sums the
 squares in integers, exactly; the Python step's float32 product may differ in
 the last bits. If the extension is not built the Python step runs instead
-(a warning is logged once).
+(a warning is logged once); it works in numpy, imported then.
 """
 
 from __future__ import annotations
@@ -22,12 +22,14 @@ import ctypes
 import logging
 import math
 from collections.abc import Callable
-from typing import Final, TypeAlias
+from typing import TYPE_CHECKING, Final, TypeAlias
 
-import numpy as np
 import webrtcvad
 
-from .turns import FRAME_SAMPLES, PCM, SAMPLE_RATE
+from ..media.pcm import FRAME_SAMPLES, SAMPLE_RATE, AudioBuffer
+
+if TYPE_CHECKING:
+    from ..media.pcm import Int16Array
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +44,9 @@ LEVEL_NONE: Final = 0
 LEVEL_POWER: Final = 1
 LEVEL_VARIANCE: Final = 2
 
-Step: TypeAlias = Callable[[PCM, int], tuple[bool, float]]
+Step: TypeAlias = Callable[[AudioBuffer, int], tuple[bool, float]]
 """``step(frame, slot) -> (voiced, level_db)``; ValueError if ``frame`` is not 320 int16 samples."""
 
-_INT16: Final = np.dtype(np.int16)
 _SHAPE: Final = (FRAME_SAMPLES,)
 _log10: Final = math.log10
 # WebRTC's VAD through its C function: ``Vad.is_speech`` is a Python wrapper that
@@ -70,8 +71,9 @@ def _process() -> int:
     return _process_address
 
 
-def make_step(ring: np.ndarray, vad: webrtcvad.Vad, level: int, *, native: bool = True) -> Step:
-    """The step for a segmenter's ``ring`` (int16 rows of 320) and its ``vad``."""
+def make_step(ring: AudioBuffer, vad: webrtcvad.Vad, level: int, *, native: bool = True) -> Step:
+    """The step for a segmenter's ``ring`` (a writable 2-D buffer of int16 rows of 320:
+    a numpy array, or a memoryview cast to that shape) and its ``vad``."""
     if native and _vadstep is not None:
         return _vadstep.VadStep(ring, _process(), vad._vad, level).step
     return PythonStep(ring, vad, level)
@@ -80,10 +82,14 @@ def make_step(ring: np.ndarray, vad: webrtcvad.Vad, level: int, *, native: bool 
 class PythonStep:
     """The step in numpy, as the segmenter did it before ``_vadstep.c`` (its fallback)."""
 
-    def __init__(self, ring: np.ndarray, vad: webrtcvad.Vad, level: int) -> None:
-        self._ring = ring
+    def __init__(self, ring: AudioBuffer, vad: webrtcvad.Vad, level: int) -> None:
+        import numpy as np
+
+        self._np = np
+        self._int16 = np.dtype(np.int16)
+        self._ring: Int16Array = np.asarray(ring)  # the same memory, as numpy rows
         # WebRTC's VAD reads each frame from its ring row, through byte views made once.
-        self._ring_bytes = [row.data.cast("B") for row in ring]
+        self._ring_bytes = [row.data.cast("B") for row in self._ring]
         self._handle = vad._vad
         self._level = level
         # Row 0 takes the frame, row 1 is ones: one product gives sum of squares and sum.
@@ -91,17 +97,18 @@ class PythonStep:
         self._head = self._sums_in[0]
         self._sums = np.zeros(2, np.float32)
 
-    def __call__(self, frame: PCM, slot: int) -> tuple[bool, float]:
-        if (frame.dtype is not _INT16 and frame.dtype != _INT16) or frame.shape != _SHAPE:
+    def __call__(self, frame: AudioBuffer, slot: int) -> tuple[bool, float]:
+        samples = self._np.asarray(frame)
+        if samples.dtype != self._int16 or samples.shape != _SHAPE:
             raise ValueError(f"a frame must be {FRAME_SAMPLES} int16 samples")
-        self._ring[slot] = frame  # a contiguous copy, whatever the frame's strides
+        self._ring[slot] = samples  # a contiguous copy, whatever the frame's strides
         voiced: bool = _vad_process(
             self._handle, SAMPLE_RATE, self._ring_bytes[slot], FRAME_SAMPLES
         )
         if not self._level:
             return voiced, 0.0
-        self._head[:] = frame  # int16 to float32, exact (cheaper than np.copyto's dispatch)
-        np.dot(self._sums_in, self._head, out=self._sums)
+        self._head[:] = samples  # int16 to float32, exact (cheaper than np.copyto's dispatch)
+        self._np.dot(self._sums_in, self._head, out=self._sums)
         power, total = self._sums.tolist()
         if self._level == LEVEL_VARIANCE:
             power -= total * total / FRAME_SAMPLES

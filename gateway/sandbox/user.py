@@ -23,6 +23,7 @@ from .. import rtc, sdp
 from ..media.audio import SAMPLE_RATE, frame_rms
 from ..media.dtmf import DtmfSender
 from ..media.inbound import InboundAudio
+from ..media.pcm import PCM
 from ..media.playout import Playback, PlayoutTrack
 from ..media.sender import PlayoutSender
 from ..media.transport import CallTransport
@@ -389,10 +390,11 @@ class UserCall:
             text = _via(text, self.relay.browser_side)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
 
-    def _on_frame(self, frame: np.ndarray) -> None:
-        self._heard.append(frame.copy())
+    def _on_frame(self, frame: PCM) -> None:
+        samples = np.frombuffer(frame, np.int16)  # the frame is ours (InboundAudio's promise)
+        self._heard.append(samples)
         self.frames_heard += 1
-        if frame_rms(frame)[0] > HEARD_RMS:
+        if frame_rms(samples)[0] > HEARD_RMS:
             self.last_heard_at = time.monotonic()
             if self.first_heard_at is None:
                 self.first_heard_at = self.last_heard_at
