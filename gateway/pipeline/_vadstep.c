@@ -3,8 +3,13 @@
  * Why C: inside a busy gateway, VadSegmenter.push spent ~47 us a frame (7 in a
  * tight loop) on a ring copy, an int16-to-float cast, a BLAS product for the
  * level and the WebRTC VAD call, each a trip through Python's call machinery
- * with cold caches. Here one call does all of it; the segmenter's state machine
- * stays in Python.
+ * with cold caches. Here one call does all of it.
+ *
+ * The segmenter's steady state is here too (push, advance, gate: the frame-by-frame
+ * part of VadSegmenter._step and _gate, line for line, in doubles as Python's floats
+ * are): per frame Python then runs only when something changes, a turn opening or
+ * closing, or while the stream's first frames are held to learn the room. The state
+ * lives in this object's attributes, which vad.py reads and writes for the rest.
  *
  * No library is linked: WebRTC's VAD is the copy the webrtcvad wheel's
  * _webrtcvad extension has already loaded. Python hands in the address of its
@@ -13,6 +18,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <math.h>
 #include <stddef.h>
@@ -36,7 +42,31 @@ typedef struct {
     void *handle;
     vad_process_call process;
     int level;
+    /* The state machine (VadSegmenter's, see vad.py), once configure() was called. */
+    int configured;
+    char gated, voice, prev_loud, learning, last_voiced_flag;
+    int start_voiced;
+    uint64_t window_mask, window, loud;
+    long long index, start_frame, last_voiced, filled, hangover, max_frames;
+    double floor, room, voice_margin, floor_margin, db;
+    Py_buffer buf; /* the utterance buffer: int16, C-contiguous, writable */
+    int has_buf;
+    PyObject *grow; /* grow(end): make room for ``end`` samples, then set_buffer() */
 } VadStep;
+
+/* What push() and advance() tell the segmenter (vadstep.py has the same names). */
+enum { NOTHING = 0, OPEN = 1, CLOSE = 2, CLOSE_FORCED = 3, LEARN = 4 };
+
+/* vad.py's constants of the gate, the same doubles. */
+#define FLOOR_DOWN 0.1
+#define FLOOR_UP 0.05
+#define ROOM_RISE 0.5
+#define ROOM_RISE_IN_TURN 0.05
+#define ROOM_DECAY_DB 0.1
+#define ROOM_HEADROOM_DB 10.0
+#define ROOM_SPREAD_DB 20.0
+#define START_LOUD 3
+#define TAIL_DB 2.0
 
 static int VadStep_init(VadStep *self, PyObject *args, PyObject *kwargs) {
     static char *keywords[] = {"ring", "process", "vad", "level", NULL};
@@ -85,8 +115,11 @@ static int VadStep_init(VadStep *self, PyObject *args, PyObject *kwargs) {
 
 static int VadStep_traverse(VadStep *self, visitproc visit, void *arg) {
     Py_VISIT(self->capsule);
+    Py_VISIT(self->grow);
     if (self->has_ring)
         Py_VISIT(self->ring.obj);
+    if (self->has_buf)
+        Py_VISIT(self->buf.obj);
     return 0;
 }
 
@@ -96,8 +129,14 @@ static int VadStep_clear(VadStep *self) {
         self->has_ring = 0;
         PyBuffer_Release(&self->ring);
     }
+    if (self->has_buf) {
+        self->has_buf = 0;
+        PyBuffer_Release(&self->buf);
+    }
     self->handle = NULL;
+    self->configured = 0;
     Py_CLEAR(self->capsule);
+    Py_CLEAR(self->grow);
     return 0;
 }
 
@@ -136,33 +175,27 @@ static int copy_frame(PyObject *frame, int16_t *row) {
     return 0;
 }
 
-/* step(frame, slot) -> (voiced, level_db): the frame into ring row ``slot``, WebRTC's VAD
- * on that row, and the frame's level in dB (10 log10(mean square or variance + 1)). */
-static PyObject *VadStep_step(VadStep *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "step(frame, slot) takes two arguments");
-        return NULL;
-    }
+/* The frame into ring row ``slot``, WebRTC's VAD on that row, and the frame's level in
+ * dB (10 log10(mean square or variance + 1)); -1 with an exception set. */
+static int run_step(VadStep *self, PyObject *frame, Py_ssize_t slot, int *voiced, double *db) {
     if (!self->has_ring || self->handle == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "VadStep is not initialised");
-        return NULL;
+        return -1;
     }
-    Py_ssize_t slot = PyLong_AsSsize_t(args[1]);
-    if (slot == -1 && PyErr_Occurred())
-        return NULL;
     if (slot < 0 || slot >= self->rows) {
         PyErr_Format(PyExc_ValueError, "slot %zd is outside the ring's %zd rows", slot, self->rows);
-        return NULL;
+        return -1;
     }
     int16_t *row = (int16_t *)self->ring.buf + slot * FRAME_SAMPLES;
-    if (copy_frame(args[0], row) < 0)
-        return NULL;
-    int voiced = self->process(self->handle, SAMPLE_RATE, row, FRAME_SAMPLES);
-    if (voiced < 0) {
+    if (copy_frame(frame, row) < 0)
+        return -1;
+    int verdict = self->process(self->handle, SAMPLE_RATE, row, FRAME_SAMPLES);
+    if (verdict < 0) {
         PyErr_SetString(PyExc_RuntimeError, "WebRTC's VAD could not process the frame");
-        return NULL;
+        return -1;
     }
-    double db = 0.0;
+    *voiced = verdict != 0;
+    *db = 0.0;
     if (self->level != LEVEL_NONE) {
         /* Exact in integers: 320 * 2^30 fits an int64 with room to spare. */
         int64_t squares = 0, total = 0;
@@ -174,8 +207,24 @@ static PyObject *VadStep_step(VadStep *self, PyObject *const *args, Py_ssize_t n
         double power = (double)squares;
         if (self->level == LEVEL_VARIANCE)
             power -= (double)total * (double)total / FRAME_SAMPLES;
-        db = 10.0 * log10(power / FRAME_SAMPLES + 1.0);
+        *db = 10.0 * log10(power / FRAME_SAMPLES + 1.0);
     }
+    return 0;
+}
+
+/* step(frame, slot) -> (voiced, level_db). */
+static PyObject *VadStep_step(VadStep *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "step(frame, slot) takes two arguments");
+        return NULL;
+    }
+    Py_ssize_t slot = PyLong_AsSsize_t(args[1]);
+    if (slot == -1 && PyErr_Occurred())
+        return NULL;
+    int voiced;
+    double db;
+    if (run_step(self, args[0], slot, &voiced, &db) < 0)
+        return NULL;
     PyObject *level = PyFloat_FromDouble(db);
     if (level == NULL)
         return NULL;
@@ -189,9 +238,271 @@ static PyObject *VadStep_step(VadStep *self, PyObject *const *args, Py_ssize_t n
     return result;
 }
 
+/* --- the segmenter's steady state (vad.py: VadSegmenter._step and _gate) ------------- */
+
+static int popcount(uint64_t bits) { return __builtin_popcountll(bits); }
+
+/* Python's min(a, b) and max(a, b): the first unless the second is strictly beyond it. */
+static double py_min(double a, double b) { return b < a ? b : a; }
+static double py_max(double a, double b) { return b > a ? b : a; }
+
+/* VadSegmenter._gate: whether a frame WebRTC's VAD called ``voiced`` is loud enough. */
+static int gate(VadStep *self, double db, int voiced) {
+    double floor = self->floor;
+    if (floor < 0) { /* the first frame: the room as it is */
+        self->floor = db;
+        self->room = db + ROOM_HEADROOM_DB;
+        return 0;
+    }
+    int in_turn = self->start_frame >= 0;
+    double dev = db - floor, new_floor;
+    if (dev < 0)
+        self->floor = new_floor = floor + dev * FLOOR_DOWN;
+    else if (!in_turn)
+        self->floor = new_floor = floor + dev * FLOOR_UP;
+    else
+        new_floor = floor;
+    if (!self->voice)
+        return voiced && (!in_turn || db >= floor + self->floor_margin);
+
+    double room = py_min(self->room, new_floor + ROOM_SPREAD_DB);
+    int loud = voiced && db >= room + self->voice_margin;
+    if (!loud && in_turn && self->prev_loud) {
+        loud = voiced && db >= py_min(room + TAIL_DB, new_floor + self->floor_margin);
+        self->prev_loud = (char)loud;
+        return loud;
+    }
+    self->prev_loud = (char)loud;
+    if (!loud) {
+        if (db > room)
+            room += (db - room) * (voiced && !in_turn ? ROOM_RISE : ROOM_RISE_IN_TURN);
+        else
+            room = py_max(db, room - ROOM_DECAY_DB);
+    }
+    self->room = room;
+    return loud;
+}
+
+/* The open turn's buffer takes ring row ``index``; the buffer grows through Python. */
+static int append_row(VadStep *self, long long index) {
+    long long end = self->filled + FRAME_SAMPLES;
+    if (!self->has_buf || end > self->buf.len / 2) {
+        PyObject *result = PyObject_CallFunction(self->grow, "L", end);
+        if (result == NULL)
+            return -1;
+        Py_DECREF(result);
+        if (!self->has_buf || end > self->buf.len / 2) {
+            PyErr_SetString(PyExc_RuntimeError, "grow() left no room in the utterance buffer");
+            return -1;
+        }
+    }
+    const int16_t *row = (const int16_t *)self->ring.buf + (index % self->rows) * FRAME_SAMPLES;
+    memcpy((int16_t *)self->buf.buf + self->filled, row, FRAME_SAMPLES * 2);
+    self->filled = end;
+    return 0;
+}
+
+/* VadSegmenter._step after the step: the state machine for frame ``index`` (in its ring
+ * row); what Python must do about it, or -1 with an exception set. */
+static int advance(VadStep *self, long long index, int voiced, double db) {
+    if (self->gated) {
+        int gated = gate(self, db, voiced);
+        if (self->voice && self->start_frame < 0) {
+            /* WebRTC's window as always, and enough of it clearly above the room. */
+            self->loud = ((self->loud << 1) | (uint64_t)gated) & self->window_mask;
+            if (popcount(self->loud) < START_LOUD) {
+                self->window = ((self->window << 1) | (uint64_t)voiced) & self->window_mask;
+                return NOTHING;
+            }
+        } else {
+            voiced = gated;
+        }
+    }
+    if (self->start_frame < 0) {
+        self->window = ((self->window << 1) | (uint64_t)voiced) & self->window_mask;
+        return popcount(self->window) < self->start_voiced ? NOTHING : OPEN;
+    }
+    if (append_row(self, index) < 0)
+        return -1;
+    if (voiced)
+        self->last_voiced = index;
+    if (index - self->last_voiced >= self->hangover)
+        return CLOSE;
+    if (index + 1 - self->start_frame >= self->max_frames)
+        return CLOSE_FORCED;
+    return NOTHING;
+}
+
+static int check_configured(VadStep *self) {
+    if (!self->configured || !self->has_ring || self->handle == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "VadStep is not configured");
+        return -1;
+    }
+    return 0;
+}
+
+/* push(frame) -> code: the step into the next ring row, then (unless learning) advance. */
+static PyObject *VadStep_push(VadStep *self, PyObject *frame) {
+    if (check_configured(self) < 0)
+        return NULL;
+    long long index = self->index;
+    int voiced;
+    double db;
+    if (run_step(self, frame, (Py_ssize_t)(index % self->rows), &voiced, &db) < 0)
+        return NULL;
+    self->index = index + 1;
+    self->last_voiced_flag = (char)voiced;
+    self->db = db;
+    if (self->learning)
+        return PyLong_FromLong(LEARN);
+    int code = advance(self, index, voiced, db);
+    return code < 0 ? NULL : PyLong_FromLong(code);
+}
+
+/* advance(index, voiced, db) -> code: the state machine for a frame already in its row. */
+static PyObject *VadStep_advance(VadStep *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "advance(index, voiced, db) takes three arguments");
+        return NULL;
+    }
+    long long index = PyLong_AsLongLong(args[0]);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    int voiced = PyObject_IsTrue(args[1]);
+    if (voiced < 0)
+        return NULL;
+    double db = PyFloat_AsDouble(args[2]);
+    if (db == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (check_configured(self) < 0)
+        return NULL;
+    if (index < 0) {
+        PyErr_Format(PyExc_ValueError, "frame index %lld is negative", index);
+        return NULL;
+    }
+    int code = advance(self, index, voiced, db);
+    return code < 0 ? NULL : PyLong_FromLong(code);
+}
+
+/* gate(db, voiced) -> bool: VadSegmenter._gate, for the frames held while learning. */
+static PyObject *VadStep_gate(VadStep *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "gate(db, voiced) takes two arguments");
+        return NULL;
+    }
+    double db = PyFloat_AsDouble(args[0]);
+    if (db == -1.0 && PyErr_Occurred())
+        return NULL;
+    int voiced = PyObject_IsTrue(args[1]);
+    if (voiced < 0)
+        return NULL;
+    if (check_configured(self) < 0)
+        return NULL;
+    return PyBool_FromLong(gate(self, db, voiced));
+}
+
+/* set_buffer(buffer): the open turn's samples go here from now on (int16, writable). */
+static PyObject *VadStep_set_buffer(VadStep *self, PyObject *buffer) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(buffer, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | PyBUF_WRITABLE) <
+        0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError, "the utterance buffer must be writable int16 samples, "
+                                       "got %.100s", Py_TYPE(buffer)->tp_name);
+        return NULL;
+    }
+    if (view.itemsize != 2 || view.format == NULL || strcmp(view.format, "h") != 0) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "the utterance buffer must be int16 samples");
+        return NULL;
+    }
+    if (self->has_buf)
+        PyBuffer_Release(&self->buf);
+    self->buf = view;
+    self->has_buf = 1;
+    Py_RETURN_NONE;
+}
+
+/* configure(window_frames, start_voiced, hangover, max_frames, gated, voice, voice_margin,
+ *           floor_margin, learning, grow): the segmenter's settings; its state from zero. */
+static PyObject *VadStep_configure(VadStep *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"window_frames", "start_voiced", "hangover", "max_frames",
+                               "gated", "voice", "voice_margin", "floor_margin",
+                               "learning", "grow", NULL};
+    int window_frames, start_voiced, gated, voice, learning;
+    long long hangover, max_frames;
+    double voice_margin, floor_margin;
+    PyObject *grow;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iiLLppddpO:configure", keywords,
+                                     &window_frames, &start_voiced, &hangover, &max_frames,
+                                     &gated, &voice, &voice_margin, &floor_margin, &learning,
+                                     &grow))
+        return NULL;
+    if (window_frames < 1 || window_frames > 64 || start_voiced < 1 ||
+        start_voiced > window_frames) {
+        PyErr_Format(PyExc_ValueError,
+                     "need 1 <= start_voiced <= window_frames <= 64, got %d of %d",
+                     start_voiced, window_frames);
+        return NULL;
+    }
+    if (hangover < 1 || max_frames < 1) {
+        PyErr_SetString(PyExc_ValueError, "hangover and max_frames must be at least 1 frame");
+        return NULL;
+    }
+    if (!PyCallable_Check(grow)) {
+        PyErr_SetString(PyExc_TypeError, "grow must be callable");
+        return NULL;
+    }
+    self->window_mask = window_frames == 64 ? ~(uint64_t)0 : ((uint64_t)1 << window_frames) - 1;
+    self->start_voiced = start_voiced;
+    self->hangover = hangover;
+    self->max_frames = max_frames;
+    self->gated = (char)gated;
+    self->voice = (char)voice;
+    self->voice_margin = voice_margin;
+    self->floor_margin = floor_margin;
+    self->learning = (char)learning;
+    Py_XSETREF(self->grow, Py_NewRef(grow));
+    self->index = self->filled = self->last_voiced = 0;
+    self->start_frame = -1;
+    self->window = self->loud = 0;
+    self->floor = self->room = -1.0;
+    self->prev_loud = self->last_voiced_flag = 0;
+    self->db = 0.0;
+    self->configured = 1;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef VadStep_methods[] = {
     {"step", (PyCFunction)(void (*)(void))VadStep_step, METH_FASTCALL,
      "step(frame, slot) -> (voiced, level_db)."},
+    {"push", (PyCFunction)VadStep_push, METH_O,
+     "push(frame) -> code: the step into the next ring row and the state machine."},
+    {"advance", (PyCFunction)(void (*)(void))VadStep_advance, METH_FASTCALL,
+     "advance(index, voiced, db) -> code: the state machine for a frame in its ring row."},
+    {"gate", (PyCFunction)(void (*)(void))VadStep_gate, METH_FASTCALL,
+     "gate(db, voiced) -> bool: whether a voiced frame is loud enough to be the caller."},
+    {"set_buffer", (PyCFunction)VadStep_set_buffer, METH_O,
+     "set_buffer(buffer): where the open turn's samples go (int16, writable)."},
+    {"configure", (PyCFunction)(void (*)(void))VadStep_configure, METH_VARARGS | METH_KEYWORDS,
+     "configure(...): the segmenter's settings; its state from the start."},
+    {NULL},
+};
+
+/* The state, shared with vad.py (which runs the rest of the state machine). */
+static PyMemberDef VadStep_members[] = {
+    {"index", T_LONGLONG, offsetof(VadStep, index), 0, "frames pushed"},
+    {"window", T_ULONGLONG, offsetof(VadStep, window), 0, "WebRTC's start window, bit 0 last"},
+    {"loud", T_ULONGLONG, offsetof(VadStep, loud), 0, "the voice gate's start window"},
+    {"start_frame", T_LONGLONG, offsetof(VadStep, start_frame), 0, "-1 when idle"},
+    {"last_voiced", T_LONGLONG, offsetof(VadStep, last_voiced), 0, "of the open turn"},
+    {"filled", T_LONGLONG, offsetof(VadStep, filled), 0, "samples in the utterance buffer"},
+    {"floor", T_DOUBLE, offsetof(VadStep, floor), 0, "the room's quiet level, dB"},
+    {"room", T_DOUBLE, offsetof(VadStep, room), 0, "the voice gate's room level, dB"},
+    {"prev_loud", T_BOOL, offsetof(VadStep, prev_loud), 0, "the previous frame was loud"},
+    {"learning", T_BOOL, offsetof(VadStep, learning), 0, "push() leaves frames to Python"},
+    {"voiced", T_BOOL, offsetof(VadStep, last_voiced_flag), READONLY, "last push's verdict"},
+    {"db", T_DOUBLE, offsetof(VadStep, db), READONLY, "last push's level"},
     {NULL},
 };
 
@@ -206,6 +517,7 @@ static PyTypeObject VadStepType = {
     .tp_clear = (inquiry)VadStep_clear,
     .tp_dealloc = (destructor)VadStep_dealloc,
     .tp_methods = VadStep_methods,
+    .tp_members = VadStep_members,
 };
 
 static struct PyModuleDef module_def = {
@@ -223,6 +535,11 @@ PyMODINIT_FUNC PyInit__vadstep(void) {
         PyModule_AddIntConstant(module, "LEVEL_NONE", LEVEL_NONE) < 0 ||
         PyModule_AddIntConstant(module, "LEVEL_POWER", LEVEL_POWER) < 0 ||
         PyModule_AddIntConstant(module, "LEVEL_VARIANCE", LEVEL_VARIANCE) < 0 ||
+        PyModule_AddIntConstant(module, "NOTHING", NOTHING) < 0 ||
+        PyModule_AddIntConstant(module, "OPEN", OPEN) < 0 ||
+        PyModule_AddIntConstant(module, "CLOSE", CLOSE) < 0 ||
+        PyModule_AddIntConstant(module, "CLOSE_FORCED", CLOSE_FORCED) < 0 ||
+        PyModule_AddIntConstant(module, "LEARN", LEARN) < 0 ||
         PyModule_AddObjectRef(module, "VadStep", (PyObject *)&VadStepType) < 0) {
         Py_DECREF(module);
         return NULL;

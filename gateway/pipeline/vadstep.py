@@ -1,19 +1,29 @@
-"""The VAD's per-frame numeric step: ring copy, WebRTC's VAD and the frame's level.
+"""The VAD's per-frame work: ring copy, WebRTC's VAD, the level and the steady state.
 
-:class:`~gateway.pipeline.vad.VadSegmenter` keeps its state machine in Python
-and hands each frame to one step call, which copies it into the segmenter's
-ring row, runs WebRTC's VAD on that row and measures the frame's level in dB,
-``10 log10(p + 1)`` with ``p`` the frame's mean square or (for the voice gate)
-its variance. Inside a busy gateway the numpy and VAD calls this replaces cost
-~47 us a frame (cold caches, each through Python's call machinery);
-``_vadstep.c`` does it in one compiled call.
+:class:`~gateway.pipeline.vad.VadSegmenter` hands each frame to one call of its
+*core* (:func:`make_core`), which copies it into the segmenter's ring row, runs
+WebRTC's VAD on that row, measures the frame's level in dB, ``10 log10(p + 1)``
+with ``p`` the frame's mean square or (for the voice gate) its variance, and
+then runs the frame-by-frame part of the segmenter's state machine (the level
+and voice gates, the start window, appending to the open turn, the hangover):
+it returns :data:`NOTHING` for most frames, and the segmenter's Python runs
+only when a turn opens or closes (:data:`OPEN`, :data:`CLOSE`,
+:data:`CLOSE_FORCED`) or while the stream's first frames are held to learn the
+room (:data:`LEARN`). The core's attributes are the state machine's state,
+which the segmenter reads and writes for the rest. Inside a busy gateway the
+numpy and VAD calls of the step cost ~47 us a frame (cold caches, each through
+Python's call machinery), the state machine around it ~19 us more;
+``_vadstep.c`` does both in one compiled call.
+
 
 The C step calls the ``WebRtcVad_Process`` of the webrtcvad wheel's own
 ``_webrtcvad`` extension (already loaded: ``ctypes`` hands back the same
 library, not a second copy) on the ``Vad`` object's state. Its level sums the
 squares in integers, exactly; the Python step's float32 product may differ in
-the last bits. If the extension is not built the Python step runs instead
-(a warning is logged once); it works in numpy, imported then.
+the last bits. Its state machine is :class:`PythonCore`'s line for line, in
+doubles as Python's floats are (compiled without fused multiply-add), so the
+turns are the same to the bit. If the extension is not built the Python core
+runs instead (a warning is logged once); its step works in numpy, imported then.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import ctypes
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, TypeAlias
+from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
 import webrtcvad
 
@@ -43,6 +53,25 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 LEVEL_NONE: Final = 0
 LEVEL_POWER: Final = 1
 LEVEL_VARIANCE: Final = 2
+
+# What a core's push() and advance() return: what the segmenter has to do.
+NOTHING: Final = 0
+OPEN: Final = 1  # open a turn at this frame
+CLOSE: Final = 2  # close the open turn, its hangover passed
+CLOSE_FORCED: Final = 3  # close it, it reached its longest
+LEARN: Final = 4  # the segmenter is learning the room: this frame is its own to judge
+
+# The gate's constants (exponential smoothing factors per frame, found with vad_report.py).
+_FLOOR_DOWN: Final = 0.1  # the room got quieter: follow within a few frames
+_FLOOR_UP: Final = 0.05  # louder: follow within about a second
+# The voice gate's room level: the recent loud end of what is not the caller.
+_ROOM_RISE: Final = 0.5  # between turns: at once
+_ROOM_RISE_IN_TURN: Final = 0.05  # in a turn, where the caller's soft sounds land too
+_ROOM_DECAY_DB: Final = 0.1  # dB per frame (5 dB/s): a pause in the babble is no silence
+_ROOM_HEADROOM_DB: Final = 10.0  # the first frame may be a lull: assume the room louder
+_ROOM_SPREAD_DB: Final = 20.0  # the room's loud end over its floor, at most
+_START_LOUD: Final = 3  # of the start window's frames, this many above the room
+_TAIL_DB: Final = 2.0  # the soft end of a loud frame, just above the room, still counts
 
 Step: TypeAlias = Callable[[AudioBuffer, int], tuple[bool, float]]
 """``step(frame, slot) -> (voiced, level_db)``; ValueError if ``frame`` is not 320 int16 samples."""
@@ -113,3 +142,229 @@ class PythonStep:
         if self._level == LEVEL_VARIANCE:
             power -= total * total / FRAME_SAMPLES
         return voiced, 10.0 * _log10(power / FRAME_SAMPLES + 1.0)
+
+
+class Core(Protocol):
+    """A segmenter's ring, VAD, level and steady state (:class:`_vadstep.VadStep` or
+    :class:`PythonCore`). Times are frame indices from the stream's first frame."""
+
+    index: int  # frames pushed
+    window: int  # WebRTC's start window, bit 0 the last frame
+    loud: int  # the voice gate's start window
+    start_frame: int  # the open turn's first frame in the utterance buffer; -1 when idle
+    last_voiced: int  # the open turn's last voiced frame
+    filled: int  # samples in the utterance buffer
+    floor: float  # the room's quiet level, dB; < 0 before the first frame
+    room: float  # the voice gate's room level, dB
+    prev_loud: bool
+    learning: bool  # push() leaves every frame to the segmenter (LEARN)
+
+    @property
+    def voiced(self) -> bool:
+        """WebRTC's verdict on the last pushed frame."""
+
+    @property
+    def db(self) -> float:
+        """The last pushed frame's level."""
+
+    def push(self, frame: AudioBuffer, /) -> int:
+        """The frame into ring row ``index % rows``; what the segmenter must do."""
+
+    def advance(self, index: int, voiced: bool, db: float, /) -> int:
+        """The state machine for frame ``index``, already in its ring row."""
+
+    def gate(self, db: float, voiced: bool, /) -> bool:
+        """Whether a frame WebRTC's VAD called ``voiced`` is loud enough to be the caller."""
+
+    def set_buffer(self, buffer: object, /) -> None:
+        """Where the open turn's samples go (int16, writable) from now on."""
+
+
+def make_core(
+    ring: AudioBuffer,
+    vad: webrtcvad.Vad,
+    level: int,
+    *,
+    window_frames: int,
+    start_voiced: int,
+    hangover: int,
+    max_frames: int,
+    gated: bool,
+    voice: bool,
+    voice_margin: float,
+    floor_margin: float,
+    learning: bool,
+    grow: Callable[[int], object],
+    native: bool = True,
+) -> Core:
+    """The core for a segmenter's ``ring`` and ``vad`` with its settings, state from zero.
+
+    ``grow(end)`` is called when the open turn needs room for ``end`` samples: it
+    must hand a large enough buffer to :meth:`Core.set_buffer` (holding the old
+    samples) before it returns. The buffer stays exported to the core until the
+    next ``set_buffer``: do not resize it in place.
+    """
+    core: _vadstep.VadStep | PythonCore
+    if native and _vadstep is not None:
+        core = _vadstep.VadStep(ring, _process(), vad._vad, level)
+    else:
+        core = PythonCore(ring, vad, level)
+    core.configure(
+        window_frames,
+        start_voiced,
+        hangover,
+        max_frames,
+        gated,
+        voice,
+        voice_margin,
+        floor_margin,
+        learning,
+        grow,
+    )
+    return core
+
+
+class PythonCore:
+    """The core in Python, as :class:`~gateway.pipeline.vad.VadSegmenter` ran it before
+    ``_vadstep.c`` (its fallback, and the reference the C core is tested against)."""
+
+    voiced: bool
+    db: float
+
+    def __init__(self, ring: AudioBuffer, vad: webrtcvad.Vad, level: int) -> None:
+        self.step: Step = PythonStep(ring, vad, level)
+        # Ring rows by index, and the utterance buffer, as int16 memoryviews.
+        self._ring = memoryview(ring).cast("B").cast("h")  # type: ignore[arg-type]
+        self._rows = len(self._ring) // FRAME_SAMPLES
+        self._buf = memoryview(b"").cast("h")
+
+    def configure(
+        self,
+        window_frames: int,
+        start_voiced: int,
+        hangover: int,
+        max_frames: int,
+        gated: bool,
+        voice: bool,
+        voice_margin: float,
+        floor_margin: float,
+        learning: bool,
+        grow: Callable[[int], object],
+    ) -> None:
+        if not 1 <= start_voiced <= window_frames <= 64:
+            raise ValueError(
+                f"need 1 <= start_voiced <= window_frames <= 64, got {start_voiced} "
+                f"of {window_frames}"
+            )
+        if hangover < 1 or max_frames < 1:
+            raise ValueError("hangover and max_frames must be at least 1 frame")
+        self._mask = (1 << window_frames) - 1
+        self._start_voiced = start_voiced
+        self._hangover = hangover
+        self._max_frames = max_frames
+        self._gated = gated
+        self._voice = voice
+        self._voice_margin = float(voice_margin)
+        self._floor_margin = float(floor_margin)
+        self._grow = grow
+        self.learning = learning
+        self.index = self.filled = self.last_voiced = 0
+        self.start_frame = -1
+        self.window = self.loud = 0
+        self.floor = self.room = -1.0
+        self.prev_loud = self.voiced = False
+        self.db = 0.0
+
+    def set_buffer(self, buffer: object) -> None:
+        try:
+            view = memoryview(buffer)  # type: ignore[arg-type]
+        except TypeError:
+            raise ValueError(
+                f"the utterance buffer must be writable int16 samples, got {type(buffer).__name__}"
+            ) from None
+        if view.format != "h" or view.readonly or not view.c_contiguous:
+            raise ValueError("the utterance buffer must be writable int16 samples")
+        self._buf = view.cast("B").cast("h")
+
+    def push(self, frame: AudioBuffer) -> int:
+        index = self.index
+        self.voiced, self.db = voiced, db = self.step(frame, index % self._rows)
+        self.index = index + 1
+        if self.learning:
+            return LEARN
+        return self.advance(index, voiced, db)
+
+    def advance(self, index: int, voiced: bool, db: float) -> int:
+        if self._gated:
+            gated = self.gate(db, voiced)
+            if self._voice and self.start_frame < 0:
+                # WebRTC's window as always, and enough of it clearly above the room.
+                self.loud = loud = ((self.loud << 1) | gated) & self._mask
+                if loud.bit_count() < _START_LOUD:
+                    self.window = ((self.window << 1) | voiced) & self._mask
+                    return NOTHING
+            else:
+                voiced = gated
+
+        if self.start_frame < 0:
+            self.window = window = ((self.window << 1) | voiced) & self._mask
+            return NOTHING if window.bit_count() < self._start_voiced else OPEN
+
+        # The open turn takes the frame (from its ring row).
+        filled = self.filled
+        end = filled + FRAME_SAMPLES
+        if end > len(self._buf):
+            self._grow(end)
+            if end > len(self._buf):
+                raise RuntimeError("grow() left no room in the utterance buffer")
+        row = (index % self._rows) * FRAME_SAMPLES
+        self._buf[filled:end] = self._ring[row : row + FRAME_SAMPLES]
+        self.filled = end
+        if voiced:
+            self.last_voiced = index
+        if index - self.last_voiced >= self._hangover:
+            return CLOSE
+        if index + 1 - self.start_frame >= self._max_frames:
+            return CLOSE_FORCED
+        return NOTHING
+
+    def gate(self, db: float, voiced: bool) -> bool:
+        floor = self.floor
+        if floor < 0:  # the first frame: the room as it is
+            self.floor = db
+            self.room = db + _ROOM_HEADROOM_DB
+            return False
+        in_turn = self.start_frame >= 0
+        # The floor follows every frame down fast and up slowly, and not at all in a
+        # turn, so it sits at the quiet moments of the room, not of the caller.
+        dev = db - floor
+        if dev < 0:
+            self.floor = new_floor = floor + dev * _FLOOR_DOWN
+        elif not in_turn:
+            self.floor = new_floor = floor + dev * _FLOOR_UP
+        else:
+            new_floor = floor
+        if not self._voice:
+            return voiced and (not in_turn or db >= floor + self._floor_margin)
+
+        # The voice gate. No room's loud end is far above its quiet moments: after a
+        # silence (or a stream that began with the caller's own voice) the room is
+        # at most this.
+        room = min(self.room, new_floor + _ROOM_SPREAD_DB)
+        loud = voiced and db >= room + self._voice_margin
+        if not loud and in_turn and self.prev_loud:
+            # The soft end of a loud stretch still counts, down to near the floor.
+            loud = voiced and db >= min(room + _TAIL_DB, new_floor + self._floor_margin)
+            self.prev_loud = loud
+            return loud
+        self.prev_loud = loud
+        if not loud:
+            # Babble's loud end: up at once to voiced sounds that are not the caller,
+            # down slowly. Unvoiced sounds and those inside a turn (mostly the
+            # caller's own consonants and soft words) move it slowly.
+            if db > room:
+                room += (db - room) * (_ROOM_RISE if voiced and not in_turn else _ROOM_RISE_IN_TURN)
+            else:
+                room = max(db, room - _ROOM_DECAY_DB)
+        self.room = room
+        return loud
