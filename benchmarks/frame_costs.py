@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
+import functools
+import inspect
 import json
 import logging
 import statistics
@@ -48,6 +50,13 @@ WRAPPED = [
     ("gateway.media.opus", "OpusEncoder", "encode"),
     ("gateway.media.transport", "CallTransport", "send_rtp_now"),
     ("aioice.ice", "StunProtocol", "datagram_received"),
+    # The periodic per-call work: RTCP out (sender and receiver reports) and in.
+    ("aiortc.rtcrtpsender", "RTCRtpSender", "_send_rtcp"),
+    ("aiortc.rtcrtpreceiver", "RTCRtpReceiver", "_send_rtcp"),
+    ("aiortc.rtcdtlstransport", "RTCDtlsTransport", "_send_rtp"),
+    ("aiortc.rtcdtlstransport", "RTCDtlsTransport", "_handle_rtcp_data"),
+    ("aiortc.rtcrtpsender", "RTCRtpSender", "_handle_rtcp_packet"),
+    ("aiortc.rtcrtpreceiver", "RTCRtpReceiver", "_handle_rtcp_packet"),
     ("gateway.metrics", "Metrics", "render"),
 ]
 
@@ -64,6 +73,18 @@ def serve_timed(out: str) -> int:
     def timed(function: Callable[..., Any], name: str) -> Callable[..., Any]:
         spent = samples.setdefault(name, [])
 
+        if inspect.iscoroutinefunction(function):
+            # Timed across its awaits: right for aiortc's RTCP coroutines, which never
+            # suspend (their sends complete at once), not for ones that wait.
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                start = clock()
+                try:
+                    return await function(*args, **kwargs)
+                finally:
+                    spent.append(clock() - start)
+
+            return functools.wraps(function)(async_wrapper)
+
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             start = clock()
             try:
@@ -71,7 +92,7 @@ def serve_timed(out: str) -> int:
             finally:
                 spent.append(clock() - start)
 
-        return wrapper
+        return functools.wraps(function)(wrapper)
 
     for module, cls, method in WRAPPED:
         owner = getattr(importlib.import_module(module), cls, None)
@@ -133,6 +154,7 @@ def _time_loop_callbacks(clock: Callable[[], int]) -> dict[str, list[int]]:
             protocol = type(getattr(owner, "_protocol", None))
             return f"socket read: {protocol.__module__.split('.')[0]}.{protocol.__qualname__}"
         function = getattr(callback, "__func__", callback)
+        function = getattr(function, "__wrapped__", function)  # our timing wrappers
         key = getattr(function, "__code__", None) or type(function)
         name = names.get(key)
         if name is None:
