@@ -815,6 +815,167 @@ static PyTypeObject RouteType = {
     .tp_getset = Route_getset,
 };
 
+/* --- Encoder: a libopus encoder state, encoding from any int16 buffer ------------------- */
+
+/* Why here: through ctypes each frame the echo speaks cost a numpy copy into the
+ * encoder's input array, a ctypes call (argument conversion for five arguments) and a
+ * string_at; here one C call reads the caller's buffer as it is (any C-contiguous int16
+ * exporter: an ndarray, array('h'), a memoryview) and the fused Outbound.send_pcm below
+ * puts the packet straight into the RTP buffer. The encoder's settings (application,
+ * bitrate, VBR, complexity) are made by gateway.media.opus through opus_encoder_ctl
+ * before the state is handed in, so the packets are those of the ctypes path. */
+
+/* opus_int32 opus_encode(OpusEncoder *, const opus_int16 *pcm, int frame_size,
+ *                        unsigned char *data, opus_int32 max_data_bytes). */
+typedef int32_t (*opus_encode_call)(void *encoder, const int16_t *pcm, int frame_size,
+                                    uint8_t *data, int32_t max_data_bytes);
+typedef void (*opus_destroy_call)(void *encoder);
+
+/* RFC 6716 3.2.1: the largest 20 ms frame. Always offered whole to opus_encode, as the
+ * ctypes path does: max_data_bytes enters libopus' bit allocation (SILK's maxBits), so a
+ * smaller bound could change the packets. */
+#define MAX_OPUS_PACKET 1276
+/* 120 ms at 48 kHz: the most samples one opus_encode call takes. */
+#define MAX_ENCODER_FRAME 5760
+
+typedef struct {
+    PyObject_HEAD
+    opus_encode_call encode;
+    opus_destroy_call destroy;
+    void *state; /* owned: destroyed by close() or with the object; NULL once closed */
+    int frame_samples;
+    uint8_t packet[MAX_OPUS_PACKET];
+    int16_t aligned[MAX_ENCODER_FRAME]; /* for a buffer that starts on an odd address */
+} Encoder;
+
+static void encoder_close(Encoder *self) {
+    void *state = self->state;
+    self->state = NULL;
+    if (state != NULL && self->destroy != NULL)
+        self->destroy(state);
+}
+
+static int Encoder_init(Encoder *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"encode", "destroy", "state", "frame_samples", NULL};
+    PyObject *encode, *destroy, *state;
+    int frame_samples;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOi", names, &encode, &destroy, &state,
+                                     &frame_samples))
+        return -1;
+    if (frame_samples <= 0 || frame_samples > MAX_ENCODER_FRAME) {
+        PyErr_SetString(PyExc_ValueError, "frame_samples out of range");
+        return -1;
+    }
+    void *encode_function = as_pointer(encode, "encode"), *destroy_function = NULL,
+         *pointer = NULL;
+    if (encode_function == NULL || (destroy_function = as_pointer(destroy, "destroy")) == NULL ||
+        (pointer = as_pointer(state, "state")) == NULL)
+        return -1;
+    encoder_close(self); /* __init__ called again: the old state is still ours */
+    self->encode = (opus_encode_call)encode_function;
+    self->destroy = (opus_destroy_call)destroy_function;
+    self->state = pointer;
+    self->frame_samples = frame_samples;
+    return 0;
+}
+
+static void Encoder_dealloc(Encoder *self) {
+    encoder_close(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Native int16 in struct syntax: "h", "=h", or "<h"/">h" by the machine's byte order
+ * (gateway.media.pcm's _INT16_FORMATS, which the Python fallback checks). */
+static int is_int16_format(const char *format) {
+    if (format == NULL)
+        return 0;
+    if (format[0] == '=' || format[0] == (PY_LITTLE_ENDIAN ? '<' : '>'))
+        format++;
+    return format[0] == 'h' && format[1] == '\0';
+}
+
+/* Encode one frame of pcm (any buffer) into self->packet; its length, or -1 with
+ * ValueError (closed, not a C-contiguous 1-D int16 buffer of frame_samples) or
+ * RuntimeError (libopus refused). */
+static int32_t encoder_encode(Encoder *self, PyObject *pcm) {
+    if (self->state == NULL) {
+        PyErr_SetString(PyExc_ValueError, "the encoder is closed");
+        return -1;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(pcm, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        /* Not a buffer, or a strided one: the caller passed the wrong thing, like a
+         * wrong length. */
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError,
+                     "expected %d int16 samples in a C-contiguous buffer, got %.100s",
+                     self->frame_samples, Py_TYPE(pcm)->tp_name);
+        return -1;
+    }
+    if (view.ndim != 1 || !is_int16_format(view.format) ||
+        view.len != (Py_ssize_t)self->frame_samples * 2) {
+        PyErr_Format(PyExc_ValueError, "expected %d int16 samples, got %zd bytes of format %s",
+                     self->frame_samples, view.len, view.format ? view.format : "?");
+        PyBuffer_Release(&view);
+        return -1;
+    }
+    const int16_t *samples = (const int16_t *)view.buf;
+    if ((uintptr_t)view.buf % _Alignof(int16_t) != 0) {
+        memcpy(self->aligned, view.buf, (size_t)view.len);
+        samples = self->aligned;
+    }
+    int32_t size =
+        self->encode(self->state, samples, self->frame_samples, self->packet, MAX_OPUS_PACKET);
+    PyBuffer_Release(&view);
+    if (size <= 0) {
+        PyErr_Format(PyExc_RuntimeError, "libopus encode failed (%d)", (int)size);
+        return -1;
+    }
+    return size;
+}
+
+static PyObject *Encoder_encode(Encoder *self, PyObject *pcm) {
+    int32_t size = encoder_encode(self, pcm);
+    if (size < 0)
+        return NULL;
+    return PyBytes_FromStringAndSize((const char *)self->packet, size);
+}
+
+static PyObject *Encoder_close(Encoder *self, PyObject *unused) {
+    encoder_close(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Encoder_get_closed(Encoder *self, void *unused) {
+    return PyBool_FromLong(self->state == NULL);
+}
+
+static PyMethodDef Encoder_methods[] = {
+    {"encode", (PyCFunction)Encoder_encode, METH_O,
+     "encode(pcm) -> one Opus packet from exactly frame_samples int16 samples."},
+    {"close", (PyCFunction)Encoder_close, METH_NOARGS,
+     "Destroy the libopus state now (encoding afterwards raises ValueError)."},
+    {NULL},
+};
+
+static PyGetSetDef Encoder_getset[] = {
+    {"closed", (getter)Encoder_get_closed, NULL, "Whether the state was destroyed."},
+    {NULL},
+};
+
+static PyTypeObject EncoderType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gateway.media._rtp.Encoder",
+    .tp_basicsize = sizeof(Encoder),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Encoder(encode, destroy, state, frame_samples): owns a configured libopus "
+              "encoder state.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Encoder_init,
+    .tp_dealloc = (destructor)Encoder_dealloc,
+    .tp_methods = Encoder_methods,
+    .tp_getset = Encoder_getset,
+};
+
 /* --- Outbound: a sender's RTP stream ---------------------------------------------------- */
 
 #define MAX_EXTENSIONS 256
@@ -907,17 +1068,11 @@ static void count_sent(Outbound *self, Py_ssize_t payload_length, uint32_t times
         (unsigned long long)((wall_clock() + NTP_UNIX_OFFSET) * 4294967296.0);
 }
 
-/* send(payload, pts): the packet with RTP timestamp origin + pts. Sent (None), or, when
- * the transport has no open Route, the RTP packet in clear for the Python path (bytes). */
-static PyObject *Outbound_send(Outbound *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "send(payload: bytes, pts: int)");
-        return NULL;
-    }
-    const uint8_t *payload = (const uint8_t *)PyBytes_AS_STRING(args[0]);
-    Py_ssize_t payload_length = PyBytes_GET_SIZE(args[0]);
-    uint32_t timestamp =
-        self->timestamp_origin + (uint32_t)PyLong_AsUnsignedLongLongMask(args[1]);
+/* The packet with RTP timestamp origin + pts: sent (None), or, when the transport has no
+ * open Route, the RTP packet in clear for the Python path (bytes). NULL with an exception. */
+static PyObject *outbound_send(Outbound *self, const uint8_t *payload, Py_ssize_t payload_length,
+                               PyObject *pts) {
+    uint32_t timestamp = self->timestamp_origin + (uint32_t)PyLong_AsUnsignedLongLongMask(pts);
     if (PyErr_Occurred())
         return NULL;
     if (self->transport == NULL) {
@@ -950,9 +1105,50 @@ static PyObject *Outbound_send(Outbound *self, PyObject *const *args, Py_ssize_t
     return packet;
 }
 
+/* send(payload, pts): a ready payload (silence, pre-encoded speech). */
+static PyObject *Outbound_send(Outbound *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyLong_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "send(payload: bytes, pts: int)");
+        return NULL;
+    }
+    return outbound_send(self, (const uint8_t *)PyBytes_AS_STRING(args[0]),
+                         PyBytes_GET_SIZE(args[0]), args[1]);
+}
+
+static PyObject *native_encoder_name;
+
+/* send_pcm(encoder, pcm, pts): encode one PCM frame with the OpusEncoder's compiled state
+ * (its _native_encoder) and send it as send() would, in one call per frame: no bytes
+ * object for the payload, no ctypes, no Python frame between the encoder and the wire. */
+static PyObject *Outbound_send_pcm(Outbound *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "send_pcm(encoder: OpusEncoder, pcm, pts: int)");
+        return NULL;
+    }
+    PyObject *native = PyObject_GetAttr(args[0], native_encoder_name);
+    if (native == NULL)
+        return NULL;
+    if (!Py_IS_TYPE(native, &EncoderType)) {
+        Py_DECREF(native);
+        PyErr_SetString(PyExc_TypeError, "the encoder has no compiled state");
+        return NULL;
+    }
+    Encoder *encoder = (Encoder *)native;
+    PyObject *result = NULL;
+    int32_t size = encoder_encode(encoder, args[1]);
+    /* outbound_send copies encoder->packet into the RTP packet before any Python but the
+     * transport's _native_route lookup (a plain attribute) runs: nothing encodes over it. */
+    if (size >= 0)
+        result = outbound_send(self, encoder->packet, size, args[2]);
+    Py_DECREF(native);
+    return result;
+}
+
 static PyMethodDef Outbound_methods[] = {
     {"send", (PyCFunction)(void (*)(void))Outbound_send, METH_FASTCALL,
      "send(payload, pts) -> None if sent, else the RTP packet for the Python path."},
+    {"send_pcm", (PyCFunction)(void (*)(void))Outbound_send_pcm, METH_FASTCALL,
+     "send_pcm(encoder, pcm, pts): encode one frame and send it as send() would."},
     {NULL},
 };
 
@@ -1020,9 +1216,11 @@ PyMODINIT_FUNC PyInit__rtp(void) {
     enabled_name = PyUnicode_InternFromString("_enabled");
     fileno_name = PyUnicode_InternFromString("fileno");
     route_name = PyUnicode_InternFromString("_native_route");
-    if (enabled_name == NULL || fileno_name == NULL || route_name == NULL)
+    native_encoder_name = PyUnicode_InternFromString("_native_encoder");
+    if (enabled_name == NULL || fileno_name == NULL || route_name == NULL ||
+        native_encoder_name == NULL)
         return NULL;
-    PyTypeObject *types[] = {&InboundType, &PortType, &RouteType, &OutboundType};
+    PyTypeObject *types[] = {&InboundType, &PortType, &RouteType, &EncoderType, &OutboundType};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
         if (PyType_Ready(types[i]) < 0)
             return NULL;
@@ -1033,6 +1231,7 @@ PyMODINIT_FUNC PyInit__rtp(void) {
         PyModule_AddObjectRef(module, "Inbound", (PyObject *)&InboundType) < 0 ||
         PyModule_AddObjectRef(module, "Port", (PyObject *)&PortType) < 0 ||
         PyModule_AddObjectRef(module, "Route", (PyObject *)&RouteType) < 0 ||
+        PyModule_AddObjectRef(module, "Encoder", (PyObject *)&EncoderType) < 0 ||
         PyModule_AddObjectRef(module, "Outbound", (PyObject *)&OutboundType) < 0) {
         Py_DECREF(module);
         return NULL;

@@ -16,7 +16,11 @@ the common case of both directions in one C call:
   sender-report counters) sends through :class:`_rtp.Route` (SRTP protect and
   ``sendto`` on the selected ICE pair's socket). Without an open route (a TURN
   relay, the DTMF rewrite, before DTLS) it returns the packet for the Python path;
-  a ``sendto`` that fails goes through asyncio's transport.
+  a ``sendto`` that fails goes through asyncio's transport;
+- the encode of outbound speech, :class:`_rtp.Encoder` (a libopus encoder state
+  that :class:`~gateway.media.opus.OpusEncoder` configures and hands over):
+  it encodes from any int16 buffer without a copy or a ctypes call, and
+  :meth:`_rtp.Outbound.send_pcm` encodes and sends a PCM frame in one call.
 
 The C code links nothing: it calls the libsrtp of pylibsrtp's cffi binding and
 the libopus of :mod:`gateway.media.libopus` through addresses handed in here.
@@ -29,11 +33,12 @@ from __future__ import annotations
 import ctypes
 import logging
 import time
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, Protocol, TypeAlias
 
 from aiortc.rtcrtpreceiver import StreamStatistics
 
 from gateway.media import libopus
+from gateway.media.pcm import AudioBuffer
 from gateway.media.rtp import HEADER, ntp_time
 
 logger = logging.getLogger(__name__)
@@ -82,6 +87,16 @@ def opus_function(name: str) -> int:
     return address
 
 
+def opus_encoder(state: int, frame_samples: int) -> _rtp.Encoder | None:
+    """The compiled encoder owning the libopus encoder ``state`` (it destroys it when
+    closed or collected), or None without the extension: the caller keeps the state."""
+    if _rtp is None:
+        return None
+    return _rtp.Encoder(
+        opus_function("opus_encode"), opus_function("opus_encoder_destroy"), state, frame_samples
+    )
+
+
 class NativeStreamStatistics(StreamStatistics):
     """aiortc's per-SSRC reception statistics, kept by an :class:`_rtp.Inbound`.
 
@@ -123,6 +138,13 @@ class NativeStreamStatistics(StreamStatistics):
         return self._inbound.statistics()[4]
 
 
+class FrameEncoder(Protocol):
+    """What :meth:`PythonOutbound.send_pcm` encodes with (an
+    :class:`~gateway.media.opus.OpusEncoder`)."""
+
+    def encode(self, frame: AudioBuffer) -> bytes: ...
+
+
 class PythonOutbound:
     """What :class:`_rtp.Outbound` does, in Python, for when the extension is not built.
 
@@ -156,6 +178,10 @@ class PythonOutbound:
         self.rtp_timestamp = timestamp
         self.ntp_timestamp = ntp_time(time.time())
         return header + self._extensions + payload
+
+    def send_pcm(self, encoder: FrameEncoder, pcm: AudioBuffer, pts: int) -> bytes | None:
+        """Encode one frame with ``encoder`` and :meth:`send` it."""
+        return self.send(encoder.encode(pcm), pts)
 
 
 OutboundStream: TypeAlias = "_rtp.Outbound | PythonOutbound"

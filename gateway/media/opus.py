@@ -13,10 +13,12 @@ from __future__ import annotations
 import ctypes
 import functools
 import weakref
+from collections.abc import Callable
 from typing import Final
 
-from gateway.media import libopus
+from gateway.media import libopus, native
 from gateway.media.pcm import (
+    _INT16_FORMATS,
     FRAME_SAMPLES,
     PCM,
     SAMPLE_RATE,
@@ -97,42 +99,58 @@ class OpusEncoder:
         libopus.check(error.value, "encoder_create")
         if not state:
             raise libopus.OpusLibraryError("libopus encoder_create returned no encoder")
-        self._free = weakref.finalize(self, lib.opus_encoder_destroy, state)
+        # The compiled encoder (if built) owns the state from here; it encodes from the
+        # caller's buffer with no copy, and native.Outbound.send_pcm reads it from here.
+        self._native_encoder = native.opus_encoder(state, FRAME_SAMPLES)
+        if self._native_encoder is not None:
+            self._free: Callable[[], object] = self._native_encoder.close
+        else:
+            self._free = weakref.finalize(self, lib.opus_encoder_destroy, state)
         self._closed = False  # a plain flag: finalize.alive is Python code, read per frame
-        self._encode = functools.partial(lib.opus_encode, state)
         ctl = functools.partial(lib.opus_encoder_ctl, ctypes.c_void_p(state))
         libopus.check(ctl(libopus.SET_BITRATE, ctypes.c_int32(bitrate)), "SET_BITRATE")
         libopus.check(ctl(libopus.SET_VBR, ctypes.c_int32(1)), "SET_VBR")
         libopus.check(ctl(libopus.SET_VBR_CONSTRAINT, ctypes.c_int32(0)), "SET_VBR_CONSTRAINT")
         if complexity is not None:
             libopus.check(ctl(libopus.SET_COMPLEXITY, ctypes.c_int32(complexity)), "COMPLEXITY")
-        # One input frame and one output buffer, reused by every encode. The view
-        # pins the array (it cannot be resized while exported), so its address holds.
-        self._in = silence(FRAME_SAMPLES)
-        self._in_view = memoryview(self._in)
-        self._in_address = self._in.buffer_info()[0]
+        # Without the extension, encode() goes through ctypes: one input frame and one
+        # output buffer, reused by every encode.
+        self._encode = functools.partial(lib.opus_encode, state)
+        self._in = (ctypes.c_int16 * FRAME_SAMPLES)()
+        self._in_bytes = memoryview(self._in).cast("B")
         self._out = ctypes.create_string_buffer(MAX_PACKET_BYTES)
-        self._out_address = ctypes.addressof(self._out)
 
     def encode(self, frame: AudioBuffer) -> bytes:
         """Encode one frame of exactly 320 int16 samples into one Opus packet.
 
-        ``frame`` is any 1-D buffer of format ``'h'`` (an ``array('h')``, a memoryview,
-        an int16 numpy array); ValueError for anything else.
+        ``frame`` is any C-contiguous 1-D buffer of native int16 (an ``array('h')``,
+        a memoryview of format ``'h'``, an int16 numpy array); anything else, or a
+        closed encoder, raises ValueError.
         """
+        if self._native_encoder is not None:
+            return self._native_encoder.encode(frame)
         if self._closed:
             raise ValueError("the encoder is closed")
         try:
-            # A memcpy; the shapes and formats must match (ndarray: see AudioBuffer).
-            self._in_view[:] = frame  # type: ignore[assignment]
-        except (ValueError, TypeError):
-            raise ValueError(
-                f"expected {FRAME_SAMPLES} int16 samples, got {describe(frame)}"
-            ) from None
-        size = self._encode(self._in_address, FRAME_SAMPLES, self._out_address, MAX_PACKET_BYTES)
+            view = memoryview(frame)  # type: ignore[arg-type]  # a buffer; typed so from 3.12
+        except TypeError:
+            view = memoryview(b"")
+        with view:
+            if (
+                view.ndim != 1
+                or view.format not in _INT16_FORMATS
+                or view.nbytes != 2 * FRAME_SAMPLES
+                or not view.c_contiguous
+            ):
+                raise ValueError(
+                    f"expected {FRAME_SAMPLES} int16 samples in a C-contiguous buffer,"
+                    f" got {describe(frame)}"
+                )
+            self._in_bytes[:] = view.cast("B")
+        size = self._encode(self._in, FRAME_SAMPLES, self._out, MAX_PACKET_BYTES)
         if size <= 0:
             raise RuntimeError(f"libopus encode failed: {libopus.strerror(size)} ({size})")
-        return ctypes.string_at(self._out_address, size)
+        return ctypes.string_at(self._out, size)
 
     def encode_pcm(self, pcm: AudioBuffer) -> list[bytes]:
         """Encode a whole utterance, zero-padded, with enough frames to flush the lookahead."""

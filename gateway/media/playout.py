@@ -137,6 +137,8 @@ class PlayoutTrack(MediaStreamTrack):
         self._speech_frames = 0
         self._late_frames = 0
         self._skipped_frames = 0
+        self.behind = False
+        """Whether, after the last frame :meth:`poll` returned, another is due already."""
         self.tap: list[tuple[int, bytes]] | None = None
         """When a list, every speech packet sent is appended to it as ``(pts, payload)``,
         pts in 48 kHz units from :attr:`started_at` (the call's recording)."""
@@ -263,7 +265,8 @@ class PlayoutTrack(MediaStreamTrack):
         while True:
             frame = self.poll(loop.time())
             if frame is not None:
-                return frame
+                payload, pts = frame
+                return payload if isinstance(payload, bytes) else self.encode(payload), pts
             assert self._clock is not None
             await self._clock.sleep_until(self.next_due)
 
@@ -273,14 +276,20 @@ class PlayoutTrack(MediaStreamTrack):
         assert self._start is not None
         return self._start + self._next_pts / OPUS_RATE
 
-    def poll(self, now: float) -> tuple[bytes, int] | None:
-        """The next 20 ms Opus payload and its pts (48 kHz ticks) if it is due at ``now``.
+    def poll(self, now: float) -> tuple[bytes | memoryview, int] | None:
+        """The next 20 ms frame and its pts (48 kHz ticks) if it is due at ``now``.
 
-        ``now`` is the event loop's time. None while the next frame is not due;
-        call again at the next tick of :func:`~gateway.media.frameclock.frame_clock`
-        (tracks keep time on its grid). A caller that is late gets the frames it
-        missed one per call, up to ``max_burst`` of them; beyond that the missed
-        slots are skipped. Raises MediaStreamError once the track has ended.
+        The frame is an Opus payload (``bytes``), or, for speech queued as PCM,
+        its 20 ms PCM frame, which the caller encodes with the track's encoder
+        (:meth:`encode`) before anything else touches the track (the frame may be
+        a buffer the track reuses): :class:`~gateway.media.sender.PlayoutSender`
+        encodes and sends it in one C call. ``now`` is the event loop's time.
+        None while the next frame is not due; call again at the next tick of
+        :func:`~gateway.media.frameclock.frame_clock` (tracks keep time on its
+        grid). A caller that is late gets the frames it missed one per call, up
+        to ``max_burst`` of them; beyond that the missed slots are skipped; after
+        a frame, :attr:`behind` says whether the next is due at ``now`` too.
+        Raises MediaStreamError once the track has ended.
         """
         if self._ended:
             raise MediaStreamError
@@ -301,6 +310,8 @@ class PlayoutTrack(MediaStreamTrack):
                 self._skipped_frames += skip
         pts = self._pts = self._next_pts
         self._next_pts = pts + FRAME_TICKS
+        # The next poll's test, now: a caller is spared a second call on most ticks.
+        self.behind = now - (self._start + self._next_pts / OPUS_RATE) >= -_EARLY
 
         # Chosen only now, so a flush() since the last frame takes effect at this one.
         payload = self._next_speech() if self._queue else None
@@ -310,8 +321,13 @@ class PlayoutTrack(MediaStreamTrack):
         else:
             is_speech = True
             self._speech_frames += 1
-            if self.tap is not None:
-                self.tap.append((pts, payload))
+            if self.tap is not None or self.on_frame_sent is not None:
+                # Encoded before their code runs, which may flush or stop the track
+                # (and with it the encoder).
+                if not isinstance(payload, bytes):
+                    payload = self.encode(payload)
+                if self.tap is not None:
+                    self.tap.append((pts, payload))
         self._frames_sent += 1
         if self.on_frame_sent is not None:
             try:
@@ -321,7 +337,12 @@ class PlayoutTrack(MediaStreamTrack):
                 logger.exception("on_frame_sent callback failed")
         return payload, pts
 
-    def _next_speech(self) -> bytes | None:
+    def encode(self, frame: memoryview) -> bytes:
+        """Encode a PCM frame that :meth:`poll` returned."""
+        assert self._encoder is not None
+        return self._encoder.encode(frame)
+
+    def _next_speech(self) -> bytes | memoryview | None:
         if not self._queue:
             return None
         if self._paused:
@@ -332,10 +353,11 @@ class PlayoutTrack(MediaStreamTrack):
         item = self._queue[0]
         index = item.next_index
         item.next_index += 1
+        payload: bytes | memoryview
         if item.pcm is None:
             payload = item.packets[index]
         else:
-            payload = self._encode(item.pcm, index)
+            payload = self._frame(item.pcm, index)
         item.playback.frames_sent += 1
         if item.remaining == 0:
             # Awaiters of the playback run once this packet is on its way.
@@ -343,20 +365,21 @@ class PlayoutTrack(MediaStreamTrack):
             item.playback._finish(interrupted=False)
         return payload
 
-    def _encode(self, pcm: memoryview, index: int) -> bytes:
+    def _frame(self, pcm: memoryview, index: int) -> memoryview:
+        """The ``index``-th 20 ms frame of ``pcm``, for the encoder (made if needed)."""
         if self._encoder is None:
             self._encoder = OpusEncoder(self._bitrate)
         start = index * FRAME_SAMPLES
         end = start + FRAME_SAMPLES
         if end <= len(pcm):
-            return self._encoder.encode(pcm[start:end])
+            return pcm[start:end]
         # The last frames: the tail padded with zeros, which also flushes the
         # encoder's lookahead so this utterance ends inside its own packets.
         pad = self._pad
         tail = max(0, len(pcm) - start)
         pad[:tail] = pcm[start:]
         pad[tail:] = _ZEROS[tail:]
-        return self._encoder.encode(pad)
+        return pad
 
     def _enqueue(self, pcm: memoryview | None, packets: Sequence[bytes], frames: int) -> Playback:
         playback = Playback(frames)

@@ -181,14 +181,28 @@ class PlayoutSender(RTCRtpSender):
     def _on_tick(self, now: float) -> None:
         """Send every frame of the track that is due at ``now`` (one, unless the loop stalled)."""
         try:
-            track = self.track
+            # aiortc's `track` property, read without its Python call: this runs per frame.
+            track = self._RTCRtpSender__track
             if track is not self._playing:  # replaceTrack()
                 if not isinstance(track, PlayoutTrack):
                     return  # nothing to send until a PlayoutTrack comes back
                 self._playing = track
             while (frame := track.poll(now)) is not None:
-                if self._enabled:
-                    self._send(*frame)
+                payload, pts = frame
+                if payload.__class__ is bytes:  # silence, or speech encoded before
+                    if self._enabled and (packet := self._stream.send(payload, pts)) is not None:
+                        self._send_python(packet)  # not sent by C: see native.outbound
+                else:
+                    # Speech as PCM: encoded and sent by one C call. The encoder's state
+                    # goes on while disabled too, as when every frame was encoded first.
+                    encoder = track._encoder
+                    assert encoder is not None
+                    if not self._enabled:
+                        encoder.encode(payload)
+                    elif (packet := self._stream.send_pcm(encoder, payload, pts)) is not None:
+                        self._send_python(packet)
+                if not track.behind:
+                    break
         except (ConnectionError, MediaStreamError):
             self._end()  # the transport closed, or the track ended: the call is ending
         except Exception:
@@ -196,11 +210,10 @@ class PlayoutSender(RTCRtpSender):
             logger.exception("RTP sender failed")
             self._end()
 
-    def _send(self, payload: bytes, pts: int) -> None:
-        packet = self._stream.send(payload, pts)  # sent by C, unless it comes back
-        if packet is not None:
-            transport: CallTransport = self.transport  # type: ignore[assignment]
-            transport.send_rtp_now(packet)
+    def _send_python(self, packet: bytes) -> None:
+        """Send an RTP packet the compiled route handed back (DTMF, TURN, no extension)."""
+        transport: CallTransport = self.transport  # type: ignore[assignment]
+        transport.send_rtp_now(packet)
 
     def _end(self) -> None:
         frame_clock(asyncio.get_running_loop()).unsubscribe(self._on_tick)
