@@ -20,8 +20,9 @@ and catches up after a stall) and hands each one to its RTP stream
 (:func:`gateway.media.native.outbound`): with the compiled extension, one C call
 per frame (``send`` for a ready Opus payload such as silence, ``send_pcm`` for
 speech still as PCM, which it Opus-encodes first) writes the header,
-SRTP-protects the packet and ``sendto``-s it on the transport's route; without an open route (DTMF substitution in progress, a TURN
-relay, no extension) the packet comes back in clear for
+SRTP-protects the packet and ``sendto``-s it on the transport's route; without
+an open route (DTMF substitution in progress, a TURN relay, no extension) the
+packet comes back in clear for
 :meth:`~gateway.media.transport.CallTransport.send_rtp_now` (DTMF substitution,
 SRTP, ``sendto``). A call whose sending fails is ended alone: its sender
 unsubscribes and its RTP task returns, as aiortc's loop would.
