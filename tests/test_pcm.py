@@ -125,13 +125,14 @@ async def _played(audio: Any) -> list[bytes]:
     track = PlayoutTrack()
     playback = track.play(audio)
     loop = asyncio.get_running_loop()
-    first = track.poll(loop.time())
-    assert first is not None
-    packets = [first[0]]
+    packets: list[bytes] = []
+    now = loop.time()
     while len(packets) < playback.frames:
-        frame = track.poll(track.next_due)
+        frame = track.poll(now if not packets else track.next_due)
         assert frame is not None
-        packets.append(frame[0])
+        # A speech frame comes as PCM, for the poller to encode (the sender: in C).
+        payload = frame[0]
+        packets.append(payload if isinstance(payload, bytes) else track.encode(payload))
     assert playback.done.done() and not playback.interrupted
     track.stop()
     return packets
