@@ -5,6 +5,8 @@ order: each row also counts what it pulls in and the rows above did not), then
 the gateway's own modules with the echo bot, and prints the RSS after each
 step, split into private memory (RssAnon: Python objects, heaps) and pages of
 mapped files (RssFile: the libraries' code, which varies with the page cache).
+numpy is not a step: the gateway's PCM path does not use it (gateway/media/pcm.py);
+the last line says whether anything imported it anyway.
 
     python benchmarks/memory_imports.py
 """
@@ -17,7 +19,6 @@ import sys
 
 GATEWAY = ["gateway.cli", "gateway.app", "gateway.pipeline.plugins", "bots.echo"]
 STEPS = [
-    ("numpy", ["numpy"]),
     ("av (PyAV, FFmpeg)", ["av"]),
     ("aiortc (+aioice, cryptography, pyOpenSSL, pylibsrtp)", ["aiortc"]),
     ("aiohttp (server and client)", ["aiohttp", "aiohttp.web"]),
@@ -40,7 +41,7 @@ for label, modules in json.loads(sys.argv[1]):
     for name in modules:
         importlib.import_module(name)
     rows.append((label, status()))
-print(json.dumps(rows))
+print(json.dumps({"rows": rows, "numpy": "numpy" in sys.modules}))
 """
 
 
@@ -51,7 +52,8 @@ def main() -> None:
         text=True,
         check=True,
     ).stdout
-    rows = json.loads(out)
+    result = json.loads(out)
+    rows = result["rows"]
     print("resident memory at import (MiB), cumulative; one fresh interpreter")
     print(f"{'step':<54} {'RSS':>6} {'+':>6} {'anon':>6} {'file':>6}")
     previous = 0
@@ -63,6 +65,7 @@ def main() -> None:
             f"{s['RssAnon'] / 1024:>6.1f} {s['RssFile'] / 1024:>6.1f}"
         )
         previous = rss
+    print(f"numpy imported: {'yes' if result['numpy'] else 'no'}")
 
 
 if __name__ == "__main__":
