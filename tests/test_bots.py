@@ -191,5 +191,21 @@ def test_unknown_bot_lists_the_available_ones() -> None:
         session_for("no-such-bot")
 
 
+def test_bundled_bots_are_the_ones_pyproject_registers() -> None:
+    # load_bot() takes the project's own bots from BUNDLED_BOTS without an entry-point
+    # scan: the two lists must not drift apart, and each loads the registered object.
+    import tomllib
+    from importlib.metadata import entry_points
+    from pathlib import Path
+
+    from gateway.pipeline.plugins import BUNDLED_BOTS, load_bot
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    assert dict(BUNDLED_BOTS) == pyproject["project"]["entry-points"]["gateway.bots"]
+    installed = {ep.name: ep for ep in entry_points(group="gateway.bots")}
+    for name in BUNDLED_BOTS:
+        assert load_bot(name) is installed[name].load()
+
+
 def test_silence_stays_quiet() -> None:
     assert loud_frames(np.zeros(16000, np.int16)) == 0

@@ -134,6 +134,11 @@ NOT_FOR_ECHO = (
     # memoryviews (gateway/media/pcm.py); numpy loads only for WAV files, TTS, ASR,
     # a bot reading Utterance.pcm. Covers numpy.ma (once the loop-lag quantiles').
     "numpy",
+    # Entry points are scanned only for plugins not bundled with the project, and
+    # webrtcvad's module (its version lookup) is bypassed for its extension: no
+    # importlib.metadata, with its zipfile, csv and email parser (0.9 MiB).
+    "importlib.metadata",
+    "webrtcvad",
     # aioice's mDNS (peers' .local candidates; Meta's are public): loaded, not run
     "dns.message",
     "dns.zone",

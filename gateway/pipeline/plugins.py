@@ -18,6 +18,13 @@ from .vad import VadConfig
 log = logging.getLogger(__name__)
 
 GROUP = "gateway.bots"
+BUNDLED_BOTS: Mapping[str, str] = {
+    "echo": "bots.echo:EchoBot",
+    "ivr": "bots.ivr:IvrBot",
+    "agent": "gateway.agent.bot:AgentBot",
+}
+"""The project's own bots, as ``pyproject.toml`` registers them (a test keeps the two
+equal): they load without an entry-point scan."""
 
 
 def available_bots() -> list[str]:
@@ -27,7 +34,7 @@ def available_bots() -> list[str]:
 
 def load_bot(name: str) -> Callable[[], Bot]:
     """The factory registered as ``name``; BotError lists the choices when unknown."""
-    factory = load_plugin(GROUP, name, kind="bot", error=BotError)
+    factory = load_plugin(GROUP, name, kind="bot", error=BotError, bundled=BUNDLED_BOTS)
     if not callable(factory):
         raise BotError(f"bot {name!r} is not callable: {factory!r}")
     return factory  # type: ignore[no-any-return]

@@ -19,8 +19,6 @@ import math
 from array import array
 from typing import Final
 
-import webrtcvad
-
 from ..errors import GatewayError
 from ..media.pcm import AudioBuffer, describe, silence
 from .turns import (
@@ -41,6 +39,7 @@ from .vadstep import (
     LEVEL_VARIANCE,
     OPEN,
     Core,
+    WebRtcVad,
     make_core,
 )
 
@@ -155,7 +154,7 @@ class VadSegmenter:
         self._quietest = math.inf
         self._loudest = -math.inf
         # The VAD's noise model belongs to the audio it has seen.
-        self._vad = webrtcvad.Vad(cfg.aggressiveness)
+        self._vad = WebRtcVad(cfg.aggressiveness)
         # Ring copy, WebRTC's VAD, the level and the steady state in one call: the
         # core holds the ring, the VAD, the utterance buffer and the state machine's state.
         self._core: Core = make_core(

@@ -34,11 +34,13 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, Protocol, TypeAlias
 
-import webrtcvad
+import _webrtcvad  # the webrtcvad-wheels package's extension (see WebRtcVad)
 
 from ..media.pcm import FRAME_SAMPLES, SAMPLE_RATE, AudioBuffer
 
 if TYPE_CHECKING:
+    import webrtcvad
+
     from ..media.pcm import Int16Array
 
 logger = logging.getLogger(__name__)
@@ -80,8 +82,23 @@ _SHAPE: Final = (FRAME_SAMPLES,)
 _log10: Final = math.log10
 # WebRTC's VAD through its C function: ``Vad.is_speech`` is a Python wrapper that
 # re-checks the frame's length, ~0.7 us of a frame's ~6.
-_vad_process: Final = webrtcvad._webrtcvad.process
+_vad_process: Final = _webrtcvad.process
 _process_address: int | None = None
+
+
+class WebRtcVad:
+    """WebRTC's VAD state, made as ``webrtcvad.Vad(mode)`` makes it (``_vad`` is its capsule).
+
+    The ``webrtcvad`` module itself is not imported: at import it looks its own
+    version up with ``importlib.metadata`` (which brings ``zipfile``, ``csv`` and
+    the email parser: 0.9 MiB that a gateway would keep for nothing). Its
+    ``Vad`` is these three calls into the same extension.
+    """
+
+    def __init__(self, mode: int) -> None:
+        self._vad = _webrtcvad.create()
+        _webrtcvad.init(self._vad)
+        _webrtcvad.set_mode(self._vad, mode)
 
 
 def available() -> bool:
@@ -93,9 +110,7 @@ def _process() -> int:
     """The address of ``WebRtcVad_Process`` in the already loaded ``_webrtcvad``."""
     global _process_address
     if _process_address is None:
-        library = ctypes.CDLL(
-            webrtcvad._webrtcvad.__file__
-        )  # the loaded copy: dlopen counts a reference
+        library = ctypes.CDLL(_webrtcvad.__file__)  # the loaded copy: dlopen counts a reference
         _process_address = ctypes.cast(library.WebRtcVad_Process, ctypes.c_void_p).value or 0
     return _process_address
 
