@@ -25,7 +25,7 @@ STEPS = [
     ("httpx", ["httpx"]),
     ("prometheus_client", ["prometheus_client"]),
     ("aiosqlite, sqlite3", ["aiosqlite"]),
-    ("webrtcvad", ["webrtcvad"]),
+    ("webrtcvad's extension (_webrtcvad)", ["_webrtcvad"]),
     ("gateway (app, calls, media, pipeline, echo bot)", GATEWAY),
 ]
 
