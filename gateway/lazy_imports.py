@@ -17,6 +17,13 @@ Installed by ``gateway/__init__.py``, so before any library is imported:
   pygments, about 2 MiB) whenever click is installed (faster-whisper's
   huggingface_hub brings it), and without ``rich`` that import fails anyway,
   leaving httpx's stub ``main``. A None entry gives httpx the stub without the detour.
+- **the system's MIME tables** (``/etc/mime.types``): aiohttp's ``web_fileresponse``
+  makes a ``mimetypes.MimeTypes()`` at import, and that constructor first loads
+  the system's tables into ``mimetypes``' module-level database (0.4 MiB), which
+  aiohttp never reads: its instance holds Python's built-in table either way.
+  Marking ``mimetypes`` initialised skips that load; its module-level functions
+  (``guess_type`` and friends) still load the tables at their first call, as
+  they check for the database itself.
 
 LazyLoader is for pure-Python modules (it needs the module object its loader
 makes by default); extension modules are loaded as usual. Python 3.11's
@@ -70,6 +77,11 @@ def install() -> None:
     """Defer :data:`DEFERRED` packages and httpx's CLI (idempotent; see the module's doc)."""
     if "httpx" not in sys.modules:
         sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+    if "aiohttp" not in sys.modules:
+        import mimetypes
+
+        if getattr(mimetypes, "_db", None) is None:  # nothing has loaded the tables yet
+            mimetypes.inited = True
     if any(isinstance(finder, DeferredFinder) for finder in sys.meta_path):
         return
     if DEFERRED & {name.partition(".")[0] for name in sys.modules}:

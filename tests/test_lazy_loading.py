@@ -105,6 +105,7 @@ SERVE = textwrap.dedent(
                 "ran": sorted(n for n, kind in modules.items() if kind != "_LazyModule"),
                 "deferred": sorted(n for n, kind in modules.items() if kind == "_LazyModule"),
                 "native threads": native_threads(),
+                "mime tables": getattr(sys.modules.get("mimetypes"), "_db", None) is not None,
             },
             out,
         )
@@ -166,6 +167,7 @@ async def test_serve_with_the_echo_bot_imports_only_what_it_runs(tmp_path: Path)
     modules = probe["ran"]
     assert "gateway.calls" in modules and "bots.echo" in modules
     assert "aioice.mdns" in modules and "dns.message" in probe["deferred"]
+    assert not probe["mime tables"]  # /etc/mime.types was not read (gateway/lazy_imports.py)
     assert probe["native threads"] == 0  # no BLAS thread pool (and no numpy at all)
     loaded = [
         name
@@ -213,3 +215,36 @@ def test_mdns_loads_dnspython_when_a_local_candidate_is_resolved() -> None:
     if lines[1].startswith("no multicast"):
         pytest.skip(lines[1])
     assert lines == ["_LazyModule", "127.0.0.1", "module"]
+
+
+# aiohttp's static files get the same types whether or not the gateway kept the system's
+# MIME tables from loading at import; mimetypes' own functions still load them when used.
+MIME = textwrap.dedent(
+    """
+    import json, sys
+    if sys.argv[1] == "gateway":
+        import gateway
+    import mimetypes
+    from aiohttp.web_fileresponse import CONTENT_TYPES
+    names = ["a.html", "a.js", "a.css", "a.svg", "a.png", "a.json", "a.wav", "a.ogg", "a.ico",
+             "a.woff2", "a.map", "a.txt", "a.gz", "a.webmanifest", "a.unknownext"]
+    loaded_at_import = mimetypes._db is not None
+    types = [CONTENT_TYPES.guess_type(name) for name in names]
+    module = [mimetypes.guess_type(name) for name in names]
+    print(json.dumps([loaded_at_import, types, module, mimetypes._db is not None]))
+    """
+)
+
+
+def test_aiohttp_serves_the_same_types_without_the_system_mime_tables_at_import() -> None:
+    runs = {}
+    for mode in ("gateway", "plain"):
+        result = subprocess.run(
+            [sys.executable, "-c", MIME, mode], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        runs[mode] = json.loads(result.stdout)
+    with_gateway, plain = runs["gateway"], runs["plain"]
+    assert (with_gateway[0], plain[0]) == (False, True)  # the 0.4 MiB load at import, skipped
+    assert with_gateway[1] == plain[1]  # aiohttp's own table: the same answers
+    assert with_gateway[2] == plain[2] and with_gateway[3]  # loaded at mimetypes' first use
