@@ -21,7 +21,6 @@ from aiortc import RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtcpParameters, RTCRtpSendParameters
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pylibsrtp import Policy, Session
 
 from gateway.media import native
 from gateway.media.audio import FRAME_SAMPLES, load_wav
@@ -29,11 +28,11 @@ from gateway.media.opus import OpusEncoder
 from gateway.media.playout import PlayoutTrack
 from gateway.media.sender import PlayoutSender
 
+from .test_media_native import Holder, route_to, sessions
 from .test_media_sender import OPUS, RecordingTransport
 
 _rtp = native._rtp
 AUDIO = Path(__file__).resolve().parent / ".." / ".." / "shared" / "audio"
-KEY = bytes(range(30))
 
 
 def python_encoder(monkeypatch: pytest.MonkeyPatch, bitrate: int = 20000) -> OpusEncoder:
@@ -144,13 +143,6 @@ def test_a_closed_or_unmade_compiled_encoder_refuses_to_encode() -> None:
     assert stream.packets == 0  # nothing was counted for what was not sent
 
 
-class Holder:
-    """Stands in for a CallTransport: the route the stream reads per packet."""
-
-    def __init__(self, route: Any) -> None:
-        self._native_route = route
-
-
 def test_send_pcm_refuses_bad_buffers_and_foreign_encoders() -> None:
     stream = _rtp.Outbound(Holder(None), 0x80, 0x80 | 111, 0x1234, b"", 1, 0)
     encoder = OpusEncoder()
@@ -179,19 +171,12 @@ def test_send_pcm_puts_on_the_wire_what_encode_then_send_gives(
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
     ):
-        a.bind(("127.0.0.1", 0))
-        b.bind(("127.0.0.1", 0))
+        for end in (a, b):
+            end.bind(("127.0.0.1", 0))
         b.settimeout(2)
-        tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
-        reference_tx = Session(Policy(key=KEY, ssrc_type=Policy.SSRC_ANY_OUTBOUND))
-        route = _rtp.Route(
-            native.srtp_function("srtp_protect"),
-            native.srtp_session(tx),
-            tx,
-            a,
-            *b.getsockname(),
-            print,
-        )
+        tx, _ = sessions()
+        reference_tx, _ = sessions()
+        route = route_to(b, a, tx)
         routed = _rtp.Outbound(Holder(route), 0x90, 0x80 | 111, 0x1234, extensions, 65530, 7)
         clear = _rtp.Outbound(Holder(None), 0x90, 0x80 | 111, 0x1234, extensions, 65530, 7)
         python = native.PythonOutbound(None, 0x90, 0x80 | 111, 0x1234, extensions, 65530, 7)
