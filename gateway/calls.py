@@ -113,7 +113,7 @@ class Call:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._on_ended = on_ended
         self._closing: asyncio.Task[None] | None = None
-        self.frame_listeners: list[Callable[[Any], None]] = []
+        self._frame_listeners: tuple[Callable[[Any], None], ...] = ()
         self.dtmf_listeners: list[Callable[[str, int], None]] = []
         # Awaited (briefly) when the call ends, before its tasks are cancelled.
         self.end_hooks: list[Callable[[], Awaitable[None]]] = []
@@ -199,10 +199,40 @@ class Call:
             opus_pt=rtc.OPUS_PT,
             dtmf_pt=rtc.DTMF_PT,
         )
+        self._wire_frames()
         self.inbound.attach()
 
+    @property
+    def frame_listeners(self) -> tuple[Callable[[Any], None], ...]:
+        """Who gets each decoded 20 ms frame from the caller (in this order)."""
+        return self._frame_listeners
+
+    def add_frame_listener(self, listener: Callable[[Any], None]) -> None:
+        """Call ``listener(frame)`` with each decoded frame from the caller, in the media
+        callback (so it must be quick and must not block)."""
+        self._frame_listeners += (listener,)
+        self._wire_frames()
+
+    def remove_frame_listener(self, listener: Callable[[Any], None]) -> None:
+        """Stop calling ``listener`` (nothing if it is not a listener)."""
+        listeners = list(self._frame_listeners)
+        if listener in listeners:
+            listeners.remove(listener)
+            self._frame_listeners = tuple(listeners)
+            self._wire_frames()
+
+    def _wire_frames(self) -> None:
+        # A lone listener (the bot session's, almost always) is called by the media
+        # path itself: one Python call fewer per frame than the fan-out below.
+        if self.inbound is None:
+            return
+        listeners = self._frame_listeners
+        target = listeners[0] if len(listeners) == 1 else self._on_frame
+        if self.inbound.on_frame != target:  # bound methods: equal, not identical
+            self.inbound.on_frame = target
+
     def _on_frame(self, frame: Any) -> None:
-        for listener in self.frame_listeners:
+        for listener in self._frame_listeners:
             listener(frame)
 
     def _on_dtmf(self, digit: str, duration_ms: int) -> None:
@@ -256,6 +286,7 @@ class Call:
             opus_pt=rtc.OPUS_PT,
             dtmf_pt=rtc.DTMF_PT,
         )
+        self._wire_frames()
         self.inbound.attach()
         return sdp.keep_fingerprint(self.pc.localDescription.sdp)
 
@@ -334,7 +365,7 @@ class Call:
         # Break the call's reference cycles (the peer connection's handlers point
         # back at the call) so an ended call is freed at once, not at a full GC.
         self.pc.remove_all_listeners()
-        self.frame_listeners.clear()
+        self._frame_listeners = ()  # the inbound audio dropped its callback when it closed
         self.dtmf_listeners.clear()
         self.end_hooks.clear()
         self.playout.on_frame_sent = None

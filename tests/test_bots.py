@@ -209,3 +209,34 @@ def test_bundled_bots_are_the_ones_pyproject_registers() -> None:
 
 def test_silence_stays_quiet() -> None:
     assert loud_frames(np.zeros(16000, np.int16)) == 0
+
+
+async def test_the_bot_session_takes_frames_straight_from_the_media_path(
+    echo_stack: Stack,
+) -> None:
+    call = await _call(echo_stack, "15551110009")
+    gw_call = echo_stack.gateway.calls.get(call.call_id)
+    session = gw_call.session
+    assert gw_call.inbound is not None and session is not None
+    # The session is the lone listener: the media path calls it, with no fan-out between.
+    assert gw_call.frame_listeners == (session._on_frame,)
+    assert gw_call.inbound.on_frame == session._on_frame
+
+    seen: list[object] = []
+    gw_call.add_frame_listener(seen.append)
+    assert gw_call.inbound.on_frame == gw_call._on_frame  # two: the call fans out
+    before = session._segmenter.frames_seen
+    await call.play(load_wav(AUDIO / "cards-001.wav")[:16000]).wait()
+    await asyncio.sleep(0.2)
+    assert len(seen) >= 40
+    assert session._segmenter.frames_seen - before >= len(seen) - 1  # both got every frame
+
+    gw_call.remove_frame_listener(seen.append)
+    assert gw_call.inbound.on_frame == session._on_frame
+    count, before = len(seen), session._segmenter.frames_seen
+    await call.play(load_wav(AUDIO / "cards-002.wav")[:8000]).wait()
+    await asyncio.sleep(0.2)
+    assert len(seen) == count and session._segmenter.frames_seen > before
+    await call.hang_up()
+    await asyncio.wait_for(gw_call.ended.wait(), 5)
+    assert gw_call.frame_listeners == ()

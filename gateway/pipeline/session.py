@@ -368,7 +368,7 @@ class BotSession:
     async def run(self) -> None:
         """Feed the bot until the call ends (this is the call's session task)."""
         call = self.call
-        call.frame_listeners.append(self._on_frame)
+        call.add_frame_listener(self._on_frame)
         call.dtmf_listeners.append(self._on_dtmf)
         call.end_hooks.append(self._on_call_end)
         try:
