@@ -13,7 +13,17 @@ adds to each 20 ms frame of a call. Rows nest (a function's time includes the
 wrapped functions it calls) and each wrapper adds about one clock read (the
 last row) to every enclosing row.
 
-    python benchmarks/frame_costs.py [--calls 10] [--duration 15]
+A second table splits the event loop's thread by callback (every ``Handle`` it
+runs, timed): the calls' socket reads, the frame clock's tick, aiortc's RTCP
+tasks, aioice's consent checks, the load tester's ``/metrics`` scrapes, the
+timers; in ms per call-second between the load test's first and last scrape.
+
+``--base REV`` runs the same load against that git revision too (exported, as
+``cpu_ab.py`` does), one after the other, and prints both; ``--only NAME ...``
+times only those functions (``Class.method``), so both sides carry the same
+wrappers.
+
+    python benchmarks/frame_costs.py [--calls 10] [--duration 15] [--base REV] [--only NAME ...]
 """
 
 from __future__ import annotations
@@ -61,9 +71,15 @@ WRAPPED = [
 ]
 
 
-def serve_timed(out: str) -> int:
-    """The gateway's ``serve`` with the functions above timed; the figures go to ``out``."""
+def serve_timed(out: str, tree: str = "", only: str = "") -> int:
+    """The gateway's ``serve`` with the functions above timed; the figures go to ``out``.
+
+    ``tree``: import the gateway from there; ``only``: a comma-separated subset to time.
+    """
     import importlib
+
+    if tree:
+        sys.path.insert(0, tree)
 
     from gateway.cli import main
 
@@ -95,6 +111,8 @@ def serve_timed(out: str) -> int:
         return functools.wraps(function)(wrapper)
 
     for module, cls, method in WRAPPED:
+        if only and f"{cls}.{method}" not in only.split(","):
+            continue
         owner = getattr(importlib.import_module(module), cls, None)
         if owner is not None and hasattr(owner, method):
             setattr(owner, method, timed(getattr(owner, method), f"{cls}.{method}"))
@@ -192,10 +210,12 @@ def _time_loop_callbacks(clock: Callable[[], int]) -> dict[str, list[int]]:
     return work
 
 
-async def load(calls: int, duration: float, out: str) -> dict[str, Any]:
+async def load(
+    calls: int, duration: float, out: str, tree: str = "", only: str = ""
+) -> dict[str, Any]:
     from echo_load import run_echo_calls
 
-    command = (sys.executable, str(HERE), "--serve", out)
+    command = (sys.executable, str(HERE), "--serve", out, tree, only)
     return await run_echo_calls(calls, duration, server_command=command)
 
 
@@ -218,12 +238,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--duration", type=float, default=15.0)
+    parser.add_argument("--base", help="also run this git revision (first)")
+    parser.add_argument("--only", nargs="*", default=[], help="time only these Class.method")
     args = parser.parse_args()
+    only = ",".join(args.only)
     with tempfile.TemporaryDirectory() as tmp:
-        out = str(Path(tmp) / "samples.json")
-        report = asyncio.run(load(args.calls, args.duration, out))
-        with open(out) as f:
-            data = json.load(f)
+        if args.base:
+            from cpu_ab import export
+
+            tree = Path(tmp) / "base"
+            tree.mkdir()
+            commit = export(args.base, tree)
+            print(f"=== base {args.base} ({commit})")
+            run(args, str(Path(tmp) / "base.json"), str(tree), only)
+            print("\n=== this checkout")
+        run(args, str(Path(tmp) / "samples.json"), "", only)
+
+
+def run(args: argparse.Namespace, out: str, tree: str, only: str) -> None:
+    """One load test against a timed gateway; prints its tables."""
+    report = asyncio.run(load(args.calls, args.duration, out, tree, only))
+    with open(out) as f:
+        data = json.load(f)
     samples, snapshots = data["functions"], data["snapshots"]
     gateway = report["gateway"]
     frames = 50 * gateway["call_seconds"]
@@ -267,6 +303,6 @@ def loop_table(first: dict[str, Any], last: dict[str, Any], call_seconds: float)
 
 if __name__ == "__main__":
     if len(sys.argv) > 2 and sys.argv[1] == "--serve":
-        sys.exit(serve_timed(sys.argv[2]))
+        sys.exit(serve_timed(*sys.argv[2:5]))
     logging.basicConfig(level=logging.ERROR)
     main()
