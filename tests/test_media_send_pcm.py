@@ -3,8 +3,10 @@
 The compiled encoder gives the ctypes encoder's packets byte for byte, from any
 C-contiguous int16 buffer (hypothesis over random frames too); what is not such
 a buffer, or a closed encoder, raises ValueError on both paths; ``send_pcm``
-puts on the wire what the Python path (encode, then send) would; and a
-PlayoutSender playing PCM sends the same packets with the extension as without.
+puts on the wire what the Python path (encode, then send) would; a
+PlayoutSender playing PCM sends the same packets with the extension as without;
+and polling a track once per tick unless it is behind gives what polling until
+None gives (hypothesis over tick times and stalls).
 """
 
 from __future__ import annotations
@@ -264,3 +266,39 @@ async def test_a_disabled_sender_keeps_the_encoder_going(monkeypatch: pytest.Mon
     sent = [i for i in range(len(expected)) if i in by_slot]
     assert len(sent) < len(expected) - 5 and expected.index(expected[-1]) in sent  # a gap
     assert all(by_slot[i] == expected[i] for i in sent)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.floats(min_value=0.0, max_value=0.15), min_size=1, max_size=40),
+    st.integers(min_value=1, max_value=4),
+)
+def test_polling_while_behind_sends_what_polling_until_none_sends(
+    steps: list[float], max_burst: int
+) -> None:
+    """The sender polls once per tick unless the track says it is behind: whatever the
+    ticks' times (on time, early by a hair, after stalls short and long), it gets the
+    frames, timestamps and counters that polling until None gives."""
+
+    async def run() -> None:
+        until_none, while_behind = (
+            PlayoutTrack(max_burst=max_burst),
+            PlayoutTrack(max_burst=max_burst),
+        )
+        for track in (until_none, while_behind):
+            track._start = 1000.0  # as if its first poll was at this tick
+            track.play_packets([bytes([0x48, i]) for i in range(20)])
+        got: tuple[list[Any], list[Any]] = ([], [])
+        now = 1000.0
+        for step in steps:
+            now += step
+            while (frame := until_none.poll(now)) is not None:
+                got[0].append(frame)
+            while (frame := while_behind.poll(now)) is not None:
+                got[1].append(frame)
+                if not while_behind.behind:
+                    break
+            assert got[0] == got[1]
+        assert until_none.stats == while_behind.stats
+
+    asyncio.run(run())
