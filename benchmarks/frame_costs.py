@@ -57,6 +57,9 @@ WRAPPED = [
     ("gateway.media.frameclock", "FrameClock", "_on_tick"),
     ("gateway.media.sender", "PlayoutSender", "_on_tick"),
     ("gateway.media.playout", "PlayoutTrack", "poll"),
+    # Only where a frame is encoded before it is sent (a tap, an on_frame_sent callback):
+    # the sender's speech is encoded inside Outbound.send_pcm (C, not wrappable), so it
+    # counts in PlayoutSender._on_tick.
     ("gateway.media.opus", "OpusEncoder", "encode"),
     ("gateway.media.transport", "CallTransport", "send_rtp_now"),
     ("aioice.ice", "StunProtocol", "datagram_received"),
