@@ -158,23 +158,25 @@ class Broken(BaseBot):
 
 
 async def test_a_broken_bot_ends_only_its_own_call() -> None:
+    broken_id = "wacid.broken"
     good_factory = session_for("echo")
     broken_factory = session_factory(Broken, default_tts())
 
     async def pick(call: object) -> None:
-        # The first caller gets the broken bot, the second a working echo.
-        factory = broken_factory if getattr(call, "id", "").endswith("x") else good_factory
+        # The call placed as broken_id gets the broken bot, the other a working echo.
+        # (The exact id: the sandbox's random ids end in any character, "x" too.)
+        factory = broken_factory if getattr(call, "id", "") == broken_id else good_factory
         await factory(call)  # type: ignore[arg-type]
 
     stack = await start_stack(session=pick)  # type: ignore[arg-type]
     try:
         good = await _call(stack, "15551110002")
-        stack.sandbox.new_call_id = lambda: "wacid.brokenx"  # type: ignore[method-assign]
+        stack.sandbox.new_call_id = lambda: broken_id  # type: ignore[method-assign]
         bad = await SimulatedUser(stack.sandbox, "15551110003", "Bo").place_call()
         async with asyncio.timeout(10):
             await bad.ended.wait()
-        assert [a.action for a in stack.sandbox.actions("wacid.brokenx")][-1] == "terminate"
-        assert "bot error" in (stack.gateway.calls.history["wacid.brokenx"].end_reason or "")
+        assert [a.action for a in stack.sandbox.actions(broken_id)][-1] == "terminate"
+        assert "bot error" in (stack.gateway.calls.history[broken_id].end_reason or "")
         assert stack.gateway.calls.get(good.call_id).state is CallState.ACTIVE
         await good.play(load_wav(AUDIO / "cards-001.wav")).wait()
         await asyncio.sleep(3.0)  # hangover, then the echo itself
