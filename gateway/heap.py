@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .calls import Call
+    from .call import Call
 
 log = logging.getLogger(__name__)
 

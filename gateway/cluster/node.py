@@ -213,7 +213,7 @@ class WorkerNode:
     # --- the mirror of this worker's calls ------------------------------------------
 
     def call_started(self, call: Call) -> None:
-        """Mirror the new call (a :class:`gateway.calls.CallObserver` hook)."""
+        """Mirror the new call (a :class:`gateway.call.CallObserver` hook)."""
         self._mark(call)
 
     def call_answered(self, call: Call) -> None:

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 
-from ..calls import SessionFactory
+from ..call import SessionFactory
 from ..entrypoints import load_plugin, plugin_names
 from ..errors import BotError, ConfigError
 from .bot import Bot

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..calls import Call, SessionFactory
+from ..call import Call, SessionFactory
 from ..media.audio import load_wav
 from ..media.pcm import SAMPLE_RATE, AudioBuffer, as_samples
 from ..media.playout import Playback
@@ -419,7 +419,7 @@ class BotSession:
 def session_factory(
     make_bot: Callable[[], Bot], tts: TTS, vad: VadConfig | None = None
 ) -> SessionFactory:
-    """A :data:`gateway.calls.SessionFactory` running a fresh bot on each call."""
+    """A :data:`gateway.call.SessionFactory` running a fresh bot on each call."""
 
     async def run(call: Call) -> None:
         session = BotSession(call, make_bot(), tts, vad)

@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter
 from .call import CallRecording, RecordingResult
 
 if TYPE_CHECKING:
-    from ..calls import Call
+    from ..call import Call
 
 __all__ = ["CallRecording", "RecordingResult", "Recordings", "recording_name"]
 

@@ -39,7 +39,7 @@ from aiohttp import web
 
 from .. import sdp
 from ..app import Gateway
-from ..calls import Call, SessionFactory
+from ..call import Call, SessionFactory
 from ..errors import SDPError
 from ..pipeline.bot import Bot
 from ..pipeline.plugins import available_bots, default_tts, load_bot, session_for

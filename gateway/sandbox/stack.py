@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..app import Gateway
-from ..calls import SessionFactory
+from ..call import SessionFactory
 from ..config import load_settings
 from .cloud import CloudAPISandbox
 
