@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
-from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 
 from . import rtc, sdp
 from .errors import CallError, GraphAPIError, SDPError
@@ -181,8 +181,12 @@ class Call:
         PlayoutSender.adopt(transceiver.sender)
         CallTransport.adopt(transceiver.receiver.transport)
         transceiver.direction = "sendrecv"
+        self._start_inbound(transceiver.receiver)
+
+    def _start_inbound(self, receiver: RTCRtpReceiver) -> None:
+        # The caller's audio, decoded, to the frame and DTMF listeners.
         self.inbound = InboundAudio(
-            transceiver.receiver,
+            receiver,
             on_frame=self._on_frame,
             on_dtmf=self._on_dtmf,
             opus_pt=rtc.OPUS_PT,
@@ -268,15 +272,7 @@ class Call:
         CallTransport.adopt(receiver.transport)
         offer = await self.pc.createOffer()
         await self.pc.setLocalDescription(offer)
-        self.inbound = InboundAudio(
-            receiver,
-            on_frame=self._on_frame,
-            on_dtmf=self._on_dtmf,
-            opus_pt=rtc.OPUS_PT,
-            dtmf_pt=rtc.DTMF_PT,
-        )
-        self._wire_frames()
-        self.inbound.attach()
+        self._start_inbound(receiver)
         return sdp.keep_fingerprint(self.pc.localDescription.sdp)
 
     # --- ending ----------------------------------------------------------------
