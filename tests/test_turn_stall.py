@@ -25,12 +25,18 @@ async def test_a_caller_who_stops_sending_after_speaking_gets_the_echo() -> None
         speech = load_wav(AUDIO / "cards-005.wav")[: 3260 * 16]
         await call.play(speech).wait()
         call.stop_media()
-        session = stack.gateway.calls.get(call.call_id).session
+        gateway_call = stack.gateway.calls.get(call.call_id)
+        session = gateway_call.session
         assert isinstance(session, BotSession)
         async with asyncio.timeout(10):
             while session.metrics.utterances == 0:
                 await asyncio.sleep(0.05)
-        await asyncio.sleep(len(speech) / 16000 + 0.5)  # the echo plays
+        # Until the gateway has sent the whole echo (not a fixed sleep: on a loaded
+        # machine the echo finished after it, and the tail was missing).
+        async with asyncio.timeout(len(speech) / 16000 + 10):
+            while gateway_call.playout.stats.speech_frames == 0 or gateway_call.playout.is_playing:
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the last packets' way to the caller
         corr, _ = find_in(call.heard, speech)
         assert corr > 0.7, corr  # nothing at all without the wall-clock close; 0.9+ when quiet
         await call.hang_up()
