@@ -80,6 +80,7 @@ class Gateway:
             media_idle_timeout=settings.media_idle_timeout,
             session=session,
             store=self.store,
+            opus_complexity=settings.opus_complexity,
         )
         # The cluster's router when GATEWAY_REDIS_URL is set, else None.
         self.cluster: ClusterRouter | None = None

@@ -27,6 +27,7 @@ from .graph import GraphClient
 from .logs import call_context
 from .logsafe import clip
 from .media.inbound import InboundAudio
+from .media.opus import DEFAULT_COMPLEXITY
 from .media.playout import PlayoutTrack
 from .media.sender import PlayoutSender
 from .media.transport import CallTransport
@@ -88,11 +89,12 @@ class Call:
         *,
         graph: GraphClient,
         on_ended: Callable[[Call], None] | None = None,
+        opus_complexity: int = DEFAULT_COMPLEXITY,
     ) -> None:
         self.record = record
         self.graph = graph
         self.pc: RTCPeerConnection = rtc.new_peer_connection()
-        self.playout = PlayoutTrack()
+        self.playout = PlayoutTrack(complexity=opus_complexity)
         self.inbound: InboundAudio | None = None
         self.answer_sdp: str | None = None
         self.remote_sdp: str | None = None

@@ -30,6 +30,7 @@ from .events import (
 )
 from .graph import GraphClient
 from .logsafe import clip
+from .media.opus import DEFAULT_COMPLEXITY
 from .records import CallRecord, CallState
 from .store import JournalEntry, MemoryStore, Store
 
@@ -72,8 +73,11 @@ class CallManager:
         media_timeout: float = 10.0,
         media_idle_timeout: float = 20.0,
         store: Store | None = None,
+        opus_complexity: int = DEFAULT_COMPLEXITY,
     ) -> None:
         self.graph = graph
+        # The encoder effort of every call's outbound speech (Settings.opus_complexity).
+        self.opus_complexity = opus_complexity
         self.store: Store = store if store is not None else MemoryStore()
         self.max_calls = max_calls
         self.answer_timeout = answer_timeout
@@ -283,7 +287,12 @@ class CallManager:
             contact_name=event.contact.name if event.contact else None,
             biz_opaque_callback_data=event.biz_opaque_callback_data,
         )
-        call = Call(record, graph=self.graph, on_ended=self._ended)
+        call = Call(
+            record,
+            graph=self.graph,
+            on_ended=self._ended,
+            opus_complexity=self.opus_complexity,
+        )
         self.calls[call.id] = call
         self._observe(lambda o: o.call_started(call))
         # On disk before Meta hears from us: if this process dies, a successor ends it.
@@ -353,7 +362,12 @@ class CallManager:
             peer=to,
             biz_opaque_callback_data=biz_opaque_callback_data,
         )
-        call = Call(record, graph=self.graph, on_ended=self._ended)
+        call = Call(
+            record,
+            graph=self.graph,
+            on_ended=self._ended,
+            opus_complexity=self.opus_complexity,
+        )
         call.session_factory = session
         self._dialing += 1
         try:

@@ -54,6 +54,9 @@ environment (flags override):
   GATEWAY_VAD_VOICE_GATE    turn-taking for rooms with other voices and noise (TV, babble):
                             the caller is judged against the room's loud end; default 1,
                             0 for WebRTC's VAD with the floor gate only (the old default)
+  GATEWAY_OPUS_COMPLEXITY   Opus encoder effort 0-10 for the speech sent to callers, default 5:
+                            lower costs less CPU per talking call and scores lower in PESQ
+                            (docs/performance.md, benchmarks/opus_quality.py)
 cluster mode (every `gateway serve` on the same Redis is one worker of a cluster):
   GATEWAY_REDIS_URL         e.g. redis://10.0.0.5:6379/0; unset: one process, in memory
   GATEWAY_CLUSTER_MAX_CALLS concurrent calls across the cluster, default 1000
@@ -81,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
     serve.add_argument("--bot", help="bot plugin to run on each call (GATEWAY_BOT)")
     serve.add_argument("--max-calls", type=int, help="concurrent call limit (GATEWAY_MAX_CALLS)")
+    _add_complexity(serve)
     serve.add_argument(
         "--workers",
         type=int,
@@ -103,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
     cluster.add_argument("--bot", help="bot plugin to run on each call (GATEWAY_BOT)")
     cluster.add_argument("--max-calls", type=int, help="calls per worker (GATEWAY_MAX_CALLS)")
+    _add_complexity(cluster)
     cluster.add_argument(
         "--sandbox",
         action="store_true",
@@ -190,6 +195,26 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _complexity(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 10:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to 10, got {raw[:40]!r}")
+    return value
+
+
+def _add_complexity(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--opus-complexity",
+        type=_complexity,
+        metavar="0-10",
+        help="Opus encoder effort for the speech sent to callers: lower saves CPU, costs "
+        "quality (GATEWAY_OPUS_COMPLEXITY, default 5)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
     # Before numpy is imported: its OpenBLAS would start a thread per core, idle
@@ -249,7 +274,13 @@ async def _serve(args: argparse.Namespace) -> int:
     from .pipeline.plugins import session_for
     from .pipeline.vad import VadConfig
 
-    settings = load_settings(host=args.host, port=args.port, bot=args.bot, max_calls=args.max_calls)
+    settings = load_settings(
+        host=args.host,
+        port=args.port,
+        bot=args.bot,
+        max_calls=args.max_calls,
+        opus_complexity=args.opus_complexity,
+    )
     vad = VadConfig(voice_gate=settings.vad_voice_gate)
     gateway = Gateway(
         settings,
@@ -291,6 +322,7 @@ async def _serve_workers(args: argparse.Namespace, redis_url: str | None) -> int
         port=args.port,
         bot=args.bot,
         max_calls=args.max_calls,
+        opus_complexity=args.opus_complexity,
         redis_url=redis_url,
     )
     settings = load_settings(env)  # refuse bad settings here, not N times

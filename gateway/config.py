@@ -80,6 +80,9 @@ class Settings:
     metrics_port: int | None = None
     # Judge the caller's speech against the room's other voices (VadConfig.voice_gate).
     vad_voice_gate: bool = True
+    # libopus effort (0-10) for the speech sent to callers: CPU against voice quality
+    # (gateway.media.opus.DEFAULT_COMPLEXITY, PESQ figures in docs/performance.md).
+    opus_complexity: int = 5
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -101,7 +104,9 @@ _REQUIRED = {
 }
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 1, maximum: int | None = None
+) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -111,6 +116,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}")
     return value
 
 
@@ -195,5 +202,6 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         drain_timeout=float(_int(env, "GATEWAY_DRAIN_TIMEOUT", 120, minimum=0)),
         reuse_port=env.get("GATEWAY_REUSE_PORT", "") in ("1", "true", "yes"),
         vad_voice_gate=_bool(env, "GATEWAY_VAD_VOICE_GATE", True),
+        opus_complexity=_int(env, "GATEWAY_OPUS_COMPLEXITY", 5, minimum=0, maximum=10),
     )
     return settings.with_overrides(**overrides)

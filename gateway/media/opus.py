@@ -42,7 +42,17 @@ _MAX_DECODED: Final = SAMPLE_RATE * 120 // 1000  # the longest Opus packet: 120 
 DEFAULT_COMPLEXITY: Final = 5
 """libopus effort (0-10). Its default, 10, costs ~130 us per frame here against ~90 at 5,
 for no audible gain on 16 kHz voice at 20 kbit/s; WebRTC uses 5 or less on phones.
-The encoder is the largest single cost of a talking call, so this is the hot-path choice."""
+The encoder is the largest single cost of a talking call, so this is the hot-path choice;
+operators trade it against quality with ``GATEWAY_OPUS_COMPLEXITY`` (see
+``benchmarks/opus_quality.py`` for PESQ per complexity)."""
+MAX_COMPLEXITY: Final = 10
+
+
+def checked_complexity(complexity: int) -> int:
+    """``complexity`` if libopus takes it (0-10), else ValueError saying so."""
+    if not 0 <= complexity <= MAX_COMPLEXITY:
+        raise ValueError(f"Opus complexity must be 0-{MAX_COMPLEXITY}, got {complexity}")
+    return complexity
 
 
 def packet_duration(payload: bytes) -> int:
@@ -91,6 +101,8 @@ class OpusEncoder:
     def __init__(
         self, bitrate: int = 20000, *, complexity: int | None = DEFAULT_COMPLEXITY
     ) -> None:
+        if complexity is not None:
+            checked_complexity(complexity)
         lib = libopus.library()
         error = ctypes.c_int()
         state = lib.opus_encoder_create(

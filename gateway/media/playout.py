@@ -25,7 +25,15 @@ import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from gateway.media.frameclock import FrameClock, frame_clock
-from gateway.media.opus import FRAME_TICKS, OPUS_RATE, OpusEncoder, frames_for, silence_packet
+from gateway.media.opus import (
+    DEFAULT_COMPLEXITY,
+    FRAME_TICKS,
+    OPUS_RATE,
+    OpusEncoder,
+    checked_complexity,
+    frames_for,
+    silence_packet,
+)
 from gateway.media.pcm import FRAME_MS, FRAME_SAMPLES, AudioBuffer, as_samples, silence
 
 logger = logging.getLogger(__name__)
@@ -106,7 +114,8 @@ class PlayoutTrack(MediaStreamTrack):
     buffering the delay for the rest of the call).
 
     ``on_frame_sent(pts, is_speech)`` is called as each frame leaves, pts in
-    48 kHz units.
+    48 kHz units. ``complexity`` is the Opus encoder's (0-10, see
+    :data:`~gateway.media.opus.DEFAULT_COMPLEXITY`).
     """
 
     kind = "audio"
@@ -115,12 +124,15 @@ class PlayoutTrack(MediaStreamTrack):
         self,
         *,
         bitrate: int = 20000,
+        complexity: int = DEFAULT_COMPLEXITY,
         max_burst: int = 3,
         on_frame_sent: Callable[[int, bool], None] | None = None,
     ) -> None:
         super().__init__()
         self.on_frame_sent = on_frame_sent
         self._bitrate = bitrate
+        # Checked now, not at the first utterance, when an encoder is made.
+        self._complexity = checked_complexity(complexity)
         self._max_burst = max_burst
         self._encoder: OpusEncoder | None = None
         self._silence = silence_packet()
@@ -368,7 +380,7 @@ class PlayoutTrack(MediaStreamTrack):
     def _frame(self, pcm: memoryview, index: int) -> memoryview:
         """The ``index``-th 20 ms frame of ``pcm``, for the encoder (made if needed)."""
         if self._encoder is None:
-            self._encoder = OpusEncoder(self._bitrate)
+            self._encoder = OpusEncoder(self._bitrate, complexity=self._complexity)
         start = index * FRAME_SAMPLES
         end = start + FRAME_SAMPLES
         if end <= len(pcm):
