@@ -19,6 +19,7 @@ from .heap import HeapTrimmer
 from .metrics import Metrics, process_cpu_seconds, process_rss_bytes
 from .routing import LocalRouter, Router
 from .store import SQLiteStore, Store
+from .warmup import warm_up
 from .webhooks import WebhookReceiver
 
 # What a setting turns on (the HTTP API and dashboard, recordings, business events,
@@ -205,6 +206,7 @@ class Gateway:
             await self.outbox.start()
         await self.router.start()
         self.metrics.lag.start()
+        warm_up()  # before the first webhook can come: not on the first caller's time
         if self.settings.metrics_port is not None:
             await self.metrics.serve(self.settings.host, self.settings.metrics_port)
         self._runner = web.AppRunner(self.app, access_log=None)

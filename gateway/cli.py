@@ -271,6 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _serve(args: argparse.Namespace) -> int:
     from .app import Gateway
     from .config import load_settings
+    from .heap import freeze_startup_objects
     from .pipeline.plugins import session_for
     from .pipeline.vad import VadConfig
 
@@ -292,6 +293,7 @@ async def _serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
     await gateway.start()
+    freeze_startup_objects()
     print(
         f"gateway: serving webhooks on {gateway.url}/webhook (bot {settings.bot}); "
         "Ctrl-C or SIGTERM drains",

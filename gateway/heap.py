@@ -7,12 +7,17 @@ pages. It runs in a worker thread (it walks the heap: about a millisecond per
 few MiB), after calls end and at most once every :data:`MIN_INTERVAL`
 seconds, so it costs nothing per packet and little per call. Elsewhere than
 glibc it is a no-op.
+
+:func:`freeze_startup_objects` keeps what start-up built (modules, classes, the
+app) out of the cyclic garbage collector's passes, which otherwise walk it again
+at every older-generation collection while calls run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -34,6 +39,18 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return trim
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         return None
+
+
+def freeze_startup_objects() -> None:
+    """Move every object alive now to the collector's permanent generation.
+
+    For a serving process, once, after start-up: those objects live as long as the
+    process, and walking them (about 30 ms of CPU per full collection with calls
+    up) finds nothing. A collection first, so start-up's own garbage is freed, not
+    kept. Frozen objects are still freed when their reference count drops to zero.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 class HeapTrimmer:
