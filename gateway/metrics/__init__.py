@@ -30,13 +30,13 @@ from prometheus_client import (
     Counter,
     Histogram,
     ProcessCollector,
-    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from .calls import CallMetrics, end_reason_label
+from .exposition import TextExposition
 from .graph import GraphMetrics
 from .loop import LoopLagMonitor
 
@@ -117,6 +117,7 @@ class Metrics:
             registry=self.registry,
         )
         self.lag = LoopLagMonitor(on_sample=self.loop_lag.observe)
+        self.exposition = TextExposition(self.registry)
         self.calls: CallMetrics | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -158,7 +159,7 @@ class Metrics:
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
 
     async def aclose(self) -> None:
-        """Stop the loop-lag task and the metrics listener."""
+        """Stop the loop-lag timer and the metrics listener."""
         await self.lag.stop()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -168,7 +169,7 @@ class Metrics:
         """The Prometheus text exposition."""
         if self.calls is not None:
             self.calls.drain_live()
-        return generate_latest(self.registry)
+        return self.exposition.render()
 
     def summary(self) -> dict[str, float]:
         """Every sample by name, summed over label sets (one collection; for the dashboard)."""
