@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from typing import Any
 
 import httpx
 import numpy as np
@@ -12,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.media.audio import load_wav
 from gateway.metrics import end_reason_label, parse_prometheus
-from gateway.metrics.loop import quantile
+from gateway.metrics.loop import LoopLagMonitor, quantile
 from gateway.pipeline.plugins import session_for
 from gateway.sandbox.user import SimulatedUser
 
@@ -173,3 +175,35 @@ def test_loop_lag_quantile_matches_numpys_linear_method() -> None:
         values = [rng.random() for _ in range(n)]
         for q in (0.0, 0.5, 0.9, 0.99, 1.0):
             assert quantile(values, q) == pytest.approx(float(np.quantile(values, q)), abs=1e-12)
+
+
+async def test_loop_lag_is_a_timer_callback_that_sees_a_stall_and_stops() -> None:
+    seen: list[float] = []
+
+    def on_sample(lag: float) -> None:
+        seen.append(lag)
+        if len(seen) == 1:
+            raise RuntimeError("a broken observer")  # must not stop the measuring
+
+    monitor = LoopLagMonitor(interval=0.01, on_sample=on_sample)
+    loop = asyncio.get_running_loop()
+    handler_calls: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: handler_calls.append(context))
+    try:
+        monitor.start()
+        assert monitor.running
+        # No task of its own: ten wake-ups a second in every gateway, none a task step.
+        assert all("LoopLagMonitor" not in repr(t.get_coro()) for t in asyncio.all_tasks())
+        time.sleep(0.05)  # noqa: ASYNC251 (a stall on purpose: past the first tick's due time)
+        while len(seen) < 3:
+            await asyncio.sleep(0.005)
+        await monitor.stop()
+        assert not monitor.running
+        count = len(seen)
+        await asyncio.sleep(0.05)
+    finally:
+        loop.set_exception_handler(None)
+    assert len(seen) == count  # no tick after stop
+    assert seen[0] >= 0.04  # woken at least the stall's remainder late
+    assert list(monitor.lags) == seen
+    assert len(handler_calls) == 1  # the observer's error went to the loop, once

@@ -12,6 +12,11 @@ class LoopLagMonitor:
 
     Lag is what any 20 ms audio frame due at that moment was delayed by.
     ``on_sample`` (if given) gets each measured lag in seconds (the histogram).
+
+    The tick is a plain timer callback, not a task sleeping in a loop: a task's
+    sleep is a future and a timer, whose firing schedules the task's next step
+    for one more pass of the loop; ten times a second, in every gateway, with or
+    without calls. The lag read is the timer's own, before that extra pass.
     """
 
     def __init__(
@@ -23,29 +28,41 @@ class LoopLagMonitor:
         self.interval = interval
         self.lags: deque[float] = deque(maxlen=window)
         self.on_sample = on_sample
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._due = 0.0
+
+    @property
+    def running(self) -> bool:
+        """Whether a tick is scheduled."""
+        return self._timer is not None
 
     def start(self) -> None:
-        """Begin measuring (owned here; :meth:`stop` cancels it)."""
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="loop-lag")
+        """Begin measuring on the running loop (:meth:`stop` ends it)."""
+        if self._timer is None:
+            self._loop = asyncio.get_running_loop()
+            self._schedule(self._loop.time())
 
     async def stop(self) -> None:
         """Stop measuring."""
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            due = loop.time() + self.interval
-            await asyncio.sleep(self.interval)
-            lag = max(0.0, loop.time() - due)
-            self.lags.append(lag)
-            if self.on_sample is not None:
-                self.on_sample(lag)
+    def _schedule(self, now: float) -> None:
+        assert self._loop is not None
+        self._due = now + self.interval
+        self._timer = self._loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        lag = max(0.0, now - self._due)
+        # The next tick first: a failing on_sample must not stop the measuring.
+        self._schedule(now)
+        self.lags.append(lag)
+        if self.on_sample is not None:
+            self.on_sample(lag)
 
     def quantile(self, q: float) -> float:
         """Lag quantile over the window, in seconds (0 before any sample)."""
