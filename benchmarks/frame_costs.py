@@ -70,6 +70,14 @@ WRAPPED = [
     ("aiortc.rtcdtlstransport", "RTCDtlsTransport", "_handle_rtcp_data"),
     ("aiortc.rtcrtpsender", "RTCRtpSender", "_handle_rtcp_packet"),
     ("aiortc.rtcrtpreceiver", "RTCRtpReceiver", "_handle_rtcp_packet"),
+    # The same, without aiortc's tasks (gateway.media.reports, .rtcp): the loop's one
+    # report schedule (at every frame clock tick), the reports, and RTCP read in the
+    # socket's callback.
+    ("gateway.media.reports", "ReportSchedule", "_on_tick"),
+    ("gateway.media.reports", "SenderReports", "report"),
+    ("gateway.media.reports", "ReceiverReports", "report"),
+    ("gateway.media.transport", "CallTransport", "send_rtcp_now"),
+    ("gateway.media.transport", "CallTransport", "_rtcp_received"),
     ("gateway.metrics", "Metrics", "render"),
 ]
 
@@ -116,7 +124,10 @@ def serve_timed(out: str, tree: str = "", only: str = "") -> int:
     for module, cls, method in WRAPPED:
         if only and f"{cls}.{method}" not in only.split(","):
             continue
-        owner = getattr(importlib.import_module(module), cls, None)
+        try:
+            owner = getattr(importlib.import_module(module), cls, None)
+        except ModuleNotFoundError:  # a revision (--base) without that module
+            continue
         if owner is not None and hasattr(owner, method):
             setattr(owner, method, timed(getattr(owner, method), f"{cls}.{method}"))
 

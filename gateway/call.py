@@ -29,6 +29,7 @@ from .logsafe import clip
 from .media.inbound import InboundAudio
 from .media.opus import DEFAULT_COMPLEXITY
 from .media.playout import PlayoutTrack
+from .media.reports import ReportingReceiver
 from .media.sender import PlayoutSender
 from .media.transport import CallTransport
 from .records import CallRecord, CallState
@@ -187,6 +188,7 @@ class Call:
 
     def _start_inbound(self, receiver: RTCRtpReceiver) -> None:
         # The caller's audio, decoded, to the frame and DTMF listeners.
+        ReportingReceiver.adopt(receiver)  # its RTCP reports from the loop's one schedule
         self.inbound = InboundAudio(
             receiver,
             on_frame=self._on_frame,

@@ -52,3 +52,25 @@ def test_failures_raise_what_pylibsrtp_raises() -> None:
         receiver.unprotect(protected)
     with pytest.raises(ValueError):
         sender.protect(bytes(1500))
+
+
+def test_rtcp_protect_and_unprotect_match_pylibsrtp() -> None:
+    from aiortc.rtp import RtcpRrPacket, RtcpSdesPacket, RtcpSourceInfo
+
+    compounds = [
+        bytes(RtcpRrPacket(ssrc=0x1234 + i))
+        + bytes(RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=0x1234 + i, items=[(1, b"x" * i)])]))
+        for i in range(10)
+    ]
+    theirs = session(Policy.SSRC_ANY_OUTBOUND)
+    ours = srtp_calls(session(Policy.SSRC_ANY_OUTBOUND))
+    receiver = srtp_calls(session(Policy.SSRC_ANY_INBOUND))
+    for compound in compounds:  # the SRTCP index goes up: each packet differs
+        protected = ours.protect_rtcp(compound)
+        assert protected == theirs.protect_rtcp(compound)
+        assert receiver.unprotect_rtcp(protected) == compound
+    tampered = protected[:-1] + bytes([protected[-1] ^ 1])
+    with pytest.raises(pylibsrtp.Error):
+        receiver.unprotect_rtcp(tampered)
+    with pytest.raises(ValueError):  # room for SRTCP's longer trailer
+        ours.protect_rtcp(bytes(1500 - pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN + 4))

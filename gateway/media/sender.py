@@ -30,7 +30,9 @@ unsubscribes and its RTP task returns, as aiortc's loop would.
 On the wire nothing changes: same SSRC, random initial sequence number and
 timestamp, marker bit on every packet (aiortc marks the last packet of each
 frame, and an audio frame is one packet), same extensions, and the same RTCP
-sender reports (packet and octet counts, RTP and NTP time of the last packet).
+sender reports (packet and octet counts, RTP and NTP time of the last packet),
+sent from the loop's one report schedule (:mod:`gateway.media.reports`) rather
+than a task per sender.
 Anything else (another kind of track or transport, NACK negotiated, a header
 extension that changes per packet) runs aiortc's own loop.
 
@@ -52,7 +54,7 @@ from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
 from aiortc.utils import random32
 
-from gateway.media import native
+from gateway.media import native, reports
 from gateway.media.frameclock import frame_clock
 from gateway.media.playout import PlayoutTrack
 from gateway.media.rtp import HEADER
@@ -129,6 +131,14 @@ class PlayoutSender(RTCRtpSender):
             await super()._run_rtp(codec)
             return
         await self._run_playout(track, codec.payloadType, extensions)
+
+    async def _run_rtcp(self) -> None:
+        transport = self.transport
+        if not hasattr(transport, "send_rtcp_now"):  # not a CallTransport (or a test's)
+            await super()._run_rtcp()
+            return
+        # Reports from the loop's one schedule, not a task waking per report.
+        await reports.run_sender_reports(self, transport)
 
     def _extension_bytes(self) -> bytes | None:
         """The header extensions' bytes, the same for every packet; None if they vary."""

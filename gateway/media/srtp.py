@@ -6,8 +6,9 @@ call checks the packet's type, takes its length four times, allocates a fresh
 :class:`SrtpCalls` makes the same libsrtp call (``srtp_protect`` /
 ``srtp_unprotect``) on the same session (so the same keys, replay window and
 rollover counter) with a buffer and a length cell made once. The bytes are
-those of pylibsrtp's own methods (tested side by side); RTCP stays on aiortc's
-path, through pylibsrtp.
+those of pylibsrtp's own methods (tested side by side). The RTCP pair
+(``srtp_protect_rtcp`` / ``srtp_unprotect_rtcp``) is there too, for
+:mod:`gateway.media.rtcp`, under pylibsrtp's names.
 
 This reads two private names of pylibsrtp 1.0 (the session's ``_srtp`` handle
 and its cffi binding); :func:`srtp_calls` returns None if they are not there,
@@ -27,10 +28,11 @@ except ImportError:  # pragma: no cover - another pylibsrtp layout
 
 _BUFFER: Final = 1500  # pylibsrtp's own buffer size
 _MAX_PROTECT: Final = _BUFFER - pylibsrtp.SRTP_MAX_TRAILER_LEN
+_MAX_PROTECT_RTCP: Final = _BUFFER - pylibsrtp.SRTP_MAX_SRTCP_TRAILER_LEN
 
 
 class SrtpCalls:
-    """``protect``/``unprotect`` of RTP packets on an existing pylibsrtp session."""
+    """``protect``/``unprotect`` (and the ``_rtcp`` pair) on an existing pylibsrtp session."""
 
     def __init__(self, session: pylibsrtp.Session, binding: Any) -> None:
         ffi, lib = binding.ffi, binding.lib
@@ -41,6 +43,8 @@ class SrtpCalls:
         self._length = ffi.new("int *")
         self._protect = lib.srtp_protect
         self._unprotect = lib.srtp_unprotect
+        self._protect_rtcp = lib.srtp_protect_rtcp
+        self._unprotect_rtcp = lib.srtp_unprotect_rtcp
 
     def protect(self, packet: bytes) -> bytes:
         """The SRTP packet for an RTP packet (pylibsrtp's ``Session.protect``)."""
@@ -49,6 +53,14 @@ class SrtpCalls:
     def unprotect(self, packet: bytes) -> bytes:
         """The RTP packet in an SRTP packet; pylibsrtp.Error if it fails authentication."""
         return self._call(self._unprotect, packet, _BUFFER)
+
+    def protect_rtcp(self, packet: bytes) -> bytes:
+        """The SRTCP packet for an RTCP compound (pylibsrtp's ``Session.protect_rtcp``)."""
+        return self._call(self._protect_rtcp, packet, _MAX_PROTECT_RTCP)
+
+    def unprotect_rtcp(self, packet: bytes) -> bytes:
+        """The RTCP compound in an SRTCP packet; pylibsrtp.Error if it fails authentication."""
+        return self._call(self._unprotect_rtcp, packet, _BUFFER)
 
     def _call(self, function: Any, packet: bytes, limit: int) -> bytes:
         size = len(packet)

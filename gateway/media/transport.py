@@ -14,13 +14,18 @@ only; CSRCs, extensions and padding skipped by their lengths) right there,
 routed by aiortc's own router, and handed to
 :meth:`gateway.media.inbound.InboundAudio.receive`, which decodes it and runs
 the bot's frame callbacks, all before the socket's callback returns.
-STUN (consent freshness), DTLS and RTCP take aioice's and aiortc's own path.
+STUN (consent freshness) and DTLS take aioice's and aiortc's own path; RTCP
+(second byte 192-208, as aiortc tells them apart) is unprotected right there
+too and read by :func:`gateway.media.rtcp.apply` (which leaves feedback and
+anything malformed to aiortc's handler, in a task).
 
 Outbound (bot to caller): :meth:`CallTransport.send_rtp_now` is aiortc's
 ``_send_rtp`` without its coroutines: SRTP protect, then ``sendto`` on the socket
 and remote address of the ICE pair aioice selected (a TURN relay would go
 through aioice's ``send_data``), called from
-:class:`~gateway.media.sender.PlayoutSender` at the frame clock's tick.
+:class:`~gateway.media.sender.PlayoutSender` at the frame clock's tick;
+:meth:`CallTransport.send_rtcp_now` does the same with SRTCP for the RTCP
+reports (:mod:`gateway.media.reports`).
 
 With the compiled extension (:mod:`gateway.media.native`), both directions'
 common case is one C call: each ICE socket's ``datagram_received`` is a
@@ -48,7 +53,7 @@ from aiortc import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State
 from aiortc.rtp import RtpPacket
 
-from gateway.media import native
+from gateway.media import native, rtcp
 from gateway.media.native import _rtp
 from gateway.media.rtp import HEADER, NTP_UNIX_OFFSET
 from gateway.media.srtp import SrtpCalls, srtp_calls
@@ -199,7 +204,15 @@ class CallTransport(RTCDtlsTransport):
         rewrite = self._rewrite
         if rewrite is not None:
             data = rewrite(data)
-        data = self._tx.protect(data)
+        self._send_now(self._tx.protect(data))
+
+    def send_rtcp_now(self, data: bytes) -> None:
+        """Protect an RTCP compound (SRTCP) and send it as :meth:`send_rtp_now` does."""
+        if self._state is not State.CONNECTED:
+            raise ConnectionError("Cannot send encrypted RTP, not connected")
+        self._send_now(self._tx.protect_rtcp(data))
+
+    def _send_now(self, data: bytes) -> None:
         pair = self._nominated.get(1)  # rtcp-mux: one component
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
@@ -295,16 +308,15 @@ class CallTransport(RTCDtlsTransport):
 
         Each of aioice's UDP protocols gets an instance attribute shadowing its
         ``datagram_received`` (asyncio calls it through the attribute): RTP
-        (first byte 128-191 and not RTCP, RFC 7983) comes here; STUN, DTLS and
-        RTCP go on to aioice as before, through its queue to aiortc's task.
+        (first byte 128-191 and not RTCP, RFC 7983) and RTCP come here; STUN and
+        DTLS go on to aioice as before, through its queue to aiortc's task.
         """
         for protocol in self.transport._connection._protocols:
             if type(protocol) is StunProtocol and "datagram_received" not in protocol.__dict__:
+                received: Any = self._fast_path(protocol)
                 if self._native_in is not None:
-                    port = _rtp.Port(self._native_in, protocol.datagram_received)
-                    protocol.datagram_received = port  # type: ignore[method-assign,assignment]
-                else:
-                    protocol.datagram_received = self._fast_path(protocol)  # type: ignore[method-assign,assignment]
+                    received = _rtp.Port(self._native_in, received)
+                protocol.datagram_received = received  # type: ignore[method-assign]
                 self._fast_protocols.append(protocol)
 
     def _release_datagrams(self) -> None:
@@ -313,19 +325,33 @@ class CallTransport(RTCDtlsTransport):
         self._fast_protocols.clear()
 
     def _fast_path(self, protocol: StunProtocol) -> Callable[[bytes, Any], None]:
+        """RTP and RTCP (RFC 7983, RFC 5761; a _rtp.Port takes RTP itself) read here,
+        STUN and DTLS to aioice."""
         aioice_received = protocol.datagram_received
-        receive = self._datagram_received
+        receive, receive_rtcp = self._datagram_received, self._rtcp_received
 
         def datagram_received(data: bytes, addr: Any) -> None:
-            if len(data) > 1 and 127 < data[0] < 192 and not 191 < data[1] < 209:
+            if len(data) > 1 and 127 < data[0] < 192:
                 try:
-                    receive(data)
+                    (receive_rtcp if 191 < data[1] < 209 else receive)(data)
                 except Exception:
-                    logger.exception("inbound RTP handling failed")
+                    logger.exception("inbound RTP/RTCP handling failed")
             else:
                 aioice_received(data, addr)
 
         return datagram_received
+
+    def _rtcp_received(self, data: bytes) -> None:
+        """One SRTCP packet, straight from the socket: what aiortc's task did with it."""
+        self._RTCDtlsTransport__rx_bytes += len(data)
+        self._RTCDtlsTransport__rx_packets += 1
+        try:
+            data = self._rx.unprotect_rtcp(data)
+        except (pylibsrtp.Error, ValueError) as exc:
+            logger.debug("x SRTP unprotect failed: %s", exc)
+            return
+        if not rtcp.apply(self._rtp_router, data):  # feedback, malformed: aiortc's own
+            self._spawn(self._handle_rtcp_data(data))
 
     def _datagram_received(self, data: bytes) -> None:
         """One SRTP packet, straight from the socket: unprotect, parse, hand to its receiver."""
