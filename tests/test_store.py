@@ -292,3 +292,56 @@ async def test_outbox_keeps_events_until_removed(store: Store) -> None:
     await store.outbox_remove("evt_2")
     await store.outbox_remove("evt_2")  # twice is fine
     assert await store.outbox_next_due() is None and await store.outbox_due(1e12, 10) == []
+
+
+async def test_sqlite_single_writes_are_one_trip_committed_on_return(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path)
+    await store.open()
+    try:
+        conn = store._conn
+        trips: list[str] = []
+        execute = conn.execute
+
+        def counting(sql: str, parameters: object = None) -> object:
+            trips.append(sql.split()[0])
+            return execute(sql, parameters)  # type: ignore[arg-type]
+
+        conn.execute = counting  # type: ignore[method-assign]
+        record = CallRecord("wacid.A", Direction.USER_INITIATED, "1555")
+        await store.save_call(record)
+        entries = await store.journal([connect()])
+        await store.mark_handled(entries[0].id)
+        # One statement, one trip (no BEGIN/COMMIT around it); the journal stays a transaction.
+        assert trips == ["INSERT", "BEGIN", "INSERT", "INSERT", "COMMIT", "DELETE"]
+        # Committed when it returns: another connection sees it, no transaction is left open.
+        assert not conn.in_transaction
+        with sqlite3.connect(store.path) as other:
+            assert other.execute("SELECT call_id FROM calls").fetchall() == [("wacid.A",)]
+            assert other.execute("SELECT COUNT(*) FROM journal").fetchone() == (0,)
+    finally:
+        await store.close()
+
+
+async def test_sqlite_single_write_errors_and_lock_waits(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path)
+    await store.open()
+    try:
+        # Text SQLite cannot encode: a StoreError, nothing left half-done.
+        with pytest.raises(StoreError, match="store write failed"):
+            await store.save_call(CallRecord("wacid.\ud800", Direction.USER_INITIATED, "1555"))
+        assert not store._conn.in_transaction
+        # Another connection (an operator's shell) holds the write lock: the write waits
+        # for it (busy_timeout) instead of failing, and lands once it is released.
+        other = sqlite3.connect(store.path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        write = asyncio.create_task(
+            store.save_call(CallRecord("wacid.B", Direction.USER_INITIATED, "1555"))
+        )
+        await asyncio.sleep(0.3)
+        assert not write.done()
+        other.execute("COMMIT")
+        other.close()
+        await write
+        assert [r.call_id for r in await store.live_calls()] == ["wacid.B"]
+    finally:
+        await store.close()

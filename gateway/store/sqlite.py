@@ -191,6 +191,18 @@ class SQLiteStore:
                 await _rollback(db)
                 raise
 
+    async def _write(self, sql: str, params: Sequence[object]) -> None:
+        # One statement is a transaction of its own in autocommit mode: atomic, on
+        # disk when it returns (synchronous=FULL), and it takes the write lock when
+        # it starts (waiting up to busy_timeout), as BEGIN IMMEDIATE would. Without
+        # BEGIN and COMMIT around it, it is one trip to aiosqlite's thread, not three
+        # (each ~100 us of the event loop's CPU; a call saves its record 4 times).
+        async with self._tx:
+            try:
+                await self._conn.execute(sql, params)
+            except (sqlite3.Error, ValueError) as exc:
+                raise StoreError(f"store write failed: {exc}") from exc
+
     async def _rows(self, sql: str, params: Sequence[object] = ()) -> list[sqlite3.Row]:
         async with self._tx:
             try:
@@ -222,8 +234,7 @@ class SQLiteStore:
 
     async def mark_handled(self, entry_id: str) -> None:
         """Handled entries leave the journal (their dedupe key stays for the retention)."""
-        async with self._transaction() as db:
-            await db.execute("DELETE FROM journal WHERE id = ?", (int(entry_id),))
+        await self._write("DELETE FROM journal WHERE id = ?", (int(entry_id),))
 
     async def unhandled(self) -> list[JournalEntry]:
         """Entries left by a process that died before handling them, oldest first."""
@@ -241,19 +252,18 @@ class SQLiteStore:
 
     async def save_call(self, record: CallRecord) -> None:
         """Upsert the record (as JSON; the indexed columns beside it)."""
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO calls (call_id, state, created_at, ended_at, record) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (call_id) DO UPDATE SET "
-                "state = excluded.state, ended_at = excluded.ended_at, record = excluded.record",
-                (
-                    record.call_id,
-                    str(record.state),
-                    record.created_at,
-                    record.ended_at,
-                    json.dumps(record.as_dict()),
-                ),
-            )
+        await self._write(
+            "INSERT INTO calls (call_id, state, created_at, ended_at, record) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (call_id) DO UPDATE SET "
+            "state = excluded.state, ended_at = excluded.ended_at, record = excluded.record",
+            (
+                record.call_id,
+                str(record.state),
+                record.created_at,
+                record.ended_at,
+                json.dumps(record.as_dict()),
+            ),
+        )
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         """One record, or None."""
@@ -278,13 +288,12 @@ class SQLiteStore:
 
     async def save_permission_reply(self, reply: PermissionReply) -> None:
         """Keep the latest reply per user."""
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT INTO permission_replies (wa_id, received_at, reply) VALUES (?, ?, ?) "
-                "ON CONFLICT (wa_id) DO UPDATE SET "
-                "received_at = excluded.received_at, reply = excluded.reply",
-                (reply.from_, time.time(), encode_event(reply)),
-            )
+        await self._write(
+            "INSERT INTO permission_replies (wa_id, received_at, reply) VALUES (?, ?, ?) "
+            "ON CONFLICT (wa_id) DO UPDATE SET "
+            "received_at = excluded.received_at, reply = excluded.reply",
+            (reply.from_, time.time(), encode_event(reply)),
+        )
 
     async def permission_reply(self, wa_id: str) -> PermissionReply | None:
         """The latest reply, or None."""
@@ -298,19 +307,18 @@ class SQLiteStore:
 
     async def outbox_add(self, event: OutboxEvent) -> None:
         """Insert the event, committed to disk on return."""
-        async with self._transaction() as db:
-            await db.execute(
-                "INSERT OR IGNORE INTO outbox "
-                "(id, type, body, created_at, attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    event.id,
-                    event.type,
-                    event.body,
-                    event.created_at,
-                    event.attempts,
-                    event.next_attempt_at,
-                ),
-            )
+        await self._write(
+            "INSERT OR IGNORE INTO outbox "
+            "(id, type, body, created_at, attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                event.id,
+                event.type,
+                event.body,
+                event.created_at,
+                event.attempts,
+                event.next_attempt_at,
+            ),
+        )
 
     async def outbox_due(self, now: float, limit: int) -> list[OutboxEvent]:
         """Due events, soonest first."""
@@ -331,16 +339,14 @@ class SQLiteStore:
 
     async def outbox_retry(self, event_id: str, attempts: int, next_attempt_at: float) -> None:
         """Note the failed attempt."""
-        async with self._transaction() as db:
-            await db.execute(
-                "UPDATE outbox SET attempts = ?, next_attempt_at = ? WHERE id = ?",
-                (attempts, next_attempt_at, event_id),
-            )
+        await self._write(
+            "UPDATE outbox SET attempts = ?, next_attempt_at = ? WHERE id = ?",
+            (attempts, next_attempt_at, event_id),
+        )
 
     async def outbox_remove(self, event_id: str) -> None:
         """Delete the event."""
-        async with self._transaction() as db:
-            await db.execute("DELETE FROM outbox WHERE id = ?", (event_id,))
+        await self._write("DELETE FROM outbox WHERE id = ?", (event_id,))
 
     # --- retention ---------------------------------------------------------------------------
 
