@@ -1,0 +1,103 @@
+"""What one ``/metrics`` scrape costs, by part: collection, and the text's formatting.
+
+Builds the gateway's own registry (``gateway.metrics.Metrics``) with the label sets
+a gateway that has taken calls has (both directions, both setup stages, every
+Graph action, response and barge-in figures, a full loop-lag window) and times, in
+process CPU per scrape (best of ``--rounds``), the registry's collection alone,
+prometheus-client's ``generate_latest`` and the gateway's ``TextExposition`` (the
+same page, checked). Hot caches, in a loop: inside a busy gateway the same scrape
+costs several times more (``frame_costs.py`` times ``Metrics.render`` there).
+
+    python benchmarks/metrics_scrape.py [--scrapes 300] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import generate_latest
+from prometheus_client.registry import Collector
+
+from gateway.events import Direction
+from gateway.metrics import Metrics
+from gateway.metrics.exposition import TextExposition
+
+
+class _Fixed(Collector):
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families
+
+
+def busy_metrics() -> Metrics:
+    """The gateway's registry with the label sets of a gateway that has taken calls."""
+    metrics = Metrics()
+    for i in range(600):
+        metrics.loop_lag.observe(0.0005 * (i % 40))
+    for action in ("pre_accept", "accept", "terminate", "connect", "reject"):
+        metrics.graph.requests.labels(action, "200").inc()
+        metrics.graph.latency.labels(action).observe(0.05)
+    for outcome in ("accepted", "refused", "malformed"):
+        metrics.webhook_deliveries.labels(outcome).inc()
+    # CallMetrics' event-driven families, without a call manager behind them.
+    from gateway.metrics.calls import CallMetrics
+
+    class _NoCalls:
+        calls: dict[str, Any] = {}
+        max_calls = 100
+
+    calls = CallMetrics(_NoCalls(), metrics.registry)  # type: ignore[arg-type]
+    metrics.calls = calls
+    for direction in Direction:
+        calls.started.labels(str(direction)).inc()
+        calls.ended.labels(str(direction), "remote_hangup").inc()
+        for stage in ("accept", "media"):
+            calls.setup.labels(str(direction), stage).observe(0.3)
+    calls.response.observe(0.4)
+    calls.barge_in.observe(0.1)
+    return metrics
+
+
+def best_us(function: Callable[[], object], scrapes: int, rounds: int) -> float:
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.process_time()
+        for _ in range(scrapes):
+            function()
+        best = min(best, (time.process_time() - start) / scrapes * 1e6)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scrapes", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    metrics = busy_metrics()
+    registry = metrics.registry
+    fixed = _Fixed(list(registry.collect()))
+    assert TextExposition(fixed).render() == generate_latest(fixed)
+    page = metrics.render()
+    samples = sum(1 for line in page.splitlines() if not line.startswith(b"#"))
+    exposition = TextExposition(registry)
+    rows = [
+        ("collection only (registry.collect)", lambda: list(registry.collect())),
+        ("generate_latest (collection + text)", lambda: generate_latest(registry)),
+        ("TextExposition.render (collection + text)", exposition.render),
+        ("text only, generate_latest", lambda: generate_latest(fixed)),
+        ("text only, TextExposition", TextExposition(fixed).render),
+    ]
+    print(f"one /metrics scrape of the gateway's registry: {samples} samples, {len(page)} bytes")
+    print(f"process CPU per scrape, best of {args.rounds} x {args.scrapes}, hot caches")
+    print(f"  {'':<44} {'us':>8}")
+    for name, function in rows:
+        print(f"  {name:<44} {best_us(function, args.scrapes, args.rounds):8.1f}")
+
+
+if __name__ == "__main__":
+    main()
