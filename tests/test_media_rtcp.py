@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import itertools
 import random
 import re
+import socket
 from typing import Any
 
 import pytest
@@ -28,9 +30,11 @@ from aiortc.rtp import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pylibsrtp import Policy, Session
 
-from gateway.media import reports, rtcp
+from gateway.media import native, reports, rtcp
 from gateway.media.inbound import InboundAudio
+from gateway.media.native import _rtp
 from gateway.media.playout import PlayoutTrack
 from gateway.media.reports import Reporter, ReportingReceiver, ReportSchedule
 from gateway.media.sender import PlayoutSender
@@ -369,13 +373,19 @@ async def test_the_schedule_draws_aiortcs_intervals_and_drops_a_failing_reporter
 # --- real peers ---------------------------------------------------------------------------
 
 
-async def test_reports_both_ways_with_a_real_aiortc_peer() -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+async def test_reports_both_ways_with_a_real_aiortc_peer(
+    compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A gateway-side connection (CallTransport, PlayoutSender, ReportingReceiver) and a
     stock aiortc caller: each side's reports reach the other (round-trip times on both,
     the lsr each receiver keeps is what the other's sender sent), none through aiortc's
     RTCP task on the gateway's side; malformed RTCP and feedback go to aiortc's handler
     and media goes on; the caller's BYE stops the receiver's decoder as aiortc's does;
-    nothing is left scheduled once the connections close."""
+    nothing is left scheduled once the connections close. With the extension, SRTCP
+    goes both ways in C (the route's send_rtcp, the port's on_rtcp); without, in Python."""
+    if not compiled:
+        monkeypatch.setattr(native, "available", lambda: False)
     caller = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     gateway = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     loop = asyncio.get_running_loop()
@@ -413,6 +423,14 @@ async def test_reports_both_ways_with_a_real_aiortc_peer() -> None:
             await aiortc_rtcp(data)
 
         transport._handle_rtcp_data = handle_rtcp  # type: ignore[method-assign]
+        python_rtcp: list[bytes] = []  # SRTCP unprotected by the Python path
+        rtcp_received = transport._rtcp_received
+
+        def python_received(data: bytes) -> None:
+            python_rtcp.append(data)
+            rtcp_received(data)
+
+        transport._rtcp_received = python_received  # type: ignore[method-assign]
         await caller.setRemoteDescription(gateway.localDescription)
         await connected(caller)
         await connected(gateway)
@@ -439,6 +457,12 @@ async def test_reports_both_ways_with_a_real_aiortc_peer() -> None:
         lsr = caller_sender._RTCRtpSender__lsr
         assert receiver._RTCRtpReceiver__lsr[caller_sender._ssrc] == lsr
         assert to_aiortc == []  # every SR and RR was read in the socket's callback
+        route = transport._route
+        if compiled:  # every compound sent by the C route, every one received by the port
+            assert route is not None and route.tx_packets == sender._stream.packets + len(sent)
+            assert python_rtcp == []
+        else:
+            assert route is None and len(python_rtcp) >= 2
         assert {kind for _, kind in sent} == {rtcp.SR, rtcp.RR}
         for kind in (rtcp.SR, rtcp.RR):
             times = [t for t, k in sent if k == kind]
@@ -503,15 +527,17 @@ def twin(lean: bool) -> tuple[RtpRouter, Any, Any]:
 
 
 def state(sender: Any, receiver: Any) -> list[Any]:
-    def stats(report: dict[str, Any]) -> list[Any]:
+    def stats(report: Any, owner: Any) -> list[Any]:
+        for made in rtcp.take_stats(owner):  # what getStats adds first
+            report.add(made)
         return [(type(s), {k: v for k, v in vars(s).items() if k != "id"}) for s in report.values()]
 
     return [
         sender._RTCRtpSender__rtt,
-        stats(sender._RTCRtpSender__stats),
+        stats(sender._RTCRtpSender__stats, sender),
         dict(receiver._RTCRtpReceiver__lsr),
         dict(receiver._RTCRtpReceiver__lsr_time),
-        stats(receiver._RTCRtpReceiver__stats),
+        stats(receiver._RTCRtpReceiver__stats, receiver),
         receiver._RTCRtpReceiver__decoder_thread is None,
     ]
 
@@ -521,7 +547,8 @@ async def test_the_effects_of_sr_rr_and_bye_are_aiortcs_handlers(
 ) -> None:
     for name in ("aiortc.rtcrtpsender", "aiortc.rtcrtpreceiver", "gateway.media.rtcp"):
         monkeypatch.setattr(f"{name}.time", FixedTime)
-    moment = clock.current_datetime()
+    # aiortc stamps its stats when it reads the packet; ours, made on demand, say the same.
+    moment = datetime.datetime.fromtimestamp(FixedTime.now, datetime.UTC)
     monkeypatch.setattr(clock, "current_datetime", lambda: moment)
 
     def block(ssrc: int, lsr: int, dlsr: int, lost: int = 3) -> RtcpReceiverInfo:
@@ -547,3 +574,98 @@ async def test_the_effects_of_sr_rr_and_bye_are_aiortcs_handlers(
                 await recipient._handle_rtcp_packet(packet)
         assert state(*lean[1:]) == state(*stock[1:])
     assert stock[1]._RTCRtpSender__rtt is not None and state(*stock[1:])[-1]
+
+
+# --- the compiled path: SRTCP in C, the bytes of pylibsrtp -------------------------------
+
+
+def srtp_pair() -> tuple[Session, Session]:
+    key = bytes(range(30))
+    return (
+        Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)),
+        Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_INBOUND)),
+    )
+
+
+@pytest.mark.skipif(not native.available(), reason="the extension is not built")
+def test_the_route_sends_rtcp_as_pylibsrtp_protects_it() -> None:
+    compounds = [
+        rtcp.sender_report(0x1234, i << 32, i, i, i, rtcp.sdes_cname(0x1234, "c" * i))
+        for i in range(6)
+    ]
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as a,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as b,
+    ):
+        a.bind(("127.0.0.1", 0))
+        b.bind(("127.0.0.1", 0))
+        b.settimeout(2)
+        (tx, rx), (reference, _) = srtp_pair(), srtp_pair()
+        route = _rtp.Route(
+            native.srtp_function("srtp_protect"),
+            native.srtp_session(tx),
+            tx,
+            a,
+            *b.getsockname(),
+            print,
+            native.srtp_function("srtp_protect_rtcp"),
+        )
+        for compound in compounds:  # the SRTCP index goes up: every packet differs
+            route.send_rtcp(compound)
+            wire = b.recv(2000)
+            assert wire == reference.protect_rtcp(compound)
+            assert rx.unprotect_rtcp(wire) == compound
+        assert route.tx_packets == len(compounds)
+        with pytest.raises(ValueError):
+            route.send_rtcp(bytes(1500 - 147))
+        route.close()
+        with pytest.raises(ConnectionError):
+            route.send_rtcp(compounds[0])
+        without = _rtp.Route(
+            native.srtp_function("srtp_protect"),
+            native.srtp_session(tx),
+            tx,
+            a,
+            "127.0.0.1",
+            9,
+            print,
+        )
+        with pytest.raises(RuntimeError):
+            without.send_rtcp(compounds[0])
+
+
+@pytest.mark.skipif(not native.available(), reason="the extension is not built")
+def test_the_port_unprotects_rtcp_for_on_rtcp_and_drops_what_fails() -> None:
+    (tx, rx), rtcp_seen, other, errors = srtp_pair(), [], [], []
+    inbound = _rtp.Inbound(
+        native.srtp_function("srtp_unprotect"),
+        native.srtp_session(rx),
+        rx,
+        lambda data, ms: None,
+        errors.append,
+        native.srtp_function("srtp_unprotect_rtcp"),
+        rtcp_seen.append,
+    )
+    port = _rtp.Port(inbound, lambda data, addr: other.append(data))
+    sr = rtcp.sender_report(0x1234, 1 << 32, 2, 3, 4)
+    protected = tx.protect_rtcp(sr)
+    port(protected, ("127.0.0.1", 1))
+    port(protected, ("127.0.0.1", 1))  # a replay: refused by libsrtp
+    port(protected[:-1] + bytes([protected[-1] ^ 1]), ("127.0.0.1", 1))  # tampered
+    port(b"\x00\x01stun", ("127.0.0.1", 1))
+    assert rtcp_seen == [sr] and other == [b"\x00\x01stun"] and errors == []
+    assert inbound.rx_packets == 3 and inbound.auth_failures == 2
+    tx2, rx2 = srtp_pair()
+    failing = _rtp.Inbound(
+        native.srtp_function("srtp_unprotect"),
+        native.srtp_session(rx2),
+        rx2,
+        lambda data, ms: None,
+        errors.append,
+        native.srtp_function("srtp_unprotect_rtcp"),
+        lambda data: 1 / 0,
+    )
+    _rtp.Port(failing, print)(tx2.protect_rtcp(sr), ("127.0.0.1", 1))
+    assert [type(e) for e in errors] == [ZeroDivisionError]  # reported, not raised
+    with pytest.raises(TypeError):
+        _rtp.Inbound(1, 1, rx, print, print, 1)  # unprotect_rtcp without on_rtcp

@@ -31,6 +31,8 @@
 #define BUFFER_SIZE 1500
 /* libsrtp's SRTP_MAX_TRAILER_LEN: protect() may grow a packet by this much. */
 #define SRTP_MAX_TRAILER 144
+/* libsrtp's SRTP_MAX_SRTCP_TRAILER_LEN: the same for protect_rtcp() (the SRTCP index too). */
+#define SRTCP_MAX_TRAILER 148
 #define RTP_HEADER 12
 #define OPUS_RATE 48000
 #define NTP_UNIX_OFFSET 2208988800.0
@@ -170,6 +172,9 @@ typedef struct {
     PyObject *session_owner; /* keeps libsrtp's session alive */
     PyObject *slow;          /* slow(rtp: bytes, arrival_time_ms: int): the Python path */
     PyObject *on_error;      /* on_error(exc): a callback raised */
+    /* RTCP (optional): srtp_unprotect_rtcp, and on_rtcp(rtcp: bytes) for each compound. */
+    srtp_call unprotect_rtcp;
+    PyObject *on_rtcp;
     /* The fast path, set by configure() and armed by arm(). */
     opus_decode_call decode;
     void *decoder;
@@ -201,18 +206,31 @@ static void inbound_release(Inbound *self) {
 }
 
 static int Inbound_init(Inbound *self, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"unprotect", "session", "session_owner", "slow", "on_error", NULL};
-    PyObject *unprotect, *session, *owner, *slow, *on_error;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO", names, &unprotect, &session, &owner,
-                                     &slow, &on_error))
+    static char *names[] = {"unprotect", "session",        "session_owner", "slow",
+                            "on_error",  "unprotect_rtcp", "on_rtcp",       NULL};
+    PyObject *unprotect, *session, *owner, *slow, *on_error, *unprotect_rtcp = Py_None,
+                                                             *on_rtcp = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOO|OO", names, &unprotect, &session, &owner,
+                                     &slow, &on_error, &unprotect_rtcp, &on_rtcp))
         return -1;
     if (!PyCallable_Check(slow) || !PyCallable_Check(on_error)) {
         PyErr_SetString(PyExc_TypeError, "slow and on_error must be callable");
         return -1;
     }
+    if ((unprotect_rtcp == Py_None) != (on_rtcp == Py_None) ||
+        (on_rtcp != Py_None && !PyCallable_Check(on_rtcp))) {
+        PyErr_SetString(PyExc_TypeError, "unprotect_rtcp and a callable on_rtcp go together");
+        return -1;
+    }
     void *function = as_pointer(unprotect, "unprotect"), *context = NULL;
     if (function == NULL || (context = as_pointer(session, "session")) == NULL)
         return -1;
+    void *rtcp_function = NULL;
+    if (unprotect_rtcp != Py_None &&
+        (rtcp_function = as_pointer(unprotect_rtcp, "unprotect_rtcp")) == NULL)
+        return -1;
+    self->unprotect_rtcp = (srtp_call)rtcp_function;
+    Py_XSETREF(self->on_rtcp, on_rtcp == Py_None ? NULL : Py_NewRef(on_rtcp));
     self->unprotect = (srtp_call)function;
     self->session = context;
     Py_XSETREF(self->session_owner, Py_NewRef(owner));
@@ -225,6 +243,7 @@ static int Inbound_traverse(Inbound *self, visitproc visit, void *arg) {
     Py_VISIT(self->session_owner);
     Py_VISIT(self->slow);
     Py_VISIT(self->on_error);
+    Py_VISIT(self->on_rtcp);
     Py_VISIT(self->decoder_owner);
     Py_VISIT(self->on_frame);
     Py_VISIT(self->empty);
@@ -238,6 +257,8 @@ static int Inbound_clear(Inbound *self) {
     Py_CLEAR(self->session_owner);
     Py_CLEAR(self->slow);
     Py_CLEAR(self->on_error);
+    Py_CLEAR(self->on_rtcp);
+    self->unprotect_rtcp = NULL;
     return 0;
 }
 
@@ -556,6 +577,42 @@ static PyTypeObject InboundType = {
     .tp_getset = Inbound_getset,
 };
 
+/* One SRTCP datagram: unprotect it and hand the compound to on_rtcp, which reads it (a
+ * failure to authenticate is counted and dropped, as for RTP). */
+static PyObject *inbound_receive_rtcp(Inbound *self, PyObject *data) {
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    self->rx_packets++;
+    self->rx_bytes += (unsigned long long)size;
+    if (size > BUFFER_SIZE) {
+        self->too_long++;
+        Py_RETURN_NONE;
+    }
+    memcpy(self->buffer, PyBytes_AS_STRING(data), (size_t)size);
+    int length = (int)size;
+    if (self->unprotect_rtcp(self->session, self->buffer, &length) != 0) {
+        self->auth_failures++;
+        Py_RETURN_NONE;
+    }
+    if (length < 0 || length > size) {
+        self->malformed++;
+        Py_RETURN_NONE;
+    }
+    PyObject *packet = PyBytes_FromStringAndSize((const char *)self->buffer, length);
+    if (packet == NULL)
+        return NULL;
+    PyObject *on_rtcp = Py_NewRef(self->on_rtcp);
+    PyObject *result = PyObject_CallOneArg(on_rtcp, packet);
+    Py_DECREF(on_rtcp);
+    Py_DECREF(packet);
+    if (result == NULL) {
+        if (report_error(self) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Py_DECREF(result);
+    Py_RETURN_NONE;
+}
+
 /* --- Port: one ICE socket's datagram_received --------------------------------------- */
 
 typedef struct {
@@ -593,7 +650,8 @@ static void Port_dealloc(Port *self) {
 }
 
 /* datagram_received(data, addr): RTP (first byte 128-191, second not an RTCP type,
- * RFC 7983 and RFC 5761) to the Inbound, anything else to aioice. */
+ * RFC 7983 and RFC 5761) to the Inbound, RTCP too if it has on_rtcp, anything else to
+ * `other` (aioice's). */
 static PyObject *Port_call(Port *self, PyObject *args, PyObject *kwargs) {
     PyObject *data, *addr;
     if (self->inbound == NULL || self->other == NULL) {
@@ -606,9 +664,15 @@ static PyObject *Port_call(Port *self, PyObject *args, PyObject *kwargs) {
     }
     if (PyBytes_Check(data) && PyBytes_GET_SIZE(data) > 1) {
         const uint8_t *bytes = (const uint8_t *)PyBytes_AS_STRING(data);
-        if (bytes[0] > 127 && bytes[0] < 192 && !(bytes[1] > 191 && bytes[1] < 209)) {
+        if (bytes[0] > 127 && bytes[0] < 192) {
             Inbound *inbound = (Inbound *)Py_NewRef(self->inbound);
-            PyObject *result = inbound_receive(inbound, data);
+            PyObject *result;
+            if (!(bytes[1] > 191 && bytes[1] < 209))
+                result = inbound_receive(inbound, data);
+            else if (inbound->on_rtcp != NULL && inbound->unprotect_rtcp != NULL)
+                result = inbound_receive_rtcp(inbound, data);
+            else
+                result = PyObject_Call(self->other, args, NULL);
             Py_DECREF(inbound);
             return result;
         }
@@ -637,6 +701,7 @@ static PyTypeObject PortType = {
 typedef struct {
     PyObject_HEAD
     srtp_call protect;
+    srtp_call protect_rtcp; /* optional: for send_rtcp() */
     void *session;
     PyObject *session_owner;
     PyObject *sock;     /* socket.socket: fileno() per send, -1 once closed */
@@ -649,13 +714,13 @@ typedef struct {
 } Route;
 
 static int Route_init(Route *self, PyObject *args, PyObject *kwargs) {
-    static char *names[] = {"protect", "session", "session_owner", "sock", "host", "port",
-                            "fallback", NULL};
-    PyObject *protect, *session, *owner, *sock, *fallback;
+    static char *names[] = {"protect", "session",  "session_owner", "sock", "host",
+                            "port",    "fallback", "protect_rtcp",  NULL};
+    PyObject *protect, *session, *owner, *sock, *fallback, *protect_rtcp = Py_None;
     const char *host;
     int port;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOsiO", names, &protect, &session, &owner,
-                                     &sock, &host, &port, &fallback))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOsiO|O", names, &protect, &session,
+                                     &owner, &sock, &host, &port, &fallback, &protect_rtcp))
         return -1;
     if (port <= 0 || port > 65535) {
         PyErr_SetString(PyExc_ValueError, "port out of range");
@@ -684,7 +749,12 @@ static int Route_init(Route *self, PyObject *args, PyObject *kwargs) {
     void *function = as_pointer(protect, "protect"), *context = NULL;
     if (function == NULL || (context = as_pointer(session, "session")) == NULL)
         return -1;
+    void *rtcp_function = NULL;
+    if (protect_rtcp != Py_None &&
+        (rtcp_function = as_pointer(protect_rtcp, "protect_rtcp")) == NULL)
+        return -1;
     self->protect = (srtp_call)function;
+    self->protect_rtcp = (srtp_call)rtcp_function;
     self->session = context;
     Py_XSETREF(self->session_owner, Py_NewRef(owner));
     Py_XSETREF(self->sock, Py_NewRef(sock));
@@ -719,9 +789,10 @@ static PyObject *Route_close(Route *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-/* Protect the RTP packet in self->buffer[:length] and send it; 0, or -1 with an exception. */
-static int route_send(Route *self, int length) {
-    int status = self->protect(self->session, self->buffer, &length);
+/* Protect the packet in self->buffer[:length] with `protect` (srtp_protect for RTP,
+ * srtp_protect_rtcp for RTCP) and send it; 0, or -1 with an exception. */
+static int route_send_with(Route *self, srtp_call protect, int length) {
+    int status = protect(self->session, self->buffer, &length);
     if (status != 0) {
         PyErr_Format(PyExc_RuntimeError, "srtp_protect failed (libsrtp status %d)", status);
         return -1;
@@ -765,6 +836,34 @@ static int route_send(Route *self, int length) {
     return 0;
 }
 
+static int route_send(Route *self, int length) {
+    return route_send_with(self, self->protect, length);
+}
+
+static PyObject *Route_send_rtcp(Route *self, PyObject *packet) {
+    if (!PyBytes_Check(packet)) {
+        PyErr_SetString(PyExc_TypeError, "an RTCP packet must be bytes");
+        return NULL;
+    }
+    if (self->protect_rtcp == NULL || self->session == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "this Route has no protect_rtcp");
+        return NULL;
+    }
+    if (!self->open) {
+        PyErr_SetString(PyExc_ConnectionError, "the route is closed");
+        return NULL;
+    }
+    Py_ssize_t size = PyBytes_GET_SIZE(packet);
+    if (size > BUFFER_SIZE - SRTCP_MAX_TRAILER) {
+        PyErr_SetString(PyExc_ValueError, "packet is too long");
+        return NULL;
+    }
+    memcpy(self->buffer, PyBytes_AS_STRING(packet), (size_t)size);
+    if (route_send_with(self, self->protect_rtcp, (int)size) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyObject *Route_get_backlog(Route *self, void *unused) {
     return PyBool_FromLong(self->backlog);
 }
@@ -783,6 +882,8 @@ static PyObject *Route_get_open(Route *self, void *unused) {
 
 static PyMethodDef Route_methods[] = {
     {"close", (PyCFunction)Route_close, METH_NOARGS, "Send nothing more this way."},
+    {"send_rtcp", (PyCFunction)Route_send_rtcp, METH_O,
+     "Protect an RTCP compound (SRTCP) and send it this way, as RTP goes."},
     {NULL},
 };
 

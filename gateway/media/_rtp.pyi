@@ -30,6 +30,8 @@ class Inbound:
         session_owner: object,
         slow: Callable[[bytes, int], object],
         on_error: Callable[[BaseException], object],
+        unprotect_rtcp: int | None = None,
+        on_rtcp: Callable[[bytes], object] | None = None,
     ) -> None: ...
     def __call__(self, data: bytes) -> None: ...
     def receive(self, data: bytes) -> None: ...
@@ -70,8 +72,11 @@ class Route:
         host: str,
         port: int,
         fallback: Callable[[bytes], object],
+        protect_rtcp: int | None = None,
     ) -> None: ...
     def close(self) -> None: ...
+    def send_rtcp(self, packet: bytes, /) -> None:
+        """Protect an RTCP compound (SRTCP) and send it; ConnectionError once closed."""
 
 class Encoder:
     @property

@@ -38,6 +38,7 @@ import weakref
 from typing import Any, Protocol
 
 from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc.stats import RTCStatsReport
 
 from gateway.media import rtcp
 from gateway.media.frameclock import frame_clock
@@ -244,6 +245,15 @@ class ReportingReceiver(RTCRtpReceiver):
             receiver.__class__ = cls
         assert isinstance(receiver, cls)
         return receiver
+
+    # The remote-outbound stats of the peer's SRs: made when getStats asks (rtcp.py).
+    rtcp_stats_on_demand = True
+
+    async def getStats(self) -> RTCStatsReport:
+        report: RTCStatsReport = self._RTCRtpReceiver__stats  # type: ignore[attr-defined]
+        for stats in rtcp.take_stats(self):
+            report.add(stats)
+        return await super().getStats()
 
     async def _run_rtcp(self) -> None:
         route = self.transport

@@ -15,7 +15,8 @@ after aioice's queue. This module has the same bytes and effects with
   what aiortc's parser accepts, and :func:`apply` makes the changes aiortc's
   handlers make (the receiver's ``lsr`` and remote-outbound stats from an SR;
   the sender's round-trip time and remote-inbound stats from a report block;
-  the receiver's decoder stopped on a BYE). A compound it does not take
+  the receiver's decoder stopped on a BYE; the stats objects made when
+  ``getStats`` asks, for the gateway's own sender and receiver). A compound it does not take
   (feedback such as NACK, PLI or REMB, anything malformed, a receiver or sender
   not aiortc's own) is left to aiortc's ``_handle_rtcp_data``, which does
   what it always did with it.
@@ -23,14 +24,20 @@ after aioice's queue. This module has the same bytes and effects with
 
 from __future__ import annotations
 
+import datetime
 import struct
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from aiortc import RTCRtpReceiver, RTCRtpSender, clock
 from aiortc.rtcdtlstransport import RtpRouter
 from aiortc.rtcrtpsender import RTT_ALPHA
-from aiortc.stats import RTCRemoteInboundRtpStreamStats, RTCRemoteOutboundRtpStreamStats
+from aiortc.stats import (
+    RTCRemoteInboundRtpStreamStats,
+    RTCRemoteOutboundRtpStreamStats,
+    RTCStats,
+)
 
 SR: Final = 200
 RR: Final = 201
@@ -228,21 +235,10 @@ def _stock(recipient: object) -> bool:
 def _sender_info(receiver: Any, packet: Packet) -> None:
     """aiortc's RTCRtpReceiver._handle_rtcp_packet for an SR."""
     _, ssrc, ntp, _rtp, sent, octets, _ = packet
-    receiver._RTCRtpReceiver__stats.add(
-        RTCRemoteOutboundRtpStreamStats(
-            timestamp=clock.current_datetime(),
-            type="remote-outbound-rtp",
-            id=f"remote-outbound-rtp_{id(receiver)}",
-            ssrc=ssrc,
-            kind=receiver._RTCRtpReceiver__kind,
-            transportId=receiver.transport._stats_id,
-            packetsSent=sent,
-            bytesSent=octets,
-            remoteTimestamp=clock.datetime_from_ntp(ntp),
-        )
-    )
+    now = time.time()
+    _stats(receiver, "_RTCRtpReceiver__stats", _remote_outbound, now, (ssrc, sent, octets, ntp))
     receiver._RTCRtpReceiver__lsr[ssrc] = (ntp >> 16) & _U32
-    receiver._RTCRtpReceiver__lsr_time[ssrc] = time.time()
+    receiver._RTCRtpReceiver__lsr_time[ssrc] = now
 
 
 def _report_blocks(sender: Any, ssrc: int, blocks: list[Block]) -> None:
@@ -251,24 +247,80 @@ def _report_blocks(sender: Any, ssrc: int, blocks: list[Block]) -> None:
     for block_ssrc, fraction_lost, packets_lost, _highest, jitter, lsr, dlsr in blocks:
         if block_ssrc != own:
             continue
+        now = time.time()
         if sender._RTCRtpSender__lsr == lsr and dlsr:
-            rtt = time.time() - sender._RTCRtpSender__lsr_time - (dlsr / 65536)
+            rtt = now - sender._RTCRtpSender__lsr_time - (dlsr / 65536)
             previous = sender._RTCRtpSender__rtt
             sender._RTCRtpSender__rtt = (
                 rtt if previous is None else RTT_ALPHA * previous + (1 - RTT_ALPHA) * rtt
             )
-        sender._RTCRtpSender__stats.add(
-            RTCRemoteInboundRtpStreamStats(
-                timestamp=clock.current_datetime(),
-                type="remote-inbound-rtp",
-                id="remote-inbound-rtp_" + str(id(sender)),
-                ssrc=ssrc,
-                kind=sender.kind,
-                transportId=sender.transport._stats_id,
-                packetsReceived=sender._RTCRtpSender__packet_count - packets_lost,
-                packetsLost=packets_lost,
-                jitter=jitter,
-                roundTripTime=sender._RTCRtpSender__rtt,
-                fractionLost=fraction_lost,
-            )
-        )
+        received = sender._RTCRtpSender__packet_count - packets_lost
+        rtt = sender._RTCRtpSender__rtt
+        values = (ssrc, received, packets_lost, jitter, rtt, fraction_lost)
+        _stats(sender, "_RTCRtpSender__stats", _remote_inbound, now, values)
+
+
+# --- the stats objects of what was read ------------------------------------------------------
+
+StatsMaker = Callable[..., RTCStats]
+
+
+def _stats(owner: Any, report: str, make: StatsMaker, now: float, values: tuple[Any, ...]) -> None:
+    """Add what aiortc's handler adds to ``owner``'s stats report, or, if ``owner``'s
+    class has ``rtcp_stats_on_demand``, keep the values until :func:`take_stats`
+    (the gateway's calls rarely ask: the dataclass and datetimes are most of the cost)."""
+    if getattr(type(owner), "rtcp_stats_on_demand", False):
+        owner.__dict__.setdefault("_rtcp_stats", {})[make] = (now, values)
+    else:
+        getattr(owner, report).add(make(owner, clock.current_datetime(), *values))
+
+
+def take_stats(owner: Any) -> list[RTCStats]:
+    """The stats objects of the RTCP ``owner`` read since the last call, as aiortc's
+    handlers would have made them (each stamped with when its packet was read)."""
+    pending: dict[StatsMaker, tuple[float, tuple[Any, ...]]] = owner.__dict__.pop("_rtcp_stats", {})
+    return [
+        make(owner, datetime.datetime.fromtimestamp(at, datetime.UTC), *values)
+        for make, (at, values) in pending.items()
+    ]
+
+
+def _remote_outbound(
+    receiver: Any, timestamp: datetime.datetime, ssrc: int, sent: int, octets: int, ntp: int
+) -> RTCRemoteOutboundRtpStreamStats:
+    return RTCRemoteOutboundRtpStreamStats(
+        timestamp=timestamp,
+        type="remote-outbound-rtp",
+        id=f"remote-outbound-rtp_{id(receiver)}",
+        ssrc=ssrc,
+        kind=receiver._RTCRtpReceiver__kind,
+        transportId=receiver.transport._stats_id,
+        packetsSent=sent,
+        bytesSent=octets,
+        remoteTimestamp=clock.datetime_from_ntp(ntp),
+    )
+
+
+def _remote_inbound(
+    sender: Any,
+    timestamp: datetime.datetime,
+    ssrc: int,
+    received: int,
+    lost: int,
+    jitter: int,
+    rtt: Any,  # None before the first estimate, as aiortc passes it
+    fraction_lost: int,
+) -> RTCRemoteInboundRtpStreamStats:
+    return RTCRemoteInboundRtpStreamStats(
+        timestamp=timestamp,
+        type="remote-inbound-rtp",
+        id="remote-inbound-rtp_" + str(id(sender)),
+        ssrc=ssrc,
+        kind=sender.kind,
+        transportId=sender.transport._stats_id,
+        packetsReceived=received,
+        packetsLost=lost,
+        jitter=jitter,
+        roundTripTime=rtt,
+        fractionLost=fraction_lost,
+    )

@@ -52,9 +52,10 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpsender import random_sequence_number
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket
+from aiortc.stats import RTCStatsReport
 from aiortc.utils import random32
 
-from gateway.media import native, reports
+from gateway.media import native, reports, rtcp
 from gateway.media.frameclock import frame_clock
 from gateway.media.playout import PlayoutTrack
 from gateway.media.rtp import HEADER
@@ -131,6 +132,15 @@ class PlayoutSender(RTCRtpSender):
             await super()._run_rtp(codec)
             return
         await self._run_playout(track, codec.payloadType, extensions)
+
+    # The remote-inbound stats of the peer's reports: made when getStats asks (rtcp.py).
+    rtcp_stats_on_demand = True
+
+    async def getStats(self) -> RTCStatsReport:
+        report: RTCStatsReport = self._RTCRtpSender__stats  # type: ignore[attr-defined]
+        for stats in rtcp.take_stats(self):
+            report.add(stats)
+        return await super().getStats()
 
     async def _run_rtcp(self) -> None:
         transport = self.transport

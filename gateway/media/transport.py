@@ -210,7 +210,11 @@ class CallTransport(RTCDtlsTransport):
         """Protect an RTCP compound (SRTCP) and send it as :meth:`send_rtp_now` does."""
         if self._state is not State.CONNECTED:
             raise ConnectionError("Cannot send encrypted RTP, not connected")
-        self._send_now(self._tx.protect_rtcp(data))
+        route = self._route
+        if route is not None and route.open:  # protect and sendto in one C call
+            route.send_rtcp(data)
+        else:
+            self._send_now(self._tx.protect_rtcp(data))
 
     def _send_now(self, data: bytes) -> None:
         pair = self._nominated.get(1)  # rtcp-mux: one component
@@ -254,8 +258,15 @@ class CallTransport(RTCDtlsTransport):
         )
         rx, tx = native.srtp_session(self._rx_srtp), native.srtp_session(self._tx_srtp)
         if unprotect and rx:
+            unprotect_rtcp = native.srtp_function("srtp_unprotect_rtcp")
             self._native_in = _rtp.Inbound(
-                unprotect, rx, self._rx_srtp, self._from_unprotected, _log_inbound_error
+                unprotect,
+                rx,
+                self._rx_srtp,
+                self._from_unprotected,
+                _log_inbound_error,
+                unprotect_rtcp,
+                self._rtcp_decrypted if unprotect_rtcp else None,
             )
         pair = self._nominated.get(1)  # rtcp-mux: one component
         if not (protect and tx) or pair is None or type(pair.protocol) is not StunProtocol:
@@ -270,6 +281,7 @@ class CallTransport(RTCDtlsTransport):
                 pair.remote_addr[0],
                 pair.remote_addr[1],
                 self._send_protected,
+                native.srtp_function("srtp_protect_rtcp"),
             )
         except ValueError as exc:  # not a numeric address
             logger.debug("RTP goes through asyncio: %s", exc)
@@ -350,6 +362,10 @@ class CallTransport(RTCDtlsTransport):
         except (pylibsrtp.Error, ValueError) as exc:
             logger.debug("x SRTP unprotect failed: %s", exc)
             return
+        self._rtcp_decrypted(data)
+
+    def _rtcp_decrypted(self, data: bytes) -> None:
+        """A decrypted RTCP compound (from here or the compiled path): its effects, now."""
         if not rtcp.apply(self._rtp_router, data):  # feedback, malformed: aiortc's own
             self._spawn(self._handle_rtcp_data(data))
 
