@@ -77,7 +77,8 @@ WRAPPED = [
     ("gateway.media.reports", "SenderReports", "report"),
     ("gateway.media.reports", "ReceiverReports", "report"),
     ("gateway.media.transport", "CallTransport", "send_rtcp_now"),
-    ("gateway.media.transport", "CallTransport", "_rtcp_received"),
+    ("gateway.media.transport", "CallTransport", "_rtcp_received"),  # Python's SRTCP
+    ("gateway.media.transport", "CallTransport", "_rtcp_decrypted"),  # C's, or that one's
     ("gateway.metrics", "Metrics", "render"),
 ]
 
