@@ -528,8 +528,7 @@ def twin(lean: bool) -> tuple[RtpRouter, Any, Any]:
 
 def state(sender: Any, receiver: Any) -> list[Any]:
     def stats(report: Any, owner: Any) -> list[Any]:
-        for made in rtcp.take_stats(owner):  # what getStats adds first
-            report.add(made)
+        rtcp.add_stats(owner, report)  # what getStats adds first
         return [(type(s), {k: v for k, v in vars(s).items() if k != "id"}) for s in report.values()]
 
     return [
@@ -669,3 +668,21 @@ def test_the_port_unprotects_rtcp_for_on_rtcp_and_drops_what_fails() -> None:
     assert [type(e) for e in errors] == [ZeroDivisionError]  # reported, not raised
     with pytest.raises(TypeError):
         _rtp.Inbound(1, 1, rx, print, print, 1)  # unprotect_rtcp without on_rtcp
+
+
+async def test_stats_made_on_demand_never_replace_newer_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("gateway.media.rtcp.time", FixedTime)
+    router, sender, _ = twin(True)
+    rr = bytes(RtcpRrPacket(0xBBBB, [RtcpReceiverInfo(0xAAAA, 0, 4, 0, 0, 0, 0)]))
+    report = sender._RTCRtpSender__stats
+    for offset, kept in ((1.0, "aiortc's"), (-1.0, "ours")):
+        assert rtcp.apply(router, rr)
+        # What aiortc's own handler would have added (RTCP over a TURN relay), later or earlier.
+        at = datetime.datetime.fromtimestamp(FixedTime.now + offset, datetime.UTC)
+        report.add(rtcp._remote_inbound(sender, at, 0xBBBB, 1, 99, 0, None, 0))
+        rtcp.add_stats(sender, report)
+        (stats,) = report.values()
+        assert stats.packetsLost == (99 if kept == "aiortc's" else 4)
+        assert "_rtcp_stats" not in sender.__dict__  # taken

@@ -250,9 +250,7 @@ class ReportingReceiver(RTCRtpReceiver):
     rtcp_stats_on_demand = True
 
     async def getStats(self) -> RTCStatsReport:
-        report: RTCStatsReport = self._RTCRtpReceiver__stats  # type: ignore[attr-defined]
-        for stats in rtcp.take_stats(self):
-            report.add(stats)
+        rtcp.add_stats(self, self._RTCRtpReceiver__stats)  # type: ignore[attr-defined]
         return await super().getStats()
 
     async def _run_rtcp(self) -> None:

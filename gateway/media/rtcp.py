@@ -37,6 +37,7 @@ from aiortc.stats import (
     RTCRemoteInboundRtpStreamStats,
     RTCRemoteOutboundRtpStreamStats,
     RTCStats,
+    RTCStatsReport,
 )
 
 SR: Final = 200
@@ -267,7 +268,7 @@ StatsMaker = Callable[..., RTCStats]
 
 def _stats(owner: Any, report: str, make: StatsMaker, now: float, values: tuple[Any, ...]) -> None:
     """Add what aiortc's handler adds to ``owner``'s stats report, or, if ``owner``'s
-    class has ``rtcp_stats_on_demand``, keep the values until :func:`take_stats`
+    class has ``rtcp_stats_on_demand``, keep the values until :func:`add_stats`
     (the gateway's calls rarely ask: the dataclass and datetimes are most of the cost)."""
     if getattr(type(owner), "rtcp_stats_on_demand", False):
         owner.__dict__.setdefault("_rtcp_stats", {})[make] = (now, values)
@@ -275,14 +276,16 @@ def _stats(owner: Any, report: str, make: StatsMaker, now: float, values: tuple[
         getattr(owner, report).add(make(owner, clock.current_datetime(), *values))
 
 
-def take_stats(owner: Any) -> list[RTCStats]:
-    """The stats objects of the RTCP ``owner`` read since the last call, as aiortc's
-    handlers would have made them (each stamped with when its packet was read)."""
+def add_stats(owner: Any, report: RTCStatsReport) -> None:
+    """Add to ``report`` the stats objects of the RTCP ``owner`` read since the last call,
+    as aiortc's handlers would have made them (each stamped with when its packet was
+    read), unless aiortc's own handler put a newer one there (RTCP over a TURN relay)."""
     pending: dict[StatsMaker, tuple[float, tuple[Any, ...]]] = owner.__dict__.pop("_rtcp_stats", {})
-    return [
-        make(owner, datetime.datetime.fromtimestamp(at, datetime.UTC), *values)
-        for make, (at, values) in pending.items()
-    ]
+    for make, (at, values) in pending.items():
+        stats = make(owner, datetime.datetime.fromtimestamp(at, datetime.UTC), *values)
+        there = report.get(stats.id)
+        if there is None or there.timestamp <= stats.timestamp:
+            report.add(stats)
 
 
 def _remote_outbound(

@@ -137,9 +137,7 @@ class PlayoutSender(RTCRtpSender):
     rtcp_stats_on_demand = True
 
     async def getStats(self) -> RTCStatsReport:
-        report: RTCStatsReport = self._RTCRtpSender__stats  # type: ignore[attr-defined]
-        for stats in rtcp.take_stats(self):
-            report.add(stats)
+        rtcp.add_stats(self, self._RTCRtpSender__stats)  # type: ignore[attr-defined]
         return await super().getStats()
 
     async def _run_rtcp(self) -> None:
