@@ -34,7 +34,7 @@ from pylibsrtp import Policy, Session
 
 from gateway.media import native, reports, rtcp
 from gateway.media.inbound import InboundAudio
-from gateway.media.native import _rtp
+from gateway.media.native import NativeStreamStatistics, _rtp
 from gateway.media.playout import PlayoutTrack
 from gateway.media.reports import Reporter, ReportingReceiver, ReportSchedule
 from gateway.media.sender import PlayoutSender
@@ -686,3 +686,32 @@ async def test_stats_made_on_demand_never_replace_newer_ones(
         (stats,) = report.values()
         assert stats.packetsLost == (99 if kept == "aiortc's" else 4)
         assert "_rtcp_stats" not in sender.__dict__  # taken
+
+
+class Fields:
+    """Stands in for an _rtp.Inbound: the reception fields C keeps, set by the test."""
+
+    def __init__(self) -> None:
+        self.fields = (0, 0, 0, 0, 0)
+
+    def statistics(self) -> tuple[int, int, int, int, int]:
+        return self.fields
+
+
+def test_one_read_of_cs_statistics_gives_what_aiortcs_properties_give() -> None:
+    fields = Fields()
+    ours, theirs_ = (NativeStreamStatistics(fields), NativeStreamStatistics(fields))  # type: ignore[arg-type]
+    rng = random.Random(5)
+    base, top, cycles, received, jitter = 65000, 65000, 0, 1, 0
+    for _ in range(200):  # losses, duplicates (more received than expected), wraps
+        step = rng.choice([0, 1, 1, 1, 5, 300])
+        top += step
+        cycles, top = (cycles + (1 << 16), top - (1 << 16)) if top > 0xFFFF else (cycles, top)
+        received += max(0, step + rng.choice([-3, -1, 0, 0, 2]))
+        jitter = rng.randrange(1 << 12)
+        fields.fields = (base, top, cycles, received, jitter)
+        values = (theirs_.fraction_lost, theirs_.packets_lost, theirs_.max_seq, theirs_.jitter)
+        assert ours.report_values() == values
+    for fields.fields in ((0, 5, 1 << 24, 1, 0), (0, 5, 0, 1 << 24, 0)):  # lost beyond 24 bits
+        values = (theirs_.fraction_lost, theirs_.packets_lost, theirs_.max_seq, theirs_.jitter)
+        assert ours.report_values() == values

@@ -36,6 +36,7 @@ import time
 from typing import Any, Final, Protocol, TypeAlias
 
 from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import clamp_packets_lost
 
 from gateway.media import libopus
 from gateway.media.pcm import AudioBuffer
@@ -136,6 +137,23 @@ class NativeStreamStatistics(StreamStatistics):
     @property
     def _jitter_q4(self) -> int:  # type: ignore[override]
         return self._inbound.statistics()[4]
+
+    def report_values(self) -> tuple[int, int, int, int]:
+        """What a receiver report block reads (fraction lost, packets lost, highest
+        sequence, jitter), as aiortc's properties give them, from one read of C's
+        fields rather than ten; the fraction's interval baseline moves as they move it."""
+        base_seq, max_seq, cycles, received, jitter_q4 = self._inbound.statistics()
+        if base_seq is None or max_seq is None:  # nothing received: aiortc's would raise too
+            raise TypeError("no packet received yet")
+        expected = cycles + max_seq - base_seq + 1
+        expected_interval = expected - self._expected_prior
+        received_interval = received - self._received_prior
+        self._expected_prior, self._received_prior = expected, received
+        lost_interval = expected_interval - received_interval
+        fraction = 0
+        if expected_interval and lost_interval > 0:
+            fraction = (lost_interval << 8) // expected_interval
+        return fraction, clamp_packets_lost(expected - received), max_seq, jitter_q4 >> 4
 
 
 class FrameEncoder(Protocol):

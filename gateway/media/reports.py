@@ -119,16 +119,14 @@ class ReceiverReports(Reporter):
                 delay = time.time() - lsr_times[ssrc]
                 if 0 < delay < 65536:
                     dlsr = int(delay * 65536)
+            values = getattr(stream, "report_values", None)  # NativeStreamStatistics': one C read
+            if values is not None:
+                fraction_lost, packets_lost, highest, jitter = values()
+            else:
+                fraction_lost, packets_lost = stream.fraction_lost, stream.packets_lost
+                highest, jitter = stream.max_seq, stream.jitter
             blocks.append(
-                rtcp.report_block(
-                    ssrc,
-                    stream.fraction_lost,
-                    stream.packets_lost,
-                    stream.max_seq,
-                    stream.jitter,
-                    lsr,
-                    dlsr,
-                )
+                rtcp.report_block(ssrc, fraction_lost, packets_lost, highest, jitter, lsr, dlsr)
             )
         ssrc = receiver._RTCRtpReceiver__rtcp_ssrc
         if ssrc is not None and blocks:
