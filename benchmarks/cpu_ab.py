@@ -11,6 +11,9 @@ both alike; the figure is the gateway process's own CPU time per call-second.
     python benchmarks/cpu_ab.py [--base main] [--head REV] [--calls 10] [--duration 30]
 
 ``--head REV`` compares two revisions (both exported) instead of this checkout.
+``--head-env KEY=VALUE`` (repeatable) sets a gateway setting on the measured side only:
+with ``--base HEAD`` it compares one setting against its default on the same code, e.g.
+``--base HEAD --head-env GATEWAY_OPUS_COMPLEXITY=3``.
 """
 
 from __future__ import annotations
@@ -68,9 +71,11 @@ def server_from(tree: str) -> tuple[str, ...]:
     return (sys.executable, "-c", code)
 
 
-async def cpu_ms(calls: int, duration: float, tree: str | None) -> float:
+async def cpu_ms(
+    calls: int, duration: float, tree: str | None, env: dict[str, str] | None = None
+) -> float:
     report = await run_echo_calls(
-        calls, duration, server_command=server_from(tree) if tree else None
+        calls, duration, server_command=server_from(tree) if tree else None, gateway_env=env
     )
     if report["ended_cleanly"] != calls:
         # A saturated machine: the figure is still the gateway's CPU per call-second.
@@ -85,7 +90,15 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--head-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="environment of the measured side's gateway only (repeatable)",
+    )
     args = parser.parse_args()
+    head_env = dict(item.split("=", 1) for item in args.head_env) or None
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_head:
         base_commit = export(args.base, Path(tmp))
         head_tree = None
@@ -93,6 +106,8 @@ async def main() -> None:
         if args.head:
             head = f"{args.head} ({export(args.head, Path(tmp_head))})"
             head_tree = tmp_head
+        if head_env:
+            head += " with " + " ".join(args.head_env)
         print(
             f"gateway CPU per call-second, echo bot, {args.calls} calls of "
             f"{args.duration:.0f} s, base {args.base} ({base_commit}) vs {head}"
@@ -101,7 +116,7 @@ async def main() -> None:
         base, this = [], []
         for r in range(args.rounds):
             base.append(await cpu_ms(args.calls, args.duration, tmp))
-            this.append(await cpu_ms(args.calls, args.duration, head_tree))
+            this.append(await cpu_ms(args.calls, args.duration, head_tree, head_env))
             print(f"{r + 1:>5} | {base[-1]:>8.2f} | {this[-1]:>8.2f} | {this[-1] / base[-1]:.3f}")
         b, t = statistics.median(base), statistics.median(this)
         print(f"  med | {b:>8.2f} | {t:>8.2f} | {t / b:.3f}")
