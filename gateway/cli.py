@@ -295,7 +295,8 @@ async def _serve(args: argparse.Namespace) -> int:
     await gateway.start()
     freeze_startup_objects()
     print(
-        f"gateway: serving webhooks on {gateway.url}/webhook (bot {settings.bot}); "
+        f"gateway: serving webhooks on {gateway.url}/webhook (bot {settings.bot}, "
+        f"Opus complexity {settings.opus_complexity}); "
         "Ctrl-C or SIGTERM drains",
         flush=True,
     )
