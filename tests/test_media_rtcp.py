@@ -362,6 +362,7 @@ async def test_the_schedule_draws_aiortcs_intervals_and_drops_a_failing_reporter
     schedule._on_tick(start + 2.0 + 1.5)
     assert (good.reports, broken.reports, closed.reports) == (2, 1, 2)
     schedule.remove(good)
+    assert [entry[2] for entry in schedule._due] == [closed]  # nothing kept of a removed one
     schedule.add(good)  # taken off and put back: one live entry, not two
     schedule._on_tick(start + 10)
     assert good.reports == 3

@@ -138,7 +138,7 @@ class ReportSchedule:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._due: list[tuple[float, int, Reporter]] = []  # a heap; removed ones stay, unscheduled
+        self._due: list[tuple[float, int, Reporter]] = []  # a heap of (when, turn, reporter)
         self._order = itertools.count()
         self._count = 0
 
@@ -158,9 +158,12 @@ class ReportSchedule:
             return
         reporter.scheduled = False
         self._count -= 1
+        # Its entry goes now (in place: _on_tick may be walking the heap), so an ended
+        # call's sender and receiver are not kept for up to 1.5 s by the schedule.
+        self._due[:] = [entry for entry in self._due if entry[2] is not reporter]
+        heapq.heapify(self._due)
         if not self._count:
             frame_clock(self._loop).unsubscribe(self._on_tick)
-            self._due.clear()
 
     @property
     def reporters(self) -> int:
