@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 from collections.abc import Sequence
 
+import aiortc.rtcpeerconnection as aiortc_pc
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.codecs import CODECS
 from aiortc.rtcdtlstransport import RTCCertificate, SRTPProtectionProfile
@@ -102,10 +103,24 @@ def new_peer_connection(*, shared_certificate: bool = True) -> RTCPeerConnection
     sandbox's simulated phones).
     """
     configure()
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    if shared_certificate:
-        # aiortc 1.16 takes no certificate (RTCConfiguration has no `certificates`):
-        # its DTLS transports are made from this list when the SDP is applied, so
-        # replacing it before then is enough. tests/test_rtc_certificate.py guards it.
-        pc._RTCPeerConnection__certificates = [certificate()]  # type: ignore[attr-defined]
-    return pc
+    if not shared_certificate:
+        return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    # aiortc 1.16 takes no certificate (RTCConfiguration has no `certificates`) and
+    # makes a key and certificate in RTCPeerConnection.__init__ (about 0.3 ms of CPU
+    # per call) that would be replaced at once: while the peer connection is made,
+    # the name its __init__ looks up gives the process's certificate instead. Nothing
+    # else runs meanwhile (no await). tests/test_rtc_certificate.py guards it.
+    aiortc_pc.RTCCertificate = _ProcessCertificate  # type: ignore[attr-defined]
+    try:
+        return RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    finally:
+        aiortc_pc.RTCCertificate = RTCCertificate  # type: ignore[attr-defined]
+
+
+class _ProcessCertificate(RTCCertificate):
+    """What ``RTCCertificate.generateCertificate`` gives while a gateway peer
+    connection is made: the process's certificate, no new key."""
+
+    @classmethod
+    def generateCertificate(cls) -> SharedCertificate:  # type: ignore[override]
+        return certificate()

@@ -66,3 +66,35 @@ def test_certificate_is_renewed_before_it_expires(monkeypatch: pytest.MonkeyPatc
     assert rtc.certificate() is renewed
     pc = rtc.new_peer_connection()
     assert pc._RTCPeerConnection__certificates == [renewed]
+
+
+async def test_a_gateway_peer_connection_makes_no_key_of_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aiortc.rtcpeerconnection
+    from aiortc.rtcdtlstransport import RTCCertificate
+
+    process = rtc.certificate()
+    made: list[RTCCertificate] = []
+    generate = RTCCertificate.generateCertificate
+
+    def counting() -> RTCCertificate:
+        made.append(generate())
+        return made[-1]
+
+    monkeypatch.setattr(RTCCertificate, "generateCertificate", counting)
+    pc = rtc.new_peer_connection()
+    try:
+        # aiortc's __init__ made no key (about 0.3 ms per call) and presents the process's.
+        assert made == []
+        assert pc._RTCPeerConnection__certificates == [process]  # type: ignore[attr-defined]
+        assert aiortc.rtcpeerconnection.RTCCertificate is RTCCertificate  # put back
+    finally:
+        await pc.close()
+    phone = rtc.new_peer_connection(shared_certificate=False)
+    try:
+        # A separate party (the sandbox's phones) still makes its own.
+        assert len(made) == 1
+        assert phone._RTCPeerConnection__certificates == made  # type: ignore[attr-defined]
+    finally:
+        await phone.close()
