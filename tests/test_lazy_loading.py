@@ -55,9 +55,10 @@ ENV = {
 }
 
 
-def _probe(bot: str, data_dir: Path) -> list[str]:
+def run_fresh(script: str, data_dir: Path, *args: str) -> list[str]:
+    """Run ``script`` in a fresh interpreter with a gateway's settings; its output lines."""
     result = subprocess.run(
-        [sys.executable, "-c", PROBE, bot],
+        [sys.executable, "-c", script, *args],
         env={**ENV, "PATH": "/usr/bin:/bin", "GATEWAY_DATA_DIR": str(data_dir)},
         capture_output=True,
         text=True,
@@ -66,6 +67,10 @@ def _probe(bot: str, data_dir: Path) -> list[str]:
     )
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
+
+
+def _probe(bot: str, data_dir: Path) -> list[str]:
+    return run_fresh(PROBE, data_dir, bot)
 
 
 def test_echo_gateway_loads_no_speech_models(tmp_path: Path) -> None:

@@ -4,15 +4,13 @@ process keeps its start-up objects out of the garbage collector's passes (gatewa
 from __future__ import annotations
 
 import gc
-import subprocess
-import sys
 import textwrap
 import weakref
 from pathlib import Path
 
 from gateway.heap import freeze_startup_objects
 
-from .test_lazy_loading import ENV
+from .test_lazy_loading import run_fresh
 
 # In a fresh interpreter: this test process imported anyio's backend long ago.
 PROBE = textwrap.dedent(
@@ -43,16 +41,7 @@ PROBE = textwrap.dedent(
 
 
 def test_start_up_leaves_nothing_to_import_for_the_first_graph_request(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", PROBE],
-        env={**ENV, "PATH": "/usr/bin:/bin", "GATEWAY_DATA_DIR": str(tmp_path)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == [
+    assert run_fresh(PROBE, tmp_path) == [
         "anyio backend before start: False",  # so start-up is what imported it
         "dtls context made: True",
         "imported by the first request: []",
