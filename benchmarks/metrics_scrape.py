@@ -4,8 +4,8 @@ Builds the gateway's own registry (``gateway.metrics.Metrics``) with the label s
 a gateway that has taken calls has (both directions, both setup stages, every
 Graph action, response and barge-in figures, a full loop-lag window) and times, in
 process CPU per scrape (best of ``--rounds``), the registry's collection alone,
-prometheus-client's ``generate_latest`` and the gateway's ``TextExposition`` (the
-same page, checked). Hot caches, in a loop: inside a busy gateway the same scrape
+and prometheus-client's ``generate_latest`` (what ``Metrics.render`` runs), and its
+text formatting alone. Hot caches, in a loop: inside a busy gateway the same scrape
 costs several times more (``frame_costs.py`` times ``Metrics.render`` there).
 
     python benchmarks/metrics_scrape.py [--scrapes 300] [--rounds 5]
@@ -23,7 +23,6 @@ from prometheus_client.registry import Collector
 
 from gateway.events import Direction
 from gateway.metrics import Metrics
-from gateway.metrics.exposition import TextExposition
 
 
 class _Fixed(Collector):
@@ -81,16 +80,12 @@ def main() -> None:
     metrics = busy_metrics()
     registry = metrics.registry
     fixed = _Fixed(list(registry.collect()))
-    assert TextExposition(fixed).render() == generate_latest(fixed)
     page = metrics.render()
     samples = sum(1 for line in page.splitlines() if not line.startswith(b"#"))
-    exposition = TextExposition(registry)
     rows = [
         ("collection only (registry.collect)", lambda: list(registry.collect())),
         ("generate_latest (collection + text)", lambda: generate_latest(registry)),
-        ("TextExposition.render (collection + text)", exposition.render),
         ("text only, generate_latest", lambda: generate_latest(fixed)),
-        ("text only, TextExposition", TextExposition(fixed).render),
     ]
     print(f"one /metrics scrape of the gateway's registry: {samples} samples, {len(page)} bytes")
     print(f"process CPU per scrape, best of {args.rounds} x {args.scrapes}, hot caches")

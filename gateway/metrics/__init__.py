@@ -30,13 +30,13 @@ from prometheus_client import (
     Counter,
     Histogram,
     ProcessCollector,
+    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from .calls import CallMetrics, end_reason_label
-from .exposition import TextExposition
 from .graph import GraphMetrics
 from .loop import LoopLagMonitor
 
@@ -117,7 +117,6 @@ class Metrics:
             registry=self.registry,
         )
         self.lag = LoopLagMonitor(on_sample=self.loop_lag.observe)
-        self.exposition = TextExposition(self.registry)
         self.calls: CallMetrics | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -169,7 +168,7 @@ class Metrics:
         """The Prometheus text exposition."""
         if self.calls is not None:
             self.calls.drain_live()
-        return self.exposition.render()
+        return generate_latest(self.registry)
 
     def summary(self) -> dict[str, float]:
         """Every sample by name, summed over label sets (one collection; for the dashboard)."""
