@@ -362,6 +362,30 @@ static int take_audio(Inbound *self, const rtp_header *h, double now) {
     return 1;
 }
 
+/* Copy an SRTP or SRTCP datagram (bytes) into the buffer and unprotect it there with
+ * `unprotect`: its length, or -1 once the drop is counted (too long, not authentic, or a
+ * length libsrtp should never give: it only ever shortens a packet it unprotects). */
+static int unprotect_datagram(Inbound *self, PyObject *data, srtp_call unprotect) {
+    Py_ssize_t size = PyBytes_GET_SIZE(data);
+    self->rx_packets++;
+    self->rx_bytes += (unsigned long long)size;
+    if (size > BUFFER_SIZE) {
+        self->too_long++;
+        return -1;
+    }
+    memcpy(self->buffer, PyBytes_AS_STRING(data), (size_t)size);
+    int length = (int)size;
+    if (unprotect(self->session, self->buffer, &length) != 0) {
+        self->auth_failures++;
+        return -1;
+    }
+    if (length < 0 || length > size) {
+        self->malformed++;
+        return -1;
+    }
+    return length;
+}
+
 static PyObject *inbound_receive(Inbound *self, PyObject *data) {
     if (!PyBytes_Check(data)) {
         PyErr_SetString(PyExc_TypeError, "an SRTP packet must be bytes");
@@ -371,22 +395,11 @@ static PyObject *inbound_receive(Inbound *self, PyObject *data) {
         PyErr_SetString(PyExc_RuntimeError, "Inbound is not initialized");
         return NULL;
     }
-    Py_ssize_t size = PyBytes_GET_SIZE(data);
-    self->rx_packets++;
-    self->rx_bytes += (unsigned long long)size;
-    if (size > BUFFER_SIZE) {
-        self->too_long++;
+    int length = unprotect_datagram(self, data, self->unprotect);
+    if (length < 0)
         Py_RETURN_NONE;
-    }
-    memcpy(self->buffer, PyBytes_AS_STRING(data), (size_t)size);
-    int length = (int)size;
-    if (self->unprotect(self->session, self->buffer, &length) != 0) {
-        self->auth_failures++;
-        Py_RETURN_NONE;
-    }
     rtp_header h;
-    /* libsrtp only ever shortens a packet it unprotects; trust nothing else. */
-    if (length < 0 || length > size || parse_rtp(self->buffer, length, &h) < 0) {
+    if (parse_rtp(self->buffer, length, &h) < 0) {
         self->malformed++;
         Py_RETURN_NONE;
     }
@@ -580,23 +593,9 @@ static PyTypeObject InboundType = {
 /* One SRTCP datagram: unprotect it and hand the compound to on_rtcp, which reads it (a
  * failure to authenticate is counted and dropped, as for RTP). */
 static PyObject *inbound_receive_rtcp(Inbound *self, PyObject *data) {
-    Py_ssize_t size = PyBytes_GET_SIZE(data);
-    self->rx_packets++;
-    self->rx_bytes += (unsigned long long)size;
-    if (size > BUFFER_SIZE) {
-        self->too_long++;
+    int length = unprotect_datagram(self, data, self->unprotect_rtcp);
+    if (length < 0)
         Py_RETURN_NONE;
-    }
-    memcpy(self->buffer, PyBytes_AS_STRING(data), (size_t)size);
-    int length = (int)size;
-    if (self->unprotect_rtcp(self->session, self->buffer, &length) != 0) {
-        self->auth_failures++;
-        Py_RETURN_NONE;
-    }
-    if (length < 0 || length > size) {
-        self->malformed++;
-        Py_RETURN_NONE;
-    }
     PyObject *packet = PyBytes_FromStringAndSize((const char *)self->buffer, length);
     if (packet == NULL)
         return NULL;
