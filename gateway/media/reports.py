@@ -41,6 +41,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.stats import RTCStatsReport
 
 from gateway.media import rtcp
+from gateway.media.adopt import adopt
 from gateway.media.frameclock import frame_clock
 
 logger = logging.getLogger(__name__)
@@ -240,12 +241,7 @@ class ReportingReceiver(RTCRtpReceiver):
     @classmethod
     def adopt(cls, receiver: RTCRtpReceiver) -> ReportingReceiver:
         """Make aiortc's ``receiver`` a ReportingReceiver (the same object); returns it."""
-        if not isinstance(receiver, cls):
-            if type(receiver) is not RTCRtpReceiver:
-                raise TypeError(f"cannot adopt a {type(receiver).__name__}")
-            receiver.__class__ = cls
-        assert isinstance(receiver, cls)
-        return receiver
+        return adopt(receiver, cls, RTCRtpReceiver)
 
     # The remote-outbound stats of the peer's SRs: made when getStats asks (rtcp.py).
     rtcp_stats_on_demand = True

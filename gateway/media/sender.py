@@ -56,6 +56,7 @@ from aiortc.stats import RTCStatsReport
 from aiortc.utils import random32
 
 from gateway.media import native, reports, rtcp
+from gateway.media.adopt import adopt
 from gateway.media.frameclock import frame_clock
 from gateway.media.playout import PlayoutTrack
 from gateway.media.rtp import HEADER
@@ -112,12 +113,7 @@ class PlayoutSender(RTCRtpSender):
     @classmethod
     def adopt(cls, sender: RTCRtpSender) -> PlayoutSender:
         """Make aiortc's ``sender`` a PlayoutSender (the same object); returns it."""
-        if not isinstance(sender, cls):
-            if type(sender) is not RTCRtpSender:
-                raise TypeError(f"cannot adopt a {type(sender).__name__}")
-            sender.__class__ = cls
-        assert isinstance(sender, cls)
-        return sender
+        return adopt(sender, cls, RTCRtpSender)
 
     async def _run_rtp(self, codec: RTCRtpCodecParameters) -> None:
         track = self.track

@@ -54,6 +54,7 @@ from aiortc.rtcdtlstransport import State
 from aiortc.rtp import RtpPacket
 
 from gateway.media import native, rtcp
+from gateway.media.adopt import adopt
 from gateway.media.native import _rtp
 from gateway.media.rtp import HEADER, NTP_UNIX_OFFSET
 from gateway.media.srtp import SrtpCalls, srtp_calls
@@ -177,17 +178,14 @@ class CallTransport(RTCDtlsTransport):
     @classmethod
     def adopt(cls, transport: RTCDtlsTransport) -> CallTransport:
         """Make aiortc's ``transport`` a CallTransport (the same object); returns it."""
-        if not isinstance(transport, cls):
-            if type(transport) is not RTCDtlsTransport:
-                raise TypeError(f"cannot adopt a {type(transport).__name__}")
-            transport.__class__ = cls
-            assert isinstance(transport, cls)
-            transport._fast_protocols = []
-            transport._spawned = set()
-            transport._rewrite = None
-            transport._native_in = transport._route = transport._native_route = None
-        assert isinstance(transport, cls)
-        return transport
+        if isinstance(transport, cls):
+            return transport
+        adopted = adopt(transport, cls, RTCDtlsTransport)
+        adopted._fast_protocols = []
+        adopted._spawned = set()
+        adopted._rewrite = None
+        adopted._native_in = adopted._route = adopted._native_route = None
+        return adopted
 
     # --- sending -------------------------------------------------------------------------
 
