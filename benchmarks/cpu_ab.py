@@ -73,14 +73,16 @@ def server_from(tree: str) -> tuple[str, ...]:
 
 async def cpu_ms(
     calls: int, duration: float, tree: str | None, env: dict[str, str] | None = None
-) -> float:
+) -> tuple[float, float]:
+    """The gateway's CPU per call-second (ms) and its event loop's wake-ups per second."""
     report = await run_echo_calls(
         calls, duration, server_command=server_from(tree) if tree else None, gateway_env=env
     )
     if report["ended_cleanly"] != calls:
         # A saturated machine: the figure is still the gateway's CPU per call-second.
         print(f"  (only {report['ended_cleanly']}/{calls} calls ended cleanly)", flush=True)
-    return float(report["gateway"]["cpu_ms_per_call_second"])
+    g = report["gateway"]
+    return float(g["cpu_ms_per_call_second"]), float(g["wakeups_per_second"] or "nan")
 
 
 async def main() -> None:
@@ -112,14 +114,29 @@ async def main() -> None:
             f"gateway CPU per call-second, echo bot, {args.calls} calls of "
             f"{args.duration:.0f} s, base {args.base} ({base_commit}) vs {head}"
         )
-        print(f"{'round':>5} | {'base ms':>8} | {'this ms':>8} | this/base")
+        print("(wake/s: the gateway's event-loop wake-ups a second, its main thread's sleeps)")
+        print(
+            f"{'round':>5} | {'base ms':>8} {'wake/s':>6} | {'this ms':>8} {'wake/s':>6} | "
+            "this/base ms, wake/s"
+        )
         base, this = [], []
         for r in range(args.rounds):
             base.append(await cpu_ms(args.calls, args.duration, tmp))
             this.append(await cpu_ms(args.calls, args.duration, head_tree, head_env))
-            print(f"{r + 1:>5} | {base[-1]:>8.2f} | {this[-1]:>8.2f} | {this[-1] / base[-1]:.3f}")
-        b, t = statistics.median(base), statistics.median(this)
-        print(f"  med | {b:>8.2f} | {t:>8.2f} | {t / b:.3f}")
+            print(row(f"{r + 1:>5}", base[-1], this[-1]))
+        print(row("  med", medians(base), medians(this)))
+
+
+def medians(runs: list[tuple[float, float]]) -> tuple[float, float]:
+    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def row(label: str, base: tuple[float, float], this: tuple[float, float]) -> str:
+    """One line of the table: CPU ms and wake-ups a second, each side, and the ratios."""
+    return (
+        f"{label} | {base[0]:>8.2f} {base[1]:>6.0f} | {this[0]:>8.2f} {this[1]:>6.0f} | "
+        f"{this[0] / base[0]:.3f}, {this[1] / base[1]:.3f}"
+    )
 
 
 if __name__ == "__main__":

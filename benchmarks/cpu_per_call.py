@@ -36,6 +36,8 @@ async def measure(calls: int, duration: float, stock: bool) -> dict[str, float]:
         "cores": cpu * g["peak_active_calls"] / 1000,
         "clean": report["ended_cleanly"],
         "lost_late": 100 * (p["lost_or_late_ratio"] or 0.0),
+        # The server's event-loop wake-ups (its main thread's sleeps), a second.
+        "wakeups": g["wakeups_per_second"] or float("nan"),
     }
 
 
@@ -53,11 +55,11 @@ async def main() -> None:
     print(
         "gateway CPU per call-second (echo bot, full pipeline) vs stock aiortc echo, "
         f"{args.duration:.0f} s calls with recorded speech; ms of server CPU per second of "
-        "call, cores used, % of frames late or lost"
+        "call, cores used, % of frames late or lost, event-loop wake-ups a second"
     )
     print(
-        f"{'calls':>5} | {'stock ms':>8} {'cores':>5} {'late%':>6} | "
-        f"{'gateway ms':>10} {'cores':>5} {'late%':>6} {'clean':>7} | ratio"
+        f"{'calls':>5} | {'stock ms':>8} {'cores':>5} {'late%':>6} {'wake/s':>6} | "
+        f"{'gateway ms':>10} {'cores':>5} {'late%':>6} {'wake/s':>6} {'clean':>7} | ratio"
     )
     for calls in args.calls:
         stock = await measure(calls, args.duration, stock=True)
@@ -67,8 +69,9 @@ async def main() -> None:
         )
         print(
             f"{calls:>5} | {stock['cpu_ms']:>8.1f} {stock['cores']:>5.2f} "
-            f"{stock['lost_late']:>6.2f} | {ours['cpu_ms']:>10.1f} {ours['cores']:>5.2f} "
-            f"{ours['lost_late']:>6.2f} {int(ours['clean']):>3}/{calls:<3} | {ratio}",
+            f"{stock['lost_late']:>6.2f} {stock['wakeups']:>6.0f} | {ours['cpu_ms']:>10.1f} "
+            f"{ours['cores']:>5.2f} {ours['lost_late']:>6.2f} {ours['wakeups']:>6.0f} "
+            f"{int(ours['clean']):>3}/{calls:<3} | {ratio}",
             flush=True,
         )
 

@@ -173,29 +173,10 @@ def _time_loop_callbacks(clock: Callable[[], int]) -> dict[str, list[int]]:
     ``_run_once`` outside the callbacks: the selector, the timer heap.
     """
     work: dict[str, list[int]] = {}
-    names: dict[Any, str] = {}
     run_handle = asyncio.events.Handle._run
     run_once = asyncio.base_events.BaseEventLoop._run_once  # type: ignore[attr-defined]
     inside = [0]
-
-    def name_of(callback: Any) -> str:
-        owner = getattr(callback, "__self__", None)
-        if isinstance(owner, asyncio.Task):
-            coro = owner.get_coro()
-            return "task " + getattr(coro, "__qualname__", type(coro).__name__)
-        if owner is not None and getattr(callback, "__name__", "") == "_read_ready":
-            protocol = type(getattr(owner, "_protocol", None))
-            return f"socket read: {protocol.__module__.split('.')[0]}.{protocol.__qualname__}"
-        function = getattr(callback, "__func__", callback)
-        function = getattr(function, "__wrapped__", function)  # our timing wrappers
-        key = getattr(function, "__code__", None) or type(function)
-        name = names.get(key)
-        if name is None:
-            module = getattr(function, "__module__", None) or ""
-            name = names[key] = f"{module.split('.')[0]}:" + (
-                getattr(function, "__qualname__", None) or type(function).__qualname__
-            )
-        return name
+    name_of = callback_name
 
     def timed_run(handle: asyncio.Handle) -> None:
         start = clock()
@@ -223,6 +204,31 @@ def _time_loop_callbacks(clock: Callable[[], int]) -> dict[str, list[int]]:
     asyncio.events.Handle._run = timed_run  # type: ignore[method-assign]
     asyncio.base_events.BaseEventLoop._run_once = timed_run_once  # type: ignore[attr-defined]
     return work
+
+
+_names: dict[Any, str] = {}
+
+
+def callback_name(callback: Any) -> str:
+    """What an event-loop callback is: a task's step by its coroutine, a socket's read by
+    its protocol's class, anything else by its function (``package:qualname``)."""
+    owner = getattr(callback, "__self__", None)
+    if isinstance(owner, asyncio.Task):
+        coro = owner.get_coro()
+        return "task " + getattr(coro, "__qualname__", type(coro).__name__)
+    if owner is not None and getattr(callback, "__name__", "") == "_read_ready":
+        protocol = type(getattr(owner, "_protocol", None))
+        return f"socket read: {protocol.__module__.split('.')[0]}.{protocol.__qualname__}"
+    function = getattr(callback, "__func__", callback)
+    function = getattr(function, "__wrapped__", function)  # our timing wrappers
+    key = getattr(function, "__code__", None) or type(function)
+    name = _names.get(key)
+    if name is None:
+        module = getattr(function, "__module__", None) or ""
+        name = _names[key] = f"{module.split('.')[0]}:" + (
+            getattr(function, "__qualname__", None) or type(function).__qualname__
+        )
+    return name
 
 
 async def load(
@@ -283,7 +289,8 @@ def run(args: argparse.Namespace, out: str, tree: str, only: str) -> None:
         f"{args.calls} calls of {args.duration:.0f} s ({gateway['call_seconds']:.0f} "
         f"call-seconds); the whole process: {gateway['cpu_ms_per_call_second']:.1f} ms "
         f"per call-second = {1000 * gateway['cpu_ms_per_call_second'] / 50:.0f} us per "
-        f"inbound frame (timed, so a little above an untimed run)"
+        f"inbound frame (timed, so a little above an untimed run); its event loop woke "
+        f"{gateway['wakeups_per_second']:.0f} times a second"
     )
     print(table(samples, frames))
     if len(snapshots) >= 2:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,8 @@ from gateway.loadtest import (
     summary_table,
     write_charts,
 )
+from gateway.loadtest.report import build_report
+from gateway.loadtest.target import MAIN_THREAD_SLEEPS, GatewayUnderTest
 
 from .conftest import AUDIO
 
@@ -69,8 +73,44 @@ async def test_small_load_test_against_a_gateway_process(tmp_path: Path) -> None
     assert report["packets"]["received"] > 3 * 5 * 40
     g = report["gateway"]
     assert g["cpu_seconds"] > 0 and g["call_seconds"] > 15 and g["peak_active_calls"] == 3
+    assert g["wakeups"] > 0 and g["wakeups_per_call_second"] > 0
     assert "response: speech end -> bot" in summary_table(report)
     json.dumps(report)
     charts = write_charts(report, str(tmp_path))
     assert [Path(c).name for c in charts] == ["latency.png", "load.png"]
     assert all(Path(c).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for c in charts)
+
+
+async def test_the_gateways_main_thread_sleeps_are_read_from_outside() -> None:
+    # A stand-in process whose main thread sleeps 20 times, then waits for its stdin.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "import sys, time\nfor _ in range(20): time.sleep(0.01)\n"
+        "print(flush=True)\nsys.stdin.read()",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    gateway = GatewayUnderTest("http://127.0.0.1:1", "s", "t", process)
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        await process.stdout.readline()
+        sleeps = gateway.main_thread_sleeps()
+        assert sleeps is not None and sleeps >= 20
+    finally:
+        assert process.stdin is not None
+        process.stdin.close()
+        await process.wait()
+    assert gateway.main_thread_sleeps() is None  # gone
+    assert GatewayUnderTest("http://gateway.example", "s", "t").main_thread_sleeps() is None
+
+
+def test_the_report_gives_wakeups_per_second_and_per_call_second() -> None:
+    before = {MAIN_THREAD_SLEEPS: 1000.0, "gateway_call_seconds_total": 0.0}
+    after = {MAIN_THREAD_SLEEPS: 1600.0, "gateway_call_seconds_total": 40.0}
+    g = build_report({}, [], [], [], before, after, wall=12.0, measured=10.0)["gateway"]
+    assert g["wakeups"] == 600 and g["wakeups_per_second"] == 60.0
+    assert g["wakeups_per_call_second"] == 15.0
+    # A remote gateway: no figure, and the summary says nothing of it.
+    g = build_report({}, [], [], [], {}, {}, wall=12.0, measured=10.0)["gateway"]
+    assert g["wakeups"] is None and g["wakeups_per_second"] is None

@@ -13,6 +13,7 @@ import numpy as np
 
 from .callers import CallStats
 from .recordings import Recording
+from .target import MAIN_THREAD_SLEEPS
 
 
 @dataclass
@@ -49,13 +50,21 @@ def build_report(
     before: dict[str, float],
     after: dict[str, float],
     wall: float,
+    measured: float,
 ) -> dict[str, Any]:
-    """The JSON-ready report of a run; ``config`` is what was asked, secrets left out."""
+    """The JSON-ready report of a run; ``config`` is what was asked, secrets left out.
+
+    ``before`` and ``after`` are the gateway's figures at the start and the end of the
+    calls, ``measured`` seconds apart; ``wall`` is the whole run's time.
+    """
     cpu = after.get("process_cpu_seconds_total", 0) - before.get("process_cpu_seconds_total", 0)
     call_seconds = after.get("gateway_call_seconds_total", 0) - before.get(
         "gateway_call_seconds_total", 0
     )
     peak = max((s.active_calls for s in samples), default=0)
+    sleeps = None
+    if MAIN_THREAD_SLEEPS in before and MAIN_THREAD_SLEEPS in after:
+        sleeps = after[MAIN_THREAD_SLEEPS] - before[MAIN_THREAD_SLEEPS]
     rss = [s.rss_bytes for s in samples]
     received = sum(r.packets_received for r in results)
     failures = Counter(r.failure for r in results if r.failure)
@@ -94,6 +103,12 @@ def build_report(
             "rss_bytes_at_end": after.get("process_resident_memory_bytes"),
             "rss_bytes_per_call": (max(rss) - min(rss)) / peak if rss and peak else None,
             "loop_lag_p99_ms_max": 1000 * max((s.loop_lag_p99 for s in samples), default=0),
+            # The event loop's wake-ups (its thread's sleeps; None for a remote gateway).
+            "wakeups": sleeps,
+            "wakeups_per_second": sleeps / measured if sleeps is not None and measured else None,
+            "wakeups_per_call_second": (
+                sleeps / call_seconds if sleeps is not None and call_seconds else None
+            ),
         },
         "timeline": [asdict(s) for s in samples],
         "per_call": [
@@ -140,6 +155,11 @@ def summary_table(report: dict[str, Any]) -> str:
             f"RSS peak {g['rss_bytes_peak'] / 2**20:.0f} MiB"
             + (f" (~{per_call / 2**20:.1f} MiB per call)" if per_call else "")
             + f", event-loop lag p99 max {g['loop_lag_p99_ms_max']:.1f} ms"
+        )
+    if g["wakeups_per_second"] is not None:
+        lines.append(
+            f"gateway event loop: {g['wakeups_per_second']:.0f} wake-ups a second, "
+            f"{g['wakeups_per_call_second']:.1f} per call-second"
         )
     if report["failures"]:
         lines.append("failures by reason:")

@@ -99,6 +99,7 @@ async def _run(config: LoadTestConfig) -> dict[str, Any]:
     try:
         async with httpx.AsyncClient(timeout=5) as client:
             before = await gateway.metrics(client)
+            measured_from = time.perf_counter()
             tasks: list[asyncio.Task[CallStats]] = []
             sampler = asyncio.create_task(
                 _sample(gateway, client, started, samples, results, tasks, config)
@@ -120,6 +121,7 @@ async def _run(config: LoadTestConfig) -> dict[str, Any]:
                 for task in tasks:
                     task.cancel()
             after = await gateway.metrics(client)
+            measured = time.perf_counter() - measured_from
     finally:
         await sandbox.aclose()
         await gateway.stop()
@@ -127,7 +129,14 @@ async def _run(config: LoadTestConfig) -> dict[str, Any]:
         print(file=sys.stderr)
     settings = {k: v for k, v in asdict(config).items() if k not in ("app_secret", "access_token")}
     return build_report(
-        settings, recordings, results, samples, before, after, time.perf_counter() - started
+        settings,
+        recordings,
+        results,
+        samples,
+        before,
+        after,
+        wall=time.perf_counter() - started,
+        measured=measured,
     )
 
 

@@ -20,6 +20,9 @@ from ..metrics import parse_prometheus
 
 DEFAULT_SERVER = (sys.executable, "-m", "gateway", "serve")
 
+MAIN_THREAD_SLEEPS = "loadtest_gateway_main_thread_sleeps"
+"""The figure :meth:`GatewayUnderTest.metrics` adds for a gateway started here."""
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -54,7 +57,33 @@ class GatewayUnderTest:
             figures["gateway_active_calls"] = total["calls"]
             figures["process_resident_memory_bytes"] = total["rss_bytes"]
             figures["gateway_cluster_workers"] = len(overview["workers"])
+        sleeps = self.main_thread_sleeps()
+        if sleeps is not None and "gateway_cluster_redis_up" not in figures:
+            figures[MAIN_THREAD_SLEEPS] = sleeps
         return figures
+
+    def main_thread_sleeps(self) -> int | None:
+        """How often the gateway's main thread has slept so far; None for a remote gateway.
+
+        The kernel's count of the thread's voluntary context switches, read from
+        outside (``/proc``): nothing runs in the gateway for it. The main thread is
+        the event loop's, and it sleeps in the loop's ``epoll_wait`` until a timer
+        or a socket wakes it, so this is the loop's wake-ups, plus the rarer times
+        it waits for the GIL (held by another thread) or for a blocking call.
+        Each sleep and wake-up costs the process CPU of its own (on a VM, about
+        0.1-0.25 ms: see docs/performance.md).
+        """
+        if self.process is None:
+            return None
+        pid = self.process.pid
+        try:
+            with open(f"/proc/{pid}/task/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches:"):
+                        return int(line.split()[1])
+        except OSError:  # exited, or not Linux
+            pass
+        return None
 
     async def stop(self) -> None:
         """Stop the subprocess, if we started one."""
