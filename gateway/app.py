@@ -16,6 +16,7 @@ from .config import Settings
 from .errors import StoreError, UnavailableError
 from .graph import GraphClient
 from .heap import HeapTrimmer
+from .media import tickread
 from .metrics import Metrics, process_cpu_seconds, process_rss_bytes
 from .routing import LocalRouter, Router
 from .store import SQLiteStore, Store
@@ -65,6 +66,7 @@ class Gateway:
             self.worker_id = new_worker_id()
         self.store: Store = store if store is not None else _default_store(settings, self.worker_id)
         rtc.configure(settings.media_addresses)
+        tickread.set_read_mode(settings.media_read)
         self.metrics = Metrics()
         self.graph = GraphClient(
             base_url=settings.graph_url,

@@ -10,6 +10,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from .config import MEDIA_READ_MODES, MediaRead, media_read
 from .errors import ConfigError, GatewayError
 from .logs import configure_logging
 
@@ -57,6 +58,9 @@ environment (flags override):
   GATEWAY_OPUS_COMPLEXITY   Opus encoder effort 0-10 for the speech sent to callers, default 5:
                             lower costs less CPU per talking call and scores lower in PESQ
                             (docs/performance.md, benchmarks/opus_quality.py)
+  GATEWAY_MEDIA_READ        how calls' media sockets are read: tick (default: all calls' at the
+                            20 ms frame clock, one wake-up; the bot hears a frame up to 20 ms,
+                            about 10 on average, later) or arrival (a wake-up per datagram)
 cluster mode (every `gateway serve` on the same Redis is one worker of a cluster):
   GATEWAY_REDIS_URL         e.g. redis://10.0.0.5:6379/0; unset: one process, in memory
   GATEWAY_CLUSTER_MAX_CALLS concurrent calls across the cluster, default 1000
@@ -85,6 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--bot", help="bot plugin to run on each call (GATEWAY_BOT)")
     serve.add_argument("--max-calls", type=int, help="concurrent call limit (GATEWAY_MAX_CALLS)")
     _add_complexity(serve)
+    _add_media_read(serve)
     serve.add_argument(
         "--workers",
         type=int,
@@ -108,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--bot", help="bot plugin to run on each call (GATEWAY_BOT)")
     cluster.add_argument("--max-calls", type=int, help="calls per worker (GATEWAY_MAX_CALLS)")
     _add_complexity(cluster)
+    _add_media_read(cluster)
     cluster.add_argument(
         "--sandbox",
         action="store_true",
@@ -215,6 +221,26 @@ def _add_complexity(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _media_read(raw: str) -> MediaRead:
+    try:
+        return media_read(raw, "--media-read")
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(
+            f"must be {' or '.join(MEDIA_READ_MODES)}, got {raw[:40]!r}"
+        ) from exc
+
+
+def _add_media_read(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--media-read",
+        type=_media_read,
+        metavar="|".join(MEDIA_READ_MODES),
+        help="read calls' media sockets at the 20 ms frame clock (tick: one wake-up for all "
+        "calls, a frame heard up to 20 ms later) or at each datagram (arrival) "
+        "(GATEWAY_MEDIA_READ, default tick)",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gateway`` console script."""
     # Before numpy is imported: its OpenBLAS would start a thread per core, idle
@@ -281,6 +307,7 @@ async def _serve(args: argparse.Namespace) -> int:
         bot=args.bot,
         max_calls=args.max_calls,
         opus_complexity=args.opus_complexity,
+        media_read=args.media_read,
     )
     vad = VadConfig(voice_gate=settings.vad_voice_gate)
     gateway = Gateway(
@@ -296,7 +323,7 @@ async def _serve(args: argparse.Namespace) -> int:
     freeze_startup_objects()
     print(
         f"gateway: serving webhooks on {gateway.url}/webhook (bot {settings.bot}, "
-        f"Opus complexity {settings.opus_complexity}); "
+        f"Opus complexity {settings.opus_complexity}, media read at {settings.media_read}); "
         "Ctrl-C or SIGTERM drains",
         flush=True,
     )
@@ -326,6 +353,7 @@ async def _serve_workers(args: argparse.Namespace, redis_url: str | None) -> int
         bot=args.bot,
         max_calls=args.max_calls,
         opus_complexity=args.opus_complexity,
+        media_read=args.media_read,
         redis_url=redis_url,
     )
     settings = load_settings(env)  # refuse bad settings here, not N times

@@ -9,11 +9,16 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from .errors import ConfigError
 
 DEFAULT_GRAPH_URL = "https://graph.facebook.com/v23.0"
+
+MediaRead = Literal["tick", "arrival"]
+"""How calls' media sockets are read: at the frame clock's 20 ms tick, or at each arrival
+(gateway.media.tickread)."""
+MEDIA_READ_MODES: tuple[MediaRead, ...] = get_args(MediaRead)
 
 
 class Secret(str):
@@ -83,6 +88,9 @@ class Settings:
     # libopus effort (0-10) for the speech sent to callers: CPU against voice quality
     # (gateway.media.opus.DEFAULT_COMPLEXITY, PESQ figures in docs/performance.md).
     opus_complexity: int = 5
+    # Calls' media sockets read at the frame clock's tick (one wake-up per 20 ms for all
+    # calls; a frame heard up to 20 ms later) or at each arrival (gateway.media.tickread).
+    media_read: MediaRead = "tick"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def with_overrides(self, **overrides: Any) -> Settings:
@@ -203,5 +211,14 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         reuse_port=env.get("GATEWAY_REUSE_PORT", "") in ("1", "true", "yes"),
         vad_voice_gate=_bool(env, "GATEWAY_VAD_VOICE_GATE", True),
         opus_complexity=_int(env, "GATEWAY_OPUS_COMPLEXITY", 5, minimum=0, maximum=10),
+        media_read=media_read(env.get("GATEWAY_MEDIA_READ") or "tick", "GATEWAY_MEDIA_READ"),
     )
     return settings.with_overrides(**overrides)
+
+
+def media_read(raw: str, name: str) -> MediaRead:
+    """``raw`` as a media read mode; ConfigError naming ``name`` (a variable or flag) if not."""
+    for mode in MEDIA_READ_MODES:
+        if raw == mode:
+            return mode
+    raise ConfigError(f"{name} must be {' or '.join(MEDIA_READ_MODES)}, got {raw[:40]!r}")

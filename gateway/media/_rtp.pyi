@@ -56,6 +56,28 @@ class Port:
     def __init__(self, inbound: Inbound, other: Callable[[bytes, Any], object]) -> None: ...
     def __call__(self, data: bytes, addr: Any) -> None: ...
 
+READ_BATCH: Final[int]
+
+class Reader:
+    """Reads sockets in batches (``recvmmsg``) through their :class:`Port`, at a tick."""
+
+    datagrams: Final[int]
+    drains: Final[int]
+    kernel_times: Final[int]
+    def __init__(self, on_error: Callable[[BaseException], object]) -> None: ...
+    def drain(
+        self,
+        port: Port,
+        sock: Any,
+        error_received: Callable[[OSError], object],
+        limit: int,
+        /,
+    ) -> int:
+        """Read up to ``limit`` datagrams of ``sock`` through ``port`` without blocking;
+        how many (a socket error counts one), -1 if ``sock`` is closed."""
+    def timestamp_arrivals(self, sock: Any, on: bool, /) -> None:
+        """``SO_TIMESTAMPNS`` on ``sock``: :meth:`drain` reads the kernel's arrival times."""
+
 class Route:
     tx_packets: Final[int]
     tx_bytes: Final[int]

@@ -72,15 +72,20 @@ class FrameClock:
         waiters.append(waiter)
         await waiter
 
-    def subscribe(self, callback: TickCallback) -> None:
-        """Call ``callback(now)`` at every tick from now on, and once right away.
+    def subscribe(self, callback: TickCallback, *, first: bool = False) -> None:
+        """Call ``callback(now)`` at every tick from now on, and once right away;
+        with ``first``, before the callbacks already subscribed (the media sockets'
+        reader, :mod:`gateway.media.tickread`: the bot hears before the senders send).
 
         ``now`` is the loop time when the tick's timer ran (at or a little after
         the tick; later if the loop stalled, and ticks missed in a stall are not
         replayed: the callback sees the time and catches up itself). A callback
         that raises is unsubscribed and logged; the others go on.
         """
-        self._subscribers[callback] = None
+        if first:
+            self._subscribers = {callback: None, **self._subscribers}
+        else:
+            self._subscribers[callback] = None
         if self._ticker is None:
             self._schedule(self._tick_after(self._loop.time()))
         self._call(callback, self._loop.time())

@@ -36,6 +36,15 @@ sender's packets go out through ``_native_route`` (``_rtp.Route``: protect and
 ``sendto`` on the selected pair's socket), which is None while a DTMF rewrite
 is set or on a TURN relay, so they take :meth:`CallTransport.send_rtp_now`.
 
+When the sockets are read: in ``tick`` mode (the default, ``GATEWAY_MEDIA_READ``;
+:mod:`gateway.media.tickread`), a call's compiled path on a direct UDP pair is not
+read by asyncio at each datagram's arrival (one event-loop wake-up per datagram, at
+every caller's own phase) but at the frame clock's 20 ms tick, before the senders
+run: ``_rtp.Reader`` drains each socket with ``recvmmsg`` and hands every datagram
+to its ``_rtp.Port`` as asyncio would, with the kernel's arrival time. asyncio's
+reading is paused meanwhile and resumed when the transport closes. In ``arrival``
+mode, on a TURN relay, on the Python path and before DTLS is up, asyncio reads.
+
 What goes on the wire is unchanged: the same SRTP sessions, the same 5-tuple.
 """
 
@@ -53,7 +62,7 @@ from aiortc import RTCDtlsTransport
 from aiortc.rtcdtlstransport import State
 from aiortc.rtp import RtpPacket
 
-from gateway.media import native, rtcp
+from gateway.media import native, rtcp, tickread
 from gateway.media.adopt import adopt
 from gateway.media.native import _rtp
 from gateway.media.rtp import HEADER, NTP_UNIX_OFFSET
@@ -152,6 +161,9 @@ class CallTransport(RTCDtlsTransport):
     _route: _rtp.Route | None
     _native_route: _rtp.Route | None
     """What a PlayoutSender's compiled stream sends through: None while it may not."""
+    _tick_read: tickread.TickReader | None
+    """Reads the ICE sockets at the frame clock's tick (``tick`` mode, compiled path, direct
+    UDP pair), None while asyncio reads them at each arrival."""
 
     # aiortc's transport statistics (getStats): its own count plus the compiled path's.
     _RTCDtlsTransport__rx_bytes = _counter("_RTCDtlsTransport__rx_bytes", "_native_in", "rx_bytes")
@@ -185,6 +197,7 @@ class CallTransport(RTCDtlsTransport):
         adopted._spawned = set()
         adopted._rewrite = None
         adopted._native_in = adopted._route = adopted._native_route = None
+        adopted._tick_read = None
         return adopted
 
     # --- sending -------------------------------------------------------------------------
@@ -320,17 +333,35 @@ class CallTransport(RTCDtlsTransport):
         ``datagram_received`` (asyncio calls it through the attribute): RTP
         (first byte 128-191 and not RTCP, RFC 7983) and RTCP come here; STUN and
         DTLS go on to aioice as before, through its queue to aiortc's task.
+        With the compiled path on a direct UDP pair, in ``tick`` mode
+        (:mod:`gateway.media.tickread`), those sockets are then read at the frame
+        clock's tick rather than by asyncio at each arrival.
         """
+        ports: list[tuple[StunProtocol, _rtp.Port]] = []
         for protocol in self.transport._connection._protocols:
             if type(protocol) is StunProtocol and "datagram_received" not in protocol.__dict__:
                 received: Any = self._fast_path(protocol)
                 if self._native_in is not None:
                     received = _rtp.Port(self._native_in, received)
+                    ports.append((protocol, received))
                 protocol.datagram_received = received  # type: ignore[method-assign]
                 self._fast_protocols.append(protocol)
+        pair = self._nominated.get(1)
+        if (
+            ports
+            and tickread.read_mode() == "tick"
+            and pair is not None
+            and type(pair.protocol) is StunProtocol
+        ):
+            reader = self._tick_read = tickread.tick_reader(asyncio.get_running_loop())
+            for protocol, port in ports:
+                reader.register(protocol, port)
 
     def _release_datagrams(self) -> None:
+        reader, self._tick_read = self._tick_read, None
         for protocol in self._fast_protocols:
+            if reader is not None:
+                reader.unregister(protocol)
             protocol.__dict__.pop("datagram_received", None)
         self._fast_protocols.clear()
 
