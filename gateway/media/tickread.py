@@ -49,8 +49,11 @@ _mode: ReadMode = "tick"
 
 
 def read_mode() -> ReadMode:
-    """How calls' media sockets are read in this process (``tick`` unless set)."""
-    return _mode
+    """How calls' media sockets are read in this process (``tick`` unless set).
+
+    ``arrival`` whatever is set if the compiled extension has no Reader (one built
+    before it: ``make install`` rebuilds it), so a stale build still answers calls."""
+    return _mode if hasattr(_rtp, "Reader") else "arrival"
 
 
 def set_read_mode(mode: ReadMode) -> None:
