@@ -7,8 +7,11 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import sys
+import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,9 @@ from gateway.sandbox.user import SimulatedUser, UserCall
 from .conftest import ACCESS_TOKEN, API_KEY, APP_SECRET, PHONE_NUMBER_ID, VERIFY_TOKEN
 
 LEASE_SECONDS = 4
+# Worker logs of failed tests are copied here: pytest deletes its temporary
+# directories, and with them the only trace of why a worker misbehaved.
+KEPT_LOGS = Path(tempfile.gettempdir()) / "gateway-test-logs"
 
 
 @dataclass
@@ -43,6 +49,38 @@ class Worker:
         """The end of its log (for failure messages)."""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
+    def keep_log(self, why: str) -> Path:
+        """Copy the log out of pytest's temporary directory; returns the copy's path."""
+        return keep(self.log, f"{why}-pid{self.pid}")
+
+    async def exits_zero(self, seconds: float) -> None:
+        """Assert that the process exits with 0 within ``seconds``.
+
+        If it does not exit, it is sent SIGABRT first: its faulthandler
+        (``PYTHONFAULTHANDLER``) writes every thread's stack to the log. Either
+        way the failure message names a copy of the log that outlives pytest's
+        temporary directory, and quotes its end.
+        """
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), seconds)
+        except TimeoutError:
+            self.proc.send_signal(signal.SIGABRT)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 10)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+            kept = self.keep_log("no-exit")
+            raise AssertionError(
+                f"worker {self.pid} had not exited {seconds:.0f} s later; aborted it (thread"
+                f" stacks at the end of its log); log kept at {kept}:\n{self.tail(120)}"
+            ) from None
+        if code != 0:
+            kept = self.keep_log(f"exit{code}")
+            raise AssertionError(
+                f"worker {self.pid} exited with {code}; log kept at {kept}:\n{self.tail(120)}"
+            )
+
 
 @dataclass
 class Cluster:
@@ -55,6 +93,7 @@ class Cluster:
     workers: list[Worker] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     _users: int = 0
+    _started: int = 0  # workers ever started: each gets a log file of its own
 
     @property
     def db(self) -> Any:
@@ -63,12 +102,18 @@ class Cluster:
 
     async def add_worker(self, **env: str) -> Worker:
         """Start one more worker and put it behind the balancer."""
-        log = self.tmp / f"worker-{len(self.workers)}.log"
+        # Never a name in use: a new worker's log must not truncate a live one's.
+        log = self.tmp / f"worker-{self._started}.log"
+        self._started += 1
         proc, url = await start_serve({**self.env, **env}, log)
         worker = Worker(proc, url, log)
         self.workers.append(worker)
         self.balancer.backends.append(url)
         return worker
+
+    def keep_logs(self, why: str) -> list[Path]:
+        """Copy every worker's log, removed workers' too, out of pytest's temporary directory."""
+        return [keep(log, why) for log in sorted(self.tmp.glob("worker-*.log"))]
 
     def remove(self, worker: Worker) -> None:
         """Take a worker out of the balancer (as a failing health check would)."""
@@ -160,6 +205,15 @@ class Cluster:
         await self.redis.aclose()
 
 
+def keep(log: Path, why: str) -> Path:
+    """Copy ``log`` to :data:`KEPT_LOGS` (named for ``why`` and the time); returns the copy."""
+    KEPT_LOGS.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in why)[:80]
+    copy = KEPT_LOGS / f"{time.strftime('%Y%m%d-%H%M%S')}-{safe}-{log.name}"
+    shutil.copyfile(log, copy)
+    return copy
+
+
 def serve_env(sandbox: CloudAPISandbox, **env: str) -> dict[str, str]:
     """The environment of a `gateway serve` answering the sandbox's calls with the echo bot."""
     return {
@@ -173,6 +227,8 @@ def serve_env(sandbox: CloudAPISandbox, **env: str) -> dict[str, str]:
         "GATEWAY_BOT": "echo",
         "GATEWAY_API_KEY": API_KEY,
         "GATEWAY_LOG_LEVEL": "INFO",
+        # A worker that hangs is sent SIGABRT by the tests: its stacks go to its log.
+        "PYTHONFAULTHANDLER": "1",
         **env,
     }
 

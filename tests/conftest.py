@@ -37,6 +37,15 @@ API_KEY = "test-api-key"
 Stack = LocalStack
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Keep each phase's report on the test item (``item.rep_call``), so that a fixture's
+    teardown can tell that its test failed (e.g. to keep a worker's log)."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 async def start_stack(
     *,
     max_calls: int = 10,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -15,6 +16,16 @@ from gateway.sandbox.user import UserCall
 from .cluster_stack import LEASE_SECONDS, Cluster, Worker, actions, dump
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _keep_logs_on_failure(request: pytest.FixtureRequest, cluster: Cluster) -> Iterator[None]:
+    # pytest deletes the cluster's temporary directory: a failure keeps a copy of the logs.
+    yield
+    report = getattr(request.node, "rep_call", None)
+    if report is not None and report.failed:
+        for path in cluster.keep_logs(request.node.name):
+            print(f"worker log kept: {path}")
 
 
 async def _calls_on_one_worker(cluster: Cluster, n: int = 3) -> tuple[Worker, list[UserCall]]:
@@ -59,7 +70,7 @@ async def test_sigterm_drains_calls_then_exits_zero(cluster: Cluster) -> None:
         assert (await cluster.record(call.call_id, worker))["state"] == "ACTIVE"
     for call in mine:
         await call.hang_up()  # via the balancer: maybe the draining worker, maybe not
-    assert await asyncio.wait_for(worker.proc.wait(), 20) == 0, worker.tail()
+    await worker.exits_zero(20)
     cluster.remove(worker)
     for call in mine:
         record = await cluster.wait_record(call.call_id, state="ENDED")
@@ -76,7 +87,7 @@ async def test_second_sigterm_ends_every_call_now(cluster: Cluster) -> None:
         while (await http.get(f"{worker.url}/readyz")).status_code != 503:
             await asyncio.sleep(0.05)
     worker.proc.send_signal(signal.SIGTERM)
-    assert await asyncio.wait_for(worker.proc.wait(), 20) == 0, worker.tail()
+    await worker.exits_zero(20)
     cluster.remove(worker)
     for call in mine:
         assert actions(cluster, call.call_id)[-1] == "terminate"
