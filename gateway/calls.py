@@ -19,7 +19,7 @@ from aiortc import RTCSessionDescription
 
 from . import sdp
 from .call import Call, CallObserver, SessionFactory
-from .errors import CallError, GatewayError, GraphAPIError, SDPError
+from .errors import CallError, GatewayError, GraphAPIError, SDPError, StoreError
 from .events import (
     CallConnect,
     CallStatus,
@@ -249,7 +249,7 @@ class CallManager:
         elif isinstance(event, CallTerminate):
             await self._on_terminate(event)
         elif isinstance(event, CallStatus):
-            self._on_status(event)
+            await self._on_status(event)
         else:
             log.info(
                 "permission reply from %s: %s%s",
@@ -427,10 +427,16 @@ class CallManager:
         else:
             await self._save(record)
 
-    def _on_status(self, event: CallStatus) -> None:
+    async def _on_status(self, event: CallStatus) -> None:
+        # Every status WhatsApp reports goes into the call's record and is saved now,
+        # whenever it comes: before the answer, after it, or after the call ended.
         call = self.calls.get(event.call_id)
         if call is None:
-            if self._dialing:
+            record = await self._ended_record(event.call_id)
+            if record is not None:
+                record.statuses.append(event.status)
+                await self._save(record)
+            elif self._dialing:
                 self._hold(event)
             else:
                 log.info(
@@ -443,6 +449,21 @@ class CallManager:
         elif event.status == "REJECTED":
             call.end("rejected by the user", terminate=False)
         # ACCEPTED may come after the answer and media: nothing to change then.
+        self._persist(call.record)
+
+    async def _ended_record(self, call_id: str) -> CallRecord | None:
+        """The record of a call that ended (here or in an earlier process), else None.
+
+        A record that is not ENDED belongs to a call live in another process (a
+        cluster's worker): only that process writes it.
+        """
+        record = self.history.get(call_id)
+        if record is None:
+            try:
+                record = await self.store.get_call(call_id)
+            except StoreError as exc:
+                log.error("call %s: record not read: %s", clip(call_id), clip(exc))
+        return record if record is not None and record.state is CallState.ENDED else None
 
     def _hold(self, event: CallConnect | CallStatus) -> None:
         # Meta may report on a call before our connect request has returned its id.

@@ -10,15 +10,16 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from gateway.calls import SessionFactory
+from gateway.calls import CallState, SessionFactory
 from gateway.cli import main as cli_main
+from gateway.events import CallStatus
 from gateway.pipeline.bot import BaseBot, CallControl
 from gateway.pipeline.plugins import default_tts
 from gateway.pipeline.session import session_factory
 from gateway.sandbox.user import SimulatedUser
 
 from .audio_checks import loud_frames
-from .conftest import API_KEY, Stack, start_stack, stop_stack
+from .conftest import API_KEY, PHONE_NUMBER_ID, Stack, start_stack, stop_stack
 
 GREETING = "Hello, this is a reminder of your appointment tomorrow at nine."
 
@@ -259,3 +260,27 @@ async def test_cli_call_with_wait_follows_the_call_to_its_end(api_stack: Stack) 
     assert f"calling {callee.wa_id}" in text and "ACTIVE" in text and "ENDED" in text
     assert "call ended: reminder delivered" in text
     assert "terminate_status: COMPLETED" in text and "biz_opaque_callback_data: order=9" in text
+
+
+async def test_every_status_is_in_the_saved_record_whenever_it_comes(stack: Stack) -> None:
+    # A status must not wait for the record's next save (a cluster's GET reads the
+    # store), nor be dropped because its call ended first.
+    calls, store = stack.gateway.calls, stack.gateway.store
+    callee = SimulatedUser(stack.sandbox, "15557654329", "Ivy", answer="ignore")
+    stack.sandbox.permissions.grant(callee.wa_id)
+    call = await calls.place_call(callee.wa_id)
+    async with asyncio.timeout(10):
+        while call.state is not CallState.RINGING:  # the sandbox's RINGING was handled
+            await call.state_changed.wait()
+            call.state_changed.clear()
+    await calls.flush()
+    saved = await store.get_call(call.id)
+    assert saved is not None and saved.statuses == ["RINGING"], saved
+    await call.end("not answered", terminate=True)
+    # The user's REJECTED comes after the call ended here.
+    calls.dispatch(CallStatus(call.id, PHONE_NUMBER_ID, "REJECTED", 1700000000))
+    await calls.drain()
+    await calls.flush()
+    saved = await store.get_call(call.id)
+    assert saved is not None and saved.statuses == ["RINGING", "REJECTED"], saved
+    assert saved.state is CallState.ENDED and saved.end_reason == "not answered"

@@ -12,13 +12,15 @@ import pytest
 
 from gateway.calls import CallManager
 from gateway.cluster import keys
+from gateway.cluster import router as router_module
 from gateway.cluster.client import connect
 from gateway.cluster.node import WorkerNode
 from gateway.cluster.redis_server import RedisServer
 from gateway.cluster.router import ClusterRouter
 from gateway.errors import CallError, UnavailableError
-from gateway.events import CallConnect, Direction, Event, encode_event
+from gateway.events import CallConnect, CallStatus, Direction, Event, decode_event, encode_event
 from gateway.graph import GraphClient
+from gateway.records import CallRecord, CallState
 
 
 @pytest.fixture
@@ -137,6 +139,42 @@ async def test_the_cluster_wide_call_limit_rejects_beyond_it(
             while not got:
                 await asyncio.sleep(0.05)
         assert got == [_offer("wacid.4")]
+    finally:
+        await db.aclose()
+        await router.aclose()
+
+
+async def test_a_status_overtaking_the_owner_of_a_placed_call_still_reaches_it(
+    redis_server: RedisServer, graph: GraphClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Worker A placed the call: its record (DIALING) is in Redis, its owner entry not yet
+    # (the two are separate writes). WhatsApp's RINGING reaches worker B meanwhile.
+    monkeypatch.setattr(router_module, "OWNER_WAIT", 3600.0)  # no deadline decides here
+    got: list[Event] = []
+    router = _worker(redis_server.url, graph, got)
+    db = connect(redis_server.url)
+    placed = CallRecord("wacid.P", Direction.BUSINESS_INITIATED, "15551230001")
+    placed.state = CallState.DIALING
+    ringing = CallStatus("wacid.P", "1", "RINGING", 1700000000, "15551230001")
+    try:
+        await db.set(keys.record("wacid.P"), json.dumps(placed.as_dict()))
+        delivery = asyncio.create_task(router.deliver(ringing))
+        # B must wait for the owner, not take the record for a sign that the call ended.
+        done, _ = await asyncio.wait({delivery}, timeout=0.5)
+        assert not done and got == [], "handled by a worker that does not own the call"
+        await db.hset(keys.OWNERS, "wacid.P", "worker-a")
+        assert await asyncio.wait_for(delivery, 10)
+        assert got == []
+        [(_, fields)] = await db.xrange(keys.inbox("worker-a"))
+        assert decode_event(fields["event"]) == ringing
+        # Once the call ended (record ENDED, no owner), a status is handled at once, here
+        # (the call manager adds it to the ended record).
+        placed.state = CallState.ENDED
+        await db.set(keys.record("wacid.P"), json.dumps(placed.as_dict()))
+        await db.hdel(keys.OWNERS, "wacid.P")
+        late = CallStatus("wacid.P", "1", "REJECTED", 1700000001, "15551230001")
+        assert await asyncio.wait_for(router.deliver(late), 30)  # not OWNER_WAIT
+        assert got == [late]
     finally:
         await db.aclose()
         await router.aclose()

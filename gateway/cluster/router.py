@@ -37,7 +37,7 @@ from ..events import (
     decode_event,
     encode_event,
 )
-from ..records import CallRecord
+from ..records import CallRecord, CallState
 from ..routing import LocalRouter, reply_as_dict
 from ..store.codec import dedupe_key
 from . import keys
@@ -194,17 +194,28 @@ class ClusterRouter:
         owner: str | None = await self.redis.hget(keys.OWNERS, call_id)
         return owner
 
+    async def _owner_or_end(self, call_id: str) -> tuple[str | None, bool]:
+        """The call's owner, and whether its record says it ended (one round trip)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.OWNERS, call_id)
+            pipe.get(keys.record(call_id))
+            owner, raw = await pipe.execute()
+        ended = raw is not None and json.loads(raw).get("state") == CallState.ENDED
+        return owner, ended
+
     async def _to_owner(self, event: Event, owner: str | None) -> None:
         call_id = getattr(event, "call_id", "")
         deadline = time.monotonic() + OWNER_WAIT
         while owner is None and time.monotonic() < deadline:
-            if await self.redis.exists(keys.record(call_id)):
-                break  # a known call, ended: no owner is coming
+            # A record that is not ENDED is no sign that no owner is coming: a worker
+            # that placed a call saves its record before its owner entry lands.
+            owner, ended = await self._owner_or_end(call_id)
+            if owner is not None or ended:
+                break
             await asyncio.sleep(0.05)
             if call_id in self.calls.calls:
                 self.calls.dispatch(event)
                 return
-            owner = await self._owner(call_id)
         if owner == self.node.id:
             await self._dispatch_owned(event)
         elif owner is not None and (
