@@ -39,6 +39,8 @@ environment (flags override):
   GATEWAY_LOG_FORMAT        text (default) or json (one object per line, with call_id)
   GATEWAY_RECORDINGS_DIR    record every answered call there (stereo Ogg Opus), default off
   GATEWAY_DRAIN_TIMEOUT     seconds calls may run on after SIGTERM, default 120
+  GATEWAY_SHUTDOWN_TIMEOUT  seconds the closing after that (or after a second SIGTERM) may
+                            take; then the process is ended (exit code 70), default 30
   GATEWAY_LLM_URL, GATEWAY_LLM_MODEL  OpenAI-compatible model of the agent bot
   GATEWAY_LLM_API_KEY       bearer key of the model server, optional
   GATEWAY_LLM_TIMEOUT       seconds to the first token and between tokens, default 5
@@ -300,6 +302,7 @@ async def _serve(args: argparse.Namespace) -> int:
     from .heap import freeze_startup_objects
     from .pipeline.plugins import session_for
     from .pipeline.vad import VadConfig
+    from .shutdown import ExitDeadline
 
     settings = load_settings(
         host=args.host,
@@ -337,6 +340,8 @@ async def _serve(args: argparse.Namespace) -> int:
     for task in (drain, again):
         task.cancel()
     await asyncio.gather(drain, again, return_exceptions=True)
+    # From here the process is gone within the shutdown timeout, whatever hangs.
+    ExitDeadline(settings.shutdown_timeout).arm()
     await gateway.aclose()
     return 0
 

@@ -71,6 +71,9 @@ class Settings:
     lease_seconds: float = 10.0
     # Seconds a draining gateway lets calls run on before terminating them.
     drain_timeout: float = 120.0
+    # Seconds the closing (after the drain, or a second SIGTERM) may take before the
+    # process is ended anyway, with what held it in the log (gateway.shutdown).
+    shutdown_timeout: float = 30.0
     # Several worker processes share the listen port (set by ``serve --workers``).
     reuse_port: bool = False
     # Where the durable store lives (call records, journal, dedupe memory, permissions).
@@ -208,6 +211,7 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         cluster_max_calls=_int(env, "GATEWAY_CLUSTER_MAX_CALLS", 1000),
         lease_seconds=float(_int(env, "GATEWAY_LEASE_SECONDS", 10, minimum=2)),
         drain_timeout=float(_int(env, "GATEWAY_DRAIN_TIMEOUT", 120, minimum=0)),
+        shutdown_timeout=float(_int(env, "GATEWAY_SHUTDOWN_TIMEOUT", 30)),
         reuse_port=env.get("GATEWAY_REUSE_PORT", "") in ("1", "true", "yes"),
         vad_voice_gate=_bool(env, "GATEWAY_VAD_VOICE_GATE", True),
         opus_complexity=_int(env, "GATEWAY_OPUS_COMPLEXITY", 5, minimum=0, maximum=10),

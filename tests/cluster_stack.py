@@ -196,10 +196,13 @@ class Cluster:
                 worker.proc.send_signal(signal.SIGTERM)  # the second ends calls now
         for worker in list(self.workers):
             try:
-                await asyncio.wait_for(worker.proc.wait(), 15)
+                code = await asyncio.wait_for(worker.proc.wait(), 20)
             except TimeoutError:
-                worker.proc.kill()
-                await worker.proc.wait()
+                worker.proc.send_signal(signal.SIGABRT)  # its stacks to its log
+                code = await worker.proc.wait()
+            if code != 0:  # a shutdown that failed or hung: keep what its log says
+                kept = worker.keep_log("teardown")
+                print(f"worker {worker.pid} exited with {code} at teardown; log kept at {kept}")
         await self.balancer.aclose()
         await self.sandbox.aclose()
         await self.redis.aclose()
@@ -229,6 +232,8 @@ def serve_env(sandbox: CloudAPISandbox, **env: str) -> dict[str, str]:
         "GATEWAY_LOG_LEVEL": "INFO",
         # A worker that hangs is sent SIGABRT by the tests: its stacks go to its log.
         "PYTHONFAULTHANDLER": "1",
+        # Within the tests' 20 s wait for an exit: a stuck shutdown logs what held it.
+        "GATEWAY_SHUTDOWN_TIMEOUT": "15",
         **env,
     }
 
