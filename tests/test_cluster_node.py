@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -178,3 +179,27 @@ async def test_a_status_overtaking_the_owner_of_a_placed_call_still_reaches_it(
     finally:
         await db.aclose()
         await router.aclose()
+
+
+async def test_a_worker_is_never_listed_without_its_lease(
+    redis_server: RedisServer, graph: GraphClient
+) -> None:
+    # Redis came back empty: a worker's first write may be its mirror's (a call changed
+    # state), not its lease renewal's. Listed without a lease, it would look lost to
+    # the other workers' reapers, which end its calls.
+    node = WorkerNode(redis_server.url, CallManager(graph), graph, lease_seconds=2)
+    other = WorkerNode(redis_server.url, CallManager(graph), graph, lease_seconds=2)
+    db = connect(redis_server.url)
+    live = SimpleNamespace(id="wacid.L", state=CallState.ACTIVE)
+    try:
+        node.call_answered(live)  # type: ignore[arg-type]  # a call as the mirror sees one
+        await node._flush()  # the mirror's write; no renewal has run
+        assert await db.hexists(keys.WORKERS, node.id)
+        assert await db.exists(keys.lease(node.id)), "listed without a lease"
+        await other._reap_lost_workers()
+        assert other.reaped_calls == 0
+        assert await db.hget(keys.OWNERS, "wacid.L") == node.id
+    finally:
+        await db.aclose()
+        for n in (node, other):
+            await n.aclose()

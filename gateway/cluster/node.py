@@ -257,7 +257,12 @@ class WorkerNode:
                     pipe.srem(keys.worker_calls(self.id), call.id)
                 else:
                     self.register(pipe, call.id)
-            pipe.hset(keys.WORKERS, self.id, json.dumps(self.load()))
+            load = json.dumps(self.load())
+            # Never listed without a lease: another worker's reaper takes a listed
+            # worker without one for lost, and ends its calls (after Redis restarted
+            # empty, this write can come before the next renewal's).
+            pipe.set(keys.lease(self.id), load, px=self.lease_ttl_ms)
+            pipe.hset(keys.WORKERS, self.id, load)
             await pipe.execute()
         for call_id, entry in batch.items():
             if self._dirty.get(call_id) == entry:  # not changed again meanwhile
