@@ -49,6 +49,20 @@ class Worker:
         """The end of its log (for failure messages)."""
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
+    async def draining(self, seconds: float = 10) -> None:
+        """Wait until it says it drains (``/readyz`` 503), or it exited, or ``seconds``."""
+        try:
+            async with httpx.AsyncClient() as http, asyncio.timeout(seconds):
+                while self.proc.returncode is None:
+                    try:
+                        if (await http.get(f"{self.url}/readyz")).status_code == 503:
+                            return
+                    except httpx.HTTPError:
+                        pass  # stopped listening: exiting
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            pass
+
     def keep_log(self, why: str) -> Path:
         """Copy the log out of pytest's temporary directory; returns the copy's path."""
         return keep(self.log, f"{why}-pid{self.pid}")
@@ -193,7 +207,12 @@ class Cluster:
         for worker in list(self.workers):
             if worker.proc.returncode is None:
                 worker.proc.send_signal(signal.SIGTERM)
-                worker.proc.send_signal(signal.SIGTERM)  # the second ends calls now
+        for worker in list(self.workers):
+            if worker.proc.returncode is None:
+                # The second ends calls now; sent once the first was handled, as two
+                # SIGTERMs sent back to back are one when the kernel delivers them.
+                await worker.draining()
+                worker.proc.send_signal(signal.SIGTERM)
         for worker in list(self.workers):
             try:
                 code = await asyncio.wait_for(worker.proc.wait(), 20)
