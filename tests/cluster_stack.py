@@ -4,6 +4,7 @@ sandbox playing Meta, and a random load balancer in front of the workers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -212,7 +213,8 @@ class Cluster:
                 # The second ends calls now; sent once the first was handled, as two
                 # SIGTERMs sent back to back are one when the kernel delivers them.
                 await worker.draining()
-                worker.proc.send_signal(signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):  # drained and gone meanwhile
+                    worker.proc.send_signal(signal.SIGTERM)
         for worker in list(self.workers):
             try:
                 code = await asyncio.wait_for(worker.proc.wait(), 20)
