@@ -102,8 +102,9 @@ class ExitDeadline:
                 tasks = asyncio.all_tasks(loop)
                 print(f"exit deadline: {len(tasks)} asyncio task(s) left:", file=stream)
                 for task in tasks:
-                    print(f"- {task!r}", file=stream)
-                    task.print_stack(limit=20, file=stream)
+                    print(f"- {task.get_name()}, awaiting (outermost first):", file=stream)
+                    for line in await_chain(task):
+                        print(f"    {line}", file=stream)
                 stream.flush()
             finally:
                 listed.set()
@@ -120,3 +121,25 @@ class ExitDeadline:
                 file=stream,
                 flush=True,
             )
+
+
+def await_chain(task: asyncio.Task[object]) -> list[str]:
+    """Where a task waits: each coroutine it awaits, down to the future at the end.
+
+    ``Task.print_stack`` shows a suspended task's outermost frame only; what hangs is
+    usually several awaits further in.
+    """
+    lines = []
+    awaited: object = task.get_coro()
+    for _ in range(100):  # a chain, not a cycle; bounded anyway
+        frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+        if frame is None:
+            lines.append(repr(awaited)[:300])  # a future, a task, or something else awaitable
+            break
+        code = frame.f_code
+        lines.append(f"{code.co_filename}:{frame.f_lineno} in {code.co_name}")
+        following = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        if following is None:
+            break
+        awaited = following
+    return lines

@@ -94,7 +94,7 @@ async def test_a_task_that_ignores_cancellation_is_dumped_and_the_process_ends()
     code, _, err = await _run(STUBBORN_TASK)
     assert code == EXIT_CODE, err
     assert "asyncio task(s) left" in err and "stubborn-task" in err, err
-    assert "in stubborn" in err, err  # its stack
+    assert "in stubborn" in err and "in sleep" in err, err  # what it awaits, to the end
 
 
 async def test_a_shutdown_that_finishes_exits_as_usual() -> None:
