@@ -69,7 +69,7 @@ async def test_a_thousand_sequential_calls_leak_nothing(caplog: pytest.LogCaptur
     stack = await start_stack(session=speak, max_calls=4)
     # The ended-call history is bounded by design (1000 records); bounded at the
     # warm-up here, so what grows after it is a leak, not the history filling up.
-    stack.gateway.calls._history_size = warmup
+    stack.gateway.calls.ledger.history_size = warmup
     packets = OpusEncoder().encode_pcm(load_wav(AUDIO / "cards-002.wav")[:8000])
     user = SimulatedUser(stack.sandbox, "15551239999", "Soak")
     try:
@@ -125,7 +125,7 @@ async def test_a_thousand_sequential_calls_leak_nothing(caplog: pytest.LogCaptur
 def _records_lost(stack: Stack, ids: list[str]) -> int:
     """Calls (of those the bounded history can hold) without their final record."""
     history = stack.gateway.calls.history
-    kept = ids[-stack.gateway.calls._history_size :]
+    kept = ids[-stack.gateway.calls.ledger.history_size :]
     return sum(
         1
         for i in kept

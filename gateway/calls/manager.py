@@ -1,9 +1,11 @@
 """The call manager: routes the Cloud API's call events to the calls, one per call id.
 
-It answers or places calls, holds them within the configured limit, keeps their
-records in the store, recovers the records of calls a dead process left live, and
-tells observers (metrics, recordings, events) about each call's life. One call's
-state machine is :class:`gateway.call.Call`.
+It owns every call, holds them within the configured limit, and routes the
+webhook events its inbox (:mod:`.inbox`) hands it one at a time, leaving slow
+work to tasks the call concerned owns. How a call is answered (:mod:`.answer`)
+or placed (:mod:`.dial`), what runs beside it (:mod:`.active`), what is kept of
+it (:mod:`.ledger`) and what a successor does after a crash (:mod:`.recovery`)
+live beside this module. One call's state machine is :class:`gateway.call.Call`.
 """
 
 from __future__ import annotations
@@ -15,12 +17,9 @@ from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiortc import RTCSessionDescription
-
-from . import sdp
-from .call import Call, CallObserver, SessionFactory
-from .errors import CallError, GatewayError, GraphAPIError, SDPError, StoreError
-from .events import (
+from ..call import Call, CallObserver, SessionFactory
+from ..errors import CallError, GatewayError
+from ..events import (
     CallConnect,
     CallStatus,
     CallTerminate,
@@ -28,27 +27,22 @@ from .events import (
     Event,
     PermissionReply,
 )
-from .graph import GraphClient
-from .logsafe import clip
-from .media.opus import DEFAULT_COMPLEXITY
-from .records import CallRecord, CallState
-from .store import JournalEntry, MemoryStore, Store
+from ..graph import GraphClient
+from ..logsafe import clip
+from ..media.opus import DEFAULT_COMPLEXITY
+from ..records import CallRecord, CallState
+from ..store import JournalEntry, MemoryStore, Store
+from .active import run_session, watch_media
+from .answer import answer_call, send_reject
+from .dial import apply_answer, dial, ring
+from .inbox import Inbox
+from .ledger import CallLedger
+from .recovery import recover
 
-__all__ = [
-    "RESTART_END_REASON",
-    "Call",
-    "CallManager",
-    "CallObserver",
-    "CallRecord",
-    "CallState",
-    "SessionFactory",
-]
+__all__ = ["CallManager"]
 
-log = logging.getLogger(__name__)
-
-
-# The end reason of calls that were live in a process that died.
-RESTART_END_REASON = "gateway restarted: the call was live in a process that died"
+# The calls' logger keeps the name operators filter on, whichever module logs.
+log = logging.getLogger("gateway.calls")
 
 
 class CallManager:
@@ -78,7 +72,7 @@ class CallManager:
         self.graph = graph
         # The encoder effort of every call's outbound speech (Settings.opus_complexity).
         self.opus_complexity = opus_complexity
-        self.store: Store = store if store is not None else MemoryStore()
+        self.ledger = CallLedger(store if store is not None else MemoryStore(), history_size)
         self.max_calls = max_calls
         self.answer_timeout = answer_timeout
         # Seconds from accept (or the user's answer) until media must be up; then
@@ -87,15 +81,10 @@ class CallManager:
         self.media_idle_timeout = media_idle_timeout
         self.session = session
         self.calls: dict[str, Call] = {}
-        self.history: OrderedDict[str, CallRecord] = OrderedDict()
-        self._history_size = history_size
         # Terminates that came before their connect (deliveries can be out of order).
         self._ended_early: OrderedDict[str, CallTerminate] = OrderedDict()
-        self._queue: asyncio.Queue[JournalEntry | Event] = asyncio.Queue()
-        self._worker: asyncio.Task[None] | None = None
+        self.inbox = Inbox(self._handle, self.ledger.mark_handled)
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Record writes in flight: awaited (never cancelled) on shutdown.
-        self._writes: set[asyncio.Task[None]] = set()
         self.permission_replies: dict[str, PermissionReply] = {}
         self.rejected_for_capacity = 0
         # Events that arrived before our connect request returned the call id.
@@ -106,6 +95,16 @@ class CallManager:
         # False while draining: new calls are refused, live ones run on.
         self.accepting = True
         self._released = asyncio.Event()  # set whenever a call leaves
+
+    @property
+    def store(self) -> Store:
+        """Where the call records and the event journal are kept."""
+        return self.ledger.store
+
+    @property
+    def history(self) -> OrderedDict[str, CallRecord]:
+        """The records of the most recent ended calls, oldest first."""
+        return self.ledger.history
 
     @property
     def load(self) -> int:
@@ -121,55 +120,16 @@ class CallManager:
 
     async def start(self) -> None:
         """Recover what a dead predecessor left in the store, then start the event worker."""
-        if self._worker is None:
+        if not self.inbox.started:
             await self.recover()
-            self._worker = asyncio.create_task(self._run(), name="call-manager")
+            self.inbox.start()
 
     async def recover(self) -> list[CallRecord]:
         """End the calls a dead process left live, and queue the events it never handled.
 
-        A call cannot move to another process (its ICE and DTLS state died with the
-        old one), so each is recorded as ended now and ``terminate`` goes to the Cloud
-        API in the background; WhatsApp's terminate webhook completes the record later.
-        Returns the records of the calls ended this way.
+        Returns the records of the calls ended this way (see :mod:`.recovery`).
         """
-        orphans = await self.store.live_calls()
-        for record in orphans:
-            was = record.state
-            record.state = CallState.ENDED
-            record.ended_at = time.time()
-            record.end_reason = RESTART_END_REASON
-            await self._save(record)
-            log.warning("call %s: was %s in a process that died; ending it", record.call_id, was)
-            self._spawn(self._end_orphan(record, was), f"{record.call_id}:end-orphan")
-        replayed = 0
-        for entry in await self.store.unhandled():
-            event = entry.event
-            if isinstance(event, CallConnect) and event.sdp_type == "offer":
-                if await self.store.get_call(event.call_id) is not None:
-                    # The dead process had taken the call: it is one of the orphans.
-                    await self._mark_handled(entry)
-                    continue
-            replayed += 1
-            self.dispatch(entry)
-        if orphans or replayed:
-            log.warning(
-                "recovered after a restart: %d live call(s) ended, %d unhandled event(s) queued",
-                len(orphans),
-                replayed,
-            )
-        return orphans
-
-    async def _end_orphan(self, record: CallRecord, was: CallState) -> None:
-        try:
-            await self.graph.terminate(record.call_id)
-            return
-        except GraphAPIError as exc:
-            if not (was is CallState.NEW and record.direction is Direction.USER_INITIATED):
-                log.warning("call %s: terminate after restart failed: %s", record.call_id, exc)
-                return
-        # Never answered: Meta may want a reject instead.
-        await self._reject(record.call_id)
+        return await recover(self.ledger, self.graph, self._spawn, self.dispatch)
 
     async def aclose(self) -> None:
         """End every call (telling the Cloud API) and stop the worker."""
@@ -177,18 +137,16 @@ class CallManager:
             *(c.end("gateway shutting down", terminate=True) for c in list(self.calls.values())),
             return_exceptions=True,
         )
-        for task in [*self._tasks, *([self._worker] if self._worker else [])]:
+        for task in self._tasks:
             task.cancel()
+        self.inbox.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._worker is not None:
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        await self.inbox.stopped()
         await self.flush()
 
     async def flush(self) -> None:
         """Wait until every record write started so far is done."""
-        while self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        await self.ledger.flush()
 
     def dispatch(self, item: JournalEntry | Event) -> None:
         """Queue an event (the webhook receiver's sink; never blocks).
@@ -196,11 +154,11 @@ class CallManager:
         A journal entry is marked handled in the store once handled; a bare event
         (from a test, or a caller without a journal) is just handled.
         """
-        self._queue.put_nowait(item)
+        self.inbox.put(item)
 
     async def drain(self) -> None:
         """Wait until every queued event was handled (for tests and shutdown)."""
-        await self._queue.join()
+        await self.inbox.join()
 
     def _observe(self, notify: Callable[[CallObserver], None]) -> None:
         for observer in self.observers:
@@ -219,27 +177,6 @@ class CallManager:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _run(self) -> None:
-        while True:
-            item = await self._queue.get()
-            entry, event = (item, item.event) if isinstance(item, JournalEntry) else (None, item)
-            try:
-                try:
-                    await self._handle(event)
-                except Exception:  # one bad event must not stop the others
-                    log.exception("error handling %s", clip(event))
-                if entry is not None:
-                    # Also after an error: replaying it after a restart would fail again.
-                    await self._mark_handled(entry)
-            finally:
-                self._queue.task_done()
-
-    async def _mark_handled(self, entry: JournalEntry) -> None:
-        try:
-            await self.store.mark_handled(entry.id)
-        except Exception as exc:
-            log.error("event %s handled but not marked so: %s", entry.id, clip(exc))
 
     # --- routing ---------------------------------------------------------------
 
@@ -268,8 +205,8 @@ class CallManager:
         if early is not None:
             log.info("call %s: connect arrived after its terminate; not answering", event.call_id)
             record = self._record_for(event, early)
-            self._remember(record)
-            self._persist(record)
+            self.ledger.remember(record)
+            self.ledger.persist(record)
             return
         if event.call_id in self.calls:
             log.warning("call %s: second offer for a known call ignored", event.call_id)
@@ -296,7 +233,7 @@ class CallManager:
         self.calls[call.id] = call
         self._observe(lambda o: o.call_started(call))
         # On disk before Meta hears from us: if this process dies, a successor ends it.
-        await self._save(record)
+        await self.ledger.save(record)
         call.spawn(self._answer(call, event.sdp), "answer")
 
     def _on_connect_answer(self, event: CallConnect) -> None:
@@ -308,28 +245,6 @@ class CallManager:
                 log.warning("call %s: SDP answer for an unknown call ignored", event.call_id)
             return
         call.spawn(self._apply_answer(call, event.sdp), "apply-answer")
-
-    async def _apply_answer(self, call: Call, answer: str) -> None:
-        if call.state not in (CallState.DIALING, CallState.RINGING):
-            log.warning("call %s: SDP answer in state %s ignored", call.id, call.state)
-            return
-        try:
-            await call.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        except ValueError as exc:
-            log.warning("call %s: bad SDP answer: %s", call.id, clip(exc))
-            call.end("bad SDP answer", terminate=True)
-            return
-        call.remote_sdp = answer
-        call.use_payload_types(answer)
-        call.playout.bitrate = sdp.opus_bitrate(answer)
-        call.record.accepted_at = time.time()
-        call.set_state(CallState.ACTIVE, "user answered")
-        self._observe(lambda o: o.call_answered(call))
-        self._persist(call.record)
-        call.spawn(self._watch_media(call), "media-watch")
-        await call.media_up.wait()  # or the watchdog ends the call (and cancels this)
-        if call.session_factory or self.session:
-            call.spawn(self._run_session(call), "session")
 
     # --- business-initiated calls ------------------------------------------------
 
@@ -371,15 +286,7 @@ class CallManager:
         call.session_factory = session
         self._dialing += 1
         try:
-            offer = await call.build_offer()
-            call_id = await self.graph.connect(
-                to, offer, biz_opaque_callback_data=biz_opaque_callback_data
-            )
-        except BaseException:
-            if call.inbound is not None:
-                call.inbound.detach()
-            await call.pc.close()
-            raise
+            call_id = await dial(call, self.graph, to, biz_opaque_callback_data)
         finally:
             self._dialing -= 1
             self._released.set()
@@ -387,21 +294,11 @@ class CallManager:
         self.calls[call_id] = call
         call.set_state(CallState.DIALING, f"connect sent to {to}")
         self._observe(lambda o: o.call_started(call))
-        await self._save(record)
-        call.spawn(self._ring(call, ring_timeout or self.ring_timeout), "ring")
+        await self.ledger.save(record)
+        call.spawn(ring(call, ring_timeout or self.ring_timeout), "ring")
         for early in self._early.pop(call_id, []):
             await self._handle(early)
         return call
-
-    async def _ring(self, call: Call, seconds: float) -> None:
-        try:
-            async with asyncio.timeout(seconds):
-                while call.state in (CallState.DIALING, CallState.RINGING):
-                    await call.state_changed.wait()
-                    call.state_changed.clear()
-        except TimeoutError:
-            log.info("call %s: not answered within %.0f s", call.id, seconds)
-            call.end(f"not answered within {seconds:.0f} s", terminate=True)
 
     async def _on_terminate(self, event: CallTerminate) -> None:
         call = self.calls.get(event.call_id)
@@ -425,17 +322,17 @@ class CallManager:
         if call is not None:
             call.end(f"terminated by WhatsApp ({clip(event.status.lower(), 40)})", terminate=False)
         else:
-            await self._save(record)
+            await self.ledger.save(record)
 
     async def _on_status(self, event: CallStatus) -> None:
         # Every status WhatsApp reports goes into the call's record and is saved now,
         # whenever it comes: before the answer, after it, or after the call ended.
         call = self.calls.get(event.call_id)
         if call is None:
-            record = await self._ended_record(event.call_id)
+            record = await self.ledger.ended_record(event.call_id)
             if record is not None:
                 record.statuses.append(event.status)
-                await self._save(record)
+                await self.ledger.save(record)
             elif self._dialing:
                 self._hold(event)
             else:
@@ -449,21 +346,7 @@ class CallManager:
         elif event.status == "REJECTED":
             call.end("rejected by the user", terminate=False)
         # ACCEPTED may come after the answer and media: nothing to change then.
-        self._persist(call.record)
-
-    async def _ended_record(self, call_id: str) -> CallRecord | None:
-        """The record of a call that ended (here or in an earlier process), else None.
-
-        A record that is not ENDED belongs to a call live in another process (a
-        cluster's worker): only that process writes it.
-        """
-        record = self.history.get(call_id)
-        if record is None:
-            try:
-                record = await self.store.get_call(call_id)
-            except StoreError as exc:
-                log.error("call %s: record not read: %s", clip(call_id), clip(exc))
-        return record if record is not None and record.state is CallState.ENDED else None
+        self.ledger.persist(call.record)
 
     def _hold(self, event: CallConnect | CallStatus) -> None:
         # Meta may report on a call before our connect request has returned its id.
@@ -480,95 +363,35 @@ class CallManager:
             self.rejected_for_capacity += 1
         log.warning("call %s: rejected, %s", call_id, detail or reason)
         self._observe(lambda o: o.call_refused(call_id, reason))
-        self._spawn(self._reject(call_id), f"{call_id}:reject")
+        self._spawn(send_reject(self.graph, call_id), f"{call_id}:reject")
 
-    async def _reject(self, call_id: str) -> None:
-        try:
-            await self.graph.reject(call_id)
-        except GraphAPIError as exc:
-            log.warning("call %s: reject failed: %s", call_id, clip(exc))
-        except Exception as exc:
-            log.error("call %s: reject could not be sent: %s", call_id, clip(exc), exc_info=exc)
+    # --- answered calls ----------------------------------------------------------
 
     async def _answer(self, call: Call, offer: str) -> None:
-        try:
-            async with asyncio.timeout(self.answer_timeout):
-                answer = await call.build_answer(offer)
-                await self.graph.pre_accept(call.id, answer)
-                call.set_state(CallState.PRE_ACCEPTED, "answer sent")
-                # Meta requires the accept SDP to be byte-identical to pre_accept's.
-                await self.graph.accept(call.id, answer)
-        except SDPError as exc:
-            log.warning("call %s: cannot answer: %s", call.id, clip(exc))
-            await self._reject(call.id)
-            call.end(f"bad offer: {clip(exc.message)}", terminate=False)
+        if not await answer_call(call, offer, self.graph, self.answer_timeout):
             return
-        except GraphAPIError as exc:
-            log.warning("call %s: answering failed: %s", call.id, clip(exc))
-            await self._abandon(call, f"answer failed: {clip(exc)}")
+        self._activate(call, "accepted")
+        self._start_session(call)
+
+    async def _apply_answer(self, call: Call, answer: str) -> None:
+        if not await apply_answer(call, answer):
             return
-        except TimeoutError:
-            log.warning("call %s: not answered within %.0fs", call.id, self.answer_timeout)
-            call.end("answer timed out", terminate=True)
-            return
-        except Exception as exc:
-            # Anything else (a bug, an id the Graph request cannot carry): the call
-            # still ends, and WhatsApp is told if it has heard of our answer.
-            log.error("call %s: answering failed: %s", call.id, clip(exc), exc_info=exc)
-            await self._abandon(call, f"internal error while answering: {clip(exc)}")
-            return
+        self._activate(call, "user answered")
+        await call.media_up.wait()  # or the watchdog ends the call (and cancels this)
+        self._start_session(call)
+
+    def _activate(self, call: Call, reason: str) -> None:
+        # An answered call, either way: ACTIVE, told, saved, and its media watched.
         call.record.accepted_at = time.time()
-        call.set_state(CallState.ACTIVE, "accepted")
+        call.set_state(CallState.ACTIVE, reason)
         self._observe(lambda o: o.call_answered(call))
-        self._persist(call.record)
-        call.spawn(self._watch_media(call), "media-watch")
-        if call.session_factory or self.session:
-            call.spawn(self._run_session(call), "session")
+        self.ledger.persist(call.record)
+        call.spawn(watch_media(call, self.media_timeout, self.media_idle_timeout), "media-watch")
 
-    async def _abandon(self, call: Call, reason: str) -> None:
-        # Before pre_accept went through the user's phone still rings: reject it;
-        # after, WhatsApp knows our answer: terminate.
-        answered = call.state is CallState.PRE_ACCEPTED
-        if not answered:
-            await self._reject(call.id)
-        call.end(reason, terminate=answered)
-
-    async def _watch_media(self, call: Call) -> None:
-        """End an answered call whose media never comes up, or stops coming in.
-
-        WhatsApp's offers carry no end-of-candidates, so ICE that never connects
-        never "fails"; and RTP can stop while ICE consent still passes. The check
-        is a counter read every few seconds: nothing is added per packet.
-        """
-        try:
-            async with asyncio.timeout(self.media_timeout):
-                await call.media_up.wait()
-        except TimeoutError:
-            log.warning("call %s: media not up %.0f s after answer", call.id, self.media_timeout)
-            call.end(f"no media within {self.media_timeout:.0f} s of answer", terminate=True)
-            return
-        loop = asyncio.get_running_loop()
-        period = min(5.0, self.media_idle_timeout / 4)
-        seen, since = call.packets_received, loop.time()
-        while True:
-            await asyncio.sleep(period)
-            count = call.packets_received
-            if count != seen:
-                seen, since = count, loop.time()
-            elif loop.time() - since >= self.media_idle_timeout:
-                idle = loop.time() - since
-                log.warning("call %s: no inbound RTP for %.1f s", call.id, idle)
-                call.end(f"no inbound media for {idle:.0f} s", terminate=True)
-                return
-
-    async def _run_session(self, call: Call) -> None:
+    def _start_session(self, call: Call) -> None:
         factory = call.session_factory or self.session
-        assert factory is not None
-        try:
-            await factory(call)
-        except GatewayError as exc:
-            log.warning("call %s: session ended with error: %s", call.id, clip(exc))
-            call.end(f"session error: {clip(exc.message)}", terminate=True)
+        if factory:
+            call.spawn(run_session(call, factory), "session")
 
     # --- bookkeeping -------------------------------------------------------------
 
@@ -585,28 +408,10 @@ class CallManager:
 
     def _ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
-        self._remember(call.record)
+        self.ledger.remember(call.record)
         self._observe(lambda o: o.call_ended(call))
         self._released.set()
-        self._persist(call.record)
-
-    async def _save(self, record: CallRecord) -> None:
-        # A store failure is logged, never raised: the call itself must go on (or end).
-        try:
-            await self.store.save_call(record)
-        except Exception as exc:
-            log.error("call %s: record not saved: %s", clip(record.call_id), clip(exc))
-
-    def _persist(self, record: CallRecord) -> None:
-        """Save ``record`` without waiting (the store applies writes in order)."""
-        task = asyncio.create_task(self._save(record), name=f"store:save:{record.call_id}")
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-
-    def _remember(self, record: CallRecord) -> None:
-        self.history[record.call_id] = record
-        while len(self.history) > self._history_size:
-            self.history.popitem(last=False)
+        self.ledger.persist(call.record)
 
     def get(self, call_id: str) -> Call:
         """The live call with this id, or CallError."""
