@@ -1,6 +1,6 @@
 """Typed, frozen webhook events: what the Cloud API tells the gateway.
 
-:func:`gateway.webhooks.parse_payload` turns a delivery into a list of these.
+:func:`gateway.webhooks.parse.parse_payload` turns a delivery into a list of these.
 """
 
 from __future__ import annotations
