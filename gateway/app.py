@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 
 # How often old records are pruned (also once at start-up).
 PRUNE_INTERVAL = 3600.0
+# Seconds a closing gateway gives the HTTP requests in progress (aiohttp's default:
+# 60). Bounded because aiohttp drops what a connection sends once its server shuts
+# down: a webhook whose body had not fully arrived would be waited for to the end.
+# Meta delivers a webhook cut off here again (to another worker of a cluster).
+HTTP_SHUTDOWN_GRACE = 3.0
 
 
 def _default_store(settings: Settings, worker_id: str | None) -> Store:
@@ -211,7 +216,9 @@ class Gateway:
         warm_up()  # before the first webhook can come: not on the first caller's time
         if self.settings.metrics_port is not None:
             await self.metrics.serve(self.settings.host, self.settings.metrics_port)
-        self._runner = web.AppRunner(self.app, access_log=None)
+        self._runner = web.AppRunner(
+            self.app, access_log=None, shutdown_timeout=HTTP_SHUTDOWN_GRACE
+        )
         await self._runner.setup()
         site = web.TCPSite(
             self._runner,

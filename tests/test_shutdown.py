@@ -7,6 +7,8 @@ import sys
 
 from gateway.shutdown import EXIT_CODE
 
+from .conftest import start_stack
+
 # Each case is a process of its own: what is tested is how (and whether) it exits.
 ARM = "from gateway.shutdown import ExitDeadline\n"
 
@@ -100,3 +102,27 @@ async def test_a_task_that_ignores_cancellation_is_dumped_and_the_process_ends()
 async def test_a_shutdown_that_finishes_exits_as_usual() -> None:
     code, out, err = await _run(CLEAN)
     assert (code, out) == (0, "done\n"), err
+
+
+async def test_closing_does_not_wait_for_a_webhook_whose_body_never_comes() -> None:
+    # Once aiohttp's server shuts down it drops what a connection still sends, so a
+    # delivery whose headers came before and whose body comes after waits for its
+    # body for good. Closing must not wait aiohttp's default minute for it: a worker
+    # so outlived the second SIGTERM (its own terminates' webhooks were arriving).
+    stack = await start_stack()
+    _, writer = await asyncio.open_connection(stack.gateway.settings.host, stack.gateway.port)
+    try:
+        writer.write(
+            b"POST /webhook HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{"
+        )
+        await writer.drain()
+        runner = stack.gateway._runner
+        assert runner is not None and runner.server is not None
+        async with asyncio.timeout(30):  # the handler is reading the body
+            while not any(c._request_in_progress for c in runner.server.connections):
+                await asyncio.sleep(0.01)
+        # Liveness only: without a bound of its own, aiohttp waits 60 s.
+        await asyncio.wait_for(stack.aclose(), 40)
+    finally:
+        writer.close()
