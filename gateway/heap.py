@@ -5,8 +5,9 @@ heap; what a call freed in the middle (its DTLS, SRTP, codec and Python
 buffers) stays resident until reused. ``malloc_trim(0)`` releases those free
 pages. It runs in a worker thread (it walks the heap: about a millisecond per
 few MiB), after calls end and at most once every :data:`MIN_INTERVAL`
-seconds, so it costs nothing per packet and little per call. Elsewhere than
-glibc it is a no-op.
+seconds, so it costs nothing per packet and little per call; its timer is on the
+frame clock's grid, so with other calls still up it shares their audio's
+wake-up. Elsewhere than glibc it is a no-op.
 
 :func:`freeze_startup_objects` keeps what start-up built (modules, classes, the
 app) out of the cyclic garbage collector's passes, which otherwise walk it again
@@ -21,6 +22,8 @@ import gc
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+from .media.frameclock import call_on_grid
 
 if TYPE_CHECKING:
     from .call import Call
@@ -82,7 +85,7 @@ class HeapTrimmer:
             return
         loop = asyncio.get_running_loop()
         delay = max(DELAY, self._last + MIN_INTERVAL - loop.time())
-        self._pending = loop.call_later(delay, self._start)
+        self._pending = call_on_grid(loop, loop.time() + delay, self._start)
 
     def _start(self) -> None:
         self._pending = None

@@ -13,6 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.media.audio import load_wav
+from gateway.media.frameclock import TICK
 from gateway.metrics import end_reason_label, parse_prometheus
 from gateway.metrics.loop import LoopLagMonitor, quantile
 from gateway.pipeline.plugins import session_for
@@ -194,7 +195,9 @@ async def test_loop_lag_is_a_timer_callback_that_sees_a_stall_and_stops() -> Non
         assert monitor.running
         # No task of its own: ten wake-ups a second in every gateway, none a task step.
         assert all("LoopLagMonitor" not in repr(t.get_coro()) for t in asyncio.all_tasks())
-        time.sleep(0.05)  # noqa: ASYNC251 (a stall on purpose: past the first tick's due time)
+        # A stall on purpose, past the first tick's due time (on the frame clock's grid:
+        # up to a tick past the interval).
+        time.sleep(0.05 + TICK)  # noqa: ASYNC251
         while len(seen) < 3:
             await asyncio.sleep(0.005)
         await monitor.stop()

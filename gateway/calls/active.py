@@ -11,6 +11,7 @@ import logging
 from ..call import Call, SessionFactory
 from ..errors import GatewayError
 from ..logsafe import clip
+from ..media.frameclock import sleep_on_grid
 
 __all__ = ["run_session", "watch_media"]
 
@@ -36,7 +37,7 @@ async def watch_media(call: Call, media_timeout: float, media_idle_timeout: floa
     period = min(5.0, media_idle_timeout / 4)
     seen, since = call.packets_received, loop.time()
     while True:
-        await asyncio.sleep(period)
+        await sleep_on_grid(period)  # with the tick's wake-up, not one of its own
         count = call.packets_received
         if count != seen:
             seen, since = count, loop.time()

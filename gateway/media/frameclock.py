@@ -17,6 +17,14 @@ Two ways to wait for a tick:
   walks every call's sender, with no task woken and no future made per call.
 - :meth:`FrameClock.sleep_until`: a coroutine for one tick (aiortc's generic
   ``recv()`` path), one future per waiter.
+
+Every sleep and wake-up of the event loop costs the process CPU of its own
+(on a VM, 0.1-0.25 ms: see docs/performance.md), while timers due at the same
+instant run in one pass of the loop. So the gateway's other periodic timers
+(the loop-lag monitor, the calls' media watch, the heap trimmer) are set on the
+clock's grid (:func:`call_on_grid`, :func:`sleep_on_grid`): with calls up they
+ride the tick's wake-up instead of adding their own, and without calls they
+cost what they did. The grid is there whether the clock ticks or not.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import logging
 import math
 import weakref
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 from gateway.media.audio import FRAME_MS
 
@@ -49,10 +57,23 @@ class FrameClock:
         self._subscribers: dict[TickCallback, None] = {}
         self._ticker: asyncio.TimerHandle | None = None
         self._ticker_tick = 0
+        self.ticked = (-math.inf, -math.inf)
+        """The latest tick's time, and the loop time its timer ran (so another timer
+        due at that tick can tell how late the loop woke, before the tick's work)."""
 
     def next_tick(self) -> float:
         """The loop time of the next tick (now, if now is one)."""
-        ticks = math.ceil((self._loop.time() - self._origin) / TICK)
+        return self.on_grid(self._loop.time())
+
+    def on_grid(self, when: float) -> float:
+        """The loop time of the first tick at or after ``when``.
+
+        The same float the clock's own timer for that tick has, so a timer set
+        there runs in the same pass of the loop as the tick (one wake-up for both).
+        """
+        # A hair of slack, so that a grid time plus a whole number of ticks (0.1 s)
+        # is that tick, not the next, whatever the float rounding.
+        ticks = math.ceil((when - self._origin) / TICK - 1e-9)
         return self._origin + ticks * TICK
 
     def last_tick(self) -> float:
@@ -111,6 +132,7 @@ class FrameClock:
 
     def _on_tick(self) -> None:
         now = self._loop.time()
+        self.ticked = (self._origin + self._ticker_tick * TICK, now)
         # The next tick before the callbacks run, so one that unsubscribes the
         # last callback cancels it.
         self._schedule(max(self._ticker_tick + 1, self._tick_after(now)))
@@ -149,3 +171,19 @@ def frame_clock(loop: asyncio.AbstractEventLoop) -> FrameClock:
     if clock is None:
         clock = _clocks[loop] = FrameClock(loop)
     return clock
+
+
+def call_on_grid(
+    loop: asyncio.AbstractEventLoop, when: float, callback: Callable[..., object], *args: Any
+) -> asyncio.TimerHandle:
+    """``loop.call_at(when, callback, *args)``, moved on to the frame clock's next grid
+    line (up to a tick later): the timer shares the tick's wake-up."""
+    return loop.call_at(frame_clock(loop).on_grid(when), callback, *args)
+
+
+async def sleep_on_grid(delay: float) -> None:
+    """``asyncio.sleep(delay)``, ending on the frame clock's grid (up to a tick later):
+    the task's wake-up is the tick's."""
+    loop = asyncio.get_running_loop()
+    clock = frame_clock(loop)
+    await clock.sleep_until(clock.on_grid(loop.time() + delay))

@@ -6,6 +6,8 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
 
+from ..media.frameclock import TICK, FrameClock, frame_clock
+
 
 class LoopLagMonitor:
     """Measures how late the event loop wakes a timer (a 100 ms tick).
@@ -17,6 +19,13 @@ class LoopLagMonitor:
     sleep is a future and a timer, whose firing schedules the task's next step
     for one more pass of the loop; ten times a second, in every gateway, with or
     without calls. The lag read is the timer's own, before that extra pass.
+
+    The timer is set on the frame clock's grid, on the grid line nearest
+    ``interval`` on (every 5th tick while the loop keeps up): with calls up it
+    wakes the loop together with the calls' audio, not ten more times a second;
+    without calls the clock does not tick and the timer wakes the loop alone.
+    When the clock's own tick for that instant ran first in the same pass, the
+    lag is the tick's (when its timer ran), not later by the tick's work.
     """
 
     def __init__(
@@ -29,6 +38,7 @@ class LoopLagMonitor:
         self.lags: deque[float] = deque(maxlen=window)
         self.on_sample = on_sample
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock: FrameClock | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._due = 0.0
 
@@ -41,6 +51,7 @@ class LoopLagMonitor:
         """Begin measuring on the running loop (:meth:`stop` ends it)."""
         if self._timer is None:
             self._loop = asyncio.get_running_loop()
+            self._clock = frame_clock(self._loop)
             self._schedule(self._loop.time())
 
     async def stop(self) -> None:
@@ -50,13 +61,18 @@ class LoopLagMonitor:
             self._timer = None
 
     def _schedule(self, now: float) -> None:
-        assert self._loop is not None
-        self._due = now + self.interval
+        assert self._loop is not None and self._clock is not None
+        # The nearest grid line to now + interval (a shorter interval than half a tick
+        # is the next tick).
+        self._due = self._clock.on_grid(now + max(self.interval - TICK / 2, 0.0))
         self._timer = self._loop.call_at(self._due, self._tick)
 
     def _tick(self) -> None:
-        assert self._loop is not None
+        assert self._loop is not None and self._clock is not None
         now = self._loop.time()
+        tick, ran = self._clock.ticked
+        if tick == self._due:
+            now = ran  # the loop woke for both; the tick's work since is not lag
         lag = max(0.0, now - self._due)
         # The next tick first: a failing on_sample must not stop the measuring.
         self._schedule(now)
