@@ -131,6 +131,9 @@ def _timer_name(handle: Any) -> str:
     elif name == "Timeout._on_timeout":  # asyncio.timeout, wait_for
         task = callback.__self__._task
         return "timeout: task " + getattr(task.get_coro(), "__qualname__", "?")
+    elif name == "FrameClock._fire":  # FrameClock.sleep_until (sleep_on_grid): its waiters
+        kind, waiters = "frame clock sleep", callback.__self__._waiters.get(handle._args[0])
+        waiter = waiters[0] if waiters else None
     if waiter is not None:
         for wakeup, _ in waiter._callbacks or ():
             return f"{kind}: {callback_name(wakeup)}"
