@@ -133,23 +133,13 @@ def serve_timed(out: str, tree: str = "", only: str = "") -> int:
             setattr(owner, method, timed(getattr(owner, method), f"{cls}.{method}"))
 
     loop_work = _time_loop_callbacks(clock)
-    snapshots: list[dict[str, Any]] = []
-    from gateway.metrics import Metrics
-
-    render = Metrics.render
-
-    def render_and_snapshot(self: Metrics) -> bytes:
-        # Every /metrics scrape marks where the load test's window may begin or end.
-        snapshots.append(
-            {
-                "process_ns": time.process_time_ns(),
-                "thread_ns": clock(),
-                "loop": {k: list(v) for k, v in loop_work.items()},
-            }
-        )
-        return render(self)
-
-    Metrics.render = render_and_snapshot  # type: ignore[method-assign]
+    snapshots = snapshot_at_scrapes(
+        lambda: {
+            "process_ns": time.process_time_ns(),
+            "thread_ns": clock(),
+            "loop": {k: list(v) for k, v in loop_work.items()},
+        }
+    )
 
     def dump() -> None:
         empty = samples.setdefault("(one clock read)", [])
@@ -161,6 +151,24 @@ def serve_timed(out: str, tree: str = "", only: str = "") -> int:
 
     atexit.register(dump)
     return main(["serve"])
+
+
+def snapshot_at_scrapes(take: Callable[[], dict[str, Any]]) -> list[dict[str, Any]]:
+    """The list to which each ``/metrics`` scrape of the gateway appends ``take()``.
+
+    The load test's scrapes mark where its window may begin or end.
+    """
+    from gateway.metrics import Metrics
+
+    snapshots: list[dict[str, Any]] = []
+    render = Metrics.render
+
+    def render_and_snapshot(self: Metrics) -> bytes:
+        snapshots.append(take())
+        return render(self)
+
+    Metrics.render = render_and_snapshot  # type: ignore[method-assign]
+    return snapshots
 
 
 def _time_loop_callbacks(clock: Callable[[], int]) -> dict[str, list[int]]:
@@ -263,17 +271,23 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=[], help="time only these Class.method")
     args = parser.parse_args()
     only = ",".join(args.only)
+    base_then_this(args.base, lambda out, tree: run(args, out, tree, only))
+
+
+def base_then_this(base: str | None, run: Callable[[str, str], None]) -> None:
+    """``run(out, tree)`` on ``base`` exported to ``tree`` (if given), then on this checkout
+    (``tree`` empty); ``out`` is a fresh file path for each."""
     with tempfile.TemporaryDirectory() as tmp:
-        if args.base:
+        if base:
             from cpu_ab import export
 
             tree = Path(tmp) / "base"
             tree.mkdir()
-            commit = export(args.base, tree)
-            print(f"=== base {args.base} ({commit})")
-            run(args, str(Path(tmp) / "base.json"), str(tree), only)
+            commit = export(base, tree)
+            print(f"=== base {base} ({commit})")
+            run(str(Path(tmp) / "base.json"), str(tree))
             print("\n=== this checkout")
-        run(args, str(Path(tmp) / "samples.json"), "", only)
+        run(str(Path(tmp) / "this.json"), "")
 
 
 def run(args: argparse.Namespace, out: str, tree: str, only: str) -> None:

@@ -33,13 +33,12 @@ import logging
 import resource
 import selectors
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from frame_costs import callback_name
+from frame_costs import base_then_this, callback_name, snapshot_at_scrapes
 
 HERE = Path(__file__).resolve()
 OUTSIDE = "(sleeps outside the selector: the GIL, blocking calls)"
@@ -50,7 +49,6 @@ def serve_traced(out: str, tree: str = "") -> int:
     if tree:
         sys.path.insert(0, tree)
     from gateway.cli import main
-    from gateway.metrics import Metrics
 
     counts: dict[str, list[int]] = {}  # name: [wake-ups, of which alone]
     in_select = [0]
@@ -77,22 +75,14 @@ def serve_traced(out: str, tree: str = "") -> int:
         return events
 
     selectors.EpollSelector.select = traced_select  # type: ignore[method-assign]
-    snapshots: list[dict[str, Any]] = []
-    render = Metrics.render
-
-    def render_and_snapshot(self: Metrics) -> bytes:
-        # Every /metrics scrape marks where the load test's window may begin or end.
-        snapshots.append(
-            {
-                "t": time.monotonic(),
-                "sleeps": switches(),
-                "in_select": in_select[0],
-                "counts": {k: list(v) for k, v in counts.items()},
-            }
-        )
-        return render(self)
-
-    Metrics.render = render_and_snapshot  # type: ignore[method-assign]
+    snapshots = snapshot_at_scrapes(
+        lambda: {
+            "t": time.monotonic(),
+            "sleeps": switches(),
+            "in_select": in_select[0],
+            "counts": {k: list(v) for k, v in counts.items()},
+        }
+    )
 
     def dump() -> None:
         with open(out, "w") as f:
@@ -193,17 +183,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--base", help="also run this git revision (first)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        if args.base:
-            from cpu_ab import export
-
-            tree = Path(tmp) / "base"
-            tree.mkdir()
-            commit = export(args.base, tree)
-            print(f"=== base {args.base} ({commit})")
-            run(args, str(Path(tmp) / "base.json"), str(tree))
-            print("\n=== this checkout")
-        run(args, str(Path(tmp) / "wakeups.json"), "")
+    base_then_this(args.base, lambda out, tree: run(args, out, tree))
 
 
 if __name__ == "__main__":
