@@ -16,7 +16,8 @@ from gateway import rtc
 from gateway.calls import CallState
 from gateway.events import CallConnect, Direction
 from gateway.pipeline.plugins import session_for
-from gateway.sandbox.user import MediaFault, SimulatedUser, UserCall, whatsapp_offer
+from gateway.sandbox.user import SimulatedUser, UserCall
+from gateway.sandbox.user_sdp import MediaFault, whatsapp_offer
 
 from .conftest import Stack, start_stack, stop_stack
 from .test_call_flow import _answered

@@ -19,7 +19,8 @@ import pytest
 from gateway.calls import Call, CallState
 from gateway.media.audio import load_wav
 from gateway.media.opus import OpusEncoder
-from gateway.sandbox.user import MediaFault, SimulatedUser
+from gateway.sandbox.user import SimulatedUser
+from gateway.sandbox.user_sdp import MediaFault
 from gateway.store.sqlite import CACHE_KIB
 
 from . import fault_figures as ff

@@ -6,7 +6,7 @@ import pytest
 
 from gateway import sdp
 from gateway.errors import SDPError
-from gateway.sandbox.user import whatsapp_offer
+from gateway.sandbox.user_sdp import whatsapp_offer
 
 from .contract import meta_offer
 

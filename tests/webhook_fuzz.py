@@ -174,7 +174,7 @@ class ThreadedStack:
 
 
 async def _offer() -> str:
-    from gateway.sandbox.user import whatsapp_offer
+    from gateway.sandbox.user_sdp import whatsapp_offer
 
     pc = rtc.new_peer_connection()
     pc.addTransceiver("audio")

@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 
 from . import payloads
+from .actions import UserCallState, check_action
 from .browser_sdp import answer_address, whatsapp_answer_to_browser
 from .cloud import CloudAPISandbox
 from .relay import MediaRelay
-from .user import UserCallState, check_action
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import re
 from .. import rtc, sdp
 from ..errors import SDPError
 from .relay import Address, is_loopback
-from .user import WHATSAPP_OPUS_FMTP
+from .user_sdp import WHATSAPP_OPUS_FMTP
 
 # Header extensions WhatsApp's offers carry (shared/whatsapp-calling.md, section 4).
 # Chrome's sdes:mid must go: the gateway would tag its RTP with mid "audio",

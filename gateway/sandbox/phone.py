@@ -46,13 +46,13 @@ from ..pipeline.plugins import available_bots, default_tts, load_bot, session_fo
 from ..pipeline.session import session_factory
 from ..pipeline.tts import TTS
 from . import payloads
+from .actions import UserCallState
 from .browser_call import BrowserCall, BrowserUser
 from .browser_sdp import browser_candidates, browser_offer_to_whatsapp
 from .cloud import GATEWAY_LOGGERS, CloudAPISandbox, TimelineLogHandler
 from .observed_bot import BotActivity, ObservedBot
 from .relay import MediaRelay
 from .stack import start_local_stack
-from .user import UserCallState
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import Sequence
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -28,102 +26,22 @@ from ..media.playout import Playback, PlayoutTrack
 from ..media.sender import PlayoutSender
 from ..media.transport import CallTransport
 from . import payloads
+from .actions import UserCallState, check_action
 from .cloud import CloudAPISandbox
-from .relay import Address, Impairment, MediaRelay
+from .relay import Impairment, MediaRelay
+from .user_sdp import (
+    MediaFault,
+    break_offer,
+    first_candidate,
+    renumber_payload_types,
+    via,
+    whatsapp_offer,
+)
 
 log = logging.getLogger(__name__)
 
-# Opus parameters Meta's offers carry (shared/whatsapp-calling.md, section 4).
-WHATSAPP_OPUS_FMTP = (
-    "minptime=10;useinbandfec=1;maxaveragebitrate=20000;"
-    "maxplaybackrate=16000;sprop-maxcapturerate=16000"
-)
 # Frames quieter than this (int16 RMS) count as silence for "first heard" marks.
 HEARD_RMS = 200.0
-
-
-def whatsapp_offer(aiortc_offer: str) -> str:
-    """Rewrite an aiortc offer into the form WhatsApp sends."""
-    text = sdp.keep_fingerprint(sdp.rename_mid(aiortc_offer, "0", "audio"))
-    out: list[str] = []
-    for line in sdp.lines(text):
-        if line.startswith(f"a=fmtp:{rtc.OPUS_PT} "):
-            continue
-        out.append(line)
-        if line.startswith("t="):
-            out.append("a=ice-lite")
-        elif line.startswith(f"a=rtpmap:{rtc.OPUS_PT} "):
-            out.append(f"a=fmtp:{rtc.OPUS_PT} {WHATSAPP_OPUS_FMTP}")
-    return sdp.join(out)
-
-
-def renumber_payload_types(offer: str, new: dict[int, int]) -> str:
-    """The offer with its payload types renumbered (``{111: 96}``), as other peers do."""
-    out: list[str] = []
-    for line in sdp.lines(offer):
-        if line.startswith("m="):
-            parts = line.split(" ")
-            line = " ".join(parts[:3] + [str(new.get(int(p), int(p))) for p in parts[3:]])
-        else:
-            m = re.match(r"a=(rtpmap|fmtp|rtcp-fb):(\d+)( .*)", line)
-            if m and int(m.group(2)) in new:
-                line = f"a={m.group(1)}:{new[int(m.group(2))]}{m.group(3)}"
-        out.append(line)
-    return sdp.join(out)
-
-
-class MediaFault(StrEnum):
-    """A phone's media broken on purpose, for the fault tests."""
-
-    NO_ICE = "no_ice"
-    """The offer's candidate leads nowhere and the phone never checks: ICE never completes."""
-    BAD_DTLS = "bad_dtls"
-    """The offer's fingerprint is not the phone's certificate: the DTLS handshake fails."""
-
-
-def _break_offer(offer: str, fault: MediaFault) -> str:
-    out: list[str] = []
-    for line in sdp.lines(offer):
-        if fault is MediaFault.NO_ICE and line.startswith("a=candidate:"):
-            fields = line.split(" ")
-            fields[5] = "9"  # the discard port: nobody answers there
-            line = " ".join(fields)
-        elif fault is MediaFault.BAD_DTLS and line.startswith("a=fingerprint:sha-256 "):
-            line = "a=fingerprint:sha-256 " + ":".join(["5A"] * 32)
-        out.append(line)
-    return sdp.join(out)
-
-
-def _candidate(text: str) -> Address:
-    for line in sdp.lines(text):
-        if line.startswith("a=candidate:"):
-            fields = line.split(" ")
-            return (fields[4], int(fields[5]))
-    raise ValueError("the SDP has no candidate")
-
-
-def _via(text: str, edge: Address) -> str:
-    # One candidate, the media edge's: the other side only ever talks to the relay.
-    out: list[str] = []
-    seen = False
-    for line in sdp.lines(text):
-        if line.startswith("a=candidate:"):
-            if seen:
-                continue
-            fields = line.split(" ")
-            fields[4], fields[5] = edge[0], str(edge[1])
-            line, seen = " ".join(fields), True
-        out.append(line)
-    return sdp.join(out)
-
-
-class UserCallState(StrEnum):
-    """The call as the simulated phone sees it."""
-
-    OFFERED = "OFFERED"
-    PRE_ACCEPTED = "PRE_ACCEPTED"
-    ACCEPTED = "ACCEPTED"
-    ENDED = "ENDED"
 
 
 class SimulatedUser:
@@ -263,11 +181,11 @@ class UserCall:
                 self.offer_sdp, {rtc.OPUS_PT: self.opus_pt, rtc.DTMF_PT: self.dtmf_pt}
             )
         if self.fault is not None:
-            self.offer_sdp = _break_offer(self.offer_sdp, self.fault)
+            self.offer_sdp = break_offer(self.offer_sdp, self.fault)
         if self.network is not None:
-            self.relay = MediaRelay([_candidate(self.offer_sdp)], self.network)
+            self.relay = MediaRelay([first_candidate(self.offer_sdp)], self.network)
             await self.relay.start()
-            self.offer_sdp = _via(self.offer_sdp, self.relay.gateway_side)
+            self.offer_sdp = via(self.offer_sdp, self.relay.gateway_side)
         self.sandbox.calls[self.call_id] = self
         self.sandbox.timeline.add(f"{self.user.name} ({self.user.wa_id}) calls the business")
         response = await self.sandbox.deliver(
@@ -387,7 +305,7 @@ class UserCall:
         local_mid = sdp.mids(self.pc.localDescription.sdp)[0]
         text = sdp.rename_mid(answer, "audio", local_mid)
         if self.relay is not None:
-            text = _via(text, self.relay.browser_side)
+            text = via(text, self.relay.browser_side)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
 
     def _on_frame(self, frame: PCM) -> None:
@@ -478,39 +396,3 @@ class UserCall:
             if task is not current:
                 task.cancel()
         self.ended.set()
-
-
-def check_action(
-    call_id: str, state: UserCallState, answer_sdp: str | None, action: str, body: dict[str, Any]
-) -> str | None:
-    """Meta's checks on a business action for a user's call; a reason when refused."""
-    if state is UserCallState.ENDED:
-        return f"call {call_id} has already ended"
-    if action not in ("pre_accept", "accept"):
-        return None
-    session = body.get("session")
-    if not isinstance(session, dict) or session.get("sdp_type") != "answer":
-        return "session.sdp_type must be 'answer'"
-    answer = session.get("sdp")
-    if not isinstance(answer, str):
-        return "session.sdp is required"
-    if action == "accept" and answer_sdp is not None and answer != answer_sdp:
-        return "the accept SDP must be identical to the pre_accept SDP"
-    if action == "pre_accept" and state is not UserCallState.OFFERED:
-        return f"cannot pre_accept a call in state {state}"
-    return check_answer(answer)
-
-
-def check_answer(answer: str) -> str | None:
-    """Meta's checks on a business's SDP answer (contract, section 4); the reason if refused."""
-    lines = sdp.lines(answer)
-    if not answer.endswith("\r\n") or "\n" in answer.replace("\r\n", ""):
-        return "SDP lines must end with CRLF"
-    fingerprints = [line for line in lines if line.startswith("a=fingerprint:")]
-    if len(fingerprints) != 1 or not fingerprints[0].startswith("a=fingerprint:sha-256 "):
-        return "the answer must carry exactly one a=fingerprint:sha-256 line"
-    if "a=setup:active" not in lines:
-        return "the answer must carry a=setup:active"
-    if "a=mid:audio" not in lines:
-        return "the answer must keep a=mid:audio"
-    return None
