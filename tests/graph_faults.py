@@ -17,7 +17,7 @@ import httpx
 from gateway.calls import CallState
 from gateway.errors import GraphAPIError
 from gateway.graph import RetryPolicy
-from gateway.sandbox.cloud import Failure
+from gateway.sandbox.failures import Failure
 from gateway.sandbox.user import SimulatedUser
 
 from .conftest import Stack

@@ -6,7 +6,7 @@ import pytest
 
 from gateway.errors import GatewayError, GraphAPIError
 from gateway.graph import GraphClient, RetryPolicy
-from gateway.sandbox.cloud import Failure
+from gateway.sandbox.failures import Failure
 
 from .conftest import ACCESS_TOKEN, PHONE_NUMBER_ID, Stack
 

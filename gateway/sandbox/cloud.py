@@ -6,7 +6,7 @@ request for inspection, and can be told to fail the next requests with any
 status and Cloud API code. Webhooks go to the gateway signed with the app secret,
 exactly as Meta signs them. Simulated users (:mod:`gateway.sandbox.user`) plug in
 to place and receive calls; this module knows them only as the ``Callee`` and
-``SandboxCall`` protocols, so the import goes one way (user -> cloud).
+``SandboxCall`` protocols (:mod:`.parties`), so the import goes one way (user -> cloud).
 """
 
 from __future__ import annotations
@@ -15,72 +15,27 @@ import asyncio
 import json
 import logging
 import secrets
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from aiohttp import web
 
-from .. import sdp
-from ..errors import SDPError
 from ..webhooks import SIGNATURE_HEADER, sign
 from . import payloads
+from .actions import connect_refusal
+from .failures import Failure, InjectedFailure
+from .parties import Callee, SandboxCall
 from .permissions import PermissionStore
+from .timeline import Timeline
 
 log = logging.getLogger(__name__)
 
 GRAPH_VERSION = "v23.0"
 ACTIONS = ("connect", "pre_accept", "accept", "reject", "terminate")
-
-
-class Caller(Protocol):
-    """The WhatsApp user at the far end of a sandbox call."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def wa_id(self) -> str: ...
-
-
-class Callee(Caller, Protocol):
-    """A WhatsApp user the business can call and ask for call permission (a simulated user)."""
-
-    @property
-    def permission_reply(self) -> str:
-        """How the user answers a call permission request: accept, accept_permanent, ..."""
-        ...
-
-    def receive_call(self, call_id: str, offer: str, callback_data: str | None) -> object:
-        """The business calls this user (the fake Graph API accepted ``connect``)."""
-        ...
-
-
-class SandboxCall(Protocol):
-    """What the fake Graph API needs of a call's user end (a simulated phone, the browser)."""
-
-    @property
-    def user(self) -> Caller: ...
-
-    @property
-    def direction(self) -> str: ...
-
-    def check_action(self, action: str, body: dict[str, Any]) -> str | None:
-        """Meta's checks on a business action for this call; a reason when refused."""
-        ...
-
-    def on_action(self, action: str, body: dict[str, Any]) -> None:
-        """Apply an accepted business action."""
-        ...
-
-    async def close(self) -> None:
-        """Tear down without telling anyone (sandbox shutdown)."""
-        ...
 
 
 @dataclass(frozen=True)
@@ -93,71 +48,6 @@ class RecordedRequest:
     body: Any
     status: int
     action: str | None = None
-
-
-class Failure(StrEnum):
-    """How the fake Graph API fails a request (:meth:`CloudAPISandbox.fail_next`)."""
-
-    GRAPH_ERROR = "graph_error"
-    """Meta's error body: ``{"error": {"message", "type", "code", ...}}``."""
-    TITLE_ONLY = "title_only"
-    """An error body with only ``code`` and ``title``, as some real ones have."""
-    MALFORMED_JSON = "malformed_json"
-    """A body that is not JSON (a proxy's HTML error page)."""
-    TIMEOUT = "timeout"
-    """No answer for ``delay`` seconds, then an error: the client should have given up."""
-    DISCONNECT = "disconnect"
-    """The connection closed without an answer."""
-
-
-@dataclass
-class _Failure:
-    status: int
-    code: int
-    message: str
-    details: str | None
-    times: int
-    how: Failure = Failure.GRAPH_ERROR
-    retry_after: float | None = None
-    delay: float = 0.0
-
-
-@dataclass
-class Timeline:
-    """Readable, timestamped events of the sandbox, for demos and debugging."""
-
-    started: float = field(default_factory=time.monotonic)
-    entries: list[tuple[float, str]] = field(default_factory=list)
-    echo: Callable[[str], None] | None = None
-
-    def add(self, text: str) -> None:
-        """Record ``text`` now (and print it if an echo function is set)."""
-        t = time.monotonic() - self.started
-        self.entries.append((t, text))
-        if self.echo is not None:
-            self.echo(f"{t * 1000:8.0f} ms  {text}")
-
-
-# The gateway loggers whose lines (call states, DTMF, bot turns) belong on a timeline.
-GATEWAY_LOGGERS = ("gateway.calls", "gateway.pipeline.session", "gateway.agent.bot")
-
-
-class TimelineLogHandler(logging.Handler):
-    """Puts the gateway's own log lines on a sandbox timeline, from any thread."""
-
-    def __init__(self, timeline: Timeline, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__(logging.INFO)
-        self.timeline = timeline
-        self.loop = loop
-        self.thread = threading.get_ident()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        """Add the line now on the loop's thread, else hand it to the loop."""
-        text = "gateway: " + record.getMessage()
-        if threading.get_ident() == self.thread:
-            self.timeline.add(text)
-        else:  # the timeline and its listeners live on the event loop
-            self.loop.call_soon_threadsafe(self.timeline.add, text)
 
 
 class CloudAPISandbox:
@@ -189,7 +79,7 @@ class CloudAPISandbox:
         self.users: dict[str, Callee] = {}
         self.permissions = PermissionStore()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._failures: dict[str, list[_Failure]] = {}
+        self._failures: dict[str, list[InjectedFailure]] = {}
         # Extra routes served beside the fake Graph API (e.g. the browser phone).
         self.route_hooks: list[Callable[[web.Application], None]] = []
         self._runner: web.AppRunner | None = None
@@ -254,7 +144,7 @@ class CloudAPISandbox:
         request has no effect on the call, as a refused one has none at Meta.
         """
         self._failures.setdefault(action, []).append(
-            _Failure(status, code, message, details, times, how, retry_after, delay)
+            InjectedFailure(status, code, message, details, times, how, retry_after, delay)
         )
 
     def actions(self, call_id: str | None = None) -> list[RecordedRequest]:
@@ -351,7 +241,7 @@ class CloudAPISandbox:
             )
         return body, None
 
-    def _injected(self, action: str) -> _Failure | None:
+    def _injected(self, action: str) -> InjectedFailure | None:
         queue = self._failures.get(action)
         if not queue:
             return None
@@ -362,7 +252,7 @@ class CloudAPISandbox:
         return failure
 
     async def _fail(
-        self, request: web.Request, body: Any, action: str, failure: _Failure
+        self, request: web.Request, body: Any, action: str, failure: InjectedFailure
     ) -> web.Response:
         how = failure.how
         if how is Failure.TIMEOUT:
@@ -437,7 +327,7 @@ class CloudAPISandbox:
         return web.json_response({"messaging_product": "whatsapp", "success": True})
 
     def _connect(self, request: web.Request, body: dict[str, Any]) -> web.Response:
-        refusal = self._connect_refusal(body)
+        refusal = connect_refusal(body, self.permissions, self.users, self.calls.values())
         if refusal is not None:
             code, message, details = refusal
             return self._error(request, body, "connect", 400, code, message, details)
@@ -449,53 +339,6 @@ class CloudAPISandbox:
         self.timeline.add(f"graph: connect to {user.name} ({to})")
         user.receive_call(call_id, offer, callback)
         return web.json_response({"messaging_product": "whatsapp", "calls": [{"id": call_id}]})
-
-    def _connect_refusal(self, body: dict[str, Any]) -> tuple[int, str, str | None] | None:
-        # Meta's checks on a business-initiated call, in the order it makes them:
-        # (code, message, details) of the first that fails.
-        invalid = "(#100) Invalid parameter"
-        to = body.get("to")
-        session = body.get("session")
-        if not isinstance(to, str) or not to:
-            return 100, "(#100) The parameter to is required.", None
-        if not isinstance(session, dict) or session.get("sdp_type") != "offer":
-            return 100, invalid, "session.sdp_type must be 'offer'"
-        offer = session.get("sdp")
-        try:
-            if not isinstance(offer, str):
-                raise SDPError("session.sdp is required")
-            sdp.validate_offer(offer)
-            sdp.keep_fingerprint(offer)
-        except SDPError as exc:
-            return 100, invalid, f"SDP validation error: {exc.message}"
-        callback = body.get("biz_opaque_callback_data")
-        if callback is not None and (not isinstance(callback, str) or len(callback) > 512):
-            return (
-                100,
-                invalid,
-                "biz_opaque_callback_data must be a string of at most 512 characters",
-            )
-        if not self.permissions.can_call(to):
-            return (
-                138006,
-                "No approved call permission from the recipient",
-                "Call permission is required: send a call permission request to the user first.",
-            )
-        resets_at = self.permissions.daily_limit_resets_at(to)
-        if resets_at is not None:
-            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(resets_at))
-            return (
-                138012,
-                "Business-initiated call limit reached for this user",
-                f"The limit of connected calls to this user in 24 hours was reached; "
-                f"it resets at {when}.",
-            )
-        user = self.users.get(to)
-        if user is None:
-            return 138001, "Receiver is unable to receive calls", None
-        if any(c.user is user and c.direction == "BUSINESS_INITIATED" for c in self.calls.values()):
-            return 138003, "Duplicate call: a call to this user is ongoing", None
-        return None
 
     async def _handle_messages(self, request: web.Request) -> web.Response:
         body, refused = await self._read(request)

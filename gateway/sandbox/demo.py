@@ -17,10 +17,11 @@ import numpy as np
 
 from ..media.audio import SAMPLE_RATE, load_wav, save_wav
 from ..pipeline.plugins import default_tts, session_for
-from .cloud import GATEWAY_LOGGERS, CloudAPISandbox, TimelineLogHandler
+from .cloud import CloudAPISandbox
 from .llm import model_for_bot
 from .phone import BrowserPhone, PhoneSandbox
 from .stack import start_local_stack
+from .timeline import GATEWAY_LOGGERS, TimelineLogHandler
 from .user import SimulatedUser
 
 DEFAULT_AUDIO = Path("../shared/audio/goforward.wav")

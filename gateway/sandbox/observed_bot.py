@@ -11,7 +11,7 @@ import numpy as np
 
 from ..media.audio import SAMPLE_RATE
 from ..pipeline.bot import Bot, CallControl, CallInfo, Interruption, PlaybackResult, Utterance
-from .cloud import Timeline
+from .timeline import Timeline
 
 
 @dataclass

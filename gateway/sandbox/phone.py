@@ -49,10 +49,11 @@ from . import payloads
 from .actions import UserCallState
 from .browser_call import BrowserCall, BrowserUser
 from .browser_sdp import browser_candidates, browser_offer_to_whatsapp
-from .cloud import GATEWAY_LOGGERS, CloudAPISandbox, TimelineLogHandler
+from .cloud import CloudAPISandbox
 from .observed_bot import BotActivity, ObservedBot
 from .relay import MediaRelay
 from .stack import start_local_stack
+from .timeline import GATEWAY_LOGGERS, TimelineLogHandler
 
 log = logging.getLogger(__name__)
 
