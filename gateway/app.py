@@ -19,6 +19,7 @@ from .heap import HeapTrimmer
 from .media import tickread
 from .metrics import Metrics, process_cpu_seconds, process_rss_bytes
 from .routing import LocalRouter, Router
+from .shutdown import stop_if_cancelled
 from .store import SQLiteStore, Store
 from .warmup import warm_up
 from .webhooks import WebhookReceiver
@@ -286,6 +287,7 @@ class Gateway:
         while True:
             await asyncio.sleep(PRUNE_INTERVAL)
             await self._prune()
+            stop_if_cancelled()  # the store (redis-py) may swallow a cancellation
 
     async def _healthz(self, request: web.Request) -> web.Response:
         # Liveness: the process answers. Readiness (may it get new work) is /readyz.

@@ -36,6 +36,7 @@ import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .logsafe import clip
+from .shutdown import stop_if_cancelled
 from .store import OutboxEvent, Store
 
 if TYPE_CHECKING:
@@ -217,6 +218,7 @@ class EventOutbox:
 
     async def _deliver_forever(self) -> None:
         while True:
+            stop_if_cancelled()  # the store (redis-py) may swallow a cancellation
             self._wake.clear()
             try:
                 due = await self.store.outbox_due(time.time(), BATCH)

@@ -123,6 +123,18 @@ class ExitDeadline:
             )
 
 
+def stop_if_cancelled() -> None:
+    """Raise CancelledError if this task was cancelled and something swallowed it.
+
+    A loop that must end when its task is cancelled calls this once a turn: a
+    library that catches a cancellation and returns normally (redis-py's asyncio
+    pipeline does, now and then) would otherwise send it back to waiting, for good.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def await_chain(task: asyncio.Task[object]) -> list[str]:
     """Where a task waits: each coroutine it awaits, down to the future at the end.
 

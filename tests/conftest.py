@@ -41,7 +41,7 @@ Stack = LocalStack
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
     """Keep each phase's report on the test item (``item.rep_call``), so that a fixture's
     teardown can tell that its test failed (e.g. to keep a worker's log)."""
-    report = yield
+    report: pytest.TestReport = yield
     setattr(item, f"rep_{report.when}", report)
     return report
 

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from ..events import Event
 from ..logsafe import clip
+from ..shutdown import stop_if_cancelled
 from ..store import JournalEntry
 
 __all__ = ["Inbox"]
@@ -78,3 +79,4 @@ class Inbox:
                     await self._mark_handled(entry)
             finally:
                 self._queue.task_done()
+            stop_if_cancelled()  # cancelled while handling, and the store swallowed it

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 from ..calls import Call, CallManager, CallState
 from ..errors import GraphAPIError, UnavailableError
 from ..graph import GraphClient
+from ..shutdown import stop_if_cancelled
 from . import keys
 from .client import connect
 
@@ -204,6 +205,7 @@ class WorkerNode:
 
     async def _lease_loop(self) -> None:
         while True:
+            stop_if_cancelled()  # redis-py may swallow a cancellation
             await asyncio.sleep(self.tick)
             try:
                 await self.renew()
@@ -235,6 +237,7 @@ class WorkerNode:
 
     async def _mirror_loop(self) -> None:
         while True:
+            stop_if_cancelled()
             await self._wake.wait()
             self._wake.clear()
             try:
@@ -273,6 +276,7 @@ class WorkerNode:
 
     async def _reaper_loop(self) -> None:
         while True:
+            stop_if_cancelled()
             await asyncio.sleep(self.tick)
             try:
                 await self._reap_lost_workers()

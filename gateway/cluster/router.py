@@ -39,6 +39,7 @@ from ..events import (
 )
 from ..records import CallRecord, CallState
 from ..routing import LocalRouter, reply_as_dict
+from ..shutdown import stop_if_cancelled
 from ..store.codec import dedupe_key
 from . import keys
 from .node import WorkerNode
@@ -262,6 +263,7 @@ class ClusterRouter:
 
     async def _read_new_calls(self) -> None:
         while True:
+            stop_if_cancelled()  # redis-py may swallow a cancellation
             if not self.calls.has_room:
                 await asyncio.sleep(0.1)
                 continue
@@ -360,6 +362,7 @@ class ClusterRouter:
         last = "0-0"
         inbox = keys.inbox(self.node.id)
         while True:
+            stop_if_cancelled()
             try:
                 async with asyncio.timeout(BLOCK_MS / 1000 + 5):
                     batch = await self.node.blocking.xread({inbox: last}, count=100, block=BLOCK_MS)
