@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import Iterator
@@ -12,8 +13,10 @@ import pytest
 
 from gateway.sandbox import payloads
 from gateway.sandbox.user import UserCall
+from gateway.webhooks import sign
 
 from .cluster_stack import LEASE_SECONDS, Cluster, Worker, actions, dump
+from .conftest import APP_SECRET
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.slow]
 
@@ -96,6 +99,44 @@ async def test_second_sigterm_ends_every_call_now(cluster: Cluster) -> None:
         assert record["end_reason"] == "gateway shutting down", dump(record)
     await asyncio.gather(*(c.hang_up() for c in list(cluster.sandbox.calls.values())))
     await cluster.add_worker()
+
+
+async def test_second_sigterm_with_webhooks_still_arriving_exits_zero(cluster: Cluster) -> None:
+    # WhatsApp's terminate webhooks for the calls a closing worker ends arrive while it
+    # closes. Twice that kept a worker alive: a delivery whose body came after its
+    # headers (aiohttp drops it once shutting down; the runner waited 60 s for it), and
+    # the call manager's inbox, cancelled inside a redis-py pipeline that swallowed it.
+    # Each round: the second SIGTERM while four clients post webhooks to the worker.
+    for _ in range(3):
+        worker, mine = await _calls_on_one_worker(cluster)
+        worker.proc.send_signal(signal.SIGTERM)
+        await worker.draining()
+        bodies = [
+            json.dumps(payloads.envelope([_terminate_payload(cluster, c)])).encode() for c in mine
+        ]
+
+        async def post_until_gone(bodies: list[bytes] = bodies, url: str = worker.url) -> None:
+            async with httpx.AsyncClient(timeout=60) as http:
+                while True:
+                    for body in bodies:
+                        headers = {"X-Hub-Signature-256": sign(body, APP_SECRET)}
+                        try:
+                            await http.post(f"{url}/webhook", content=body, headers=headers)
+                        except httpx.HTTPError:
+                            return  # it stopped listening
+
+        posting = [asyncio.create_task(post_until_gone()) for _ in range(4)]
+        await asyncio.sleep(0.05)
+        worker.proc.send_signal(signal.SIGTERM)
+        try:
+            await worker.exits_zero(20)
+        finally:
+            for task in posting:
+                task.cancel()
+            await asyncio.gather(*posting, return_exceptions=True)
+        cluster.remove(worker)
+        await asyncio.gather(*(c.hang_up() for c in list(cluster.sandbox.calls.values())))
+        await cluster.add_worker()
 
 
 async def test_sigkill_ends_the_lost_workers_calls_within_the_lease(cluster: Cluster) -> None:
