@@ -12,6 +12,8 @@ import time
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from ..aiohttp_transport import AiohttpTransport
+
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _ACTIONS = frozenset({"connect", "pre_accept", "accept", "reject", "terminate"})
 
@@ -37,7 +39,7 @@ class GraphMetrics:
 
     def transport(self, inner: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncBaseTransport:
         """A transport that counts and times every request sent through ``inner``."""
-        return _MeteredTransport(inner or httpx.AsyncHTTPTransport(), self)
+        return _MeteredTransport(inner or AiohttpTransport(), self)
 
 
 class _MeteredTransport(httpx.AsyncBaseTransport):
