@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, is_dataclass
 from enum import StrEnum
 from typing import Any
 
@@ -124,7 +124,18 @@ _NAMES = {cls: name for name, cls in _TYPES.items()}
 
 def encode_event(event: Event) -> str:
     """One event as a JSON text (its type under ``"type"``)."""
-    return json.dumps({"type": _NAMES[type(event)], **asdict(event)}, separators=(",", ":"))
+    # The fields as they are (nested dataclasses through ``_fields``), not
+    # ``dataclasses.asdict``, which deep-copies every value first: the same text.
+    return json.dumps(
+        {"type": _NAMES[type(event)], **event.__dict__}, separators=(",", ":"), default=_fields
+    )
+
+
+def _fields(value: object) -> dict[str, Any]:
+    # Contact and CallErrorInfo, inside an event.
+    if is_dataclass(value) and not isinstance(value, type):
+        return dict(value.__dict__)
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 def decode_event(text: str | bytes) -> Event:

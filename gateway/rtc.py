@@ -19,7 +19,11 @@ from collections.abc import Sequence
 import aiortc.rtcpeerconnection as aiortc_pc
 from aiortc import RTCConfiguration, RTCPeerConnection
 from aiortc.codecs import CODECS
-from aiortc.rtcdtlstransport import RTCCertificate, SRTPProtectionProfile
+from aiortc.rtcdtlstransport import (
+    RTCCertificate,
+    RTCDtlsFingerprint,
+    SRTPProtectionProfile,
+)
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -71,6 +75,15 @@ class SharedCertificate(RTCCertificate):
     def __init__(self, key: ec.EllipticCurvePrivateKey, cert: x509.Certificate) -> None:
         super().__init__(key, cert)
         self._contexts: dict[tuple[bytes, ...], SSL.Context] = {}
+        # aiortc hashes the certificate three ways (sha-256/384/512) each time a call's
+        # DTLS parameters are read, several times per call: once per certificate here.
+        self._fingerprints = tuple(
+            (f.algorithm, f.value) for f in RTCCertificate.getFingerprints(self)
+        )
+
+    def getFingerprints(self) -> list[RTCDtlsFingerprint]:
+        """The certificate's fingerprints, as aiortc's (hashed once, fresh objects)."""
+        return [RTCDtlsFingerprint(algorithm=a, value=v) for a, v in self._fingerprints]
 
     def _create_ssl_context(self, srtp_profiles: list[SRTPProtectionProfile]) -> SSL.Context:
         profiles = tuple(p.openssl_profile for p in srtp_profiles)

@@ -98,3 +98,24 @@ async def test_a_gateway_peer_connection_makes_no_key_of_its_own(
         assert phone._RTCPeerConnection__certificates == made  # type: ignore[attr-defined]
     finally:
         await phone.close()
+
+
+def test_the_process_certificate_is_hashed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiortc.rtcdtlstransport as dtls
+
+    key = dtls.ec.generate_private_key(dtls.ec.SECP256R1())
+    certificate = rtc.SharedCertificate(key, dtls.generate_certificate(key))
+    stock = dtls.RTCCertificate(key, certificate._cert).getFingerprints()
+    digests: list[str] = []
+    digest = dtls.certificate_digest
+
+    def counted(cert: object, algorithm: str) -> str:
+        digests.append(algorithm)
+        return digest(cert, algorithm)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(dtls, "certificate_digest", counted)
+    # aiortc reads a call's DTLS parameters several times: no hashing each time.
+    first, second = certificate.getFingerprints(), certificate.getFingerprints()
+    assert digests == []
+    assert first == second == stock  # aiortc's algorithms, values and order
+    assert first[0] is not second[0]  # each caller gets objects of its own

@@ -106,6 +106,25 @@ def test_events_survive_the_codec(event: Event) -> None:
     assert decode_event(encode_event(event)) == event
 
 
+def test_an_event_is_encoded_without_copying_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # dataclasses.asdict deep-copied every field of every journalled event.
+    import copy
+
+    def no_copy(value: object, memo: object = None) -> object:
+        raise AssertionError("deepcopy called")
+
+    monkeypatch.setattr(copy, "deepcopy", no_copy)
+    # The journal's text is the same as before (stored entries stay readable).
+    assert encode_event(terminate()) == (
+        '{"type":"terminate","call_id":"wacid.A","phone_number_id":"106540352242922",'
+        '"from_":"15551230001","to":"15550783881","direction":"USER_INITIATED",'
+        '"status":"FAILED","timestamp":1700000060,"start_time":1700000001,'
+        '"end_time":1700000059,"duration":58,"biz_opaque_callback_data":"ticket=1",'
+        '"errors":[{"code":138004,"message":"Connection error","details":"ICE"}]}'
+    )
+    assert '"contact":{"wa_id":"15551230001","name":"Ana"}' in encode_event(connect())
+
+
 def test_codec_refuses_junk_with_a_store_error() -> None:
     with pytest.raises(StoreError, match="unreadable journal entry"):
         decode_event('{"type": "nonsense"}')
