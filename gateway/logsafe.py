@@ -62,4 +62,8 @@ def clip(value: object, limit: int = DEFAULT_LIMIT) -> str:
         size = len(text)
     if size > limit:
         return "".join(map(_escape, text[:limit])) + f"…(+{size - limit})"
+    if text.isprintable() and "\\" not in text:
+        # Nothing to escape (the usual call id or reason): no per-character pass.
+        # Every character _escape would change is a backslash or not printable.
+        return text
     return "".join(map(_escape, text))

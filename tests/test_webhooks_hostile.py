@@ -233,6 +233,15 @@ def test_clip_truncates_and_escapes() -> None:
     assert clip(ValueError("bad\nvalue")) == "bad\\nvalue"
 
 
+def test_clip_passes_a_clean_text_through_without_escaping_it() -> None:
+    # The usual value (a call id, a reason) costs no per-character pass.
+    call_id = "wacid." + "HBgLMTU1NTEyMzAwMDEVAgARGBJBNzQ4Q0M1"
+    assert clip(call_id) is call_id
+    # Anything _escape would change still goes through it, whichever character it is.
+    for char in ("\\", "\n", "\x1b", "\u2028", "\ud800", "\x7f", "\u00a0"):
+        assert clip("a" + char) == "a" + (ascii(char)[1:-1] if char != "\\" else "\\\\")
+
+
 async def test_hostile_values_reach_the_log_clipped(
     stack: Stack, caplog: pytest.LogCaptureFixture
 ) -> None:
