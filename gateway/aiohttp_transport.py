@@ -36,14 +36,15 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, *, limit: int = 100, ssl_context: ssl.SSLContext | None = None) -> None:
         self._limit = limit
-        self._ssl = ssl_context
+        # Made here, as httpx's transport does (it reads certifi's CA bundle): not
+        # in the first call's answer.
+        self._ssl = ssl_context if ssl_context is not None else httpx.create_ssl_context()
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:
         # Made inside the running loop: aiohttp binds its session to it.
-        context = self._ssl if self._ssl is not None else httpx.create_ssl_context()
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._limit, ssl=context),
+            connector=aiohttp.TCPConnector(limit=self._limit, ssl=self._ssl),
             auto_decompress=False,
             # httpx's headers go as they are: no header of aiohttp's own.
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
