@@ -114,12 +114,14 @@ static int VadStep_init(VadStep *self, PyObject *args, PyObject *kwargs) {
 }
 
 static int VadStep_traverse(VadStep *self, visitproc visit, void *arg) {
+    /* Not the exporters of the ring and the utterance buffer: visiting them lets the
+     * collector clear a ring memoryview in a cycle with this step while its export is
+     * held here, and memoryview's tp_clear then drops its managed buffer anyway: the
+     * release at this step's clear reads freed memory (a crash at exit). Held exports
+     * count as outside references instead, so the view outlives this step; neither a
+     * memoryview nor an array refers back to anything, so no cycle is missed. */
     Py_VISIT(self->capsule);
     Py_VISIT(self->grow);
-    if (self->has_ring)
-        Py_VISIT(self->ring.obj);
-    if (self->has_buf)
-        Py_VISIT(self->buf.obj);
     return 0;
 }
 
