@@ -7,7 +7,12 @@ handed to aiortc's RTP sender (it is sent in the same event-loop step). The
 echo bot needs no TTS, so this is the gateway's own share. (What callers
 measure end to end, VAD hangover included, is in the load tester's report.)
 
-    python benchmarks/latency.py [--calls 4] [--turns 6]
+    python benchmarks/latency.py [--calls 4] [--turns 6] [--media-read tick|arrival]
+
+The caller's frames reach the VAD at the gateway's frame clock's tick in ``tick``
+mode (the default), before the tick's senders run; the time a datagram waits in
+its socket for that tick comes before the VAD and is not in this figure
+(``benchmarks/media_read.py`` measures it).
 """
 
 from __future__ import annotations
@@ -51,8 +56,11 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=4)
     parser.add_argument("--turns", type=int, default=6)
+    parser.add_argument("--media-read", choices=["tick", "arrival"], default="tick")
     args = parser.parse_args()
-    stack = await start_local_stack(session=session_for("echo"))
+    stack = await start_local_stack(
+        session=session_for("echo"), env={"GATEWAY_MEDIA_READ": args.media_read}
+    )
     try:
         results = await asyncio.gather(
             *(caller(stack.sandbox, stack.gateway, i, args.turns) for i in range(args.calls))
@@ -62,7 +70,8 @@ async def main() -> None:
     ours = np.array([x for r in results for x in r])
     print(
         "gateway-added response latency (VAD turn end -> first reply packet to the RTP sender), "
-        f"echo bot, {args.calls} concurrent calls x {args.turns} turns"
+        f"echo bot, {args.calls} concurrent calls x {args.turns} turns, "
+        f"media read at {args.media_read}"
     )
     print(f"turns measured: {len(ours)}")
     print(

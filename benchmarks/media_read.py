@@ -12,7 +12,8 @@ stands for the senders (the loop wakes every 20 ms in both modes). ``arrival``:
 asyncio's datagram transports call the Port; ``tick``: :mod:`gateway.media.tickread`
 drains them at each tick. Rounds alternate the modes; the figure is this
 process's CPU time per datagram read, and its wake-ups (voluntary context
-switches) a second.
+switches) a second; for tick, how long a datagram waited in its socket for the
+tick (mean, from the kernel's arrival stamps): the delay the mode adds.
 
     python benchmarks/media_read.py [--calls 10] [--duration 10] [--rounds 3]
 """
@@ -27,6 +28,7 @@ import socket
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 
 import pylibsrtp
 from aiortc.rtp import RtpPacket
@@ -84,8 +86,11 @@ class Sink:
         self.packets += 1
 
 
-async def measure(mode: tickread.ReadMode, calls: int, duration: float) -> tuple[float, float]:
-    """(us of CPU per datagram, wake-ups a second) of one run."""
+async def measure(
+    mode: tickread.ReadMode, calls: int, duration: float
+) -> tuple[float, float, float]:
+    """(us of CPU per datagram, wake-ups a second, mean ms a datagram waited for the
+    tick) of one run."""
     loop = asyncio.get_running_loop()
     clock = frame_clock(loop)
     reader = tickread.TickReader(clock)
@@ -122,18 +127,20 @@ async def measure(mode: tickread.ReadMode, calls: int, duration: float) -> tuple
     try:
         await asyncio.sleep(1)
         cpu, packets = time.process_time(), sink.packets
+        waited, read = reader.waited, reader.datagrams
         wakes = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw
         await asyncio.sleep(duration)
         cpu = time.process_time() - cpu
         packets = sink.packets - packets
         wakes = resource.getrusage(resource.RUSAGE_SELF).ru_nvcsw - wakes
+        waited, read = reader.waited - waited, reader.datagrams - read
     finally:
         await sender.wait()
         for protocol_transport in transports:
             protocol_transport.close()
         clock.unsubscribe(senders)
         await asyncio.sleep(0.1)
-    return cpu * 1e6 / max(packets, 1), wakes / duration
+    return cpu * 1e6 / max(packets, 1), wakes / duration, waited * 1000 / max(read, 1)
 
 
 async def main() -> None:
@@ -146,21 +153,23 @@ async def main() -> None:
         f"receive side of {args.calls} calls, 50 SRTP packets/s each at its own phase, "
         f"{args.duration:g} s a run; process CPU per datagram and wake-ups a second"
     )
-    print("round | arrival us/dgram wake/s | tick us/dgram wake/s | tick/arrival us, wake/s")
-    rows: list[tuple[float, float, float, float]] = []
+    print(
+        "round | arrival us/dgram wake/s | tick us/dgram wake/s waited ms | tick/arrival us, wake/s"
+    )
+    rows: list[tuple[float, ...]] = []
     for r in range(args.rounds):
         arrival = await measure("arrival", args.calls, args.duration)
         tick = await measure("tick", args.calls, args.duration)
-        rows.append((*arrival, *tick))
-        print(
-            f"{r + 1:>5} | {arrival[0]:>9.1f} {arrival[1]:>12.0f} | {tick[0]:>9.1f} "
-            f"{tick[1]:>10.0f} | {tick[0] / arrival[0]:.3f}, {tick[1] / arrival[1]:.3f}",
-            flush=True,
-        )
-    med = [statistics.median(column) for column in zip(*rows, strict=True)]
-    print(
-        f"  med | {med[0]:>9.1f} {med[1]:>12.0f} | {med[2]:>9.1f} {med[3]:>10.0f} | "
-        f"{med[2] / med[0]:.3f}, {med[3] / med[1]:.3f}"
+        rows.append((*arrival[:2], *tick))
+        print(row(f"{r + 1:>5}", rows[-1]), flush=True)
+    print(row("  med", [statistics.median(column) for column in zip(*rows, strict=True)]))
+
+
+def row(label: str, r: Sequence[float]) -> str:
+    """(arrival us, arrival wake/s, tick us, tick wake/s, tick's mean wait ms) as a row."""
+    return (
+        f"{label} | {r[0]:>9.1f} {r[1]:>12.0f} | {r[2]:>9.1f} {r[3]:>10.0f} {r[4]:>9.1f} | "
+        f"{r[2] / r[0]:.3f}, {r[3] / r[1]:.3f}"
     )
 
 

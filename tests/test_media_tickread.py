@@ -165,6 +165,7 @@ def test_arrival_times_are_the_kernels_not_the_drains() -> None:
         sender.send(slow.srtp(seq, timestamp=seq * spacing))
     assert reader.drain(slow.port, receiver, errors.append, 64) == 6
     assert reader.kernel_times == 6
+    assert reader.waited >= 0.5 + 0.4 + 0.3 + 0.2 + 0.1 - 0.01  # what each waited, at least
     arrivals = [ms for _, ms in slow.packets]
     assert all(b - a >= 99 for a, b in itertools.pairwise(arrivals))
     at_drain_q4 = 0

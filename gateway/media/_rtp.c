@@ -735,6 +735,7 @@ typedef struct {
     PyObject *on_error;      /* on_error(exc): a datagram's handler raised */
     int busy;
     unsigned long long datagrams, drains, kernel_times;
+    double waited; /* seconds from the kernel's arrival stamps to the reads, summed */
 } Reader;
 
 static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
@@ -820,24 +821,26 @@ static PyObject *address_tuple(const struct sockaddr_storage *address, socklen_t
     Py_RETURN_NONE;
 }
 
-/* When the kernel received the datagram (SO_TIMESTAMPNS), else now. */
-static double arrival_time(Reader *self, struct msghdr *header) {
+/* When the kernel received the datagram (SO_TIMESTAMPNS), else `read_at` (now). */
+static double arrival_time(Reader *self, struct msghdr *header, double read_at) {
     for (struct cmsghdr *c = CMSG_FIRSTHDR(header); c != NULL; c = CMSG_NXTHDR(header, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_TIMESTAMPNS &&
             c->cmsg_len >= CMSG_LEN(sizeof(struct timespec))) {
             struct timespec when;
             memcpy(&when, CMSG_DATA(c), sizeof when);
+            double arrival = (double)when.tv_sec + (double)when.tv_nsec / 1e9;
             self->kernel_times++;
-            return (double)when.tv_sec + (double)when.tv_nsec / 1e9;
+            self->waited += read_at - arrival;
+            return arrival;
         }
     }
-    return wall_clock();
+    return read_at;
 }
 
 /* One datagram, as the Port takes it when asyncio calls it. */
 static void reader_dispatch(Reader *self, Port *port, const uint8_t *data, Py_ssize_t size,
-                            struct msghdr *header) {
-    int handled = port_take(port, data, size, arrival_time(self, header));
+                            struct msghdr *header, double read_at) {
+    int handled = port_take(port, data, size, arrival_time(self, header, read_at));
     if (handled > 0)
         return;
     if (handled < 0) {
@@ -936,11 +939,12 @@ static PyObject *Reader_drain(Reader *self, PyObject *const *args, Py_ssize_t na
                 break;
             continue;
         }
+        double read_at = wall_clock();
         for (int i = 0; i < got; i++) {
             read++;
             self->datagrams++;
             reader_dispatch(self, port, self->slots + (size_t)i * SLOT_SIZE,
-                            (Py_ssize_t)b->messages[i].msg_len, &b->messages[i].msg_hdr);
+                            (Py_ssize_t)b->messages[i].msg_len, &b->messages[i].msg_hdr, read_at);
         }
         if ((unsigned int)got < wanted)
             break; /* the socket is empty */
@@ -988,6 +992,8 @@ static PyMemberDef Reader_members[] = {
     {"drains", T_ULONGLONG, offsetof(Reader, drains), READONLY, "drain() calls on open sockets."},
     {"kernel_times", T_ULONGLONG, offsetof(Reader, kernel_times), READONLY,
      "Datagrams whose arrival time the kernel gave."},
+    {"waited", T_DOUBLE, offsetof(Reader, waited), READONLY,
+     "Seconds those datagrams waited in their socket for the tick, summed."},
     {NULL},
 };
 

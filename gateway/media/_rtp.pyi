@@ -64,6 +64,8 @@ class Reader:
     datagrams: Final[int]
     drains: Final[int]
     kernel_times: Final[int]
+    waited: Final[float]
+    """Seconds the kernel-stamped datagrams waited in their socket for the read, summed."""
     def __init__(self, on_error: Callable[[BaseException], object]) -> None: ...
     def drain(
         self,

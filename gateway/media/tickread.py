@@ -85,6 +85,12 @@ class TickReader:
         """Datagrams read at ticks so far."""
         return self._reader.datagrams
 
+    @property
+    def waited(self) -> float:
+        """Seconds those datagrams waited in their sockets for the tick, summed (from the
+        kernel's arrival stamps): the delay this way of reading adds."""
+        return self._reader.waited
+
     def register(self, protocol: StunProtocol, port: _rtp.Port) -> bool:
         """Read ``protocol``'s socket at each tick through ``port`` (asyncio's reading
         paused) until :meth:`unregister`; False (nothing done) if it cannot be."""
