@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
+import numpy as np
 import pytest
 
 from bots.echo import EchoBot
 from gateway.calls import Call
+from gateway.errors import GatewayError
 from gateway.events import Direction
 from gateway.media.audio import FRAME_SAMPLES, load_wav
 from gateway.media.frameclock import TICK, TickCallback, frame_clock
@@ -173,3 +175,22 @@ async def test_time_the_event_loop_stalled_does_not_count_against_the_caller() -
         now += STALL_CHECK_S
         session._check_stall(now)
     assert not session._segmenter.in_speech
+
+
+async def test_each_turn_is_watched_again_and_a_wrong_frame_is_refused() -> None:
+    """The session looks at the segmenter only at frames with a VAD action: a turn
+    after one the stall check closed is still watched, and a frame of the wrong
+    shape still gets the segmenter's error."""
+    watch = stall_watch(asyncio.get_running_loop())
+    session = _session()
+    _speak(session)
+    now = session._stall_tick_at
+    while watch.watched:
+        now += STALL_CHECK_S
+        session._check_stall(now)
+    assert not session._segmenter.in_speech
+    _speak(session)  # the caller's packets come back: a new turn
+    assert session._segmenter.in_speech and watch.watched == 1
+    with pytest.raises(GatewayError, match="320 int16 samples"):
+        session._on_frame(np.zeros(160, np.int16))
+    session._cancel_stall_check()

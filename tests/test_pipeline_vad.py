@@ -252,3 +252,43 @@ def test_voice_gate_never_starts_on_background_voices_alone() -> None:
     babble *= np.sqrt(level / np.mean(babble**2) / 10)  # 10 dB below a caller
     pcm = np.clip(babble, -32768, 32767).astype(np.int16)
     assert _run(pcm, VadConfig(voice_gate=True)) == []
+
+
+@pytest.mark.parametrize("voice_gate", [False, True])
+def test_step_then_events_is_push_and_only_actions_change_in_speech(voice_gate: bool) -> None:
+    """The session calls the compiled step and the events apart (VadSegmenter.step):
+    the same events as push(), a new step after reset(), and in_speech never changes
+    at a frame whose action is 0 (the session checks it only at actions)."""
+    pcm = np.concatenate([_load("cards-001"), np.zeros(SAMPLE_RATE, np.int16), _load("numbers")])
+    cfg = VadConfig(voice_gate=voice_gate)
+    whole, apart = VadSegmenter(cfg), VadSegmenter(cfg)
+    for round_ in range(2):
+        got: list[VadEvent] = []
+        want: list[VadEvent] = []
+        actions = 0
+        for frame in _frames(pcm):
+            want.extend(whole.push(frame))
+            before = apart.in_speech
+            action = apart.step(frame)
+            actions += bool(action)
+            if not action:
+                assert apart.in_speech == before
+            got.extend(apart.events(action, frame))
+        got.extend(apart.flush())
+        want.extend(whole.flush())
+        assert actions and [(type(e), e.at_ms) for e in got] == [(type(e), e.at_ms) for e in want]
+        assert [e.pcm.tobytes() for e in _ended(got)] == [e.pcm.tobytes() for e in _ended(want)]
+        stale = apart.step
+        whole.reset()
+        apart.reset()
+        assert apart.step.__self__ is not stale.__self__  # type: ignore[attr-defined]  # a new core
+        assert round_ < 1 or not apart.in_speech
+
+
+def test_a_step_refuses_a_wrong_frame_with_a_value_error_the_segmenter_explains() -> None:
+    seg = VadSegmenter()
+    frame = np.zeros(160, np.int16)
+    with pytest.raises(ValueError):
+        seg.step(frame)
+    error = seg.frame_error(frame)
+    assert isinstance(error, GatewayError) and "320 int16 samples" in str(error)

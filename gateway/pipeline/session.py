@@ -196,15 +196,26 @@ class BotSession:
     # --- media callbacks (in-loop, per frame) -------------------------------------------
 
     def _on_frame(self, frame: AudioBuffer) -> None:
+        # Every call's every frame: one Python call around the compiled VAD step
+        # (the segmenter's push, apart: see VadSegmenter.step). Most frames cause no
+        # action, and then there is only work while a bot takes pauses or a prompt
+        # is held for a sound.
         if not self.settings.enabled:
             return
         segmenter = self._segmenter
-        events = segmenter.push(frame)
-        # Most frames cause no event, and then there is only work while a bot
-        # takes pauses or a prompt is held for a sound.
-        if events or self._pause_ms or self._held is not None:
-            self._on_vad_events(events)
-        if not self._stall_watched and segmenter.in_speech:
+        try:
+            action = segmenter.step(frame)
+        except ValueError:
+            raise segmenter.frame_error(frame) from None
+        if action or self._pause_ms or self._held is not None:
+            self._on_step(action, frame)
+
+    def _on_step(self, action: int, frame: AudioBuffer) -> None:
+        """A frame with a VAD action, or any frame while pauses or a held prompt are watched."""
+        segmenter = self._segmenter
+        self._on_vad_events(segmenter.events(action, frame))
+        # A turn opens (in_speech turns true) only at a frame with an action.
+        if action and not self._stall_watched and segmenter.in_speech:
             self._arm_stall_check()
 
     def _on_vad_events(self, events: list[VadEvent]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Callable
 from typing import Final
 
 from ..errors import GatewayError
@@ -174,7 +175,14 @@ class VadSegmenter:
             native=self._native,
         )
         self._core.set_buffer(self._buf)
-        self._push = self._core.push
+        self.step: Callable[[AudioBuffer], int] = self._core.push
+        """The compiled step alone (the core's ``push``, a new one after :meth:`reset`):
+        ``step(frame) -> action``; a nonzero action must go to :meth:`events` before
+        the next frame. :meth:`push` is the two; a caller in the media callback
+        (:class:`~gateway.pipeline.session.BotSession`) calls them apart to spare a
+        Python call per frame, ValueError (a frame of the wrong shape) its to report
+        with :meth:`frame_error`. Only a frame with a nonzero action can change
+        :attr:`in_speech`."""
 
     def push(self, frame: AudioBuffer) -> list[VadEvent]:
         """Process one 320-sample int16 frame; return the events it caused (usually none).
@@ -183,12 +191,21 @@ class VadSegmenter:
         memoryview, an int16 numpy array).
         """
         try:
-            action = self._push(frame)
+            action = self.step(frame)
         except ValueError:
-            raise GatewayError(
-                f"VAD frames must be {FRAME_SAMPLES} int16 samples (20 ms at 16 kHz), "
-                f"got {describe(frame)}"
-            ) from None
+            raise self.frame_error(frame) from None
+        return self.events(action, frame) if action else []
+
+    @staticmethod
+    def frame_error(frame: object) -> GatewayError:
+        """The error for a frame :attr:`step` refused (ValueError: not 320 int16 samples)."""
+        return GatewayError(
+            f"VAD frames must be {FRAME_SAMPLES} int16 samples (20 ms at 16 kHz), "
+            f"got {describe(frame)}"
+        )
+
+    def events(self, action: int, frame: AudioBuffer) -> list[VadEvent]:
+        """The events of the ``action`` that :attr:`step` returned for ``frame``."""
         if not action:
             return []
         core = self._core
