@@ -12,8 +12,9 @@ Stages:
 
 - ``webrtcvad alone``: WebRTC's VAD on the frame, the floor of the VAD stage;
 - ``VadSegmenter.push``: the segmenter with its voice gate (the default);
-- ``inbound frame``: ``Call._on_frame`` -> ``BotSession._on_frame`` -> VAD, the
-  echo bot's session (what ``InboundAudio`` calls per decoded frame);
+- ``inbound frame``: what ``InboundAudio`` calls per decoded frame for the echo
+  bot's session: ``BotSession._on_frame`` -> VAD, or its compiled listener
+  (``_vadstep.FrameListener``: the VAD step, Python only at its actions);
 - ``outbound tick, silence``: one frame clock tick of one call through
   ``PlayoutSender._on_tick`` and ``PlayoutTrack.poll`` to the transport's
   ``send_rtp_now`` (a no-op here), nothing playing;
@@ -112,9 +113,10 @@ async def inbound(pcm: list[Any], rounds: int) -> float:
         call = Call(CallRecord("wacid.bench", Direction.USER_INITIATED, "1555"), graph=None)  # type: ignore[arg-type]
         session = BotSession(call, EchoBot(), cast(TTS, None))  # the echo bot never speaks
         if hasattr(call, "add_frame_listener"):
-            # What the media path calls: a call's lone listener directly.
-            call.add_frame_listener(session._on_frame)
-            target = session._on_frame
+            # What the media path calls: a call's lone listener directly, the
+            # session's compiled listener where it has one (what run() registers).
+            target = getattr(session, "_listener", None) or session._on_frame
+            call.add_frame_listener(target)
         else:  # a revision from before that: the call fans out
             call.frame_listeners.append(session._on_frame)
             target = call._on_frame

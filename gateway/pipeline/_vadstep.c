@@ -522,13 +522,188 @@ static PyTypeObject VadStepType = {
     .tp_members = VadStep_members,
 };
 
+/* A bot session's frame listener (gateway/pipeline/session.py, FrameListener there): what
+ * the compiled inbound path (gateway/media/_rtp.c) calls with every decoded frame of a call.
+ *
+ * Why: with only the session listening, a frame went C decoder -> the session's Python
+ * _on_frame -> C VadStep.push, and most frames come back with nothing to do. Here the
+ * step is called from C, and Python runs only for a frame with an action (a turn opening
+ * or closing, learning the room), or for every frame while the session says it must
+ * look at each (``plain`` false: not listening, pauses, a prompt held for a sound). */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall; /* called as the media path calls it: no argument tuple */
+    VadStep *core;             /* the segmenter's core (a new one after its reset) */
+    PyObject *on_step;  /* on_step(action, frame): a frame with an action */
+    PyObject *on_frame; /* on_frame(frame): every frame, while not plain */
+    char plain;
+} FrameListener;
+
+static PyTypeObject FrameListenerType;
+static PyObject *FrameListener_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                          PyObject *kwnames);
+
+static int FrameListener_init(FrameListener *self, PyObject *args, PyObject *kwargs) {
+    static char *keywords[] = {"core", "on_step", "on_frame", NULL};
+    PyObject *core, *on_step, *on_frame;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!OO", keywords, &VadStepType, &core,
+                                     &on_step, &on_frame))
+        return -1;
+    if (!PyCallable_Check(on_step) || !PyCallable_Check(on_frame)) {
+        PyErr_SetString(PyExc_TypeError, "on_step and on_frame must be callable");
+        return -1;
+    }
+    Py_XSETREF(self->core, (VadStep *)Py_NewRef(core));
+    Py_XSETREF(self->on_step, Py_NewRef(on_step));
+    Py_XSETREF(self->on_frame, Py_NewRef(on_frame));
+    self->vectorcall = FrameListener_vectorcall;
+    return 0;
+}
+
+static int FrameListener_traverse(FrameListener *self, visitproc visit, void *arg) {
+    Py_VISIT(self->core);
+    Py_VISIT(self->on_step);
+    Py_VISIT(self->on_frame);
+    return 0;
+}
+
+static int FrameListener_clear(FrameListener *self) {
+    Py_CLEAR(self->core);
+    Py_CLEAR(self->on_step);
+    Py_CLEAR(self->on_frame);
+    return 0;
+}
+
+static void FrameListener_dealloc(FrameListener *self) {
+    PyObject_GC_UnTrack(self);
+    FrameListener_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* on_frame(frame), returning None. */
+static PyObject *frame_to_python(FrameListener *self, PyObject *frame) {
+    PyObject *on_frame = Py_NewRef(self->on_frame);
+    PyObject *out = PyObject_CallOneArg(on_frame, frame);
+    Py_DECREF(on_frame);
+    if (out == NULL)
+        return NULL;
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+}
+
+/* listener(frame): VadStep.push's body, then Python only if the action asks for it. */
+static PyObject *FrameListener_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                          PyObject *kwnames) {
+    FrameListener *self = (FrameListener *)callable;
+    if (PyVectorcall_NARGS(nargsf) != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "a FrameListener takes one frame");
+        return NULL;
+    }
+    if (self->core == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "FrameListener is not initialised");
+        return NULL;
+    }
+    PyObject *frame = args[0];
+    if (!self->plain)
+        return frame_to_python(self, frame);
+    /* Our own references: the callbacks may replace them (a reset, a new core). */
+    VadStep *core = (VadStep *)Py_NewRef(self->core);
+    PyObject *result = VadStep_push(core, frame);
+    Py_DECREF(core);
+    if (result == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError))
+            return NULL;
+        /* Not a frame (nothing was pushed): on_frame says so as the session does. */
+        PyErr_Clear();
+        return frame_to_python(self, frame);
+    }
+    if (PyLong_AsLong(result) == NOTHING) { /* the steady state: nothing for Python */
+        Py_DECREF(result);
+        Py_RETURN_NONE;
+    }
+    PyObject *on_step = Py_NewRef(self->on_step);
+    PyObject *step_args[2] = {result, frame};
+    PyObject *out = PyObject_Vectorcall(on_step, step_args, 2, NULL);
+    Py_DECREF(on_step);
+    Py_DECREF(result);
+    if (out == NULL)
+        return NULL;
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+}
+
+static int FrameListener_set_core(FrameListener *self, PyObject *core, void *closure) {
+    (void)closure;
+    if (core == NULL || !PyObject_TypeCheck(core, &VadStepType)) {
+        PyErr_SetString(PyExc_TypeError, "core must be a VadStep");
+        return -1;
+    }
+    Py_XSETREF(self->core, (VadStep *)Py_NewRef(core));
+    return 0;
+}
+
+static PyObject *FrameListener_get_core(FrameListener *self, void *closure) {
+    (void)closure;
+    if (self->core == NULL)
+        Py_RETURN_NONE;
+    return Py_NewRef(self->core);
+}
+
+/* Equal to (and hashed as) the Python listener it stands for, on_frame: a call's listeners
+ * are found and removed by the session's _on_frame whichever of the two it registered. */
+static PyObject *FrameListener_richcompare(FrameListener *self, PyObject *other, int op) {
+    if ((op != Py_EQ && op != Py_NE) || self->on_frame == NULL)
+        Py_RETURN_NOTIMPLEMENTED;
+    if (PyObject_TypeCheck(other, &FrameListenerType))
+        other = ((FrameListener *)other)->on_frame;
+    if (other == NULL)
+        Py_RETURN_NOTIMPLEMENTED;
+    return PyObject_RichCompare(self->on_frame, other, op);
+}
+
+static Py_hash_t FrameListener_hash(FrameListener *self) {
+    if (self->on_frame == NULL)
+        return _Py_HashPointer(self);
+    return PyObject_Hash(self->on_frame);
+}
+
+static PyGetSetDef FrameListener_getset[] = {
+    {"core", (getter)FrameListener_get_core, (setter)FrameListener_set_core,
+     "the VadStep called with each frame while plain", NULL},
+    {NULL},
+};
+
+static PyMemberDef FrameListener_members[] = {
+    {"plain", T_BOOL, offsetof(FrameListener, plain), 0,
+     "true: the step in C, on_step(action, frame) only at an action; false: on_frame(frame)"},
+    {NULL},
+};
+
+static PyTypeObject FrameListenerType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gateway.pipeline._vadstep.FrameListener",
+    .tp_basicsize = sizeof(FrameListener),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(FrameListener, vectorcall),
+    .tp_doc = "A bot session's frame listener: the VAD step in C, Python only at its actions.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)FrameListener_init,
+    .tp_traverse = (traverseproc)FrameListener_traverse,
+    .tp_clear = (inquiry)FrameListener_clear,
+    .tp_dealloc = (destructor)FrameListener_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_richcompare = (richcmpfunc)FrameListener_richcompare,
+    .tp_hash = (hashfunc)FrameListener_hash,
+    .tp_getset = FrameListener_getset,
+    .tp_members = FrameListener_members,
+};
+
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "gateway.pipeline._vadstep",
     "The VAD's per-frame step in C (see gateway/pipeline/vadstep.py).", -1, NULL,
 };
 
 PyMODINIT_FUNC PyInit__vadstep(void) {
-    if (PyType_Ready(&VadStepType) < 0)
+    if (PyType_Ready(&VadStepType) < 0 || PyType_Ready(&FrameListenerType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&module_def);
     if (module == NULL)
@@ -542,7 +717,8 @@ PyMODINIT_FUNC PyInit__vadstep(void) {
         PyModule_AddIntConstant(module, "CLOSE", CLOSE) < 0 ||
         PyModule_AddIntConstant(module, "CLOSE_FORCED", CLOSE_FORCED) < 0 ||
         PyModule_AddIntConstant(module, "LEARN", LEARN) < 0 ||
-        PyModule_AddObjectRef(module, "VadStep", (PyObject *)&VadStepType) < 0) {
+        PyModule_AddObjectRef(module, "VadStep", (PyObject *)&VadStepType) < 0 ||
+        PyModule_AddObjectRef(module, "FrameListener", (PyObject *)&FrameListenerType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

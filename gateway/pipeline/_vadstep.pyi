@@ -56,3 +56,18 @@ class VadStep:
         """Whether a frame WebRTC's VAD called ``voiced`` is loud enough to be the caller."""
     def set_buffer(self, buffer: object, /) -> None:
         """Where the open turn's samples go (int16, writable) from now on."""
+
+class FrameListener:
+    """A bot session's frame listener: the step in C, Python only at its actions."""
+
+    core: VadStep
+    plain: bool
+    def __init__(
+        self,
+        core: VadStep,
+        on_step: Callable[[int, AudioBuffer], object],
+        on_frame: Callable[[AudioBuffer], object],
+    ) -> None: ...
+    def __call__(self, frame: AudioBuffer, /) -> None:
+        """While ``plain``: ``core.push(frame)``, and ``on_step(action, frame)`` if the
+        action is not 0; else ``on_frame(frame)``."""

@@ -95,8 +95,12 @@ class BotSession:
         self._on_pause = getattr(bot, "on_pause", None)
         self._pause_ms = PAUSE_MS if self._on_pause is not None else 0
         self._current: tuple[Playback, str, bool] | None = None
+        # What the media path calls with each frame: the segmenter's compiled listener
+        # (the VAD step in C, Python only at its actions, see _on_step) while nothing
+        # needs every frame; it calls _on_frame otherwise, and None: _on_frame itself.
+        self._listener = self._segmenter.frame_listener(self._on_step, self._on_frame)
         # The playback a speech onset paused, held until the caller's turn is decided.
-        self._held: Playback | None = None
+        self._held = None
         # Closes a turn whose frames stopped (see _check_stall); watched while a turn is open.
         self._stall_watch: StallWatch | None = None
         self._stall_watched = False
@@ -177,6 +181,7 @@ class BotSession:
             # Nobody will decide about the sound any more: the prompt goes on.
             self._resume("listening changed")
             self._held = None
+        self._rewire()
 
     def expect_input(self, within: float | None) -> None:
         """Arm (or with None, disarm) the no-input timeout."""
@@ -195,11 +200,28 @@ class BotSession:
 
     # --- media callbacks (in-loop, per frame) -------------------------------------------
 
+    @property
+    def _held(self) -> Playback | None:
+        """The playback a speech onset paused, until the caller's turn is decided."""
+        return self._held_playback
+
+    @_held.setter
+    def _held(self, playback: Playback | None) -> None:
+        self._held_playback = playback
+        self._rewire()
+
+    def _rewire(self) -> None:
+        """Tell the compiled listener whether only the VAD's actions need Python."""
+        if self._listener is not None:
+            self._listener.plain = (
+                self.settings.enabled and not self._pause_ms and self._held_playback is None
+            )
+
     def _on_frame(self, frame: AudioBuffer) -> None:
-        # Every call's every frame: one Python call around the compiled VAD step
-        # (the segmenter's push, apart: see VadSegmenter.step). Most frames cause no
-        # action, and then there is only work while a bot takes pauses or a prompt
-        # is held for a sound.
+        # Every frame, where the compiled listener does not take it (see __init__):
+        # one Python call around the compiled VAD step (the segmenter's push, apart:
+        # see VadSegmenter.step). Most frames cause no action, and then there is only
+        # work while a bot takes pauses or a prompt is held for a sound.
         if not self.settings.enabled:
             return
         segmenter = self._segmenter
@@ -211,7 +233,8 @@ class BotSession:
             self._on_step(action, frame)
 
     def _on_step(self, action: int, frame: AudioBuffer) -> None:
-        """A frame with a VAD action, or any frame while pauses or a held prompt are watched."""
+        """A frame with a VAD action, or any frame while pauses or a held prompt are
+        watched (from _on_frame, or from the compiled listener: there with an action only)."""
         segmenter = self._segmenter
         self._on_vad_events(segmenter.events(action, frame))
         # A turn opens (in_speech turns true) only at a frame with an action.
@@ -379,7 +402,8 @@ class BotSession:
     async def run(self) -> None:
         """Feed the bot until the call ends (this is the call's session task)."""
         call = self.call
-        call.add_frame_listener(self._on_frame)
+        # Equal to self._on_frame (what it stands for), so found and removed by it too.
+        call.add_frame_listener(self._listener or self._on_frame)
         call.dtmf_listeners.append(self._on_dtmf)
         call.end_hooks.append(self._on_call_end)
         try:
@@ -425,6 +449,13 @@ class BotSession:
                 await self.bot.on_hangup(self)
         except Exception:
             log.exception("call %s: on_hangup failed", self.call.id)
+        finally:
+            # The compiled listener holds this session's methods: let go of it here
+            # (the call lets go of its listeners as it ends) so the session and the
+            # call are freed at once, not at the next full garbage collection. Frames
+            # until the media path closes still reach it through the call.
+            self._segmenter.drop_frame_listener()
+            self._listener = None
 
 
 def session_factory(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from array import array
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from ..errors import GatewayError
 from ..media.pcm import AudioBuffer, describe, silence
@@ -41,8 +41,13 @@ from .vadstep import (
     OPEN,
     Core,
     WebRtcVad,
+    frame_listener,
     make_core,
+    rebind,
 )
+
+if TYPE_CHECKING:
+    from ._vadstep import FrameListener
 
 __all__ = [
     "FRAME_MS",
@@ -106,6 +111,7 @@ class VadSegmenter:
         # (most of pink noise's power, none of a voice's) moves a frame's mean, not its variance.
         self._level = LEVEL_VARIANCE if self._voice else LEVEL_POWER if self._gated else LEVEL_NONE
         self._start_voiced = cfg.start_voiced_frames
+        self._listener: FrameListener | None = None
         self.reset()
 
     @property
@@ -183,6 +189,26 @@ class VadSegmenter:
         Python call per frame, ValueError (a frame of the wrong shape) its to report
         with :meth:`frame_error`. Only a frame with a nonzero action can change
         :attr:`in_speech`."""
+        if self._listener is not None:
+            rebind(self._listener, self._core)
+
+    def frame_listener(
+        self,
+        on_step: Callable[[int, AudioBuffer], object],
+        on_frame: Callable[[AudioBuffer], object],
+    ) -> FrameListener | None:
+        """A compiled frame listener over this segmenter (one per segmenter; it follows
+        :meth:`reset`), or None where the core is Python's: see
+        :func:`gateway.pipeline.vadstep.frame_listener`. ``on_step(action, frame)`` must
+        hand the action to :meth:`events`, as :meth:`push` would."""
+        if self._listener is None:
+            self._listener = frame_listener(self._core, on_step, on_frame)
+        return self._listener
+
+    def drop_frame_listener(self) -> None:
+        """Let go of the compiled listener: it holds its callbacks (a session's own
+        methods), a cycle that would keep the session and its call until a full GC."""
+        self._listener = None
 
     def push(self, frame: AudioBuffer) -> list[VadEvent]:
         """Process one 320-sample int16 frame; return the events it caused (usually none).

@@ -239,6 +239,26 @@ def make_core(
     return core
 
 
+def frame_listener(
+    core: Core,
+    on_step: Callable[[int, AudioBuffer], object],
+    on_frame: Callable[[AudioBuffer], object],
+) -> _vadstep.FrameListener | None:
+    """The compiled frame listener over ``core`` (``_vadstep.FrameListener``), or None
+    where the core is Python's: the media path calls it with every frame; while its
+    ``plain`` is true it pushes the frame into ``core`` in C and calls
+    ``on_step(action, frame)`` only for a nonzero action, else ``on_frame(frame)``."""
+    if _vadstep is None or not isinstance(core, _vadstep.VadStep):
+        return None
+    return _vadstep.FrameListener(core, on_step, on_frame)
+
+
+def rebind(listener: _vadstep.FrameListener, core: Core) -> None:
+    """Point ``listener`` at ``core`` (a segmenter's new core after its reset)."""
+    assert _vadstep is not None and isinstance(core, _vadstep.VadStep)
+    listener.core = core
+
+
 class PythonCore:
     """The core in Python, as :class:`~gateway.pipeline.vad.VadSegmenter` ran it before
     ``_vadstep.c`` (its fallback, and the reference the C core is tested against)."""
