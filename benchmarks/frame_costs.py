@@ -51,6 +51,8 @@ WRAPPED = [
     ("gateway.media.opus", "OpusDecoder", "decode"),
     ("gateway.calls", "Call", "_on_frame"),
     ("gateway.pipeline.session", "BotSession", "_on_frame"),
+    # Where the session's compiled listener takes the frames: Python at the VAD's actions only.
+    ("gateway.pipeline.session", "BotSession", "_on_step"),
     ("gateway.pipeline.vad", "VadSegmenter", "push"),
     ("gateway.pipeline.vad", "VadSegmenter", "_step"),
     ("gateway.pipeline.vad", "VadSegmenter", "_gate"),
