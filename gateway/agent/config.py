@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..perloop import per_loop
 from ..pipeline.tts import TTS
 from ..stt import Transcriber, load_transcriber
 from .llm import LLMClient, LLMSettings
@@ -111,15 +111,9 @@ class AgentServices:
 
 
 # One set of services per event loop (the LLM client's connections belong to a loop).
-_services: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AgentServices] = (
-    weakref.WeakKeyDictionary()
-)
+_services = per_loop(lambda loop: AgentServices.from_env())
 
 
 def default_services() -> AgentServices:
     """The process's services from ``os.environ``, built on first use in this event loop."""
-    loop = asyncio.get_running_loop()
-    services = _services.get(loop)
-    if services is None:
-        services = _services[loop] = AgentServices.from_env()
-    return services
+    return _services(asyncio.get_running_loop())

@@ -32,11 +32,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import weakref
 from collections.abc import Callable
 from typing import Any, Final
 
 from gateway.media.audio import FRAME_MS
+from gateway.perloop import per_loop
 
 logger = logging.getLogger(__name__)
 
@@ -160,17 +160,12 @@ class FrameClock:
                 waiter.set_result(None)
 
 
-_clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, FrameClock] = (
-    weakref.WeakKeyDictionary()
-)
+_clock = per_loop(FrameClock)
 
 
 def frame_clock(loop: asyncio.AbstractEventLoop) -> FrameClock:
     """The loop's frame clock (made on first use)."""
-    clock = _clocks.get(loop)
-    if clock is None:
-        clock = _clocks[loop] = FrameClock(loop)
-    return clock
+    return _clock(loop)
 
 
 def call_on_grid(

@@ -34,7 +34,6 @@ import itertools
 import logging
 import random
 import time
-import weakref
 from typing import Any, Protocol
 
 from aiortc import RTCRtpReceiver, RTCRtpSender
@@ -43,6 +42,7 @@ from aiortc.stats import RTCStatsReport
 from gateway.media import rtcp
 from gateway.media.adopt import adopt
 from gateway.media.frameclock import frame_clock
+from gateway.perloop import per_loop
 
 logger = logging.getLogger(__name__)
 
@@ -192,17 +192,12 @@ class ReportSchedule:
             self._push(reporter, now)
 
 
-_schedules: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, ReportSchedule] = (
-    weakref.WeakKeyDictionary()
-)
+_schedule = per_loop(ReportSchedule)
 
 
 def report_schedule(loop: asyncio.AbstractEventLoop) -> ReportSchedule:
     """The loop's report schedule (made on first use)."""
-    schedule = _schedules.get(loop)
-    if schedule is None:
-        schedule = _schedules[loop] = ReportSchedule(loop)
-    return schedule
+    return _schedule(loop)
 
 
 async def run_reports(reporter: Reporter) -> None:

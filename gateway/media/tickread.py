@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from typing import Any, Final, TypeAlias
 
 from aioice.ice import StunProtocol
@@ -38,6 +37,7 @@ from gateway.config import MEDIA_READ_MODES
 from gateway.config import MediaRead as ReadMode
 from gateway.media.frameclock import FrameClock, frame_clock
 from gateway.media.native import _rtp
+from gateway.perloop import per_loop
 
 logger = logging.getLogger(__name__)
 
@@ -147,14 +147,9 @@ class TickReader:
         logger.error("media datagram handling failed", exc_info=exc)
 
 
-_readers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, TickReader] = (
-    weakref.WeakKeyDictionary()
-)
+_reader = per_loop(lambda loop: TickReader(frame_clock(loop)))
 
 
 def tick_reader(loop: asyncio.AbstractEventLoop) -> TickReader:
     """The loop's tick reader (made on first use)."""
-    reader = _readers.get(loop)
-    if reader is None:
-        reader = _readers[loop] = TickReader(frame_clock(loop))
-    return reader
+    return _reader(loop)

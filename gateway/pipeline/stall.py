@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Callable
 from typing import Final
 
 from ..media.frameclock import TICK, FrameClock, frame_clock
+from ..perloop import per_loop
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +76,9 @@ class StallWatch:
                     self.unwatch(check)
 
 
-_watches: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, StallWatch] = (
-    weakref.WeakKeyDictionary()
-)
+_watch = per_loop(lambda loop: StallWatch(frame_clock(loop)))
 
 
 def stall_watch(loop: asyncio.AbstractEventLoop) -> StallWatch:
     """The loop's stall watch (made on first use)."""
-    watch = _watches.get(loop)
-    if watch is None:
-        watch = _watches[loop] = StallWatch(frame_clock(loop))
-    return watch
+    return _watch(loop)
