@@ -454,9 +454,22 @@ async def test_reports_both_ways_with_a_real_aiortc_peer(
         assert 0 <= rtt(ours) < 1 and 0 <= rtt(theirs_) < 1  # type: ignore[operator]
         assert any(s.type == "remote-outbound-rtp" for s in (await receiver.getStats()).values())
         caller_receiver = caller.getTransceivers()[0].receiver
-        assert caller_receiver._RTCRtpReceiver__lsr[sender._ssrc] == sender._RTCRtpSender__lsr
-        lsr = caller_sender._RTCRtpSender__lsr
-        assert receiver._RTCRtpReceiver__lsr[caller_sender._ssrc] == lsr
+
+        def lsr_pairs() -> list[tuple[int | None, int | None]]:
+            return [
+                (caller_receiver._RTCRtpReceiver__lsr.get(sender._ssrc), sender._RTCRtpSender__lsr),
+                (
+                    receiver._RTCRtpReceiver__lsr.get(caller_sender._ssrc),
+                    caller_sender._RTCRtpSender__lsr,
+                ),
+            ]
+
+        for _ in range(50):  # a sender report may be in flight (read at the next tick): let it land
+            if all(kept == sent_lsr for kept, sent_lsr in lsr_pairs()):
+                break
+            await asyncio.sleep(0.02)
+        for kept, sent_lsr in lsr_pairs():
+            assert kept == sent_lsr
         assert to_aiortc == []  # every SR and RR was read in the socket's callback
         route = transport._route
         if compiled:  # every compound sent by the C route, every one received by the port
