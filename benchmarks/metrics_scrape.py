@@ -4,9 +4,11 @@ Builds the gateway's own registry (``gateway.metrics.Metrics``) with the label s
 a gateway that has taken calls has (both directions, both setup stages, every
 Graph action, response and barge-in figures, a full loop-lag window) and times, in
 process CPU per scrape (best of ``--rounds``), the registry's collection alone,
-and prometheus-client's ``generate_latest`` (what ``Metrics.render`` runs), and its
-text formatting alone. Hot caches, in a loop: inside a busy gateway the same scrape
-costs several times more (``frame_costs.py`` times ``Metrics.render`` there).
+prometheus-client's ``generate_latest`` and its text formatting alone, and the
+gateway's :class:`~gateway.metrics.exposition.Exposition` (what ``Metrics.render``
+runs: the same bytes) and its text formatting alone. Hot caches, in a loop: inside a
+busy gateway the same scrape costs several times more (``frame_costs.py`` times
+``Metrics.render`` there).
 
     python benchmarks/metrics_scrape.py [--scrapes 300] [--rounds 5]
 """
@@ -23,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from gateway.events import Direction
 from gateway.metrics import Metrics
+from gateway.metrics.exposition import Exposition
 
 
 class _Fixed(Collector):
@@ -80,12 +83,16 @@ def main() -> None:
     metrics = busy_metrics()
     registry = metrics.registry
     fixed = _Fixed(list(registry.collect()))
+    ours, ours_fixed = Exposition(registry), Exposition(fixed)
+    assert ours_fixed.render() == generate_latest(fixed)
     page = metrics.render()
     samples = sum(1 for line in page.splitlines() if not line.startswith(b"#"))
     rows = [
         ("collection only (registry.collect)", lambda: list(registry.collect())),
         ("generate_latest (collection + text)", lambda: generate_latest(registry)),
         ("text only, generate_latest", lambda: generate_latest(fixed)),
+        ("Exposition.render (collection + text)", ours.render),
+        ("text only, Exposition.render", ours_fixed.render),
     ]
     print(f"one /metrics scrape of the gateway's registry: {samples} samples, {len(page)} bytes")
     print(f"process CPU per scrape, best of {args.rounds} x {args.scrapes}, hot caches")

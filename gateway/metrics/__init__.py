@@ -30,13 +30,13 @@ from prometheus_client import (
     Counter,
     Histogram,
     ProcessCollector,
-    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from .calls import CallMetrics, end_reason_label
+from .exposition import Exposition
 from .graph import GraphMetrics
 from .loop import LoopLagMonitor
 
@@ -117,6 +117,7 @@ class Metrics:
             registry=self.registry,
         )
         self.lag = LoopLagMonitor(on_sample=self.loop_lag.observe)
+        self.exposition = Exposition(self.registry)
         self.calls: CallMetrics | None = None
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -165,10 +166,10 @@ class Metrics:
             self._runner = None
 
     def render(self) -> bytes:
-        """The Prometheus text exposition."""
+        """The Prometheus text exposition: ``generate_latest``'s bytes (:mod:`.exposition`)."""
         if self.calls is not None:
             self.calls.drain_live()
-        return generate_latest(self.registry)
+        return self.exposition.render()
 
     def summary(self) -> dict[str, float]:
         """Every sample by name, summed over label sets (one collection; for the dashboard)."""
