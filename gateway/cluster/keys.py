@@ -23,6 +23,11 @@ PERMISSIONS = PREFIX + "permissions"
 NEW_CALLS = PREFIX + "newcalls"
 PLACERS = "placers"
 
+# Streams (new calls, inboxes) are capped at about this many entries.
+STREAM_MAXLEN = 10_000
+# Blocking stream reads wake up this often (ms) to notice draining and shutdown.
+BLOCK_MS = 1000
+
 
 def lease(worker: str) -> str:
     """The worker's lease: exists while the worker renews it."""

@@ -1,12 +1,11 @@
 """Routing in a cluster: every worker answers for every call.
 
-- A user's new call (a ``connect`` offer) goes onto a Redis Stream read by a
-  consumer group; only workers with room that are not draining read from it, so
-  the call lands on one of them, exactly once, and Redis spreads calls over idle
-  workers in turn. Beyond ``GATEWAY_CLUSTER_MAX_CALLS`` live calls it is rejected.
+- A user's new call (a ``connect`` offer) is placed through the new-call stream
+  (:mod:`.placement`), so it lands on one worker with room, exactly once. Beyond
+  ``GATEWAY_CLUSTER_MAX_CALLS`` live calls it is rejected.
 - Every other event (``terminate``, ``status``, the SDP answer of a call we
   placed) and ``DELETE /calls/{id}`` go to the call's owner: handled here when
-  this worker owns it, else added to the owner's inbox stream.
+  this worker owns it, else added to the owner's inbox (:mod:`.inbox`).
 - Deduplication is a ``SET NX`` per event, so a delivery Meta retries to another
   worker is handled once.
 
@@ -19,41 +18,29 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from ..calls import CallManager
-from ..errors import CallError, StoreError, UnavailableError
-from ..events import (
-    CallConnect,
-    CallTerminate,
-    Event,
-    PermissionReply,
-    decode_event,
-    encode_event,
-)
+from ..errors import CallError, StoreError
+from ..events import CallConnect, CallTerminate, Event, PermissionReply, encode_event
 from ..records import CallRecord, CallState
 from ..routing import LocalRouter, reply_as_dict
-from ..shutdown import stop_if_cancelled
 from ..store.codec import dedupe_key
 from . import keys
+from .inbox import Inbox
 from .node import WorkerNode
+from .placement import Placement
 
 log = logging.getLogger(__name__)
 
-STREAM_MAXLEN = 10_000
 # How long an event for a call not (yet) owned by anyone waits for its owner: a
 # status may overtake the placing worker's registration of a call it just placed.
 OWNER_WAIT = 2.0
-# How long a worker waits for the owner to answer a forwarded request.
-REQUEST_TIMEOUT = 10.0
-# Blocking reads wake up this often (ms) to notice draining and shutdown.
-BLOCK_MS = 1000
 
 
 class ClusterRouter:
@@ -71,7 +58,8 @@ class ClusterRouter:
         self.calls = calls
         self.local = LocalRouter(calls)
         self.cluster_max_calls = cluster_max_calls
-        self.answer_timeout = answer_timeout
+        self.placement = Placement(node, calls, answer_timeout=answer_timeout)
+        self.inbox = Inbox(node, on_event=self._dispatch_owned, on_hang_up=self.local.hang_up)
         self.forwarded = 0
         self.rejected_full = 0
 
@@ -82,11 +70,10 @@ class ClusterRouter:
 
     async def start(self) -> None:
         """Join the cluster and start reading new calls and this worker's inbox."""
-        self.node.reap_hooks.append(self._take_over_pending)
+        self.node.reap_hooks.append(self.placement.take_over)
         await self.node.start()
-        await self._create_group()
-        self.node.spawn(self._read_new_calls(), "cluster-placement")
-        self.node.spawn(self._read_inbox(), "cluster-inbox")
+        await self.placement.start()
+        self.inbox.start()
 
     async def aclose(self) -> None:
         """Leave the cluster."""
@@ -188,8 +175,7 @@ class ClusterRouter:
         if not any(_has_room(json.loads(load)) for load in loads):
             self.calls.reject(event.call_id, "capacity", "no worker of the cluster has room")
             return
-        fields = {"event": encode_event(event), "at": str(time.time())}
-        await self.redis.xadd(keys.NEW_CALLS, fields, maxlen=STREAM_MAXLEN, approximate=True)
+        await self.placement.offer(event)
 
     async def _owner(self, call_id: str) -> str | None:
         owner: str | None = await self.redis.hget(keys.OWNERS, call_id)
@@ -224,7 +210,7 @@ class ClusterRouter:
             not isinstance(event, CallTerminate) or await self.redis.exists(keys.lease(owner))
         ):
             self.forwarded += 1
-            await self._send(owner, {"event": encode_event(event)})
+            await self.inbox.send_event(owner, event)
         elif isinstance(event, CallTerminate):
             await self._terminate_unowned(event)
         else:
@@ -255,161 +241,6 @@ class ClusterRouter:
             errors=[e.__dict__ for e in event.errors],
         )
         await self.redis.set(keys.record(event.call_id), json.dumps(record))
-
-    async def _send(self, worker: str, fields: dict[str, str]) -> None:
-        await self.redis.xadd(keys.inbox(worker), fields, maxlen=STREAM_MAXLEN, approximate=True)
-
-    # --- taking new calls --------------------------------------------------------------
-
-    async def _read_new_calls(self) -> None:
-        while True:
-            stop_if_cancelled()  # redis-py may swallow a cancellation
-            if not self.calls.has_room:
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                async with asyncio.timeout(BLOCK_MS / 1000 + 5):
-                    batch = await self.node.blocking.xreadgroup(
-                        keys.PLACERS,
-                        self.node.id,
-                        {keys.NEW_CALLS: ">"},
-                        count=1,
-                        block=BLOCK_MS,
-                    )
-            except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                await self._create_group()
-                continue
-            except (RedisError, OSError, TimeoutError) as exc:
-                self.node.went_down(exc)
-                await asyncio.sleep(self.node.tick)
-                continue
-            for _stream, entries in batch or ():
-                for entry_id, fields in entries:
-                    await self._take(entry_id, fields)
-
-    async def _create_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(keys.NEW_CALLS, keys.PLACERS, id="0", mkstream=True)
-            log.info("cluster: created the new-call consumer group")
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-        except RedisError as exc:
-            self.node.went_down(exc)
-            await asyncio.sleep(self.node.tick)
-
-    async def _take(self, entry_id: str, fields: dict[str, str]) -> None:
-        try:
-            event = decode_event(fields["event"])
-            age = time.time() - float(fields.get("at", "0"))
-        except (KeyError, ValueError) as exc:
-            log.error("cluster: unreadable new-call entry %s dropped: %s", entry_id, exc)
-            await self._ack(entry_id)
-            return
-        assert isinstance(event, CallConnect)
-        if not self.calls.has_room:  # filled up while we were blocked: hand it back
-            await self.redis.xadd(keys.NEW_CALLS, fields, maxlen=STREAM_MAXLEN, approximate=True)
-            await self._ack(entry_id)
-            return
-        if age > self.answer_timeout:
-            log.warning("call %s: waited %.1f s for a worker; rejected", event.call_id, age)
-            self.calls.reject(event.call_id, "capacity", "no worker took it in time")
-            await self._ack(entry_id)
-            return
-        early = None
-        try:  # claim it, take it off the stream, and look for an early terminate: one trip
-            async with self.redis.pipeline(transaction=False) as pipe:
-                self.node.register(pipe, event.call_id)
-                pipe.xack(keys.NEW_CALLS, keys.PLACERS, entry_id)
-                pipe.xdel(keys.NEW_CALLS, entry_id)
-                pipe.get(keys.early_terminate(event.call_id))
-                early = (await pipe.execute())[-1]
-        except RedisError as exc:
-            # The call is ours now whatever Redis says; the lease renewal registers it.
-            self.node.went_down(exc)
-        if early is not None:
-            self.calls.dispatch(decode_event(early))
-        self.calls.dispatch(event)
-
-    async def _take_over_pending(self, worker: str) -> None:
-        # New calls a lost worker read from the stream but never claimed (it died in
-        # between): take them here, so each is still answered once.
-        pending = await self.redis.xpending_range(
-            keys.NEW_CALLS, keys.PLACERS, min="-", max="+", count=100, consumername=worker
-        )
-        ids = [p["message_id"] for p in pending]
-        if ids:
-            claimed = await self.redis.xclaim(
-                keys.NEW_CALLS, keys.PLACERS, self.node.id, min_idle_time=0, message_ids=ids
-            )
-            log.warning("cluster: taking %d new call(s) %s had read", len(claimed), worker)
-            for entry_id, fields in claimed:
-                if fields:
-                    await self._take(entry_id, fields)
-        await self.redis.xgroup_delconsumer(keys.NEW_CALLS, keys.PLACERS, worker)
-
-    async def _ack(self, entry_id: str) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xack(keys.NEW_CALLS, keys.PLACERS, entry_id)
-            pipe.xdel(keys.NEW_CALLS, entry_id)
-            await pipe.execute()
-
-    # --- this worker's inbox ----------------------------------------------------------
-
-    async def _read_inbox(self) -> None:
-        last = "0-0"
-        inbox = keys.inbox(self.node.id)
-        while True:
-            stop_if_cancelled()
-            try:
-                async with asyncio.timeout(BLOCK_MS / 1000 + 5):
-                    batch = await self.node.blocking.xread({inbox: last}, count=100, block=BLOCK_MS)
-            except (RedisError, OSError, TimeoutError) as exc:
-                self.node.went_down(exc)
-                await asyncio.sleep(self.node.tick)
-                continue
-            for _stream, entries in batch or ():
-                for entry_id, fields in entries:
-                    last = entry_id
-                    await self._serve(fields)
-                try:
-                    await self.redis.xtrim(inbox, minid=last)
-                except RedisError:
-                    pass  # trimmed next time
-
-    async def _serve(self, fields: dict[str, str]) -> None:
-        try:
-            if "event" in fields:
-                await self._dispatch_owned(decode_event(fields["event"]))
-            elif fields.get("op") == "hang_up":
-                record = await self.local.hang_up(fields["call_id"])
-                await self._answer(fields["reply"], record)
-            else:
-                log.error("cluster: unknown inbox entry %s", sorted(fields))
-        except (KeyError, ValueError) as exc:
-            log.error("cluster: unreadable inbox entry dropped: %s", exc)
-        except RedisError as exc:
-            self.node.went_down(exc)
-
-    async def _answer(self, reply_key: str, result: Any) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.rpush(reply_key, json.dumps(result))
-            pipe.expire(reply_key, 60)
-            await pipe.execute()
-
-    async def _request(self, worker: str, fields: dict[str, str]) -> Any:
-        reply_key = keys.reply(secrets.token_hex(8))
-        await self._send(worker, {**fields, "reply": reply_key})
-        try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
-                answer = await self.node.blocking.blpop([reply_key], timeout=REQUEST_TIMEOUT)
-        except TimeoutError:
-            answer = None
-        if answer is None:
-            raise UnavailableError(f"worker {worker} did not answer in {REQUEST_TIMEOUT:.0f} s")
-        return json.loads(answer[1])
 
     # --- API ---------------------------------------------------------------------------
 
@@ -447,7 +278,7 @@ class ClusterRouter:
             if owner is None or owner == self.node.id:
                 return None
             self.forwarded += 1
-            result = await self._request(owner, {"op": "hang_up", "call_id": call_id})
+            result = await self.inbox.request_hang_up(owner, call_id)
         except RedisError as exc:
             raise self.node.unavailable(exc) from None
         return None if result is None else dict(result)
