@@ -128,7 +128,7 @@ async def test_thousand_change_batch(stack: Stack) -> None:
     assert r.status_code == 200 and r.json() == {"received": 1000}
     await stack.gateway.calls.drain()
     # Each terminate came before any connect, so each is remembered for its connect.
-    assert len(stack.gateway.calls._ended_early) == 1000
+    assert len(stack.gateway.calls.early.terminates) == 1000
 
 
 def test_parse_thousand_connects_in_one_delivery() -> None:
@@ -149,7 +149,7 @@ async def test_duplicates_are_processed_once(stack: Stack) -> None:
         assert r.status_code == 200
     await stack.gateway.calls.drain()
     assert stack.gateway.webhooks.duplicates == 2
-    assert list(stack.gateway.calls._ended_early) == ["wacid.dup"]
+    assert list(stack.gateway.calls.early.terminates) == ["wacid.dup"]
 
 
 def test_parse_all_event_kinds_leniently() -> None:

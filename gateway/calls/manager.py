@@ -4,8 +4,9 @@ It owns every call, holds them within the configured limit, and routes the
 webhook events its inbox (:mod:`.inbox`) hands it one at a time, leaving slow
 work to tasks the call concerned owns. How a call is answered (:mod:`.answer`)
 or placed (:mod:`.dial`), what runs beside it (:mod:`.active`), what is kept of
-it (:mod:`.ledger`) and what a successor does after a crash (:mod:`.recovery`)
-live beside this module. One call's state machine is :class:`gateway.call.Call`.
+it (:mod:`.ledger`), what a successor does after a crash (:mod:`.recovery`)
+and the events that come before their call (:mod:`.early`) live beside this
+module. One call's state machine is :class:`gateway.call.Call`.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..store import JournalEntry, MemoryStore, Store
 from .active import run_session, watch_media
 from .answer import answer_call, send_reject
 from .dial import apply_answer, dial, ring
+from .early import EarlyEvents
 from .inbox import Inbox
 from .ledger import CallLedger
 from .recovery import recover
@@ -81,14 +83,12 @@ class CallManager:
         self.media_idle_timeout = media_idle_timeout
         self.session = session
         self.calls: dict[str, Call] = {}
-        # Terminates that came before their connect (deliveries can be out of order).
-        self._ended_early: OrderedDict[str, CallTerminate] = OrderedDict()
+        # Terminates before their connect; events before our connect returned the id.
+        self.early = EarlyEvents()
         self.inbox = Inbox(self._handle, self.ledger.mark_handled)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.permission_replies: dict[str, PermissionReply] = {}
         self.rejected_for_capacity = 0
-        # Events that arrived before our connect request returned the call id.
-        self._early: OrderedDict[str, list[CallConnect | CallStatus]] = OrderedDict()
         self._dialing = 0
         self.ring_timeout = ring_timeout
         self.observers: list[CallObserver] = []
@@ -201,10 +201,8 @@ class CallManager:
         if event.sdp_type == "answer":
             self._on_connect_answer(event)
             return
-        early = self._ended_early.pop(event.call_id, None)
-        if early is not None:
-            log.info("call %s: connect arrived after its terminate; not answering", event.call_id)
-            record = self._record_for(event, early)
+        record = self.early.ended_before_connect(event)
+        if record is not None:
             self.ledger.remember(record)
             self.ledger.persist(record)
             return
@@ -240,7 +238,7 @@ class CallManager:
         call = self.calls.get(event.call_id)
         if call is None:
             if self._dialing:
-                self._hold(event)
+                self.early.hold(event)
             else:
                 log.warning("call %s: SDP answer for an unknown call ignored", event.call_id)
             return
@@ -296,7 +294,7 @@ class CallManager:
         self._observe(lambda o: o.call_started(call))
         await self.ledger.save(record)
         call.spawn(ring(call, ring_timeout or self.ring_timeout), "ring")
-        for early in self._early.pop(call_id, []):
+        for early in self.early.release(call_id):
             await self._handle(early)
         return call
 
@@ -307,10 +305,7 @@ class CallManager:
             # A call of an earlier process (e.g. one ended at start-up after a crash).
             record = await self.store.get_call(event.call_id)
         if record is None:
-            log.info("call %s: terminate before connect; remembered", event.call_id)
-            self._ended_early[event.call_id] = event
-            while len(self._ended_early) > 10_000:
-                self._ended_early.popitem(last=False)
+            self.early.terminated(event)
             return
         # Meta's terminate is the billing record: keep it even for calls we ended.
         record.terminate_status = event.status
@@ -334,7 +329,7 @@ class CallManager:
                 record.statuses.append(event.status)
                 await self.ledger.save(record)
             elif self._dialing:
-                self._hold(event)
+                self.early.hold(event)
             else:
                 log.info(
                     "call %s: status %s for an unknown call", event.call_id, clip(event.status, 40)
@@ -347,13 +342,6 @@ class CallManager:
             call.end("rejected by the user", terminate=False)
         # ACCEPTED may come after the answer and media: nothing to change then.
         self.ledger.persist(call.record)
-
-    def _hold(self, event: CallConnect | CallStatus) -> None:
-        # Meta may report on a call before our connect request has returned its id.
-        log.info("call %s: %s before the call is known; held", event.call_id, type(event).__name__)
-        self._early.setdefault(event.call_id, []).append(event)
-        while len(self._early) > 1000:
-            self._early.popitem(last=False)
 
     # --- actions ---------------------------------------------------------------
 
@@ -394,17 +382,6 @@ class CallManager:
             call.spawn(run_session(call, factory), "session")
 
     # --- bookkeeping -------------------------------------------------------------
-
-    def _record_for(self, event: CallConnect, term: CallTerminate) -> CallRecord:
-        return CallRecord(
-            call_id=event.call_id,
-            direction=event.direction,
-            peer=event.from_,
-            state=CallState.ENDED,
-            end_reason="terminated before it was answered",
-            terminate_status=term.status,
-            ended_at=time.time(),
-        )
 
     def _ended(self, call: Call) -> None:
         self.calls.pop(call.id, None)
