@@ -126,7 +126,7 @@ async def inbound(pcm: list[Any], rounds: int) -> float:
         on_frame, session = sessions.pop()
         for frame in pcm:
             on_frame(frame)
-        session._cancel_stall_check()
+        session._stall.cancel()
         return len(pcm)
 
     return best_us(run, rounds)

@@ -137,12 +137,12 @@ async def test_a_session_is_watched_while_its_turn_is_open_and_closed_when_frame
     session = _session()
     _speak(session)
     assert session._segmenter.in_speech and watch.watched == 1
-    now = session._stall_tick_at
+    now = session._stall.tick_at
     hangover = session._segmenter.config.hangover_ms / 1000
     checks = 0
     while watch.watched:
         now += STALL_CHECK_S
-        session._check_stall(now)  # no frame since: the clock runs toward the hangover
+        session._stall.check(now)  # no frame since: the clock runs toward the hangover
         checks += 1
     # The first check sees the frames since the turn opened; from there the
     # hangover passes in whole periods (one more if float sums fall just short).
@@ -158,7 +158,7 @@ async def test_a_session_that_stops_listening_is_unwatched() -> None:
     assert watch.watched == 1
     session.listen(enabled=False)
     assert watch.watched == 0
-    session._cancel_stall_check()  # again: nothing
+    session._stall.cancel()  # again: nothing
     assert watch.watched == 0
 
 
@@ -166,14 +166,14 @@ async def test_time_the_event_loop_stalled_does_not_count_against_the_caller() -
     session = _session()
     _speak(session)
     hangover = session._segmenter.config.hangover_ms / 1000
-    now = session._stall_tick_at + STALL_CHECK_S
-    session._check_stall(now)  # sees the frames since the turn opened
+    now = session._stall.tick_at + STALL_CHECK_S
+    session._stall.check(now)  # sees the frames since the turn opened
     now += STALL_CHECK_S + hangover  # one check that came a whole hangover late
-    session._check_stall(now)
+    session._stall.check(now)
     assert session._segmenter.in_speech  # packets may be waiting unread: not a stall
     for _ in range(round(hangover / STALL_CHECK_S) + 1):
         now += STALL_CHECK_S
-        session._check_stall(now)
+        session._stall.check(now)
     assert not session._segmenter.in_speech
 
 
@@ -184,13 +184,13 @@ async def test_each_turn_is_watched_again_and_a_wrong_frame_is_refused() -> None
     watch = stall_watch(asyncio.get_running_loop())
     session = _session()
     _speak(session)
-    now = session._stall_tick_at
+    now = session._stall.tick_at
     while watch.watched:
         now += STALL_CHECK_S
-        session._check_stall(now)
+        session._stall.check(now)
     assert not session._segmenter.in_speech
     _speak(session)  # the caller's packets come back: a new turn
     assert session._segmenter.in_speech and watch.watched == 1
     with pytest.raises(GatewayError, match="320 int16 samples"):
         session._on_frame(np.zeros(160, np.int16))
-    session._cancel_stall_check()
+    session._stall.cancel()

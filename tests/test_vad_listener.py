@@ -151,9 +151,9 @@ async def test_a_session_keeps_its_listener_plain_only_while_nothing_needs_every
         listener(frame)  # as the media path calls it
     assert session._segmenter.in_speech and watch.watched == 1  # the turn is watched
     playback = Playback(1)
-    session._held = playback
+    session._barge.held = playback
     assert not listener.plain
-    session._held = None
+    session._barge.held = None
     assert listener.plain
     session.listen(enabled=False)
     assert not listener.plain and listener.core is session._segmenter._core

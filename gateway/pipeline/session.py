@@ -3,7 +3,9 @@
 The per-frame path is synchronous and in-loop: each decoded 20 ms frame goes
 through the VAD segmenter inside the media callback; only whole utterances and
 DTMF digits are queued to the bot, whose handlers run one at a time in the
-call's session task.
+call's session task. What a caller's sound does to the bot's prompt (barge-in,
+pause and resume) is :mod:`.bargein`; the loop-wide watch for turns whose frames
+stopped is :mod:`.stall`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +22,7 @@ from typing import Any
 from ..call import Call, SessionFactory
 from ..media.audio import load_wav
 from ..media.pcm import SAMPLE_RATE, AudioBuffer, as_samples
-from ..media.playout import Playback
+from .bargein import BargeIn
 from .bot import (
     Bot,
     CallInfo,
@@ -28,7 +31,7 @@ from .bot import (
     PlaybackResult,
     Utterance,
 )
-from .stall import STALL_CHECK_S, StallWatch, stall_watch
+from .stall import TurnStallCheck
 from .tts import TTS
 from .vad import SpeechEnded, SpeechStarted, VadConfig, VadEvent, VadSegmenter
 
@@ -40,12 +43,6 @@ HANGUP_GRACE = 2.0
 # Silence inside a turn after which a bot with ``on_pause`` gets the speech so far
 # (well before the VAD hangover closes the turn), e.g. to transcribe speculatively.
 PAUSE_MS = 200
-
-# Unvoiced audio after a sound, still too short for an utterance, that resumes a
-# paused prompt. WebRTC's VAD often marks a frame or two after a sound as voiced,
-# and the resumed audio takes a frame to leave: the caller hears the prompt again
-# about 200-250 ms after the sound ended (the goal is within 300 ms).
-RESUME_AFTER_MS = 160
 
 
 @dataclass
@@ -94,19 +91,22 @@ class BotSession:
         # Only bots that define on_pause get pauses (and pay for the copy of the audio).
         self._on_pause = getattr(bot, "on_pause", None)
         self._pause_ms = PAUSE_MS if self._on_pause is not None else 0
-        self._current: tuple[Playback, str, bool] | None = None
         # What the media path calls with each frame: the segmenter's compiled listener
         # (the VAD step in C, Python only at its actions, see _on_step) while nothing
         # needs every frame; it calls _on_frame otherwise, and None: _on_frame itself.
         self._listener = self._segmenter.frame_listener(self._on_step, self._on_frame)
-        # The playback a speech onset paused, held until the caller's turn is decided.
-        self._held = None
-        # Closes a turn whose frames stopped (see _check_stall); watched while a turn is open.
-        self._stall_watch: StallWatch | None = None
-        self._stall_watched = False
-        self._stall_seen = 0
-        self._stall_since = 0.0
-        self._stall_tick_at = 0.0
+        # The prompt playing now, and the one a speech onset paused (see _rewire).
+        self._barge = BargeIn(
+            call,
+            self._segmenter,
+            self.metrics,
+            interrupted=self._inbox.put_nowait,
+            # Weak: the session and its barge-in are no cycle (freed when the call ends).
+            held_changed=weakref.WeakMethod(self._rewire),
+        )
+        self._rewire()
+        # Closes a turn whose frames stopped (armed while a turn is open).
+        self._stall = TurnStallCheck(self._segmenter)
         self._turn_ended_at: float | None = None
         self._input_deadline: float | None = None
         rec = call.record
@@ -151,12 +151,13 @@ class BotSession:
         seconds = len(pcm) / SAMPLE_RATE
         log.info("call %s: bot plays %s (%.2f s)", self.call.id, label or "audio", seconds)
         playback = self.call.playout.play(pcm)
-        self._current = (playback, label, interruptible)
+        barge = self._barge
+        barge.current = (playback, label, interruptible)
         try:
             await playback.wait()
         finally:
-            if self._current is not None and self._current[0] is playback:
-                self._current = None
+            if barge.current is not None and barge.current[0] is playback:
+                barge.current = None
         return PlaybackResult(
             playback.frames_sent, playback.frames, playback.interrupted, tuple(playback.pauses)
         )
@@ -169,18 +170,18 @@ class BotSession:
         resume_false_interruptions: bool = True,
     ) -> None:
         """Turn listening, barge-in and resuming after a false interruption on or off."""
-        self.settings = ListenSettings(
+        self.settings = self._barge.settings = ListenSettings(
             enabled=enabled,
             barge_in=barge_in,
             resume_false_interruptions=resume_false_interruptions,
         )
+        self._stall.listening = enabled
         if not enabled:
             self._segmenter.reset()
-            self._cancel_stall_check()
-        if self._held is not None and not (enabled and barge_in):
+            self._stall.cancel()
+        if not (enabled and barge_in):
             # Nobody will decide about the sound any more: the prompt goes on.
-            self._resume("listening changed")
-            self._held = None
+            self._barge.let_go("listening changed")
         self._rewire()
 
     def expect_input(self, within: float | None) -> None:
@@ -193,28 +194,19 @@ class BotSession:
         """Terminate the call through the Cloud API, then close it."""
         log.info("call %s: bot hangs up (%s)", self.call.id, reason)
         # Let the last words leave before the media path closes.
-        if self._current is not None:
-            await self._current[0].wait()
+        current = self._barge.current
+        if current is not None:
+            await current[0].wait()
         # Closing cancels this session task; shield so the close itself completes.
         await asyncio.shield(self.call.end(reason, terminate=True))
 
     # --- media callbacks (in-loop, per frame) -------------------------------------------
 
-    @property
-    def _held(self) -> Playback | None:
-        """The playback a speech onset paused, until the caller's turn is decided."""
-        return self._held_playback
-
-    @_held.setter
-    def _held(self, playback: Playback | None) -> None:
-        self._held_playback = playback
-        self._rewire()
-
     def _rewire(self) -> None:
         """Tell the compiled listener whether only the VAD's actions need Python."""
         if self._listener is not None:
             self._listener.plain = (
-                self.settings.enabled and not self._pause_ms and self._held_playback is None
+                self.settings.enabled and not self._pause_ms and self._barge.held is None
             )
 
     def _on_frame(self, frame: AudioBuffer) -> None:
@@ -229,7 +221,7 @@ class BotSession:
             action = segmenter.step(frame)
         except ValueError:
             raise segmenter.frame_error(frame) from None
-        if action or self._pause_ms or self._held is not None:
+        if action or self._pause_ms or self._barge.held is not None:
             self._on_step(action, frame)
 
     def _on_step(self, action: int, frame: AudioBuffer) -> None:
@@ -238,18 +230,19 @@ class BotSession:
         segmenter = self._segmenter
         self._on_vad_events(segmenter.events(action, frame))
         # A turn opens (in_speech turns true) only at a frame with an action.
-        if action and not self._stall_watched and segmenter.in_speech:
-            self._arm_stall_check()
+        if action and not self._stall.watched and segmenter.in_speech:
+            self._stall.arm(self._close_stalled_turn)
 
     def _on_vad_events(self, events: list[VadEvent]) -> None:
+        barge = self._barge
         for event in events:
             if isinstance(event, SpeechStarted):
-                if self._on_speech_started():
+                if barge.speech_started():
                     onset_ms = self._segmenter.frames_seen * 20 - event.at_ms
                     self.metrics.barge_in_stop_ms.append(float(onset_ms))
             elif isinstance(event, SpeechEnded):
-                if self._held is not None:
-                    self._barge_in("speech")  # told before the utterance itself
+                if barge.held is not None:
+                    barge.barge_in("speech")  # told before the utterance itself
                 self.metrics.utterances += 1
                 log.info(
                     "call %s: caller turn %d ended (%.2f s of speech)",
@@ -261,132 +254,32 @@ class BotSession:
                 # Told of frames sent only until the first of the answer leaves.
                 self.call.playout.on_frame_sent = self._on_frame_sent
                 self._inbox.put_nowait(Utterance(event.audio, event.started_at_ms, event.at_ms))
-            elif self._held is not None:  # SpeechDiscarded
-                self._resume("the sound was discarded")
-                self._held = None
+            else:  # SpeechDiscarded
+                barge.let_go("the sound was discarded")
         if self._pause_ms and self._segmenter.turn_silence_ms == self._pause_ms:
             turn = self._segmenter.peek()
             if turn is not None:
                 self._inbox.put_nowait(
                     _Pause(Utterance(turn.audio, turn.started_at_ms, turn.at_ms))
                 )
-        if self._held is not None:
-            self._decide_paused()
+        if barge.held is not None:
+            barge.decide()
 
     # --- a caller whose packets stop mid-turn ------------------------------------------
 
-    def _arm_stall_check(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._stall_seen = self._segmenter.frames_seen
-        self._stall_since = self._stall_tick_at = loop.time()
-        self._stall_watch = stall_watch(loop)
-        self._stall_watch.watch(self._check_stall)
-        self._stall_watched = True
+    def _close_stalled_turn(self) -> None:
+        # The caller's packets stopped mid-turn (see TurnStallCheck): the turn ends here.
+        hangover_ms = self._segmenter.config.hangover_ms
+        log.info(
+            "call %s: no caller audio for %d ms, closing the open turn", self.call.id, hangover_ms
+        )
+        self._on_vad_events(self._segmenter.flush())
 
-    def _check_stall(self, now: float) -> None:
-        """Close an open turn on the wall clock once no frame came for the hangover.
-
-        The segmenter's hangover counts frames; when the caller's packets stop
-        (a network drop, a client that stops sending in silence) none come, and
-        the turn would stay open forever. No per-frame cost: the loop's
-        :class:`~gateway.pipeline.stall.StallWatch` calls this every 100 ms
-        while a turn is open.
-        """
-        segmenter = self._segmenter
-        if not segmenter.in_speech or not self.settings.enabled:
-            self._cancel_stall_check()
-            return
-        late = now - self._stall_tick_at - STALL_CHECK_S
-        self._stall_tick_at = now
-        if segmenter.frames_seen != self._stall_seen:
-            self._stall_seen = segmenter.frames_seen
-            self._stall_since = now
-        elif late > STALL_CHECK_S:
-            # The event loop itself stalled: packets may be waiting to be read, so
-            # that time says nothing about the caller.
-            self._stall_since += late
-        elif now - self._stall_since >= segmenter.config.hangover_ms / 1000:
-            log.info(
-                "call %s: no caller audio for %d ms, closing the open turn",
-                self.call.id,
-                segmenter.config.hangover_ms,
-            )
-            self._cancel_stall_check()
-            self._on_vad_events(segmenter.flush())
-
-    def _cancel_stall_check(self) -> None:
-        if self._stall_watched:
-            self._stall_watched = False
-            if self._stall_watch is not None:
-                self._stall_watch.unwatch(self._check_stall)
-
-    def _on_speech_started(self) -> bool:
-        """Stop the bot's interruptible speech at a speech onset; True if it did."""
-        if not self.settings.resume_false_interruptions:
-            return self._barge_in("speech")
-        playback = self._interruptible()
-        if playback is None:
-            return False
-        # Silence at once, as a barge-in would; whether to drop the rest waits
-        # until the sound is long enough to be a turn, or ends short of it.
-        self.call.playout.pause()
-        self._held = playback
-        log.info("call %s: playout paused at speech onset", self.call.id)
-        return True
-
-    def _decide_paused(self) -> None:
-        held = self._held
-        if held is None:
-            return
-        playout = self.call.playout
-        if held.done.done():
-            self._held = None  # flushed meanwhile (a key, the call ending)
-        elif self._segmenter.turn_is_utterance:
-            self._barge_in("speech")
-        elif playout.paused:
-            if self._segmenter.turn_silence_ms >= RESUME_AFTER_MS:
-                self._resume(f"a {self._segmenter.turn_voiced_ms} ms sound, not speech so far")
-        elif self._segmenter.turn_silence_ms == 0:
-            # More sound in the same turn: hold the prompt again until it is decided.
-            playout.pause()
-
-    def _resume(self, why: str) -> None:
-        """Let the held prompt go on; it stays held until the caller's turn is decided."""
-        held = self._held
-        if held is None or not self.call.playout.paused:
-            return
-        self.call.playout.resume()
-        self.metrics.false_interruptions += 1
-        pause_frames = held.pauses[-1][1] if held.pauses else 0
-        log.info("call %s: playout resumed after %d ms (%s)", self.call.id, pause_frames * 20, why)
-
-    def _interruptible(self) -> Playback | None:
-        current = self._current
-        if current is None or not self.settings.barge_in:
-            return None
-        playback, _label, interruptible = current
-        if not interruptible or playback.done.done():
-            return None
-        return playback
-
-    def _barge_in(self, cause: str) -> bool:
-        """Cut the bot's interruptible speech; True if it did."""
-        self._held = None
-        playback = self._interruptible()
-        if playback is None:
-            self.call.playout.resume()  # a pause must never outlive its decision
-            return False
-        assert self._current is not None
-        label = self._current[1]
-        dropped = self.call.playout.flush()
-        self.metrics.barge_ins += 1
-        log.info("call %s: barge-in by %s, %d frames dropped", self.call.id, cause, dropped)
-        self._inbox.put_nowait(Interruption(label, playback.frames_sent, dropped))
-        return True
+    # --- keys, and the answer's first frame --------------------------------------------
 
     def _on_dtmf(self, digit: str, duration_ms: int) -> None:
         # A key press cuts the prompt short, as on any IVR ("type-ahead").
-        self._barge_in(f"key {digit}")
+        self._barge.barge_in(f"key {digit}")
         self._inbox.put_nowait(_Dtmf(digit))
 
     def _on_frame_sent(self, pts: int, is_speech: bool) -> None:
@@ -443,7 +336,7 @@ class BotSession:
             call.end(f"bot error: {exc!r}", terminate=True)
 
     async def _on_call_end(self) -> None:
-        self._cancel_stall_check()
+        self._stall.cancel()
         try:
             async with asyncio.timeout(HANGUP_GRACE):
                 await self.bot.on_hangup(self)

@@ -1,7 +1,11 @@
-"""One watch for every call's open turn on an event loop, riding on its frame clock.
+"""Turns whose caller's frames stopped: each session's check, and one watch per loop.
 
-A bot session checks every :data:`STALL_CHECK_S` whether the caller's frames
-stopped mid-turn (see ``BotSession._check_stall``). With a timer per session,
+The segmenter's hangover counts frames; when the caller's packets stop (a
+network drop, a client that stops sending in silence) none come, and the turn
+would stay open forever. A bot session's :class:`TurnStallCheck` closes it on the
+wall clock instead, checking every :data:`STALL_CHECK_S` while a turn is open.
+
+With a timer per session,
 every call with an open turn arms a ``TimerHandle`` ten times a second, each
 pushed onto and popped off the loop's heap (whose comparisons are Python code),
 and, the sessions' timers falling due at instants of their own, each may wake
@@ -20,6 +24,7 @@ from typing import Final
 
 from ..media.frameclock import TICK, FrameClock, frame_clock
 from ..perloop import per_loop
+from .vad import VadSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -82,3 +87,62 @@ _watch = per_loop(lambda loop: StallWatch(frame_clock(loop)))
 def stall_watch(loop: asyncio.AbstractEventLoop) -> StallWatch:
     """The loop's stall watch (made on first use)."""
     return _watch(loop)
+
+
+class TurnStallCheck:
+    """One session's check: calls ``close()`` once no frame came for the hangover mid-turn.
+
+    No per-frame cost: the loop's :class:`StallWatch` runs :meth:`check` every
+    :data:`STALL_CHECK_S` between :meth:`arm` (a turn opened) and :meth:`cancel`.
+    """
+
+    def __init__(self, segmenter: VadSegmenter) -> None:
+        self._segmenter = segmenter
+        # False while the session does not listen: the check then stops.
+        self.listening = True
+        # Held only while armed, so a session and its check are no cycle at rest.
+        self._close: Callable[[], None] | None = None
+        self._watch: StallWatch | None = None
+        self.watched = False
+        self._seen = 0
+        self._since = 0.0
+        self.tick_at = 0.0
+
+    def arm(self, close: Callable[[], None]) -> None:
+        """Start checking (a turn opened); ``close`` ends the turn if it stalls."""
+        self._close = close
+        loop = asyncio.get_running_loop()
+        self._seen = self._segmenter.frames_seen
+        self._since = self.tick_at = loop.time()
+        self._watch = stall_watch(loop)
+        self._watch.watch(self.check)
+        self.watched = True
+
+    def check(self, now: float) -> None:
+        """Close the open turn once no frame came for the hangover (``now``: loop time)."""
+        segmenter = self._segmenter
+        if not segmenter.in_speech or not self.listening:
+            self.cancel()
+            return
+        late = now - self.tick_at - STALL_CHECK_S
+        self.tick_at = now
+        if segmenter.frames_seen != self._seen:
+            self._seen = segmenter.frames_seen
+            self._since = now
+        elif late > STALL_CHECK_S:
+            # The event loop itself stalled: packets may be waiting to be read, so
+            # that time says nothing about the caller.
+            self._since += late
+        elif now - self._since >= segmenter.config.hangover_ms / 1000:
+            close = self._close
+            self.cancel()
+            if close is not None:
+                close()
+
+    def cancel(self) -> None:
+        """Stop checking (nothing if not armed)."""
+        self._close = None
+        if self.watched:
+            self.watched = False
+            if self._watch is not None:
+                self._watch.unwatch(self.check)
