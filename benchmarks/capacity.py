@@ -11,6 +11,10 @@ the gateway that saturated (the generator's cores are its average over the
 step, ramp and teardown included). ``--no-pin`` leaves both free to use any core.
 
     python benchmarks/capacity.py [--steps 50 100 150 200] [--duration 20] [--no-pin]
+        [--phases independent|shared]
+
+``--phases shared``: every caller sends at the same instants (the load of the figures
+measured before the option; default: each at a phase of its own, as phones do).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ import logging
 import os
 import time
 from pathlib import Path
+
+from echo_load import add_phases_option
 
 from gateway.loadtest import LoadTestConfig, run_load_test
 
@@ -34,13 +40,15 @@ async def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--rate", type=float, default=20.0, help="calls started per second")
     parser.add_argument("--no-pin", action="store_true", help="do not pin to cores")
+    add_phases_option(parser)
     args = parser.parse_args()
     cores = sorted(os.sched_getaffinity(0))
     pin = not args.no_pin and len(cores) >= 2
     gateway_cpus, generator_cpus = ((cores[0],), (cores[1],)) if pin else (None, None)
     print(
         "largest concurrency with < 1% of received frames late (> 60 ms) or lost, echo bot, "
-        f"{args.duration:.0f} s calls; setup and response times in ms (p50/p99); "
+        f"{args.duration:.0f} s calls, callers at {args.phases} phases; setup and response "
+        "times in ms (p50/p99); "
         + (
             f"gateway pinned to core {cores[0]}, load generator to core {cores[1]}"
             if pin
@@ -64,6 +72,7 @@ async def main() -> None:
                 progress=False,
                 gateway_cpus=gateway_cpus,
                 generator_cpus=generator_cpus,
+                phases=args.phases,
             )
         )
         generator = (time.process_time() - cpu_before) / (time.perf_counter() - wall_before)

@@ -11,6 +11,8 @@ both alike; the figure is the gateway process's own CPU time per call-second.
     python benchmarks/cpu_ab.py [--base main] [--head REV] [--calls 10] [--duration 30]
 
 ``--head REV`` compares two revisions (both exported) instead of this checkout.
+``--phases shared`` has every simulated caller send at the same instants (the load of
+the figures measured before the option; default: each at a phase of its own).
 ``--head-env KEY=VALUE`` (repeatable) sets a gateway setting on the measured side only:
 with ``--base HEAD`` it compares one setting against its default on the same code, e.g.
 ``--base HEAD --head-env GATEWAY_OPUS_COMPLEXITY=3``.
@@ -28,7 +30,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from echo_load import run_echo_calls
+from echo_load import add_phases_option, run_echo_calls
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -72,11 +74,19 @@ def server_from(tree: str) -> tuple[str, ...]:
 
 
 async def cpu_ms(
-    calls: int, duration: float, tree: str | None, env: dict[str, str] | None = None
+    calls: int,
+    duration: float,
+    tree: str | None,
+    env: dict[str, str] | None = None,
+    phases: str = "independent",
 ) -> tuple[float, float]:
     """The gateway's CPU per call-second (ms) and its event loop's wake-ups per second."""
     report = await run_echo_calls(
-        calls, duration, server_command=server_from(tree) if tree else None, gateway_env=env
+        calls,
+        duration,
+        server_command=server_from(tree) if tree else None,
+        gateway_env=env,
+        phases=phases,
     )
     if report["ended_cleanly"] != calls:
         # A saturated machine: the figure is still the gateway's CPU per call-second.
@@ -99,6 +109,7 @@ async def main() -> None:
         metavar="KEY=VALUE",
         help="environment of the measured side's gateway only (repeatable)",
     )
+    add_phases_option(parser)
     args = parser.parse_args()
     head_env = dict(item.split("=", 1) for item in args.head_env) or None
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryDirectory() as tmp_head:
@@ -112,7 +123,8 @@ async def main() -> None:
             head += " with " + " ".join(args.head_env)
         print(
             f"gateway CPU per call-second, echo bot, {args.calls} calls of "
-            f"{args.duration:.0f} s, base {args.base} ({base_commit}) vs {head}"
+            f"{args.duration:.0f} s, callers at {args.phases} phases, "
+            f"base {args.base} ({base_commit}) vs {head}"
         )
         print("(wake/s: the gateway's event-loop wake-ups a second, its main thread's sleeps)")
         print(
@@ -121,8 +133,8 @@ async def main() -> None:
         )
         base, this = [], []
         for r in range(args.rounds):
-            base.append(await cpu_ms(args.calls, args.duration, tmp))
-            this.append(await cpu_ms(args.calls, args.duration, head_tree, head_env))
+            base.append(await cpu_ms(args.calls, args.duration, tmp, phases=args.phases))
+            this.append(await cpu_ms(args.calls, args.duration, head_tree, head_env, args.phases))
             print(row(f"{r + 1:>5}", base[-1], this[-1]))
         print(row("  med", medians(base), medians(this)))
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
 from gateway.loadtest import LoadTestConfig, run_load_test
+from gateway.loadtest.phases import PHASE_MODES
 
 AUDIO = str(Path(__file__).resolve().parent.parent.parent / "shared" / "audio")
 
@@ -26,4 +28,16 @@ async def run_echo_calls(calls: int, duration: float, **settings: Any) -> dict[s
             progress=False,
             **settings,
         )
+    )
+
+
+def add_phases_option(parser: argparse.ArgumentParser) -> None:
+    """``--phases``: when the simulated callers send their frames (LoadTestConfig.phases)."""
+    parser.add_argument(
+        "--phases",
+        choices=PHASE_MODES,
+        default=LoadTestConfig.phases,
+        help="callers send each at a random phase of its own, as phones do (independent, "
+        "the default), or all at the same instants (shared: the load of the figures "
+        "measured before the option)",
     )

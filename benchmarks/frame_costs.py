@@ -24,6 +24,10 @@ times only those functions (``Class.method``), so both sides carry the same
 wrappers.
 
     python benchmarks/frame_costs.py [--calls 10] [--duration 15] [--base REV] [--only NAME ...]
+        [--phases independent|shared]
+
+``--phases shared``: every caller sends at the same instants (the load of the figures
+measured before the option; default: each at a phase of its own, as phones do).
 """
 
 from __future__ import annotations
@@ -242,12 +246,17 @@ def callback_name(callback: Any) -> str:
 
 
 async def load(
-    calls: int, duration: float, out: str, tree: str = "", only: str = ""
+    calls: int,
+    duration: float,
+    out: str,
+    tree: str = "",
+    only: str = "",
+    phases: str = "independent",
 ) -> dict[str, Any]:
     from echo_load import run_echo_calls
 
     command = (sys.executable, str(HERE), "--serve", out, tree, only)
-    return await run_echo_calls(calls, duration, server_command=command)
+    return await run_echo_calls(calls, duration, server_command=command, phases=phases)
 
 
 def table(samples: dict[str, list[int]], frames: float) -> str:
@@ -271,6 +280,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--base", help="also run this git revision (first)")
     parser.add_argument("--only", nargs="*", default=[], help="time only these Class.method")
+    from echo_load import add_phases_option
+
+    add_phases_option(parser)
     args = parser.parse_args()
     only = ",".join(args.only)
     base_then_this(args.base, lambda out, tree: run(args, out, tree, only))
@@ -294,7 +306,7 @@ def base_then_this(base: str | None, run: Callable[[str, str], None]) -> None:
 
 def run(args: argparse.Namespace, out: str, tree: str, only: str) -> None:
     """One load test against a timed gateway; prints its tables."""
-    report = asyncio.run(load(args.calls, args.duration, out, tree, only))
+    report = asyncio.run(load(args.calls, args.duration, out, tree, only, args.phases))
     with open(out) as f:
         data = json.load(f)
     samples, snapshots = data["functions"], data["snapshots"]
@@ -302,7 +314,8 @@ def run(args: argparse.Namespace, out: str, tree: str, only: str) -> None:
     frames = 50 * gateway["call_seconds"]
     print(
         f"thread CPU per call of the per-frame functions inside the gateway, echo bot, "
-        f"{args.calls} calls of {args.duration:.0f} s ({gateway['call_seconds']:.0f} "
+        f"{args.calls} calls of {args.duration:.0f} s at {args.phases} phases "
+        f"({gateway['call_seconds']:.0f} "
         f"call-seconds); the whole process: {gateway['cpu_ms_per_call_second']:.1f} ms "
         f"per call-second = {1000 * gateway['cpu_ms_per_call_second'] / 50:.0f} us per "
         f"inbound frame (timed, so a little above an untimed run); its event loop woke "

@@ -197,7 +197,17 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--charts", metavar="DIR", help="write PNG charts here (needs matplotlib)")
     load.add_argument("--gateway-url", help="load a running gateway instead of starting one")
     load.add_argument("--graph-port", type=int, default=0, help="port of the sandbox's Graph API")
-    load.add_argument("--seed", type=int, default=1, help="random seed for pauses (default 1)")
+    load.add_argument(
+        "--seed", type=int, default=1, help="random seed for pauses and phases (default 1)"
+    )
+    load.add_argument(
+        "--phases",
+        choices=("independent", "shared"),
+        default="independent",
+        help="when callers send their 20 ms frames: each at a random phase of its own, as "
+        "phones do (default), or all at the same instants, one burst per 20 ms (the load "
+        "of figures measured before this option)",
+    )
 
     sub.add_parser("bots", help="list the installed bot plugins")
     return parser
@@ -414,6 +424,7 @@ async def _loadtest(args: argparse.Namespace) -> int:
         access_token=os.environ.get("WHATSAPP_ACCESS_TOKEN"),
         graph_port=args.graph_port,
         seed=args.seed,
+        phases=args.phases,
     )
     report = await run_load_test(config)
     print(summary_table(report))

@@ -20,6 +20,7 @@ from gateway.loadtest import (
     summary_table,
     write_charts,
 )
+from gateway.loadtest.phases import PHASE_STEP, draw_phases
 from gateway.loadtest.report import build_report
 from gateway.loadtest.target import MAIN_THREAD_SLEEPS, GatewayUnderTest
 
@@ -74,7 +75,14 @@ async def test_small_load_test_against_a_gateway_process(tmp_path: Path) -> None
     g = report["gateway"]
     assert g["cpu_seconds"] > 0 and g["call_seconds"] > 15 and g["peak_active_calls"] == 3
     assert g["wakeups"] > 0 and g["wakeups_per_call_second"] > 0
+    # The callers sent at phases of their own (the default), drawn from the seed.
+    assert report["config"]["phases"] == "independent"
+    phases = [c["phase_ms"] for c in sorted(report["per_call"], key=lambda c: c["index"])]
+    assert phases == [p * PHASE_STEP * 1000 for p in draw_phases(3, config.seed)]
+    gen = report["generator"]
+    assert gen["cpu_ms_per_call_second"] > 0 and gen["wakeups_per_second"] > 0
     assert "response: speech end -> bot" in summary_table(report)
+    assert "load generator (independent phases)" in summary_table(report)
     json.dumps(report)
     charts = write_charts(report, str(tmp_path))
     assert [Path(c).name for c in charts] == ["latency.png", "load.png"]

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from aiortc.rtp import RtpPacket
 
 from .. import rtc
+from ..media.frameclock import FrameClock
 from ..media.inbound import InboundAudio
 from ..media.pcm import PCM
 from ..media.transport import InboundPacket
@@ -100,6 +101,7 @@ class CallStats:
 
     index: int
     call_id: str = ""
+    phase_ms: float | None = None  # its frames' phase after the generator's grid; None: shared
     setup_accept_ms: float | None = None  # connect webhook sent -> accept received
     setup_media_ms: float | None = None  # connect webhook sent -> first packet received
     response_ms: list[float] = field(default_factory=list)
@@ -122,15 +124,19 @@ async def run_caller(
     duration: float,
     rng: random.Random,
     barge_in_every: int = 3,
+    clock: FrameClock | None = None,
 ) -> CallStats:
-    """One simulated caller: call, talk for ``duration`` seconds, measure, hang up."""
+    """One simulated caller: call, talk for ``duration`` seconds, measure, hang up.
+
+    ``clock``: the frame clock it sends on (default: the loop's shared one).
+    """
     stats = CallStats(index)
     user = SimulatedUser(sandbox, f"1555{index:07d}", f"Caller {index}")
     started = time.perf_counter()
     call: UserCall | None = None
     counter: _PacketCounter | None = None
     try:
-        call = await user.place_call(inbound=False)
+        call = await user.place_call(inbound=False, clock=clock)
         stats.call_id = call.call_id
         counter = _PacketCounter(call, stats)
         counter.attach()

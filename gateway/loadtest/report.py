@@ -51,11 +51,13 @@ def build_report(
     after: dict[str, float],
     wall: float,
     measured: float,
+    generator: tuple[float, int] | None = None,
 ) -> dict[str, Any]:
     """The JSON-ready report of a run; ``config`` is what was asked, secrets left out.
 
     ``before`` and ``after`` are the gateway's figures at the start and the end of the
-    calls, ``measured`` seconds apart; ``wall`` is the whole run's time.
+    calls, ``measured`` seconds apart; ``wall`` is the whole run's time; ``generator``
+    the load generator's own CPU seconds and sleeps over those ``measured`` seconds.
     """
     cpu = after.get("process_cpu_seconds_total", 0) - before.get("process_cpu_seconds_total", 0)
     call_seconds = after.get("gateway_call_seconds_total", 0) - before.get(
@@ -110,6 +112,14 @@ def build_report(
                 sleeps / call_seconds if sleeps is not None and call_seconds else None
             ),
         },
+        # The load generator (this process: sandbox and callers) over the same window.
+        "generator": {
+            "cpu_seconds": generator[0] if generator else None,
+            "cpu_ms_per_call_second": (
+                1000 * generator[0] / call_seconds if generator and call_seconds else None
+            ),
+            "wakeups_per_second": generator[1] / measured if generator and measured else None,
+        },
         "timeline": [asdict(s) for s in samples],
         "per_call": [
             {k: v for k, v in asdict(r).items() if k != "first_packet_at"} for r in results
@@ -160,6 +170,13 @@ def summary_table(report: dict[str, Any]) -> str:
         lines.append(
             f"gateway event loop: {g['wakeups_per_second']:.0f} wake-ups a second, "
             f"{g['wakeups_per_call_second']:.1f} per call-second"
+        )
+    gen = report.get("generator") or {}
+    if gen.get("cpu_ms_per_call_second") is not None:
+        phases = report["config"].get("phases", "shared")
+        lines.append(
+            f"load generator ({phases} phases): {gen['cpu_ms_per_call_second']:.1f} ms CPU "
+            f"per call-second, {gen['wakeups_per_second']:.0f} wake-ups a second"
         )
     if report["failures"]:
         lines.append("failures by reason:")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import resource
 import secrets
 import sys
 import time
@@ -22,6 +23,7 @@ import httpx
 from .. import rtc
 from ..sandbox.cloud import CloudAPISandbox
 from .callers import CallStats, run_caller
+from .phases import PHASE_MODES, PHASE_STEP, PhaseClocks, Phases, draw_phases
 from .recordings import load_recordings
 from .report import Sample, build_report
 from .target import DEFAULT_SERVER, GatewayUnderTest, start_local_gateway
@@ -50,10 +52,15 @@ class LoadTestConfig:
     # callers and sandbox) to these: measuring capacity on one core per side.
     gateway_cpus: tuple[int, ...] | None = None
     generator_cpus: tuple[int, ...] | None = None
+    # When the callers send their 20 ms frames: each at a phase of its own (as phones
+    # do), or all at the same instants (the load of the rounds before; see .phases).
+    phases: Phases = "independent"
 
 
 async def run_load_test(config: LoadTestConfig) -> dict[str, Any]:
     """Run the whole load test and return the report (a JSON-ready dict)."""
+    if config.phases not in PHASE_MODES:
+        raise ValueError(f"phases must be one of {PHASE_MODES}, got {config.phases!r}")
     if config.generator_cpus is None:
         return await _run(config)
     # The event loop's thread (and threads it starts from now on) run on those cores.
@@ -95,11 +102,14 @@ async def _run(config: LoadTestConfig) -> dict[str, Any]:
     samples: list[Sample] = []
     results: list[CallStats] = []
     rng = random.Random(config.seed)
+    clocks = PhaseClocks(asyncio.get_running_loop())
+    phases = draw_phases(config.calls, config.seed) if config.phases == "independent" else None
     started = time.perf_counter()
     try:
         async with httpx.AsyncClient(timeout=5) as client:
             before = await gateway.metrics(client)
             measured_from = time.perf_counter()
+            cpu_before, sleeps_before = _generator_usage()
             tasks: list[asyncio.Task[CallStats]] = []
             sampler = asyncio.create_task(
                 _sample(gateway, client, started, samples, results, tasks, config)
@@ -107,13 +117,19 @@ async def _run(config: LoadTestConfig) -> dict[str, Any]:
             try:
                 for i in range(config.calls):
                     caller_rng = random.Random(rng.random())
+                    clock = clocks.clock(phases[i]) if phases is not None else None
                     tasks.append(
                         asyncio.create_task(
-                            run_caller(sandbox, i, recordings, config.duration, caller_rng)
+                            run_caller(
+                                sandbox, i, recordings, config.duration, caller_rng, clock=clock
+                            )
                         )
                     )
                     await asyncio.sleep(1 / config.rate)
                 results.extend(await asyncio.gather(*tasks))
+                if phases is not None:
+                    for result in results:
+                        result.phase_ms = phases[result.index] * PHASE_STEP * 1000
                 await asyncio.sleep(1.0)  # let the last terminates land
             finally:
                 sampler.cancel()
@@ -122,6 +138,7 @@ async def _run(config: LoadTestConfig) -> dict[str, Any]:
                     task.cancel()
             after = await gateway.metrics(client)
             measured = time.perf_counter() - measured_from
+            cpu_after, sleeps_after = _generator_usage()
     finally:
         await sandbox.aclose()
         await gateway.stop()
@@ -137,7 +154,14 @@ async def _run(config: LoadTestConfig) -> dict[str, Any]:
         after,
         wall=time.perf_counter() - started,
         measured=measured,
+        generator=(cpu_after - cpu_before, sleeps_after - sleeps_before),
     )
+
+
+def _generator_usage() -> tuple[float, int]:
+    """This process's CPU seconds and voluntary context switches (its threads' sleeps)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime, usage.ru_nvcsw
 
 
 async def _sample(

@@ -47,11 +47,17 @@ TickCallback = Callable[[float], None]
 
 
 class FrameClock:
-    """20 ms ticks of one event loop's clock, each with one timer for all its waiters."""
+    """20 ms ticks of one event loop's clock, each with one timer for all its waiters.
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    ``origin`` is a loop time on the clock's grid (default: now). A loop's calls
+    share :func:`frame_clock`; a clock of another origin ticks at another phase
+    (the load tester's callers, which send at phases of their own as phones do:
+    :mod:`gateway.loadtest.phases`).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, origin: float | None = None) -> None:
         self._loop = loop
-        self._origin = loop.time()
+        self._origin = loop.time() if origin is None else origin
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         # Insertion-ordered, so subscribers are served in the order they came.
         self._subscribers: dict[TickCallback, None] = {}

@@ -115,7 +115,9 @@ class PlayoutTrack(MediaStreamTrack):
 
     ``on_frame_sent(pts, is_speech)`` is called as each frame leaves, pts in
     48 kHz units. ``complexity`` is the Opus encoder's (0-10, see
-    :data:`~gateway.media.opus.DEFAULT_COMPLEXITY`).
+    :data:`~gateway.media.opus.DEFAULT_COMPLEXITY`). ``clock`` is the frame clock
+    whose grid the track keeps time on (default: the loop's shared
+    :func:`~gateway.media.frameclock.frame_clock`, as every call of the gateway does).
     """
 
     kind = "audio"
@@ -127,6 +129,7 @@ class PlayoutTrack(MediaStreamTrack):
         complexity: int = DEFAULT_COMPLEXITY,
         max_burst: int = 3,
         on_frame_sent: Callable[[int, bool], None] | None = None,
+        clock: FrameClock | None = None,
     ) -> None:
         super().__init__()
         self.on_frame_sent = on_frame_sent
@@ -142,7 +145,7 @@ class PlayoutTrack(MediaStreamTrack):
         self._ended = False
         self._paused = False
         self._start: float | None = None
-        self._clock: FrameClock | None = None
+        self._clock = clock
         self._pts = 0
         self._next_pts = 0
         self._frames_sent = 0
@@ -154,6 +157,13 @@ class PlayoutTrack(MediaStreamTrack):
         self.tap: list[tuple[int, bytes]] | None = None
         """When a list, every speech packet sent is appended to it as ``(pts, payload)``,
         pts in 48 kHz units from :attr:`started_at` (the call's recording)."""
+
+    @property
+    def clock(self) -> FrameClock:
+        """The frame clock the track sends on (the running loop's shared one unless given)."""
+        if self._clock is None:
+            self._clock = frame_clock(asyncio.get_running_loop())
+        return self._clock
 
     @property
     def started_at(self) -> float | None:
@@ -279,8 +289,7 @@ class PlayoutTrack(MediaStreamTrack):
             if frame is not None:
                 payload, pts = frame
                 return payload if isinstance(payload, bytes) else self.encode(payload), pts
-            assert self._clock is not None
-            await self._clock.sleep_until(self.next_due)
+            await self.clock.sleep_until(self.next_due)
 
     @property
     def next_due(self) -> float:
@@ -306,10 +315,10 @@ class PlayoutTrack(MediaStreamTrack):
         if self._ended:
             raise MediaStreamError
         if self._start is None:
-            # On the loop's shared 20 ms grid: one timer wakes every call's track.
-            # The first frame counts as due on the latest grid line: it goes now.
-            self._clock = frame_clock(asyncio.get_running_loop())
-            self._start = self._clock.last_tick()
+            # On the loop's shared 20 ms grid (unless given another clock): one timer
+            # wakes every call's track. The first frame counts as due on the latest
+            # grid line: it goes now.
+            self._start = self.clock.last_tick()
         late = now - (self._start + self._next_pts / OPUS_RATE)
         if late < -_EARLY:
             return None

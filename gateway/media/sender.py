@@ -57,7 +57,7 @@ from aiortc.utils import random32
 
 from gateway.media import native, reports, rtcp
 from gateway.media.adopt import adopt
-from gateway.media.frameclock import frame_clock
+from gateway.media.frameclock import FrameClock
 from gateway.media.playout import PlayoutTrack
 from gateway.media.rtp import HEADER
 from gateway.media.transport import CallTransport
@@ -103,6 +103,7 @@ class PlayoutSender(RTCRtpSender):
     _playing: PlayoutTrack
     _ended: asyncio.Future[None]
     _stream: native.OutboundStream
+    _clock: FrameClock
 
     # What aiortc's RTCP sender reports and getStats read: the stream's counters.
     _RTCRtpSender__ntp_timestamp = _report_field("_RTCRtpSender__ntp_timestamp", "ntp_timestamp")
@@ -181,7 +182,9 @@ class PlayoutSender(RTCRtpSender):
         )
         loop = asyncio.get_running_loop()
         self._ended = loop.create_future()
-        clock = frame_clock(loop)
+        # The track's clock: the loop's shared one, unless the track keeps time on
+        # another (the load tester's callers, at phases of their own).
+        clock = self._clock = track.clock
         clock.subscribe(self._on_tick)
         try:
             await self._ended
@@ -232,6 +235,6 @@ class PlayoutSender(RTCRtpSender):
         transport.send_rtp_now(packet)
 
     def _end(self) -> None:
-        frame_clock(asyncio.get_running_loop()).unsubscribe(self._on_tick)
+        self._clock.unsubscribe(self._on_tick)
         if not self._ended.done():
             self._ended.set_result(None)

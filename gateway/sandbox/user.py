@@ -20,6 +20,7 @@ from aiortc import RTCSessionDescription
 from .. import rtc, sdp
 from ..media.audio import SAMPLE_RATE, frame_rms
 from ..media.dtmf import DtmfSender
+from ..media.frameclock import FrameClock
 from ..media.inbound import InboundAudio
 from ..media.pcm import PCM
 from ..media.playout import Playback, PlayoutTrack
@@ -80,6 +81,7 @@ class SimulatedUser:
         payload_types: tuple[int, int] | None = None,
         network: Impairment | None = None,
         jitter_window: int = 2,
+        clock: FrameClock | None = None,
     ) -> UserCall:
         """Call the business: post a signed connect webhook with our offer.
 
@@ -88,8 +90,11 @@ class SimulatedUser:
         and telephone-event on other numbers than WhatsApp's 111 and 126;
         ``network`` sends the media through a relay that loses and delays it, and
         ``jitter_window`` (frames) is how long the phone waits for a late packet.
+        ``clock``: the frame clock the phone sends its 20 ms frames on (default: the
+        loop's shared one, every simulated phone at the same instants; the load
+        tester gives each caller a phase of its own, :mod:`gateway.loadtest.phases`).
         """
-        call = UserCall(self, self.sandbox.new_call_id())
+        call = UserCall(self, self.sandbox.new_call_id(), clock=clock)
         call.fault = fault
         call.network = network
         call.jitter_window = jitter_window
@@ -117,6 +122,7 @@ class UserCall:
         *,
         direction: str = "USER_INITIATED",
         callback_data: str | None = None,
+        clock: FrameClock | None = None,
     ) -> None:
         self.user = user
         self.call_id = call_id
@@ -125,7 +131,7 @@ class UserCall:
         self.sandbox = user.sandbox
         self.state = UserCallState.OFFERED
         self.pc = rtc.new_peer_connection(shared_certificate=False)  # a phone of its own
-        self.playout = PlayoutTrack()
+        self.playout = PlayoutTrack(clock=clock)
         self.inbound: InboundAudio | None = None
         self.offer_sdp = ""
         self.answer_sdp: str | None = None
