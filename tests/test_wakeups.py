@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway import heap
 from gateway.heap import HeapTrimmer
-from gateway.media.frameclock import TICK, call_on_grid, frame_clock, sleep_on_grid
+from gateway.media.frameclock import TICK, FrameClock, call_on_grid, frame_clock, sleep_on_grid
 from gateway.metrics.loop import LoopLagMonitor
 
 
@@ -162,6 +162,34 @@ async def test_sleep_on_grid_wakes_with_the_tick() -> None:
     finally:
         passes.close()
         stop()
+
+
+async def test_a_cancelled_sleep_takes_its_ticks_timer_along() -> None:
+    """An ended call's media watch (a sleep on the grid, cancelled) leaves no timer
+    behind to wake the loop later; a tick with a waiter left keeps its timer."""
+    loop = asyncio.get_running_loop()
+    clock = FrameClock(loop)
+    fired: list[int] = []
+    fire = clock._fire
+
+    def spy(tick: int) -> None:
+        fired.append(tick)
+        fire(tick)
+
+    clock._fire = spy  # type: ignore[method-assign]
+    now = loop.time()
+    lone_at, shared_at = clock.on_grid(now + 2 * TICK), clock.on_grid(now + 3 * TICK)
+    lone = asyncio.create_task(clock.sleep_until(lone_at))
+    ended, stays = (asyncio.create_task(clock.sleep_until(shared_at)) for _ in range(2))
+    await asyncio.sleep(0)
+    assert len(clock._waiters) == 2
+    lone.cancel()
+    ended.cancel()
+    await asyncio.gather(lone, ended, return_exceptions=True)
+    await stays  # the tick it shared with a cancelled sleep still came
+    # Timers run in time order: the lone sleep's, a tick earlier, would have run by now.
+    assert fired == [round((shared_at - clock._origin) / TICK)]
+    assert not clock._waiters and not clock._timers
 
 
 async def test_the_heap_trim_is_set_on_the_grid() -> None:

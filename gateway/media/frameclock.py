@@ -59,6 +59,8 @@ class FrameClock:
         self._loop = loop
         self._origin = loop.time() if origin is None else origin
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
+        # The timer of each tick with waiters (cancelled with the tick's last waiter).
+        self._timers: dict[int, asyncio.TimerHandle] = {}
         # Insertion-ordered, so subscribers are served in the order they came.
         self._subscribers: dict[TickCallback, None] = {}
         self._ticker: asyncio.TimerHandle | None = None
@@ -88,16 +90,23 @@ class FrameClock:
         return self._origin + ticks * TICK
 
     async def sleep_until(self, when: float) -> None:
-        """Sleep until ``when``, a tick's time (others are rounded to the nearest tick)."""
+        """Sleep until ``when``, a tick's time (others are rounded to the nearest tick).
+
+        The tick's timer goes when its last sleep is cancelled: a call that ended
+        leaves no wake-up behind."""
         tick = round((when - self._origin) / TICK)
         # Each waiter has its own future, so cancelling one wakes no other.
         waiter: asyncio.Future[None] = self._loop.create_future()
         waiters = self._waiters.get(tick)
         if waiters is None:
             waiters = self._waiters[tick] = []
-            self._loop.call_at(self._origin + tick * TICK, self._fire, tick)
+            self._timers[tick] = self._loop.call_at(self._origin + tick * TICK, self._fire, tick)
         waiters.append(waiter)
-        await waiter
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            self._forget(tick, waiter)
+            raise
 
     def subscribe(self, callback: TickCallback, *, first: bool = False) -> None:
         """Call ``callback(now)`` at every tick from now on, and once right away;
@@ -160,7 +169,22 @@ class FrameClock:
             logger.exception("frame clock callback %r failed; unsubscribed", callback)
             self.unsubscribe(callback)
 
+    def _forget(self, tick: int, waiter: asyncio.Future[None]) -> None:
+        # A cancelled sleep (an ended call's media watch, say): the last waiter of a
+        # tick takes its timer along, so the loop does not wake up for no one.
+        waiters = self._waiters.get(tick)
+        if waiters is None:
+            return  # the tick came already
+        try:
+            waiters.remove(waiter)
+        except ValueError:
+            return  # a later sleep for the same tick: not this waiter's
+        if not waiters:
+            del self._waiters[tick]
+            self._timers.pop(tick).cancel()
+
     def _fire(self, tick: int) -> None:
+        self._timers.pop(tick, None)
         for waiter in self._waiters.pop(tick, ()):
             if not waiter.done():
                 waiter.set_result(None)
