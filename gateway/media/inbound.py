@@ -48,7 +48,7 @@ from gateway.media.jitter import JitterBuffer
 from gateway.media.native import NativeStreamStatistics, _rtp
 from gateway.media.opus import FRAME_TICKS, OPUS_RATE, OpusDecoder, packet_duration
 from gateway.media.pcm import FRAME_MS, PCM
-from gateway.media.transport import InboundPacket
+from gateway.media.rtp import InboundPacket
 
 logger = logging.getLogger(__name__)
 

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import socket
 import time
+from collections.abc import Callable
 from typing import Any, Final, Protocol, TypeAlias
 
 from aiortc.rtcrtpreceiver import StreamStatistics
@@ -220,3 +222,54 @@ def outbound(
     return kind(
         transport, first_byte, second_byte, ssrc, extensions, sequence_number, timestamp_origin
     )
+
+
+def inbound(
+    session: Any,
+    on_unprotected: Callable[[bytes, int], None],
+    on_error: Callable[[BaseException], None],
+    on_rtcp: Callable[[bytes], None],
+) -> _rtp.Inbound | None:
+    """The compiled inbound path of a call's receiving SRTP session (pylibsrtp's), or
+    None without libsrtp's function or the session (another pylibsrtp)."""
+    unprotect, rx = srtp_function("srtp_unprotect"), srtp_session(session)
+    if not (unprotect and rx):
+        return None
+    unprotect_rtcp = srtp_function("srtp_unprotect_rtcp")
+    return _rtp.Inbound(
+        unprotect,
+        rx,
+        session,
+        on_unprotected,
+        on_error,
+        unprotect_rtcp,
+        on_rtcp if unprotect_rtcp else None,
+    )
+
+
+def route(
+    session: Any,
+    sock: socket.socket,
+    remote: tuple[str, int],
+    send_protected: Callable[[bytes], None],
+) -> _rtp.Route | None:
+    """The compiled outbound route (protect with the call's sending SRTP session and
+    ``sendto`` on ``sock``), or None without libsrtp's function or the session, or for
+    an address that is not numeric."""
+    protect, tx = srtp_function("srtp_protect"), srtp_session(session)
+    if not (protect and tx):
+        return None
+    try:
+        return _rtp.Route(
+            protect,
+            tx,
+            session,
+            sock,
+            remote[0],
+            remote[1],
+            send_protected,
+            srtp_function("srtp_protect_rtcp"),
+        )
+    except ValueError as exc:  # not a numeric address
+        logger.debug("RTP goes through asyncio: %s", exc)
+        return None

@@ -9,7 +9,7 @@ packet), unprotects the SRTP, builds an ``RtpPacket`` with every header
 extension decoded, and awaits the receiver's handler. Once DTLS is up,
 :class:`CallTransport` shadows ``datagram_received`` on its ICE sockets: an RTP
 datagram (first byte 128-191, not RTCP; RFC 7983 demultiplexing) is unprotected
-(:mod:`gateway.media.srtp`) and read by :func:`parse_inbound` (fixed header
+(:mod:`gateway.media.srtp`) and read by :func:`~gateway.media.rtp.parse_inbound` (fixed header
 only; CSRCs, extensions and padding skipped by their lengths) right there,
 routed by aiortc's own router, and handed to
 :meth:`gateway.media.inbound.InboundAudio.receive`, which decodes it and runs
@@ -65,61 +65,12 @@ from aiortc.rtp import RtpPacket
 from gateway.media import native, rtcp, tickread
 from gateway.media.adopt import adopt
 from gateway.media.native import _rtp
-from gateway.media.rtp import HEADER, NTP_UNIX_OFFSET
+from gateway.media.rtp import NTP_UNIX_OFFSET, InboundPacket, parse_inbound
 from gateway.media.srtp import SrtpCalls, srtp_calls
 
+__all__ = ["CallTransport", "InboundPacket", "parse_inbound"]
+
 logger = logging.getLogger(__name__)
-
-
-class InboundPacket:
-    """The parts of a received RTP packet the gateway reads (duck-types ``RtpPacket``)."""
-
-    __slots__ = ("marker", "payload", "payload_type", "sequence_number", "ssrc", "timestamp")
-
-    def __init__(
-        self,
-        payload_type: int,
-        marker: int,
-        sequence_number: int,
-        timestamp: int,
-        ssrc: int,
-        payload: bytes,
-    ) -> None:
-        self.payload_type = payload_type
-        self.marker = marker
-        self.sequence_number = sequence_number
-        self.timestamp = timestamp
-        self.ssrc = ssrc
-        self.payload = payload
-
-    def __repr__(self) -> str:
-        return (
-            f"InboundPacket(seq={self.sequence_number}, ts={self.timestamp}, "
-            f"marker={self.marker}, payload_type={self.payload_type}, "
-            f"payload={len(self.payload)} bytes)"
-        )
-
-
-def parse_inbound(data: bytes) -> InboundPacket:
-    """Read an RTP packet's header and payload; ValueError if it is malformed."""
-    if len(data) < HEADER.size:
-        raise ValueError("RTP packet length is less than 12 bytes")
-    first, second, sequence_number, timestamp, ssrc = HEADER.unpack_from(data)
-    if first >> 6 != 2:
-        raise ValueError("RTP packet has invalid version")
-    start = HEADER.size + 4 * (first & 0x0F)  # CSRCs
-    if first & 0x10:  # header extension: 16-bit profile, 16-bit length in words
-        if len(data) < start + 4:
-            raise ValueError("RTP packet has truncated extension profile / length")
-        start += 4 + 4 * ((data[start + 2] << 8) | data[start + 3])
-    end = len(data)
-    if first & 0x20:  # padding: its length is the last byte
-        end -= data[-1]
-    if start > end or (first & 0x20 and data[-1] == 0):
-        raise ValueError("RTP packet is truncated or has invalid padding")
-    return InboundPacket(
-        second & 0x7F, second >> 7, sequence_number, timestamp, ssrc, data[start:end]
-    )
 
 
 def _counter(mangled: str, source: str, name: str) -> Any:
@@ -258,46 +209,23 @@ class CallTransport(RTCDtlsTransport):
     # --- the compiled path -------------------------------------------------------------------
 
     def _start_native(self) -> None:
-        """Set up the compiled inbound path and, on a direct UDP pair, the outbound route.
-
-        Each needs libsrtp's function and this call's session out of pylibsrtp;
-        without them (another pylibsrtp), the Python path stays.
-        """
-        unprotect, protect = (
-            native.srtp_function("srtp_unprotect"),
-            native.srtp_function("srtp_protect"),
+        """Set up the compiled inbound path and, on a direct UDP pair, the outbound route
+        (each stays None where it cannot be: the Python path then)."""
+        self._native_in = native.inbound(
+            self._rx_srtp, self._from_unprotected, _log_inbound_error, self._rtcp_decrypted
         )
-        rx, tx = native.srtp_session(self._rx_srtp), native.srtp_session(self._tx_srtp)
-        if unprotect and rx:
-            unprotect_rtcp = native.srtp_function("srtp_unprotect_rtcp")
-            self._native_in = _rtp.Inbound(
-                unprotect,
-                rx,
-                self._rx_srtp,
-                self._from_unprotected,
-                _log_inbound_error,
-                unprotect_rtcp,
-                self._rtcp_decrypted if unprotect_rtcp else None,
-            )
         pair = self._nominated.get(1)  # rtcp-mux: one component
-        if not (protect and tx) or pair is None or type(pair.protocol) is not StunProtocol:
+        if pair is None or type(pair.protocol) is not StunProtocol:
             return  # a TURN relay (or none): aioice sends
         sock = pair.protocol.transport.get_extra_info("socket")
-        try:
-            self._route = _rtp.Route(
-                protect,
-                tx,
-                self._tx_srtp,
-                getattr(sock, "_sock", sock),  # asyncio's TransportSocket wraps it
-                pair.remote_addr[0],
-                pair.remote_addr[1],
-                self._send_protected,
-                native.srtp_function("srtp_protect_rtcp"),
-            )
-        except ValueError as exc:  # not a numeric address
-            logger.debug("RTP goes through asyncio: %s", exc)
-            return
-        self.rtp_rewrite = self._rewrite
+        self._route = native.route(
+            self._tx_srtp,
+            getattr(sock, "_sock", sock),  # asyncio's TransportSocket wraps it
+            pair.remote_addr,
+            self._send_protected,
+        )
+        if self._route is not None:
+            self.rtp_rewrite = self._rewrite
 
     def _stop_native(self) -> None:
         self._native_route = None
