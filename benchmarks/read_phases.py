@@ -53,7 +53,7 @@ def line(label: str, f: Figures | tuple[str, ...]) -> str:
         f"{v:>{w}}" if isinstance(v, str) else f"{v:>{w}.{p}f}"
         for v, (w, p) in zip(f, ((10, 2), (6, 0), (6, 2), (6, 0)), strict=True)
     ]
-    return f"{label:<24} | {cells[0]} {cells[1]} | {cells[2]} {cells[3]}"
+    return f"{label:<25} | {cells[0]} {cells[1]} | {cells[2]} {cells[3]}"
 
 
 async def main() -> None:
