@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -308,6 +309,31 @@ async def test_frame_clock_ticks_are_20ms_apart() -> None:
     await clock.sleep_until(first + 0.020)
     assert loop.time() >= first + 0.020 - 0.001
     assert clock.next_tick() >= first + 0.020
+
+
+async def test_frame_clock_serves_first_then_the_others_then_last_whenever_they_came() -> None:
+    clock = FrameClock(asyncio.get_running_loop())
+    order: list[str] = []
+    callbacks = {
+        name: functools.partial(lambda name, now: order.append(name), name) for name in "abcde"
+    }
+    clock.subscribe(callbacks["a"], last=True)
+    clock.subscribe(callbacks["b"])
+    clock.subscribe(callbacks["c"], first=True)
+    clock.subscribe(callbacks["d"])
+    clock.subscribe(callbacks["e"], last=True)
+    assert order == list("abcde")  # each called once at once, as it came
+    assert clock.subscribers == 5
+    order.clear()
+    while len(order) < 10:
+        await asyncio.sleep(0.01)
+    assert order[:5] == list("cbdae") and order[5:10] == list("cbdae")
+    clock.unsubscribe(callbacks["a"])
+    clock.unsubscribe(callbacks["c"])
+    assert clock.subscribers == 3
+    for name in "bde":
+        clock.unsubscribe(callbacks[name])
+    assert clock._ticker is None
 
 
 async def test_frame_clock_subscribers_tick_together_and_one_that_raises_goes_alone() -> None:

@@ -330,9 +330,12 @@ class Counting(Reporter):
 class Clock:
     def __init__(self) -> None:
         self.subscribed: list[Any] = []
+        self.last: list[Any] = []
 
-    def subscribe(self, callback: Any) -> None:
+    def subscribe(self, callback: Any, *, last: bool = False) -> None:
         self.subscribed.append(callback)
+        if last:
+            self.last.append(callback)
 
     def unsubscribe(self, callback: Any) -> None:
         self.subscribed.remove(callback)
@@ -351,6 +354,7 @@ async def test_the_schedule_draws_aiortcs_intervals_and_drops_a_failing_reporter
     for reporter in (good, broken, closed):
         schedule.add(reporter)
     assert clock.subscribed == [schedule._on_tick] and schedule.reporters == 3
+    assert clock.last == [schedule._on_tick]  # after every call's frames
     due = sorted(start + 0.5 + draws.random() for _ in range(3))
     schedule._on_tick(due[0] - 0.001)
     assert good.reports + broken.reports + closed.reports == 0  # never early

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import re
 import socket
 import time
@@ -277,7 +278,8 @@ async def test_the_tick_reads_first_caps_each_socket_and_hands_back_to_asyncio()
     before the subscribers already there (the senders), at most PER_TICK_LIMIT a tick,
     nothing lost; unregistered: asyncio reads it again."""
     clock = frame_clock(asyncio.get_running_loop())
-    reader = tickread.TickReader(clock)
+    # However late the tick (a loaded machine), it reads before the senders here.
+    reader = tickread.TickReader(clock, read_first=math.inf)
     slow = Slow()
     seen_by_sender: list[int] = []
 
@@ -315,13 +317,120 @@ async def test_the_tick_reads_first_caps_each_socket_and_hands_back_to_asyncio()
         protocol.transport.close()
 
 
+class ReadingTime:
+    """A tick reader's clock on which each look at it (one per socket read) takes a unit:
+    at a tick, the k-th look reads tick + late + k (``late``: how late the tick began)."""
+
+    def __init__(self, late: float = 0.0) -> None:
+        self.clock = frame_clock(asyncio.get_running_loop())
+        self.late = late
+        self.tick = -1.0
+        self.looks = 0
+
+    def __call__(self) -> float:
+        tick = self.clock.ticked[0]
+        if tick != self.tick:
+            self.tick, self.looks = tick, 0
+        else:
+            self.looks += 1
+        return tick + self.late + self.looks
+
+
+async def test_reading_past_read_first_is_left_for_after_the_senders_and_taken_in_turn() -> None:
+    """READ_FIRST into a tick the senders send; the sockets not read by then are read
+    right after them at the same tick, nothing lost, and the next tick starts with them."""
+    clock = frame_clock(asyncio.get_running_loop())
+    # Two sockets are read before the senders (looks at 0 and 1, within 1.5), two after.
+    reader = tickread.TickReader(clock, read_first=1.5, time=ReadingTime())
+    slows = [Slow() for _ in range(4)]
+    endpoints = [await endpoint() for _ in slows]
+    seen_by_sender: list[list[int]] = []
+    sent = [0]
+
+    def counts() -> list[int]:
+        return [len(slow.packets) for slow in slows]
+
+    def send(now: float) -> None:
+        seen_by_sender.append(counts())
+
+    def next_round(now: float) -> None:
+        # Last at each tick (after the reader's own reads after the senders): once every
+        # socket has had the round, the next round's datagrams, for the next tick.
+        if min(counts()) == sent[0] < 3:
+            sent[0] += 1
+            for (_, address), slow in zip(endpoints, slows, strict=True):
+                sender.sendto(slow.srtp(sent[0]), address)
+
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for (protocol, _), slow in zip(endpoints, slows, strict=True):
+            assert reader.register(protocol, slow.port)  # type: ignore[arg-type]
+        clock.subscribe(send)
+        clock.subscribe(next_round, last=True)
+        await until(lambda: min(counts()) == 3)
+        # The sender saw half of each round read: two sockets in turn, starting with
+        # those the tick before left for after the senders.
+        assert seen_by_sender[:4] == [[0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 2, 2], [3, 3, 2, 2]]
+        assert [slow.sequence_numbers() for slow in slows] == [[1, 2, 3]] * 4
+        assert reader.deferred >= 6
+    finally:
+        clock.unsubscribe(send)
+        clock.unsubscribe(next_round)
+        sender.close()
+        for protocol, _ in endpoints:
+            reader.unregister(protocol)  # type: ignore[arg-type]
+            protocol.transport.close()
+    assert clock.subscribers == 0
+
+
+async def test_a_tick_that_starts_late_sends_first_and_reads_everything_after() -> None:
+    """A tick that starts past READ_FIRST (the loop was busy) reads nothing before the
+    senders; it reads every socket after them, a burst beyond the per-tick cap over
+    the next ticks, in order."""
+    clock = frame_clock(asyncio.get_running_loop())
+    reader = tickread.TickReader(clock, read_first=0.5, time=ReadingTime(late=1.0))
+    slow = Slow()
+    protocol, address = await endpoint()
+    seen_by_sender: list[int] = []
+    seen_after: list[int] = []
+
+    def send(now: float) -> None:
+        seen_by_sender.append(len(slow.packets))
+
+    def after(now: float) -> None:
+        seen_after.append(len(slow.packets))
+
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        assert reader.register(protocol, slow.port)  # type: ignore[arg-type]
+        clock.subscribe(send)
+        clock.subscribe(after, last=True)  # subscribed after the reader's own last one
+        count = tickread.PER_TICK_LIMIT + 10
+        seen_by_sender.clear()
+        seen_after.clear()
+        for seq in range(count):
+            sender.sendto(slow.srtp(seq), address)
+        await until(lambda: len(slow.packets) == count)
+        assert slow.sequence_numbers() == list(range(count))
+        # Every tick's sender ran before that tick's read: it saw only earlier ticks' reads.
+        ticks = len(seen_after)
+        assert seen_by_sender[:ticks] == [0, *seen_after[: ticks - 1]]
+        assert tickread.PER_TICK_LIMIT in seen_after  # the cap, then the rest a tick later
+    finally:
+        clock.unsubscribe(send)
+        clock.unsubscribe(after)
+        sender.close()
+        reader.unregister(protocol)  # type: ignore[arg-type]
+        protocol.transport.close()
+
+
 async def test_a_closed_socket_leaves_the_tick() -> None:
     clock = frame_clock(asyncio.get_running_loop())
     reader = tickread.TickReader(clock)
     before = clock.subscribers
     protocol, _ = await endpoint()
     assert reader.register(protocol, Slow().port)  # type: ignore[arg-type]
-    assert clock.subscribers == before + 1
+    assert clock.subscribers == before + 2  # its reads before the senders, and after
     protocol.transport.close()
     await until(lambda: reader.sockets == 0)
     assert reader.sockets == 0 and clock.subscribers == before

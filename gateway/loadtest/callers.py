@@ -4,6 +4,12 @@ Callers are cheap, so the load generator is not what saturates the machine: what
 they receive is counted, never decoded. Bot audio is told from silence by packet
 size: the gateway sends silence as one cached 8-byte Opus packet, and any encoded
 sound is several times larger.
+
+A packet's lateness is timed from its arrival as the kernel stamped it (what a
+phone's jitter buffer sees), not from when the generator's event loop got to it:
+the generator runs every caller in one process, and reads their sockets at its own
+20 ms tick, so its own queueing (tens of ms when its core is busy) is no lateness of
+the gateway's. That queueing is counted apart (``late_at_read_packets``).
 """
 
 from __future__ import annotations
@@ -47,6 +53,14 @@ class _PacketCounter(InboundAudio):
         self.last_sound_at: float | None = None
         self.sound_waiters: list[tuple[float, asyncio.Future[float]]] = []
         self.first_packet = asyncio.Event()
+        self.arrival_ms = 0
+        self.base_read_offset: float | None = None
+
+    def receive(self, packet: RtpPacket | InboundPacket, arrival_time_ms: int) -> None:
+        # The kernel's arrival stamp when the socket is read at the tick (asyncio's
+        # read time otherwise), for _push_audio, which the base class calls.
+        self.arrival_ms = arrival_time_ms
+        super().receive(packet, arrival_time_ms)
 
     def _push_audio(self, packet: RtpPacket | InboundPacket) -> None:
         now = time.perf_counter()
@@ -63,11 +77,17 @@ class _PacketCounter(InboundAudio):
             delta = (seq - (self.max_seq & 0xFFFF)) & 0xFFFF
             if delta < 0x8000:
                 self.max_seq += delta
-        offset = now - packet.timestamp / 48000
+        media_time = packet.timestamp / 48000
+        offset = self.arrival_ms / 1000 - media_time
         if self.base_offset is None or offset < self.base_offset:
             self.base_offset = offset
         elif offset - self.base_offset > LATE_AFTER:
             s.late_packets += 1
+        offset = now - media_time
+        if self.base_read_offset is None or offset < self.base_read_offset:
+            self.base_read_offset = offset
+        elif offset - self.base_read_offset > LATE_AFTER:
+            s.late_at_read_packets += 1
         if len(packet.payload) > SOUND_PACKET_BYTES:
             s.sound_packets += 1
             self.last_sound_at = now
@@ -111,7 +131,8 @@ class CallStats:
     packets_received: int = 0
     sound_packets: int = 0
     lost_packets: int = 0
-    late_packets: int = 0
+    late_packets: int = 0  # by the kernel's arrival stamp
+    late_at_read_packets: int = 0  # by when the generator's loop read them
     ended_cleanly: bool = False
     failure: str | None = None
     first_packet_at: float | None = None

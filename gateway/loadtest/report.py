@@ -88,6 +88,8 @@ def build_report(
             "received": received,
             "lost": sum(r.lost_packets for r in results),
             "late": sum(r.late_packets for r in results),
+            # Late as the generator's loop read them (its own queueing included).
+            "late_at_read": sum(r.late_at_read_packets for r in results),
             "lost_or_late_ratio": (
                 sum(r.lost_packets + r.late_packets for r in results) / received
                 if received

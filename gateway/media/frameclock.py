@@ -61,13 +61,22 @@ class FrameClock:
         self._waiters: dict[int, list[asyncio.Future[None]]] = {}
         # The timer of each tick with waiters (cancelled with the tick's last waiter).
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        # Insertion-ordered, so subscribers are served in the order they came.
+        # Insertion-ordered, so subscribers are served in the order they came: those
+        # subscribed with first=True, then the others, then those with last=True.
+        self._first: dict[TickCallback, None] = {}
         self._subscribers: dict[TickCallback, None] = {}
+        self._last: dict[TickCallback, None] = {}
+        self._groups = (self._first, self._subscribers, self._last)
         self._ticker: asyncio.TimerHandle | None = None
         self._ticker_tick = 0
         self.ticked = (-math.inf, -math.inf)
         """The latest tick's time, and the loop time its timer ran (so another timer
         due at that tick can tell how late the loop woke, before the tick's work)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop whose clock this is."""
+        return self._loop
 
     def next_tick(self) -> float:
         """The loop time of the next tick (now, if now is one)."""
@@ -108,35 +117,35 @@ class FrameClock:
             self._forget(tick, waiter)
             raise
 
-    def subscribe(self, callback: TickCallback, *, first: bool = False) -> None:
+    def subscribe(self, callback: TickCallback, *, first: bool = False, last: bool = False) -> None:
         """Call ``callback(now)`` at every tick from now on, and once right away;
         with ``first``, before the callbacks already subscribed (the media sockets'
-        reader, :mod:`gateway.media.tickread`: the bot hears before the senders send).
+        reader, :mod:`gateway.media.tickread`: the bot hears before the senders send);
+        with ``last``, after every callback without it (the reader again: what it
+        left for after the senders, :data:`~gateway.media.tickread.READ_FIRST`).
 
         ``now`` is the loop time when the tick's timer ran (at or a little after
         the tick; later if the loop stalled, and ticks missed in a stall are not
         replayed: the callback sees the time and catches up itself). A callback
         that raises is unsubscribed and logged; the others go on.
         """
-        if first:
-            self._subscribers = {callback: None, **self._subscribers}
-        else:
-            self._subscribers[callback] = None
+        (self._first if first else self._last if last else self._subscribers)[callback] = None
         if self._ticker is None:
             self._schedule(self._tick_after(self._loop.time()))
         self._call(callback, self._loop.time())
 
     def unsubscribe(self, callback: TickCallback) -> None:
         """Stop calling ``callback`` (nothing if it is not subscribed)."""
-        self._subscribers.pop(callback, None)
-        if not self._subscribers and self._ticker is not None:
+        for subscribers in self._groups:
+            subscribers.pop(callback, None)
+        if self._ticker is not None and not self.subscribers:
             self._ticker.cancel()
             self._ticker = None
 
     @property
     def subscribers(self) -> int:
         """How many callbacks tick."""
-        return len(self._subscribers)
+        return sum(map(len, self._groups))
 
     def _tick_after(self, now: float) -> int:
         return math.floor((now - self._origin) / TICK) + 1
@@ -151,14 +160,15 @@ class FrameClock:
         # The next tick before the callbacks run, so one that unsubscribes the
         # last callback cancels it.
         self._schedule(max(self._ticker_tick + 1, self._tick_after(now)))
-        for callback in list(self._subscribers):
-            if callback in self._subscribers:  # not unsubscribed by an earlier one
-                # _call's body, inline: this runs for every call every 20 ms.
-                try:
-                    callback(now)
-                except Exception:
-                    logger.exception("frame clock callback %r failed; unsubscribed", callback)
-                    self.unsubscribe(callback)
+        for subscribers in self._groups:
+            for callback in list(subscribers):
+                if callback in subscribers:  # not unsubscribed by an earlier one
+                    # _call's body, inline: this runs for every call every 20 ms.
+                    try:
+                        callback(now)
+                    except Exception:
+                        logger.exception("frame clock callback %r failed; unsubscribed", callback)
+                        self.unsubscribe(callback)
 
     def _call(self, callback: TickCallback, now: float) -> None:
         # As in _on_tick, which has it inline.

@@ -151,7 +151,8 @@ class ReportSchedule:
         self._count += 1
         self._push(reporter, self._loop.time())
         if self._count == 1:
-            frame_clock(self._loop).subscribe(self._on_tick)
+            # After every call's frames: a report is never due to the ms.
+            frame_clock(self._loop).subscribe(self._on_tick, last=True)
 
     def remove(self, reporter: Reporter) -> None:
         """No more reports from ``reporter`` (nothing if it is not scheduled)."""

@@ -14,6 +14,15 @@ the arrival time the kernel stamped (``SO_TIMESTAMPNS``), so RTCP's jitter and
 the arrival times the Python path sees stay right. Socket errors go to the
 protocol's ``error_received``, as asyncio's ``_read_ready`` sends them.
 
+The sockets are read before the calls' senders send (the bot hears a frame before
+the frames of that tick go out), but for :data:`READ_FIRST` into the tick at most:
+when the reading would hold the senders longer (a loaded core, many calls, or a
+tick that started late behind set-up work), the sockets not read yet are read
+right after the senders sent, in the same tick (:meth:`TickReader._read_rest`),
+and the next tick's reading starts with them. So what callers hear stays on time
+when the core is busy, each datagram is still read at its tick, and none is left
+in the kernel for longer; only the bot hears those frames a tick's sends later.
+
 The trade: a frame waits up to 20 ms (about 10 on average) more before the bot
 hears it, for one wake-up per 20 ms for all calls. ``GATEWAY_MEDIA_READ=arrival``
 (``serve --media-read arrival``) keeps the event-driven reading.
@@ -29,13 +38,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Final, TypeAlias
 
 from aioice.ice import StunProtocol
 
 from gateway.config import MEDIA_READ_MODES
 from gateway.config import MediaRead as ReadMode
-from gateway.media.frameclock import FrameClock, frame_clock
+from gateway.media.frameclock import TICK, FrameClock, frame_clock
 from gateway.media.native import _rtp
 from gateway.perloop import per_loop
 
@@ -44,6 +54,11 @@ logger = logging.getLogger(__name__)
 PER_TICK_LIMIT: Final = 64
 """Datagrams read from one socket per tick: 1.28 s of a call's 50 packets a second, so a
 loop stall's backlog is read at once, while a flooded socket costs a tick at most this."""
+
+READ_FIRST: Final = TICK / 4
+"""How long into a tick the sockets are read before the senders send (seconds after the
+tick's time): beyond it, the sockets left are read after the senders, at the same tick.
+At 80 calls on a quiet core the reading takes about 3 ms, so it all comes first."""
 
 _mode: ReadMode = "tick"
 
@@ -68,12 +83,29 @@ _Entry: TypeAlias = "tuple[_rtp.Port, Any, asyncio.DatagramTransport]"
 
 
 class TickReader:
-    """The registered sockets of one event loop, drained at each of its frame clock's ticks."""
+    """The registered sockets of one event loop, drained at each of its frame clock's ticks.
 
-    def __init__(self, clock: FrameClock) -> None:
+    ``read_first`` (seconds, :data:`READ_FIRST`) bounds the reading before the senders;
+    ``time`` is the clock it is read on (the loop's).
+    """
+
+    def __init__(
+        self,
+        clock: FrameClock,
+        read_first: float = READ_FIRST,
+        time: Callable[[], float] | None = None,
+    ) -> None:
         self._clock = clock
+        self._read_first = read_first
+        self._time = time or clock.loop.time
         self._reader = _rtp.Reader(self._handler_failed)
         self._sockets: dict[StunProtocol, _Entry] = {}
+        # Where the next tick's reading starts (the sockets read last at this one).
+        self._start = 0
+        # The sockets this tick left for after the senders.
+        self._rest: list[tuple[StunProtocol, _Entry]] = []
+        self.deferred = 0
+        """Socket reads put off until after the senders, so far."""
 
     @property
     def sockets(self) -> int:
@@ -109,6 +141,7 @@ class TickReader:
         self._sockets[protocol] = (port, sock, transport)
         if first:
             self._clock.subscribe(self._tick, first=True)
+            self._clock.subscribe(self._read_rest, last=True)
         return True
 
     def unregister(self, protocol: StunProtocol) -> None:
@@ -119,6 +152,7 @@ class TickReader:
         _, sock, transport = entry
         if not self._sockets:
             self._clock.unsubscribe(self._tick)
+            self._clock.unsubscribe(self._read_rest)
         if transport.is_closing():
             return
         transport.resume_reading()  # type: ignore[attr-defined]
@@ -128,18 +162,41 @@ class TickReader:
             pass  # closed meanwhile
 
     def _tick(self, now: float) -> None:
-        drain = self._reader.drain
-        for protocol, (port, sock, transport) in tuple(self._sockets.items()):
-            try:
-                if transport.is_closing() or (
-                    drain(port, sock, protocol.error_received, PER_TICK_LIMIT) < 0
-                ):
-                    self.unregister(protocol)
-            except Exception:
-                # Not one datagram's handler (the Reader reports those and goes on):
-                # this socket cannot be read; the others' calls go on.
-                logger.exception("media socket read failed; it is read by asyncio again")
+        """Read the sockets, from where the last tick left off, until READ_FIRST into the
+        tick; leave the rest to :meth:`_read_rest`, after the senders."""
+        entries = list(self._sockets.items())
+        start = self._start % len(entries) if entries else 0
+        order = entries[start:] + entries[:start]
+        deadline = self._clock.ticked[0] + self._read_first
+        time = self._time
+        for index, (protocol, entry) in enumerate(order):
+            if time() > deadline:
+                # The rest after the senders; the next tick starts with them.
+                self._rest = order[index:]
+                self._start = start + index
+                self.deferred += len(self._rest)
+                return
+            self._read(protocol, entry)
+
+    def _read_rest(self, now: float) -> None:
+        """Read what :meth:`_tick` left (after the senders sent)."""
+        rest, self._rest = self._rest, []
+        for protocol, entry in rest:
+            if self._sockets.get(protocol) is entry:  # not unregistered since
+                self._read(protocol, entry)
+
+    def _read(self, protocol: StunProtocol, entry: _Entry) -> None:
+        port, sock, transport = entry
+        try:
+            if transport.is_closing() or (
+                self._reader.drain(port, sock, protocol.error_received, PER_TICK_LIMIT) < 0
+            ):
                 self.unregister(protocol)
+        except Exception:
+            # Not one datagram's handler (the Reader reports those and goes on):
+            # this socket cannot be read; the others' calls go on.
+            logger.exception("media socket read failed; it is read by asyncio again")
+            self.unregister(protocol)
 
     @staticmethod
     def _handler_failed(exc: BaseException) -> None:
