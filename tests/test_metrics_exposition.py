@@ -176,6 +176,9 @@ def test_metric_objects_read_directly_match_generate_latest(
         negative.observe(-step)
         level.labels("r").set(step - 2.25)
         assert exposition.render() == generate_latest(registry)
+        assert exposition.render() == generate_latest(registry)  # nothing moved since
+    labelled.labels("new", "1").reset()
+    assert exposition.render() == generate_latest(registry)
 
 
 def test_the_gateways_registry_read_directly_matches_generate_latest() -> None:

@@ -109,9 +109,10 @@ def _prefix(name: str, labels: dict[str, str]) -> str:
 
 
 class _Series:
-    """The kept prefixes of one child (label set) of a Counter or Histogram."""
+    """The kept prefixes of one child (label set) of a Counter or Histogram, and its
+    lines of the last scrape with the values they were written from."""
 
-    __slots__ = ("buckets", "count", "created", "main", "sum")
+    __slots__ = ("buckets", "count", "created", "created_line", "lines", "main", "sum", "values")
 
     def __init__(self, metric: Any, labelvalues: tuple[str, ...]) -> None:
         name = metric._name
@@ -129,6 +130,16 @@ class _Series:
         else:
             self.main = _prefix(name + "_total", labels)
         self.created = _prefix(name + "_created", labels)
+        self.values: Any = None
+        self.lines: list[str] = []
+        self.created_line: tuple[float, str] | None = None
+
+    def created_text(self, created: float) -> str:
+        """The ``_created`` line (a child's creation time changes only when it is reset)."""
+        kept = self.created_line
+        if kept is None or kept[0] != created:
+            kept = self.created_line = (created, self.created + _number(created) + "\n")
+        return kept[1]
 
 
 class Exposition:
@@ -237,26 +248,42 @@ class Exposition:
                 series = cache[series_key] = _Series(metric, labelvalues)
             write(child, series, output)
             if created:
-                created_lines.append(series.created + _number(child._created) + "\n")
+                created_lines.append(series.created_text(child._created))
         if created_lines:
             output.append(family.om_headers["_created"])
             output.extend(created_lines)
 
 
+# A counter's value and a histogram's buckets and sum start at 0.0 and only grow by
+# adding (a counter refuses negative increments), so they are never -0.0: equal
+# values are the same text, and a series whose values did not change since the last
+# scrape (most of them: the setup and Graph figures move only when calls start) is
+# written from its kept lines.
+
+
 def _write_counter(child: Any, series: _Series, output: list[str]) -> None:
-    output.append(series.main + _number(child._value.get()) + "\n")
+    value = child._value.get()
+    if value != series.values:
+        series.values = value
+        series.lines = [series.main + _number(value) + "\n"]
+    output.extend(series.lines)
 
 
 def _write_histogram(child: Any, series: _Series, output: list[str]) -> None:
     # Histogram._child_samples: cumulative buckets, the count, the sum (non-negative bounds).
-    append = output.append
-    acc = 0.0
-    for prefix, bucket in zip(series.buckets, child._buckets, strict=True):
-        acc += bucket.get()
-        append(prefix + _number(acc) + "\n")
-    append(series.count + _number(acc) + "\n")
-    if child._upper_bounds[0] >= 0:
-        append(series.sum + _number(child._sum.get()) + "\n")
+    values = [bucket.get() for bucket in child._buckets]
+    values.append(child._sum.get())
+    if values != series.values:
+        series.values = values
+        lines = series.lines = []
+        acc = 0.0
+        for prefix, count in zip(series.buckets, values, strict=False):
+            acc += count
+            lines.append(prefix + _number(acc) + "\n")
+        lines.append(series.count + _number(acc) + "\n")
+        if child._upper_bounds[0] >= 0:
+            lines.append(series.sum + _number(values[-1]) + "\n")
+    output.extend(series.lines)
 
 
 # Gauges are collected: set_function() replaces a gauge's samples on the instance.
