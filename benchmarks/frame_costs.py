@@ -86,6 +86,13 @@ WRAPPED = [
     ("gateway.media.transport", "CallTransport", "_rtcp_received"),  # Python's SRTCP
     ("gateway.media.transport", "CallTransport", "_rtcp_decrypted"),  # C's, or that one's
     ("gateway.metrics", "Metrics", "render"),
+    # The scrape's parts: collectors, the live sessions' latency figures, the text.
+    ("prometheus_client.process_collector", "ProcessCollector", "collect"),
+    ("prometheus_client.gc_collector", "GCCollector", "collect"),
+    ("gateway.metrics.calls", "_Collector", "collect"),
+    ("gateway.metrics", "_ReceiverCollector", "collect"),
+    ("gateway.metrics.calls", "CallMetrics", "drain_live"),
+    ("gateway.metrics.exposition", "Exposition", "_write_direct"),
 ]
 
 
