@@ -17,7 +17,7 @@ from typing import Any
 from gateway import heap
 from gateway.heap import HeapTrimmer
 from gateway.media.frameclock import TICK, FrameClock, call_on_grid, frame_clock, sleep_on_grid
-from gateway.metrics.loop import LoopLagMonitor
+from gateway.metrics.loop import AFTER_TICK, LoopLagMonitor
 
 
 class Passes:
@@ -110,15 +110,19 @@ async def test_the_loop_lag_timer_adds_no_wakeup_while_the_clock_ticks() -> None
         first = len(ticks)
         monitor.start()
         assert monitor._timer is not None
-        assert clock.on_grid(monitor._timer.when()) == monitor._timer.when()
+        assert clock.on_grid(monitor._due) == monitor._due
+        assert monitor._timer.when() == monitor._due + AFTER_TICK  # after the tick's timer
+        first_due = monitor._due
         await enough  # a future, not a sleep: the test adds no timer of its own
         # Every pass that slept woke for a tick (one more: the first, before a tick).
         assert passes.sleeps <= len(ticks) - first + 1
-        for lag, (tick, ran), due in samples:
-            if tick == due:  # the tick ran first in that pass: its reading is the lag
-                assert lag == max(0.0, ran - due)
+        # A sample's own due time: the monitor sets the next one before on_sample.
+        dues = [first_due] + [next_due for _, _, next_due in samples[:-1]]
+        for (lag, (tick, ran), _), due in zip(samples, dues, strict=True):
+            # The tick ran first in that pass, and its reading is the lag.
+            assert tick == due
+            assert lag == max(0.0, ran - due)
         # Never sooner than the interval, to the nearest tick.
-        dues = [due for _, _, due in samples]
         assert all(b - a > 4.5 * TICK for a, b in itertools.pairwise(dues))
     finally:
         passes.close()
