@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from echo_load import add_phases_option
 
 from gateway.cluster.redis_server import RedisServer, free_port
 from gateway.loadtest import LoadTestConfig, run_load_test
@@ -92,6 +93,7 @@ async def _run(mode: str, args: argparse.Namespace) -> dict[str, Any]:
                 access_token=token,
                 graph_port=graph_port,
                 progress=False,
+                phases=args.phases,
             )
         )
     finally:
@@ -117,6 +119,7 @@ async def main() -> None:
     parser.add_argument(
         "--modes", nargs="+", default=["single", "cluster-1", "cluster-2"], metavar="MODE"
     )
+    add_phases_option(parser)
     args = parser.parse_args()
     print(
         f"{args.calls} concurrent echo-bot calls of {args.duration:.0f} s, "

@@ -28,7 +28,7 @@ import tempfile
 from pathlib import Path
 
 from cpu_ab import export, server_from
-from echo_load import run_echo_calls
+from echo_load import add_phases_option, run_echo_calls, use_phases
 
 _LINE = re.compile(r"^\s*([\d.]+)%\s+(\S.*?)\s*$")
 _NAMES = [  # a library's file name (start) -> what to call it
@@ -110,7 +110,9 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--duration", type=float, default=25.0)
     parser.add_argument("--sample", type=float, default=12.0, help="seconds perf records")
+    add_phases_option(parser)
     args = parser.parse_args()
+    use_phases(args.phases)
     if shutil.which("perf") is None:
         sys.exit("perf is not installed (Debian: apt-get install linux-perf)")
     if args.sample >= args.duration - 5:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.loadtest import LoadTestConfig, run_load_test
-from gateway.loadtest.phases import PHASE_MODES
+from gateway.loadtest.phases import PHASE_MODES, Phases
 
 AUDIO = str(Path(__file__).resolve().parent.parent.parent / "shared" / "audio")
 
@@ -16,8 +16,9 @@ async def run_echo_calls(calls: int, duration: float, **settings: Any) -> dict[s
     """A load test of ``calls`` echo-bot calls of ``duration`` s, 10 a second; its report.
 
     ``settings`` are further :class:`LoadTestConfig` fields (``server_command``,
-    ``gateway_env``...).
+    ``gateway_env``, ``phases``: by default those of :func:`use_phases`).
     """
+    settings.setdefault("phases", _phases)
     return await run_load_test(
         LoadTestConfig(
             calls=calls,
@@ -41,3 +42,13 @@ def add_phases_option(parser: argparse.ArgumentParser) -> None:
         "the default), or all at the same instants (shared: the load of the figures "
         "measured before the option)",
     )
+
+
+_phases: Phases = LoadTestConfig.phases
+
+
+def use_phases(phases: Phases) -> None:
+    """Have :func:`run_echo_calls` load with ``phases`` from now on, unless told otherwise
+    (a benchmark's ``--phases``, without passing it down through its own functions)."""
+    global _phases
+    _phases = phases

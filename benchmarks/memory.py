@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import smaps
-from echo_load import run_echo_calls
+from echo_load import add_phases_option, run_echo_calls, use_phases
 
 from gateway.loadtest import start_local_gateway
 
@@ -134,7 +134,9 @@ async def main() -> None:
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--map", action="store_true", help="attribute the gateway's RSS")
     parser.add_argument("--no-stock", action="store_true", help="measure the gateway only")
+    add_phases_option(parser)
     args = parser.parse_args()
+    use_phases(args.phases)
     print(f"resident memory (MiB), echo, {args.calls} calls of {args.duration:.0f} s")
     print(
         f"{'server':<24} {'at rest':>8} {'peak':>8} {'(anon':>6} {'file)':>6} "

@@ -135,7 +135,11 @@ if __name__ == "__main__":
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--save", help="also write the table to this file")
     parser.add_argument("--flame", help="also record a py-spy flame graph (SVG) here")
+    from echo_load import add_phases_option, use_phases
+
+    add_phases_option(parser)
     arguments = parser.parse_args()
+    use_phases(arguments.phases)
     if arguments.flame:
         arguments.flame = os.path.abspath(arguments.flame)
     logging.basicConfig(level=logging.ERROR)

@@ -25,7 +25,7 @@ import time
 import timeit
 from pathlib import Path
 
-from echo_load import AUDIO, run_echo_calls
+from echo_load import AUDIO, add_phases_option, run_echo_calls, use_phases
 
 from gateway.loadtest.recordings import load_recordings
 from gateway.recording import CallRecording
@@ -87,7 +87,9 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--duration", type=float, default=30.0)
     parser.add_argument("--rounds", type=int, default=2)
+    add_phases_option(parser)
     args = parser.parse_args()
+    use_phases(args.phases)
     print(
         f"gateway CPU per call-second, echo bot, {args.calls} calls of {args.duration:.0f} s "
         "with recorded speech (ms of gateway CPU per second of call)"

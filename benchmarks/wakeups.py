@@ -182,7 +182,11 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--duration", type=float, default=15.0)
     parser.add_argument("--base", help="also run this git revision (first)")
+    from echo_load import add_phases_option, use_phases
+
+    add_phases_option(parser)
     args = parser.parse_args()
+    use_phases(args.phases)
     base_then_this(args.base, lambda out, tree: run(args, out, tree))
 
 
