@@ -1,11 +1,13 @@
 """Cluster pieces in one process on a real redis-server: take-over of a lost worker's
-new calls, and what a worker answers while Redis is down."""
+new calls, what a worker answers while Redis is down, and call records that several
+workers write."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
@@ -18,6 +20,7 @@ from gateway.cluster.client import connect
 from gateway.cluster.node import WorkerNode
 from gateway.cluster.redis_server import RedisServer
 from gateway.cluster.router import ClusterRouter
+from gateway.cluster.store import RedisStore
 from gateway.errors import CallError, UnavailableError
 from gateway.events import CallConnect, CallStatus, Direction, Event, decode_event, encode_event
 from gateway.graph import GraphClient
@@ -203,3 +206,70 @@ async def test_a_worker_is_never_listed_without_its_lease(
         await db.aclose()
         for n in (node, other):
             await n.aclose()
+
+
+def _ended(call_id: str, *statuses: str) -> CallRecord:
+    record = CallRecord(call_id, Direction.BUSINESS_INITIATED, "15551230001")
+    record.state, record.ended_at, record.statuses = CallState.ENDED, time.time(), [*statuses]
+    return record
+
+
+async def test_a_late_status_saved_by_another_worker_survives_the_owners_next_save(
+    redis_server: RedisServer, graph: GraphClient
+) -> None:
+    # The call ended on its owner, which keeps its record in memory (history). A late
+    # status reaches another worker, which adds it to the record in Redis; a later one
+    # reaches the owner, which adds it to its own copy and saves that.
+    owner = CallManager(graph, store=RedisStore(redis_server.url, "owner"))
+    other = CallManager(graph, store=RedisStore(redis_server.url, "other"))
+    record = _ended("wacid.S", "RINGING")
+    owner.ledger.remember(record)
+    await owner.ledger.save(record)
+    try:
+        for manager in (owner, other):
+            await manager.start()
+        other.dispatch(CallStatus("wacid.S", "1", "ACCEPTED", 1700000001, "15551230001"))
+        await other.drain()
+        owner.dispatch(CallStatus("wacid.S", "1", "REJECTED", 1700000002, "15551230001"))
+        await owner.drain()
+        saved = await other.store.get_call("wacid.S")
+        assert saved is not None
+        assert Counter(saved.statuses) == Counter(["RINGING", "ACCEPTED", "REJECTED"])
+        assert Counter(record.statuses) == Counter(saved.statuses)  # the owner's copy too
+    finally:
+        for manager in (owner, other):
+            await manager.aclose()
+            await manager.store.close()
+
+
+async def test_a_stale_copy_saved_last_keeps_what_others_reported(
+    redis_server: RedisServer,
+) -> None:
+    # Worker B read the ended record (for a late status); meanwhile the owner saved
+    # WhatsApp's terminate record into it; then B saves its copy, which has neither.
+    owner, other = RedisStore(redis_server.url, "owner"), RedisStore(redis_server.url, "other")
+    record = _ended("wacid.T", "RINGING")
+    try:
+        await owner.save_call(record)
+        stale = await other.get_call("wacid.T")
+        assert stale is not None
+        record.terminate_status, record.duration = "COMPLETED", 42
+        record.errors = [{"code": 131044, "title": "x"}]
+        await owner.save_call(record)
+        stale.statuses.append("ACCEPTED")
+        await other.save_call(stale)
+        for saved in (await owner.get_call("wacid.T"), stale):
+            assert saved is not None
+            assert (saved.terminate_status, saved.duration) == ("COMPLETED", 42)
+            assert saved.errors == [{"code": 131044, "title": "x"}]
+            assert Counter(saved.statuses) == Counter(["RINGING", "ACCEPTED"])
+        # The same status reported twice (two deliveries Meta made) stays twice.
+        stale.statuses.append("ACCEPTED")
+        await other.save_call(stale)
+        await owner.save_call(record)
+        saved = await owner.get_call("wacid.T")
+        assert saved is not None
+        assert Counter(saved.statuses) == Counter(["RINGING", "ACCEPTED", "ACCEPTED"])
+    finally:
+        for store in (owner, other):
+            await store.close()

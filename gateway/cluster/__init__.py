@@ -8,6 +8,8 @@ cluster. Redis carries signaling and state only, never media:
 - :mod:`.router` — the :class:`gateway.routing.Router` of a cluster: new calls
   through a Streams consumer group (:mod:`.placement`), everything else to the
   call's owner (through its inbox, :mod:`.inbox`).
+- :mod:`.records` — call records that several workers write, none losing another's
+  report (a late status, Meta's terminate record).
 - :mod:`.supervisor` — ``gateway serve --workers N`` (SO_REUSEPORT).
 - :mod:`.redis_server` — a private ``redis-server`` for tests and ``gateway cluster``.
 - :mod:`.keys` — key names (events travel as :func:`gateway.events.encode_event` text).

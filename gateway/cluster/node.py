@@ -28,6 +28,7 @@ from ..graph import GraphClient
 from ..shutdown import stop_if_cancelled
 from . import keys
 from .client import connect
+from .records import RecordWriter
 
 if TYPE_CHECKING:
     from .store import RedisStore
@@ -66,6 +67,8 @@ class WorkerNode:
         # Typed Any: redis-py's hints cannot know that decode_responses gives str.
         self.redis: Any = connect(redis_url)
         self.blocking: Any = connect(redis_url, blocking=True)
+        # Writes of call records that keep what other workers reported into them.
+        self.records = RecordWriter(self.redis)
         self.calls = calls
         self.graph = graph
         self.id = worker_id or new_worker_id()
@@ -192,7 +195,7 @@ class WorkerNode:
                 for call in live:
                     self.register(pipe, call.id)
                     if self.store is not None:
-                        self.store.add_save(pipe, call.record, only_if_missing=True)
+                        self.store.add_missing(pipe, call.record)
                 await pipe.execute()
             log.info("cluster: %d live call(s) registered again", len(live))
         self.came_up()
@@ -315,15 +318,17 @@ class WorkerNode:
         except GraphAPIError as exc:
             # Usually: the call had already ended on WhatsApp's side.
             log.warning("call %s: terminate after %s failed: %s", call_id, reason, exc)
-        raw = await self.redis.get(keys.record(call_id))
+        # Unowned before its record says ENDED: an event for it meanwhile waits for the
+        # record (the router), and a terminate then goes into it.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.record(call_id))
+            pipe.hdel(keys.OWNERS, call_id)
+            pipe.srem(keys.LIVE, call_id)
+            raw, *_ = await pipe.execute()
         record: dict[str, Any] = json.loads(raw) if raw else {"call_id": call_id}
         if record.get("state") != CallState.ENDED:
             record.update(state=str(CallState.ENDED), end_reason=reason, ended_at=time.time())
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.record(call_id), json.dumps(record))
-            pipe.hdel(keys.OWNERS, call_id)
-            pipe.srem(keys.LIVE, call_id)
-            await pipe.execute()
+        await self.records.write(record)
         self.reaped_calls += 1
         log.warning("call %s: ended by %s (%s)", call_id, self.id, reason)
 

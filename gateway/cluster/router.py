@@ -240,7 +240,7 @@ class ClusterRouter:
             end_time=event.end_time,
             errors=[e.__dict__ for e in event.errors],
         )
-        await self.redis.set(keys.record(event.call_id), json.dumps(record))
+        await self.node.records.write(record)
 
     # --- API ---------------------------------------------------------------------------
 

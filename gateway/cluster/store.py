@@ -27,6 +27,7 @@ from ..store import JournalEntry, OutboxEvent
 from ..store.codec import decode_event, dedupe_key
 from . import keys
 from .client import connect
+from .records import RecordWriter
 
 SEEN, CALLS, PERMISSIONS = keys.SEEN, keys.CALLS, keys.PERMISSIONS
 DEDUPE_SECONDS = 3 * 24 * 3600
@@ -47,6 +48,7 @@ class RedisStore:
         self.redis: Any = connect(redis_url)
         self.worker = worker
         self._journal = self.redis.register_script(_JOURNAL)
+        self.records = RecordWriter(self.redis)
         # Writes of this process are applied in the order they were made (a pooled
         # client would otherwise let a later write overtake an earlier one).
         self._writes = asyncio.Lock()
@@ -97,23 +99,22 @@ class RedisStore:
 
     # --- call records ----------------------------------------------------------
 
-    def add_save(self, pipe: Any, record: CallRecord, *, only_if_missing: bool = False) -> None:
-        """Add to ``pipe`` what :meth:`save_call` writes (used by the lease renewal too)."""
-        pipe.set(keys.record(record.call_id), json.dumps(record.as_dict()), nx=only_if_missing)
-        pipe.zadd(CALLS, {record.call_id: record.created_at}, nx=only_if_missing)
-        if record.state == CallState.ENDED:
-            pipe.srem(keys.worker_calls(self.worker), record.call_id)
-        else:
+    def add_missing(self, pipe: Any, record: CallRecord) -> None:
+        """Add to ``pipe`` the writes of the record if Redis lost it (the lease renewal)."""
+        pipe.set(keys.record(record.call_id), json.dumps(record.as_dict()), nx=True)
+        pipe.zadd(CALLS, {record.call_id: record.created_at}, nx=True)
+        if record.state != CallState.ENDED:
             pipe.sadd(keys.worker_calls(self.worker), record.call_id)
 
     async def save_call(self, record: CallRecord) -> None:
-        """Insert or replace the record (one round trip, in the order of the calls)."""
+        """Insert or replace the record (one round trip, in the order of the calls),
+        keeping the statuses and terminate record other workers saved into it (they are
+        added to ``record`` too; see :mod:`.records`)."""
         self._wrote = True
 
         async def save() -> None:
-            async with self._writes, self.redis.pipeline(transaction=False) as pipe:
-                self.add_save(pipe, record)
-                await pipe.execute()
+            async with self._writes:
+                await self.records.save(record, live_of=self.worker)
 
         await self._run(save())
 

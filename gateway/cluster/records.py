@@ -1,0 +1,126 @@
+"""Call records in the cluster's Redis: one JSON value per call, which several workers write.
+
+The owner writes a call's record while the call runs and when it ends, from the
+copy it keeps in memory. WhatsApp's later reports can reach any worker: a status
+(added by the call manager of whichever worker got it) and the terminate record
+(:mod:`.router`, or the reaper's ending of a lost worker's call). Each writer
+writes a whole record built from its own copy, so a plain ``SET`` would drop
+what another worker reported since that copy was made.
+
+:func:`write_record` is that ``SET`` with a check, in one round trip: a Lua
+script writes the record unless it lacks a report the stored one has (a status,
+counted with its repeats, or the terminate record); then it returns the stored
+record instead, the writer adds what it lacks (:func:`adopt_reports`) and
+tries again. The merge is done here, in Python, because Redis's Lua JSON
+encoder would rewrite the record (empty lists become objects, floats lose
+digits); the script only decodes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any
+
+from ..errors import StoreError
+from ..records import CallRecord, CallState
+from . import keys
+
+# WhatsApp's terminate webhook on a record: set together, by whoever got it.
+TERMINATE_FIELDS = ("terminate_status", "duration", "start_time", "end_time", "errors")
+# A write that keeps meeting new reports gives up after this many tries (each one
+# means another worker wrote the record in the same moment).
+WRITE_ATTEMPTS = 8
+
+# KEYS[1] the record, KEYS[2] the index of records, KEYS[3] a worker's live calls.
+# ARGV[1] the record's JSON, ARGV[2] the call id, ARGV[3] its created_at ('' = leave
+# the index alone), ARGV[4] '+' add to / '-' remove from KEYS[3] ('' = neither).
+# Returns false when written, else the stored record that has reports ARGV[1] lacks.
+_WRITE = """
+local stored = redis.call('GET', KEYS[1])
+if stored then
+  local old, new = cjson.decode(stored), cjson.decode(ARGV[1])
+  local function set(v) return v ~= nil and v ~= cjson.null end
+  if set(old.terminate_status) and not set(new.terminate_status) then
+    return stored
+  end
+  local have = {}
+  if type(new.statuses) == 'table' then
+    for _, s in ipairs(new.statuses) do have[s] = (have[s] or 0) + 1 end
+  end
+  if type(old.statuses) == 'table' then
+    for _, s in ipairs(old.statuses) do
+      if (have[s] or 0) == 0 then return stored end
+      have[s] = have[s] - 1
+    end
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2]) end
+if ARGV[4] == '+' then
+  redis.call('SADD', KEYS[3], ARGV[2])
+elseif ARGV[4] == '-' then
+  redis.call('SREM', KEYS[3], ARGV[2])
+end
+return false
+"""
+
+
+def adopt_reports(record: dict[str, Any], stored: dict[str, Any]) -> None:
+    """Add to ``record`` (a record's JSON view) WhatsApp's reports only ``stored`` has.
+
+    The statuses it lacks (counting repeats) go after its own; the terminate record
+    is taken whole when ``record`` has none.
+    """
+    if record.get("terminate_status") is None and stored.get("terminate_status") is not None:
+        record.update({name: stored.get(name) for name in TERMINATE_FIELDS})
+    lacking = Counter(stored.get("statuses") or []) - Counter(record.get("statuses") or [])
+    if lacking:
+        record["statuses"] = [*(record.get("statuses") or []), *lacking.elements()]
+
+
+class RecordWriter:
+    """:func:`write_record` for one Redis client (its script registered once)."""
+
+    def __init__(self, redis: Any) -> None:
+        self._script = redis.register_script(_WRITE)
+
+    async def write(
+        self, record: dict[str, Any], *, index: bool = False, live_of: str = "", live: bool = False
+    ) -> dict[str, Any]:
+        """Write ``record`` (a record's JSON view) keeping every report another worker
+        saved; returns the record as written (``record`` itself, with those added).
+
+        ``index``: also list it in the index of records (by ``created_at``).
+        ``live_of``: also add the call to this worker's live calls (``live``) or remove it.
+        """
+        call_id = str(record["call_id"])
+        live_key = keys.worker_calls(live_of) if live_of else keys.CALLS
+        for _ in range(WRITE_ATTEMPTS):
+            stored = await self._script(
+                keys=[keys.record(call_id), keys.CALLS, live_key],
+                args=[
+                    json.dumps(record),
+                    call_id,
+                    repr(float(record["created_at"])) if index else "",
+                    ("+" if live else "-") if live_of else "",
+                ],
+            )
+            if stored is None:
+                return record
+            adopt_reports(record, json.loads(stored))
+        raise StoreError(f"record of {call_id} not written: {WRITE_ATTEMPTS} writes met changes")
+
+    async def save(self, record: CallRecord, *, live_of: str) -> None:
+        """Write a :class:`CallRecord` as its owner ``live_of`` does (indexed, and in or
+        out of its live calls by its state); the reports it lacked are added to it."""
+        view = await self.write(
+            record.as_dict(), index=True, live_of=live_of, live=record.state != CallState.ENDED
+        )
+        # Only additions, set without an await in between: a status the caller added
+        # to its copy meanwhile stays.
+        if record.terminate_status is None and view.get("terminate_status") is not None:
+            for name in TERMINATE_FIELDS:
+                setattr(record, name, view.get(name))
+        lacking = Counter(view.get("statuses") or []) - Counter(record.statuses)
+        record.statuses.extend(lacking.elements())
