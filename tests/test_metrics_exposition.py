@@ -167,6 +167,8 @@ def test_metric_objects_read_directly_match_generate_latest(
     Gauge("calls", "a function gauge", registry=registry).set_function(lambda: 3.0)
     Summary("took", "a summary", registry=registry).observe(2.5)
     exposition = Exposition(registry)
+    # The six counters and histograms take the direct path (the gauges and summary do not).
+    assert sum(direct for _, direct in exposition._sources()) == 6
     assert exposition.render() == generate_latest(registry)
     for step in range(5):
         counter.inc(1.5)
