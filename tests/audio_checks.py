@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 
-from gateway.media.audio import frame_rms
+from gateway.media.audio import FRAME_SAMPLES, frame_rms
+from gateway.media.opus import FRAME_TICKS, OpusDecoder
+from gateway.media.playout import PlayoutTrack
+from gateway.sandbox.user import UserCall
 
 
 def find_in(haystack: np.ndarray, needle: np.ndarray) -> tuple[float, int]:
@@ -25,3 +30,77 @@ def find_in(haystack: np.ndarray, needle: np.ndarray) -> tuple[float, int]:
 def loud_frames(pcm: np.ndarray, rms: float = 300.0) -> int:
     """How many 20 ms frames are louder than ``rms``."""
     return int(np.count_nonzero(frame_rms(pcm) > rms))
+
+
+class SentSpeech:
+    """The speech a :class:`PlayoutTrack` sends from now on (read through its tap), to
+    compare what the far end heard with what was sent, where it was sent.
+
+    After an event-loop stall of more than ``max_burst`` frames a track skips RTP time,
+    by design: the far end conceals those slots, so it hears the speech as sent, with a
+    gap where the track skipped. :meth:`audio` is the speech as sent, back to back (what
+    was said); :meth:`timeline` lays it out by its timestamps (what the far end plays).
+    """
+
+    def __init__(self, track: PlayoutTrack) -> None:
+        assert track.tap is None, "the track's tap is taken (a recording?)"
+        self.track = track
+        self.packets: list[tuple[int, bytes]] = []
+        self.skipped_before = track.stats.skipped_frames
+        track.tap = self.packets
+
+    def close(self) -> None:
+        self.track.tap = None
+
+    def _decoded(self) -> list[tuple[int, np.ndarray]]:
+        decoder = OpusDecoder()
+        return [(pts, np.frombuffer(decoder.decode(p), np.int16)) for pts, p in self.packets]
+
+    def audio(self) -> np.ndarray:
+        """The speech frames sent, decoded, back to back."""
+        frames = [frame for _, frame in self._decoded()]
+        return np.concatenate(frames) if frames else np.zeros(0, np.int16)
+
+    def timeline(self) -> np.ndarray:
+        """The speech frames sent, decoded, each at its timestamp (from the first one's);
+        silence in the slots between (frames of silence, or skipped)."""
+        decoded = self._decoded()
+        if not decoded:
+            return np.zeros(0, np.int16)
+        first = decoded[0][0]
+        slots = (decoded[-1][0] - first) // FRAME_TICKS + 1
+        out = np.zeros(slots * FRAME_SAMPLES, np.int16)
+        for pts, frame in decoded:
+            at = (pts - first) // FRAME_TICKS * FRAME_SAMPLES
+            out[at : at + FRAME_SAMPLES] = frame
+        return out
+
+    @property
+    def gaps(self) -> int:
+        """Frame slots skipped (or silent) between the first speech frame and the last."""
+        if not self.packets:
+            return 0
+        return (self.packets[-1][0] - self.packets[0][0]) // FRAME_TICKS + 1 - len(self.packets)
+
+    @property
+    def skipped(self) -> int:
+        """Frame slots the track skipped after stalls since this began."""
+        return self.track.stats.skipped_frames - self.skipped_before
+
+    def compare(self, heard: np.ndarray, said: np.ndarray) -> tuple[float, float]:
+        """How well the speech sent matches ``said``, and ``heard`` the speech as sent (on
+        its timeline): envelope correlations (:func:`find_in`)."""
+        return find_in(self.audio(), said)[0], find_in(heard, self.timeline())[0]
+
+    async def heard(self, call: UserCall, *, within: float = 20) -> np.ndarray:
+        """Wait until the track has sent speech and all it queued, and ``call`` heard it;
+        then what ``call`` heard."""
+        async with asyncio.timeout(within):
+            while not self.packets or self.track.is_playing:
+                await asyncio.sleep(0.02)
+            # Frames reach the caller in order: a few more than its jitter buffer may
+            # hold, sent after the last speech frame, and that one was heard too.
+            after = call.frames_heard + call.jitter_window + 3
+            while call.frames_heard < after:
+                await asyncio.sleep(0.02)
+        return call.heard

@@ -27,6 +27,7 @@ from .. import rtc
 from ..media.frameclock import FrameClock
 from ..media.inbound import InboundAudio
 from ..media.pcm import PCM
+from ..media.playout import MAX_BURST
 from ..media.transport import InboundPacket
 from ..sandbox.cloud import CloudAPISandbox
 from ..sandbox.user import SimulatedUser, UserCall
@@ -157,7 +158,9 @@ async def run_caller(
     call: UserCall | None = None
     counter: _PacketCounter | None = None
     try:
-        call = await user.place_call(inbound=False, clock=clock)
+        # The callers share one process: after a stall of it they skip RTP time as the
+        # gateway's playout does, rather than all of them bursting at once.
+        call = await user.place_call(inbound=False, clock=clock, max_burst=MAX_BURST)
         stats.call_id = call.call_id
         counter = _PacketCounter(call, stats)
         counter.attach()

@@ -44,6 +44,8 @@ FRAME_SECONDS: Final = FRAME_MS / 1000
 # due at the same instant, computed along another path (float rounding).
 _EARLY: Final = 0.0005
 _ZEROS: Final = memoryview(silence(FRAME_SAMPLES))
+# Frames sent back to back to catch up after an event-loop stall; beyond, RTP time skips.
+MAX_BURST: Final = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +129,7 @@ class PlayoutTrack(MediaStreamTrack):
         *,
         bitrate: int = 20000,
         complexity: int = DEFAULT_COMPLEXITY,
-        max_burst: int = 3,
+        max_burst: int = MAX_BURST,
         on_frame_sent: Callable[[int, bool], None] | None = None,
         clock: FrameClock | None = None,
     ) -> None:

@@ -44,6 +44,14 @@ log = logging.getLogger(__name__)
 # Frames quieter than this (int16 RMS) count as silence for "first heard" marks.
 HEARD_RMS = 200.0
 
+# A phone's audio clock is its own. The sandbox shares its process and event loop with
+# the gateway under test, so when that process stalls (a loaded machine), the phone could
+# not send meanwhile either: it then sends the frames it owes back to back, their RTP
+# timestamps unbroken, as a real phone's packets reach a gateway whose process stalled
+# (late, in a burst). Only after a longer stall (an outage, not scheduling) does it skip
+# RTP time, as the gateway's own playout does after MAX_BURST frames.
+PHONE_MAX_BURST = 50
+
 
 class SimulatedUser:
     """A WhatsApp user with a phone number, a name, and a phone.
@@ -82,6 +90,7 @@ class SimulatedUser:
         network: Impairment | None = None,
         jitter_window: int = 2,
         clock: FrameClock | None = None,
+        max_burst: int = PHONE_MAX_BURST,
     ) -> UserCall:
         """Call the business: post a signed connect webhook with our offer.
 
@@ -93,8 +102,10 @@ class SimulatedUser:
         ``clock``: the frame clock the phone sends its 20 ms frames on (default: the
         loop's shared one, every simulated phone at the same instants; the load
         tester gives each caller a phase of its own, :mod:`gateway.loadtest.phases`).
+        ``max_burst`` (frames): how much sending the phone makes up after a stall of
+        this process (see :data:`PHONE_MAX_BURST`).
         """
-        call = UserCall(self, self.sandbox.new_call_id(), clock=clock)
+        call = UserCall(self, self.sandbox.new_call_id(), clock=clock, max_burst=max_burst)
         call.fault = fault
         call.network = network
         call.jitter_window = jitter_window
@@ -123,6 +134,7 @@ class UserCall:
         direction: str = "USER_INITIATED",
         callback_data: str | None = None,
         clock: FrameClock | None = None,
+        max_burst: int = PHONE_MAX_BURST,
     ) -> None:
         self.user = user
         self.call_id = call_id
@@ -131,7 +143,7 @@ class UserCall:
         self.sandbox = user.sandbox
         self.state = UserCallState.OFFERED
         self.pc = rtc.new_peer_connection(shared_certificate=False)  # a phone of its own
-        self.playout = PlayoutTrack(clock=clock)
+        self.playout = PlayoutTrack(clock=clock, max_burst=max_burst)
         self.inbound: InboundAudio | None = None
         self.offer_sdp = ""
         self.answer_sdp: str | None = None
