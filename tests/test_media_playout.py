@@ -61,6 +61,18 @@ async def test_idle_track_sends_silence_on_time() -> None:
     assert not track.is_playing
 
 
+async def test_the_first_frame_is_due_at_the_time_the_poller_read() -> None:
+    # A tick's callbacks all get the loop time the tick ran at; by the time a late one
+    # polls a new track, the loop's clock may have passed the next grid line. The first
+    # frame is due on the grid line at or before the time the poller was given.
+    loop = asyncio.get_running_loop()
+    track = PlayoutTrack()
+    now = loop.time() - 0.025  # the tick ran 25 ms ago
+    frame = track.poll(now)
+    assert frame is not None and frame[1] == 0
+    assert track.started_at is not None and now - 0.020 < track.started_at <= now
+
+
 async def test_aiortc_packs_our_packets_with_pts_as_timestamp() -> None:
     track = PlayoutTrack()
     await track.recv()

@@ -93,9 +93,12 @@ class FrameClock:
         ticks = math.ceil((when - self._origin) / TICK - 1e-9)
         return self._origin + ticks * TICK
 
-    def last_tick(self) -> float:
-        """The loop time of the latest tick (now, if now is one)."""
-        ticks = math.floor((self._loop.time() - self._origin) / TICK)
+    def last_tick(self, now: float | None = None) -> float:
+        """The loop time of the latest tick at or before ``now`` (default: the loop's time)."""
+        if now is None:
+            now = self._loop.time()
+        # The same hair of slack as on_grid's: a grid time is its own tick.
+        ticks = math.floor((now - self._origin) / TICK + 1e-9)
         return self._origin + ticks * TICK
 
     async def sleep_until(self, when: float) -> None:

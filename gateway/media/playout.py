@@ -319,8 +319,10 @@ class PlayoutTrack(MediaStreamTrack):
         if self._start is None:
             # On the loop's shared 20 ms grid (unless given another clock): one timer
             # wakes every call's track. The first frame counts as due on the latest
-            # grid line: it goes now.
-            self._start = self.clock.last_tick()
+            # grid line: it goes now. That line is the one at or before ``now``, not
+            # before the loop's time: a caller that read ``now`` before another line
+            # passed (a tick's later callbacks) still gets its frame.
+            self._start = self.clock.last_tick(now)
         late = now - (self._start + self._next_pts / OPUS_RATE)
         if late < -_EARLY:
             return None
