@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import fractions
 import functools
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,8 @@ from gateway.media.frameclock import FrameClock, frame_clock
 from gateway.media.opus import OpusDecoder, OpusEncoder, frames_for, silence_packet
 from gateway.media.playout import PlayoutTrack
 
+from .virtual_clock import on_virtual_clock, stall
+
 AUDIO = Path(__file__).resolve().parent / ".." / ".." / "shared" / "audio"
 
 
@@ -30,15 +31,11 @@ def speech() -> NDArray[np.int16]:
     return load_wav(AUDIO / "cards-005.wav")
 
 
-def block_the_event_loop(seconds: float) -> None:
-    """A stall, as a slow callback elsewhere in the process would cause."""
-    time.sleep(seconds)
-
-
 async def collect(track: PlayoutTrack, count: int) -> list[av.Packet]:
     return [await track.recv() for _ in range(count)]
 
 
+@on_virtual_clock
 async def test_idle_track_sends_silence_on_time() -> None:
     track = PlayoutTrack()
     loop = asyncio.get_running_loop()
@@ -50,17 +47,17 @@ async def test_idle_track_sends_silence_on_time() -> None:
     assert [bytes(p) for p in packets] == [silence_packet()] * 6
     assert [p.pts for p in packets] == [0, 960, 1920, 2880, 3840, 4800]
     assert all(p.time_base == fractions.Fraction(1, 48000) for p in packets)
-    # Never ahead of schedule (a track that bursts would be): frame k leaves no
-    # earlier than k frames after the first was due (on the loop's frame grid).
+    # On time: frame k leaves k frames after the first was due (on the loop's frame
+    # grid), never ahead of schedule (a track that bursts would be), nor behind.
     start = track._start
     assert start is not None
-    for k, t in enumerate(times):
-        assert t - start >= k * 0.020 - 0.002
+    assert [t - start for t in times] == pytest.approx([k * 0.020 for k in range(6)])
     stats = track.stats
     assert (stats.frames_sent, stats.speech_frames, stats.silence_frames) == (6, 0, 6)
     assert not track.is_playing
 
 
+@on_virtual_clock
 async def test_the_first_frame_is_due_at_the_time_the_poller_read() -> None:
     # A tick's callbacks all get the loop time the tick ran at; by the time a late one
     # polls a new track, the loop's clock may have passed the next grid line. The first
@@ -73,6 +70,7 @@ async def test_the_first_frame_is_due_at_the_time_the_poller_read() -> None:
     assert track.started_at is not None and now - 0.020 < track.started_at <= now
 
 
+@on_virtual_clock
 async def test_aiortc_packs_our_packets_with_pts_as_timestamp() -> None:
     track = PlayoutTrack()
     await track.recv()
@@ -82,6 +80,7 @@ async def test_aiortc_packs_our_packets_with_pts_as_timestamp() -> None:
     assert timestamp == 960
 
 
+@on_virtual_clock
 async def test_play_sends_the_speech_then_silence(speech: NDArray[np.int16]) -> None:
     pcm = speech[16000:32000]  # one second, mid-sentence
     track = PlayoutTrack()
@@ -108,6 +107,7 @@ async def test_play_sends_the_speech_then_silence(speech: NDArray[np.int16]) -> 
     assert (stats.speech_frames, stats.silence_frames) == (count, 1)
 
 
+@on_virtual_clock
 async def test_pcm_is_encoded_lazily_one_frame_per_recv(
     speech: NDArray[np.int16], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -127,6 +127,7 @@ async def test_pcm_is_encoded_lazily_one_frame_per_recv(
         assert encoded == [FRAME_SAMPLES] * sent
 
 
+@on_virtual_clock
 async def test_play_packets_and_queue_order(speech: NDArray[np.int16]) -> None:
     prompt = OpusEncoder().encode_pcm(speech[:3200])
     track = PlayoutTrack()
@@ -140,6 +141,7 @@ async def test_play_packets_and_queue_order(speech: NDArray[np.int16]) -> None:
     assert all(p.done.done() and not p.interrupted for p in (first, second, third))
 
 
+@on_virtual_clock
 async def test_empty_playback_is_done_at_once() -> None:
     track = PlayoutTrack()
     playback = track.play(np.zeros(0, dtype=np.int16))
@@ -150,6 +152,7 @@ async def test_empty_playback_is_done_at_once() -> None:
         track.play(np.zeros(320, dtype=np.float32))
 
 
+@on_virtual_clock
 async def test_flush_drops_the_queue_at_the_next_frame(speech: NDArray[np.int16]) -> None:
     track = PlayoutTrack()
     long = track.play(speech)
@@ -168,6 +171,7 @@ async def test_flush_drops_the_queue_at_the_next_frame(speech: NDArray[np.int16]
     assert track.stats.speech_frames == 5
 
 
+@on_virtual_clock
 async def test_pause_sends_silence_and_resume_goes_on_where_it_stopped(
     speech: NDArray[np.int16],
 ) -> None:
@@ -190,6 +194,7 @@ async def test_pause_sends_silence_and_resume_goes_on_where_it_stopped(
     assert (stats.speech_frames, stats.silence_frames) == (total, 6)
 
 
+@on_virtual_clock
 async def test_resumed_speech_is_the_rest_of_the_audio(speech: NDArray[np.int16]) -> None:
     # What the caller hears after a pause is the same audio, from the same place.
     decoder = OpusDecoder()
@@ -207,6 +212,7 @@ async def test_resumed_speech_is_the_rest_of_the_audio(speech: NDArray[np.int16]
     assert np.corrcoef(got[:n], want[:n])[0, 1] > 0.95
 
 
+@on_virtual_clock
 async def test_pause_with_nothing_queued_does_nothing_and_flush_ends_a_pause(
     speech: NDArray[np.int16],
 ) -> None:
@@ -223,6 +229,7 @@ async def test_pause_with_nothing_queued_does_nothing_and_flush_ends_a_pause(
     assert after.done.done() and not after.interrupted
 
 
+@on_virtual_clock
 async def test_speech_after_a_flush_starts_clean(speech: NDArray[np.int16]) -> None:
     # Flushed in the middle of a vowel, the encoder still holds 6.5 ms of it in
     # its lookahead; a reused encoder would start the next utterance with a burst
@@ -241,10 +248,11 @@ async def test_speech_after_a_flush_starts_clean(speech: NDArray[np.int16]) -> N
     assert max(int(np.max(np.abs(d))) for d in decoded) < 100
 
 
+@on_virtual_clock
 async def test_stall_does_not_burst_more_than_a_little() -> None:
     track = PlayoutTrack(max_burst=3)
     await collect(track, 3)
-    block_the_event_loop(0.2)  # 10 frames
+    stall(0.2)  # 10 frames
     packet = await track.recv()
     stats = track.stats
     assert stats.late_frames >= 1
@@ -255,15 +263,17 @@ async def test_stall_does_not_burst_more_than_a_little() -> None:
     assert [p.pts for p in following] == [packet.pts + 960 * k for k in (1, 2, 3)]
 
 
+@on_virtual_clock
 async def test_short_stall_catches_up_without_skipping() -> None:
     track = PlayoutTrack(max_burst=3)
     await collect(track, 3)
-    block_the_event_loop(0.045)  # a bit over two frames
+    stall(0.045)  # a bit over two frames
     packets = await collect(track, 4)
     assert [p.pts for p in packets] == [2880, 3840, 4800, 5760]
     assert track.stats.skipped_frames == 0
 
 
+@on_virtual_clock
 async def test_on_frame_sent_reports_each_frame(speech: NDArray[np.int16]) -> None:
     sent: list[tuple[int, bool]] = []
     track = PlayoutTrack(on_frame_sent=lambda pts, is_speech: sent.append((pts, is_speech)))
@@ -274,6 +284,7 @@ async def test_on_frame_sent_reports_each_frame(speech: NDArray[np.int16]) -> No
     assert [p.pts for p in packets] == [960, 1920, 2880, 3840]
 
 
+@on_virtual_clock
 async def test_a_failing_callback_does_not_stop_the_audio() -> None:
     def fail(pts: int, is_speech: bool) -> None:
         raise RuntimeError("boom")
@@ -282,6 +293,7 @@ async def test_a_failing_callback_does_not_stop_the_audio() -> None:
     assert len(await collect(track, 2)) == 2
 
 
+@on_virtual_clock
 async def test_stop_interrupts_and_ends(speech: NDArray[np.int16]) -> None:
     track = PlayoutTrack()
     playback = track.play(speech)
@@ -296,6 +308,7 @@ async def test_stop_interrupts_and_ends(speech: NDArray[np.int16]) -> None:
     assert late.interrupted and late.done.done()
 
 
+@on_virtual_clock
 async def test_all_tracks_of_a_loop_wait_on_one_timer_per_frame() -> None:
     loop = asyncio.get_running_loop()
     clock = frame_clock(loop)
@@ -313,6 +326,7 @@ async def test_all_tracks_of_a_loop_wait_on_one_timer_per_frame() -> None:
     assert not clock._waiters
 
 
+@on_virtual_clock
 async def test_frame_clock_ticks_are_20ms_apart() -> None:
     loop = asyncio.get_running_loop()
     clock = FrameClock(loop)
@@ -323,6 +337,7 @@ async def test_frame_clock_ticks_are_20ms_apart() -> None:
     assert clock.next_tick() >= first + 0.020
 
 
+@on_virtual_clock
 async def test_frame_clock_serves_first_then_the_others_then_last_whenever_they_came() -> None:
     clock = FrameClock(asyncio.get_running_loop())
     order: list[str] = []
@@ -348,6 +363,7 @@ async def test_frame_clock_serves_first_then_the_others_then_last_whenever_they_
     assert clock._ticker is None
 
 
+@on_virtual_clock
 async def test_frame_clock_subscribers_tick_together_and_one_that_raises_goes_alone() -> None:
     loop = asyncio.get_running_loop()
     clock = FrameClock(loop)

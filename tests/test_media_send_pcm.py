@@ -32,6 +32,7 @@ from gateway.media.sender import PlayoutSender
 
 from .test_media_native import Holder, route_to, sessions
 from .test_media_sender import OPUS, RecordingTransport
+from .virtual_clock import on_virtual_clock
 
 _rtp = native._rtp
 AUDIO = Path(__file__).resolve().parent / ".." / ".." / "shared" / "audio"
@@ -232,6 +233,7 @@ def speech_by_slot(packets: list[bytes], first: bytes) -> dict[int, bytes]:
     return {((int.from_bytes(p[4:8]) - start) & 0xFFFFFFFF) // 960: p[12:] for p in packets}
 
 
+@on_virtual_clock
 async def test_a_sender_playing_pcm_sends_what_it_sent_without_the_extension(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -256,6 +258,7 @@ async def test_a_sender_playing_pcm_sends_what_it_sent_without_the_extension(
     assert sent.count(True) == len(expected)
 
 
+@on_virtual_clock
 async def test_a_disabled_sender_keeps_the_encoder_going(monkeypatch: pytest.MonkeyPatch) -> None:
     """While disabled, PCM frames are encoded and dropped, as when every frame was encoded
     before the send: the speech after re-enabling is what an always-enabled sender sends."""
