@@ -287,7 +287,7 @@ class Gateway:
         while True:
             await asyncio.sleep(PRUNE_INTERVAL)
             await self._prune()
-            stop_if_cancelled()  # the store (redis-py) may swallow a cancellation
+            stop_if_cancelled()  # the store may be any library
 
     async def _healthz(self, request: web.Request) -> web.Response:
         # Liveness: the process answers. Readiness (may it get new work) is /readyz.

@@ -218,7 +218,7 @@ class EventOutbox:
 
     async def _deliver_forever(self) -> None:
         while True:
-            stop_if_cancelled()  # the store (redis-py) may swallow a cancellation
+            stop_if_cancelled()  # the store and the HTTP client are libraries
             self._wake.clear()
             try:
                 due = await self.store.outbox_due(time.time(), BATCH)

@@ -126,9 +126,12 @@ class ExitDeadline:
 def stop_if_cancelled() -> None:
     """Raise CancelledError if this task was cancelled and something swallowed it.
 
-    A loop that must end when its task is cancelled calls this once a turn: a
-    library that catches a cancellation and returns normally (redis-py's asyncio
-    pipeline does, now and then) would otherwise send it back to waiting, for good.
+    A loop that must end when its task is cancelled, and whose turn runs more than
+    Redis and asyncio's own waits, calls this once a turn: a library that loses a
+    cancellation and returns normally would otherwise send it back to waiting, for
+    good. Python 3.11's ``asyncio.wait_for`` does so when the task is cancelled in
+    the moment what it waits for finishes; redis-py sends every command through it,
+    which the cluster's client mends at that one place (:mod:`gateway.cluster.client`).
     """
     task = asyncio.current_task()
     if task is not None and task.cancelling():

@@ -273,3 +273,40 @@ async def test_a_stale_copy_saved_last_keeps_what_others_reported(
     finally:
         for store in (owner, other):
             await store.close()
+
+
+async def test_a_cancel_while_a_redis_command_is_sent_is_never_lost(
+    redis_server: RedisServer,
+) -> None:
+    # Python 3.11's wait_for, which redis-py sends a command through, returns normally
+    # when the task is cancelled in the moment the send finishes: the cancel was lost,
+    # and a loop cancelled there went on. Cancelled at each of a command's first steps
+    # (the send is among them), every command still running must raise.
+    redis = connect(redis_server.url)
+    script = redis.register_script("return redis.call('SET', KEYS[1], ARGV[1])")
+    commands = {
+        "command": lambda n: redis.set("k", n),
+        "script": lambda n: script(keys=["k"], args=[n]),
+        "pipeline": lambda n: redis.pipeline(transaction=False).set("k", n).get("k").execute(),
+    }
+    lost: Counter[str] = Counter()
+    try:
+        await redis.ping()
+        for name, command in commands.items():
+            for steps in range(1, 30):
+                task = asyncio.create_task(command(steps))
+                for _ in range(steps):
+                    await asyncio.sleep(0)
+                if not task.cancel():
+                    continue  # done already
+                try:
+                    await task
+                    lost[name] += 1
+                except asyncio.CancelledError:
+                    pass
+                # The dropped connection's reply is not served to the next command.
+                assert await redis.set("k", -steps)
+                assert await redis.get("k") == str(-steps)
+        assert not lost, f"cancels lost: {dict(lost)}"
+    finally:
+        await redis.aclose()

@@ -79,4 +79,4 @@ class Inbox:
                     await self._mark_handled(entry)
             finally:
                 self._queue.task_done()
-            stop_if_cancelled()  # cancelled while handling, and the store swallowed it
+            stop_if_cancelled()  # cancelled while handling, and a library swallowed it

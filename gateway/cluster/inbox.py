@@ -76,7 +76,7 @@ class Inbox:
         last = "0-0"
         inbox = keys.inbox(self.node.id)
         while True:
-            stop_if_cancelled()  # redis-py may swallow a cancellation
+            stop_if_cancelled()  # a hang-up runs the call's own code, not just Redis
             try:
                 async with asyncio.timeout(BLOCK_MS / 1000 + 5):
                     batch = await self.node.blocking.xread({inbox: last}, count=100, block=BLOCK_MS)

@@ -208,7 +208,6 @@ class WorkerNode:
 
     async def _lease_loop(self) -> None:
         while True:
-            stop_if_cancelled()  # redis-py may swallow a cancellation
             await asyncio.sleep(self.tick)
             try:
                 await self.renew()
@@ -240,7 +239,6 @@ class WorkerNode:
 
     async def _mirror_loop(self) -> None:
         while True:
-            stop_if_cancelled()
             await self._wake.wait()
             self._wake.clear()
             try:
@@ -279,7 +277,7 @@ class WorkerNode:
 
     async def _reaper_loop(self) -> None:
         while True:
-            stop_if_cancelled()
+            stop_if_cancelled()  # ending calls runs more than Redis (the Graph API's client)
             await asyncio.sleep(self.tick)
             try:
                 await self._reap_lost_workers()

@@ -17,7 +17,6 @@ from redis.exceptions import RedisError, ResponseError
 
 from ..calls import CallManager
 from ..events import CallConnect, decode_event, encode_event
-from ..shutdown import stop_if_cancelled
 from . import keys
 from .keys import BLOCK_MS, STREAM_MAXLEN
 from .node import WorkerNode
@@ -63,7 +62,6 @@ class Placement:
 
     async def _read(self) -> None:
         while True:
-            stop_if_cancelled()  # redis-py may swallow a cancellation
             if not self.calls.has_room:
                 await asyncio.sleep(0.1)
                 continue
