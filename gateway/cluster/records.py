@@ -117,10 +117,9 @@ class RecordWriter:
         view = await self.write(
             record.as_dict(), index=True, live_of=live_of, live=record.state != CallState.ENDED
         )
-        # Only additions, set without an await in between: a status the caller added
-        # to its copy meanwhile stays.
-        if record.terminate_status is None and view.get("terminate_status") is not None:
-            for name in TERMINATE_FIELDS:
-                setattr(record, name, view.get(name))
-        lacking = Counter(view.get("statuses") or []) - Counter(record.statuses)
-        record.statuses.extend(lacking.elements())
+        # Added to what the record holds now (a status its owner added meanwhile stays),
+        # with no await in between.
+        current = record.as_dict()
+        adopt_reports(current, view)
+        for name in (*TERMINATE_FIELDS, "statuses"):
+            setattr(record, name, current[name])
