@@ -194,3 +194,33 @@ async def test_each_turn_is_watched_again_and_a_wrong_frame_is_refused() -> None
     with pytest.raises(GatewayError, match="320 int16 samples"):
         session._on_frame(np.zeros(160, np.int16))
     session._stall.cancel()
+
+
+class _WaitingBot(EchoBot):
+    """Arms the no-input timeout at start, so the session waits with a deadline."""
+
+    async def on_start(self, session: BotSession) -> None:
+        session.expect_input(60.0)
+
+
+async def test_a_session_cancelled_as_its_input_arrives_ends() -> None:
+    """Python 3.11's ``asyncio.wait_for`` returns the inner result when the outer task is
+    cancelled in the step the result arrives, and the cancel is gone: a session waiting
+    with a deadline would then run on after its call closed it. Cancelled at each of the
+    first steps after an input comes, the session task always ends cancelled."""
+    for steps in range(8):
+        call = Call(
+            CallRecord(f"wacid.cancel{steps}", Direction.USER_INITIATED, "1555"), graph=None
+        )  # type: ignore[arg-type]
+        session = BotSession(call, _WaitingBot(), cast(TTS, None))
+        task = asyncio.create_task(session.run())
+        while session._input_deadline is None:
+            await asyncio.sleep(0)
+        for _ in range(3):
+            await asyncio.sleep(0)  # the session is waiting for input now
+        session.expect_input(60.0)  # an input (a wake-up) arrives ...
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        task.cancel()  # ... and the call closes the session around it
+        done, _ = await asyncio.wait([task], timeout=5)
+        assert task in done and task.cancelled(), f"cancel lost {steps} steps after the input"

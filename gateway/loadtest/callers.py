@@ -180,7 +180,8 @@ async def run_caller(
             stats.utterances += 1
             spoke_at = time.perf_counter() - recording.trailing_silence
             try:
-                heard_at = await asyncio.wait_for(counter.next_sound(spoke_at), 5.0)
+                async with asyncio.timeout(5.0):
+                    heard_at = await counter.next_sound(spoke_at)
             except TimeoutError:
                 stats.failure = stats.failure or "no bot response within 5 s"
                 continue

@@ -202,7 +202,8 @@ class DtmfSender:
             _intercept_rtp(transport, self._substitute)
             try:
                 timeout = len(packets) * PACKET_MS / 1000 + 1.0
-                await asyncio.wait_for(self._done, timeout)
+                async with asyncio.timeout(timeout):
+                    await self._done
             except TimeoutError:
                 raise CallError(
                     f"DTMF {digit!r} not sent: the audio stream sent no packets to replace"

@@ -301,16 +301,16 @@ class BotSession:
         call.end_hooks.append(self._on_call_end)
         try:
             await self.bot.on_start(self)
-            loop = asyncio.get_running_loop()
             while True:
                 deadline = self._input_deadline
                 if deadline is None:
                     item = await self._inbox.get()
                 else:
+                    # Not wait_for: Python 3.11's drops a cancel that lands as the item
+                    # comes, and the session would outlive its call.
                     try:
-                        item = await asyncio.wait_for(
-                            self._inbox.get(), max(0.0, deadline - loop.time())
-                        )
+                        async with asyncio.timeout_at(deadline):
+                            item = await self._inbox.get()
                     except TimeoutError:
                         self._input_deadline = None
                         await self.bot.on_timeout(self)

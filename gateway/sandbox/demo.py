@@ -110,7 +110,8 @@ async def _run_demo(*, bot: str, audio: str | None, record: str | None, digits: 
 async def _wait(event: asyncio.Event, seconds: float) -> None:
     # Wait for the event, or give up quietly after ``seconds``.
     try:
-        await asyncio.wait_for(event.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await event.wait()
     except TimeoutError:
         pass
 

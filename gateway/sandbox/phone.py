@@ -310,7 +310,8 @@ class BrowserPhone:
             await response.write(_sse(hello))
             while True:
                 try:
-                    event = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+                    async with asyncio.timeout(KEEPALIVE_SECONDS):
+                        event = await queue.get()
                 except TimeoutError:
                     await response.write(b": keepalive\n\n")
                     continue
