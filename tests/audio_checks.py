@@ -6,7 +6,7 @@ import asyncio
 
 import numpy as np
 
-from gateway.media.audio import FRAME_SAMPLES, frame_rms
+from gateway.media.audio import frame_rms
 from gateway.media.opus import FRAME_TICKS, OpusDecoder
 from gateway.media.playout import PlayoutTrack
 from gateway.sandbox.user import UserCall
@@ -62,18 +62,19 @@ class SentSpeech:
         return np.concatenate(frames) if frames else np.zeros(0, np.int16)
 
     def timeline(self) -> np.ndarray:
-        """The speech frames sent, decoded, each at its timestamp (from the first one's);
-        silence in the slots between (frames of silence, or skipped)."""
-        decoded = self._decoded()
-        if not decoded:
+        """The speech frames sent, each at its timestamp (from the first one's), decoded as
+        the far end does: the slots between (skipped, or silence) concealed."""
+        if not self.packets:
             return np.zeros(0, np.int16)
-        first = decoded[0][0]
-        slots = (decoded[-1][0] - first) // FRAME_TICKS + 1
-        out = np.zeros(slots * FRAME_SAMPLES, np.int16)
-        for pts, frame in decoded:
-            at = (pts - first) // FRAME_TICKS * FRAME_SAMPLES
-            out[at : at + FRAME_SAMPLES] = frame
-        return out
+        decoder = OpusDecoder()
+        by_slot = {pts // FRAME_TICKS: payload for pts, payload in self.packets}
+        first, last = min(by_slot), max(by_slot)
+        frames = []
+        for slot in range(first, last + 1):
+            payload = by_slot.get(slot)
+            frame = decoder.conceal() if payload is None else decoder.decode(payload)
+            frames.append(np.frombuffer(frame, np.int16))
+        return np.concatenate(frames)
 
     @property
     def gaps(self) -> int:

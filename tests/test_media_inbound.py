@@ -24,7 +24,13 @@ from gateway.media.audio import FRAME_SAMPLES, frame_rms, load_wav
 from gateway.media.dtmf import DtmfSender, encode_digit
 from gateway.media.inbound import InboundAudio
 from gateway.media.jitter import JitterBuffer
-from gateway.media.opus import ENCODER_DELAY, OpusDecoder, OpusEncoder
+from gateway.media.opus import (
+    ENCODER_DELAY,
+    FRAME_TICKS,
+    OpusDecoder,
+    OpusEncoder,
+    silence_packet,
+)
 from gateway.media.playout import PlayoutTrack
 
 from .peers import connected
@@ -367,8 +373,10 @@ async def test_speech_and_dtmf_between_two_peers(speech: NDArray[np.int16]) -> N
     caller = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     gateway = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
-        sent: list[bool] = []
-        track = PlayoutTrack(on_frame_sent=lambda pts, is_speech: sent.append(is_speech))
+        sent: list[tuple[int, bool]] = []  # (pts, is_speech) of each frame sent
+        track = PlayoutTrack(on_frame_sent=lambda pts, is_speech: sent.append((pts, is_speech)))
+        spoken: list[tuple[int, bytes]] = []  # (pts, payload) of each speech frame sent
+        track.tap = spoken
         sender = caller.addTrack(track)
         await caller.setLocalDescription(await caller.createOffer())
         await gateway.setRemoteDescription(caller.localDescription)
@@ -402,29 +410,48 @@ async def test_speech_and_dtmf_between_two_peers(speech: NDArray[np.int16]) -> N
 
         playback = track.play(speech)
         await asyncio.wait_for(playback.wait(), 20)
-        target[0] = len(sent)  # everything sent so far, silence before the speech included
+        # Every slot up to the last frame sent so far, silence before the speech included.
+        target[0] = sent[-1][0] // FRAME_TICKS + 1
         await asyncio.wait_for(enough.wait(), 5)
 
-        # Every frame sent by then arrived, each as 320 samples (later ones may follow).
-        # A stalled event loop (a loaded machine) makes the track skip frame slots,
-        # by design: the receiver then conceals exactly those, and nothing else.
-        skipped = track.stats.skipped_frames
-        assert target[0] <= len(received) <= len(sent) + skipped
+        # Every frame sent by then arrived, each as 320 samples, in its RTP slot (later
+        # ones may follow). A stalled event loop (a loaded machine) makes the track skip
+        # frame slots, by design: the receiver then conceals exactly those, and nothing else.
+        slots = len(received)
+        assert target[0] <= slots
         assert {len(f) for f in received} == {FRAME_SAMPLES}
+        arrived = [(pts // FRAME_TICKS, is_speech) for pts, is_speech in sent]
+        arrived = [(slot, is_speech) for slot, is_speech in arrived if slot < slots]
         stats = inbound.stats
+        skipped = slots - len(arrived)  # slots in the received span that nothing was sent in
         assert (stats.lost, stats.late, stats.concealed) == (skipped, 0, skipped)
+        assert skipped <= track.stats.skipped_frames
 
-        # And it is the recording: line the loudness envelopes up and compare.
-        heard = frame_rms(np.concatenate(received))
+        # Each frame is exactly what a decoder makes of the packets sent, in their slots,
+        # with the skipped slots concealed (the frames after a gap too: the codec's
+        # prediction recovers from a loss over several frames).
+        payloads = dict(spoken)
+        by_slot = {pts // FRAME_TICKS: payloads.get(pts, silence_packet()) for pts, _ in sent}
+        decoder = OpusDecoder()
+        for slot in range(slots):
+            payload = by_slot.get(slot)
+            expected = decoder.conceal() if payload is None else decoder.decode(payload)
+            assert np.array_equal(received[slot], expected), slot
+
+        # And what was sent is the recording: line the loudness envelopes up and compare.
+        decoder = OpusDecoder()
+        played = np.concatenate([decoder.decode(by_slot[slot]) for slot, _ in arrived])
+        heard = frame_rms(played)
         original = frame_rms(speech)
         lags = range(len(heard) - len(original) + 1)
         scores = [np.corrcoef(heard[k : k + len(original)], original)[0, 1] for k in lags]
         best = int(np.argmax(scores))
-        assert best == sent.index(True)  # the speech starts where the track started it
+        # The speech starts where the track started it.
+        assert best == [is_speech for _, is_speech in arrived].index(True)
         assert scores[best] > 0.9  # measured: 0.965 (frame grids 119 samples apart)
         # With the codec's delay taken out, the envelopes match as in a plain round trip.
         start = best * FRAME_SAMPLES + ENCODER_DELAY
-        aligned = np.concatenate(received)[start : start + len(speech)]
+        aligned = played[start : start + len(speech)]
         assert np.corrcoef(frame_rms(aligned), original)[0, 1] > 0.98  # measured: 0.994
 
         await DtmfSender(sender).send("159#")
