@@ -52,7 +52,7 @@ def write_cost_ms_per_call_second(seconds: float = 60.0, repeats: int = 5) -> fl
     costs = []
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(repeats):
-            rec = CallRecording("wacid.bench", Path(tmp) / "bench.ogg", loop_time=0.0)
+            rec = CallRecording("wacid.bench", Path(tmp) / "bench.ogg", loop_clock=lambda: 0.0)
             start_ms = int(rec.started_wall * 1000) + NTP_UNIX_OFFSET_MS
             for i in range(count):
                 payload = packets[i % len(packets)]

@@ -11,12 +11,14 @@ from pathlib import Path
 import av
 import httpx
 import numpy as np
+import pytest
 
 from gateway.media.audio import load_wav
 from gateway.pipeline.bot import BaseBot, CallControl, Utterance
 from gateway.pipeline.plugins import default_tts
 from gateway.pipeline.session import BotSession, session_factory
 from gateway.recording import recording_name
+from gateway.recording.call import clock_offset
 from gateway.recording.ogg import ogg_crc, self_delimited
 
 from .conftest import API_KEY, AUDIO, answered_call, start_stack, stop_stack
@@ -170,6 +172,22 @@ async def test_recorded_call_is_stereo_aligned_and_served(tmp_path: Path) -> Non
     expect_right = expected(bot.sent, right_frame)
     assert abs((right_lag - left_lag) - (expect_right - expect_left)) <= 0.02
     assert abs(left_lag - expect_left) <= 0.04 and abs(right_lag - expect_right) <= 0.04
+
+
+def test_the_loop_to_wall_offset_survives_a_preemption_between_the_reads() -> None:
+    # The bot's channel is placed by loop time brought to wall time, the caller's by wall
+    # time: an offset read across a 150 ms preemption would put them 150 ms apart.
+    wall = [1000.0]
+    preempted = [True]
+
+    def loop_clock() -> float:
+        if preempted[0]:
+            preempted[0] = False
+            wall[0] += 0.150  # descheduled between the first wall read and this one
+        return wall[0] - 995.0
+
+    now, offset = clock_offset(loop_clock, lambda: wall[0])
+    assert offset == pytest.approx(995.0, abs=0.001) and now == wall[0]
 
 
 def test_self_delimited_framing() -> None:

@@ -70,7 +70,7 @@ class Recordings:
         if call.inbound is None:
             return
         path = self.directory / recording_name(call.id)
-        recording = CallRecording(call.id, path, loop_time=asyncio.get_running_loop().time())
+        recording = CallRecording(call.id, path, loop_clock=asyncio.get_running_loop().time)
         call.inbound.tap = recording.caller
         call.playout.tap = recording.bot
         self._live[call.id] = recording
