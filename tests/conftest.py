@@ -20,6 +20,8 @@ from gateway.sandbox.stack import LocalStack, start_local_stack
 from gateway.sandbox.user import SimulatedUser, UserCall
 
 if TYPE_CHECKING:
+    from gateway.cluster.redis_server import RedisServer
+
     from .cluster_stack import Cluster
 
 # aiosqlite logs every statement at DEBUG; the store's own log lines say what matters.
@@ -124,6 +126,19 @@ async def answered_call(
         while stack.gateway.calls.get(call.call_id).state is not CallState.ACTIVE:
             await asyncio.sleep(0.01)
     return call
+
+
+@pytest.fixture
+async def redis_server() -> AsyncIterator[RedisServer]:
+    """A private redis-server on a free port (for cluster pieces in one process)."""
+    from gateway.cluster.redis_server import RedisServer
+
+    server = RedisServer()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.aclose()
 
 
 # One cluster (real Redis, three worker processes) per test module that asks for it.

@@ -28,16 +28,6 @@ from gateway.records import CallRecord, CallState
 
 
 @pytest.fixture
-async def redis_server() -> AsyncIterator[RedisServer]:
-    server = RedisServer()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.aclose()
-
-
-@pytest.fixture
 async def graph() -> AsyncIterator[GraphClient]:
     client = GraphClient(base_url="http://127.0.0.1:9/v23.0", access_token="x", phone_number_id="1")
     try:

@@ -55,6 +55,22 @@ class Inbox:
         """Ask the worker to hang up its call; its answer (the record, or None)."""
         return await self._request(worker, {"op": "hang_up", "call_id": call_id})
 
+    async def take_over(self, worker: str) -> None:
+        """Handle the events a lost worker never read from its inbox (once its calls
+        were ended): WhatsApp's terminate record of a call must not vanish with it.
+        Requests are left out (the asking worker's wait ends in its timeout)."""
+        async with self.node.redis.pipeline(transaction=True) as pipe:
+            pipe.xrange(keys.inbox(worker))
+            pipe.delete(keys.inbox(worker))
+            entries, _ = await pipe.execute()
+        events = [fields for _, fields in entries if "event" in fields]
+        if events:
+            log.warning(
+                "cluster: handling %d event(s) lost worker %s never read", len(events), worker
+            )
+        for fields in events:
+            await self._serve(fields)
+
     async def _send(self, worker: str, fields: dict[str, str]) -> None:
         await self.node.redis.xadd(
             keys.inbox(worker), fields, maxlen=STREAM_MAXLEN, approximate=True

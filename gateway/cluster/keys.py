@@ -59,6 +59,17 @@ def early_terminate(call_id: str) -> str:
     return f"{PREFIX}early:{call_id}"
 
 
+def ended_on(call_id: str) -> str:
+    """The worker a call ended on, for ``ENDED_ON_SECONDS``: WhatsApp's terminate
+    that follows the end is handed to it (its copy of the record waits for it)."""
+    return f"{PREFIX}ended-on:{call_id}"
+
+
+# How long a call's ended-on entry is kept (WhatsApp's terminate follows the end in
+# seconds; a later one still goes into the record in Redis).
+ENDED_ON_SECONDS = 600
+
+
 def journal(worker: str) -> str:
     """STREAM of the events a worker accepted and has not handled yet."""
     return f"{PREFIX}journal:{worker}"

@@ -80,6 +80,10 @@ class WorkerNode:
         self.reconnects = 0
         self.outages = 0
         self.reaped_calls = 0
+        # Live calls of this worker that another worker had ended (this worker was
+        # taken for lost while it stalled); ended here too, each once.
+        self.ended_elsewhere_calls = 0
+        self._ending_elsewhere: set[str] = set()
         # Calls whose record changed since the last write, with a change number.
         self._dirty: dict[str, tuple[int, Call]] = {}
         self._changes = 0
@@ -88,6 +92,8 @@ class WorkerNode:
         # Awaited with a lost worker's id after its calls were ended.
         self.reap_hooks: list[Callable[[str], Awaitable[None]]] = []
         calls.observers.append(self)
+        if store is not None:
+            store.on_ended_elsewhere = self.ended_elsewhere
 
     # --- lifecycle -------------------------------------------------------------
 
@@ -191,14 +197,52 @@ class WorkerNode:
             *_, known = await pipe.execute()
         live = [c for c in list(self.calls.calls.values()) if c.state is not CallState.ENDED]
         if known < len(live):
+            await self._register_again(live)
+        self.came_up()
+
+    async def _register_again(self, live: list[Call]) -> None:
+        """Register again the live calls Redis lost, and end here those another worker
+        ended: Redis also counts fewer calls for this worker when a reaper took it for
+        lost (its lease lapsed during a stall) and ended its calls. A call's record
+        tells the two apart: the reaper leaves it ENDED, a Redis that lost its data
+        has none (or an older one that is not ENDED)."""
+        raws = await self.redis.mget([keys.record(c.id) for c in live])
+        ended = {
+            call.id
+            for call, raw in zip(live, raws, strict=True)
+            if raw is not None and json.loads(raw).get("state") == CallState.ENDED
+        }
+        kept = [call for call in live if call.id not in ended]
+        if kept:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for call in live:
+                for call in kept:
                     self.register(pipe, call.id)
                     if self.store is not None:
                         self.store.add_missing(pipe, call.record)
                 await pipe.execute()
-            log.info("cluster: %d live call(s) registered again", len(live))
-        self.came_up()
+            log.info("cluster: %d live call(s) registered again", len(kept))
+        for call_id in sorted(ended):
+            self.ended_elsewhere(call_id)
+
+    def ended_elsewhere(self, call_id: str) -> None:
+        """End here, once, a live call whose record another worker ended.
+
+        That worker took this one for lost (its lease lapsed while it stalled) and
+        ended the call: it sent WhatsApp the ``terminate``, so none is sent again,
+        and the record keeps that first end (see :mod:`.records`). Here the call's
+        media, bot and slot are freed.
+        """
+        call = self.calls.calls.get(call_id)
+        if call is None or call.state is CallState.ENDING or call_id in self._ending_elsewhere:
+            return  # not live here, or ending already
+        self._ending_elsewhere.add(call_id)
+        self.ended_elsewhere_calls += 1
+        log.error(
+            "call %s: another worker ended it while this worker was taken for lost"
+            " (lease lapsed); ending it here",
+            call_id,
+        )
+        call.end("ended by another worker (this worker's lease lapsed)", terminate=False)
 
     def register(self, pipe: Any, call_id: str) -> None:
         """Add to ``pipe`` what records this worker as the owner of a live call."""
@@ -226,6 +270,7 @@ class WorkerNode:
 
     def call_ended(self, call: Call) -> None:
         """Mirror the ended record and drop the call from the live set."""
+        self._ending_elsewhere.discard(call.id)
         self._mark(call)
 
     def call_refused(self, call_id: str, reason: str) -> None:
@@ -259,6 +304,8 @@ class WorkerNode:
                     pipe.hdel(keys.OWNERS, call.id)
                     pipe.srem(keys.LIVE, call.id)
                     pipe.srem(keys.worker_calls(self.id), call.id)
+                    # WhatsApp's terminate that follows is handed to this worker.
+                    pipe.set(keys.ended_on(call.id), self.id, ex=keys.ENDED_ON_SECONDS)
                 else:
                     self.register(pipe, call.id)
             load = json.dumps(self.load())
@@ -294,6 +341,10 @@ class WorkerNode:
             alive = await pipe.execute()
         for worker, up in zip(workers, alive, strict=True):
             if not up and await self.redis.set(keys.reaping(worker), self.id, nx=True, ex=60):
+                if await self.redis.exists(keys.lease(worker)):
+                    # It renewed its lease since it was listed: not lost.
+                    await self.redis.delete(keys.reaping(worker))
+                    continue
                 await self._reap(worker)
 
     async def _reap(self, worker: str) -> None:
@@ -307,6 +358,10 @@ class WorkerNode:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(keys.worker_calls(worker), keys.inbox(worker))
             pipe.hdel(keys.WORKERS, worker)
+            # Reaped: a worker that was only stalled comes back (and ends the calls
+            # ended here, :meth:`_register_again`); if it is lost again later, it is
+            # reaped again at once, not when this lock expires.
+            pipe.delete(keys.reaping(worker))
             await pipe.execute()
 
     async def _end_orphan(self, worker: str, call_id: str) -> None:

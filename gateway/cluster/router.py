@@ -5,7 +5,10 @@
   ``GATEWAY_CLUSTER_MAX_CALLS`` live calls it is rejected.
 - Every other event (``terminate``, ``status``, the SDP answer of a call we
   placed) and ``DELETE /calls/{id}`` go to the call's owner: handled here when
-  this worker owns it, else added to the owner's inbox (:mod:`.inbox`).
+  this worker owns it, else added to the owner's inbox (:mod:`.inbox`). The
+  ``terminate`` that follows a call's end goes to the worker it ended on (whose
+  copy of the record, and ``call.ended`` event, wait for it); when that worker is
+  gone, into the record in Redis.
 - Deduplication is a ``SET NX`` per event, so a delivery Meta retries to another
   worker is handled once.
 
@@ -71,6 +74,7 @@ class ClusterRouter:
     async def start(self) -> None:
         """Join the cluster and start reading new calls and this worker's inbox."""
         self.node.reap_hooks.append(self.placement.take_over)
+        self.node.reap_hooks.append(self.inbox.take_over)
         await self.node.start()
         await self.placement.start()
         self.inbox.start()
@@ -99,6 +103,11 @@ class ClusterRouter:
             ("redis_reconnects", "Times Redis became reachable again", node.reconnects),
             ("forwarded", "Events and requests handed to the owning worker", self.forwarded),
             ("reaped_calls", "Calls of lost workers this worker ended", node.reaped_calls),
+            (
+                "ended_elsewhere",
+                "Live calls of this worker that another had ended (it was taken for lost)",
+                node.ended_elsewhere_calls,
+            ),
             ("rejected_full", "Calls refused at the cluster's call limit", self.rejected_full),
         ):
             yield CounterMetricFamily(f"gateway_cluster_{name}", help_text, value=value)
@@ -181,28 +190,35 @@ class ClusterRouter:
         owner: str | None = await self.redis.hget(keys.OWNERS, call_id)
         return owner
 
-    async def _owner_or_end(self, call_id: str) -> tuple[str | None, bool]:
-        """The call's owner, and whether its record says it ended (one round trip)."""
+    async def _owner_or_end(self, call_id: str) -> tuple[str | None, bool, str | None]:
+        """The call's owner, whether its record says it ended, and the worker it
+        ended on (one round trip)."""
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(keys.OWNERS, call_id)
             pipe.get(keys.record(call_id))
-            owner, raw = await pipe.execute()
+            pipe.get(keys.ended_on(call_id))
+            owner, raw, ended_on = await pipe.execute()
         ended = raw is not None and json.loads(raw).get("state") == CallState.ENDED
-        return owner, ended
+        return owner, ended, ended_on
 
     async def _to_owner(self, event: Event, owner: str | None) -> None:
         call_id = getattr(event, "call_id", "")
         deadline = time.monotonic() + OWNER_WAIT
+        ended_on = None
         while owner is None and time.monotonic() < deadline:
             # A record that is not ENDED is no sign that no owner is coming: a worker
             # that placed a call saves its record before its owner entry lands.
-            owner, ended = await self._owner_or_end(call_id)
+            owner, ended, ended_on = await self._owner_or_end(call_id)
             if owner is not None or ended:
                 break
             await asyncio.sleep(0.05)
             if call_id in self.calls.calls:
                 self.calls.dispatch(event)
                 return
+        if owner is None and isinstance(event, CallTerminate):
+            # The call ended on a worker (it hung up) whose copy of the record, and
+            # the call.ended event, wait for WhatsApp's terminate record: hand it there.
+            owner = ended_on
         if owner == self.node.id:
             await self._dispatch_owned(event)
         elif owner is not None and (

@@ -15,7 +15,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -49,6 +49,9 @@ class RedisStore:
         self.worker = worker
         self._journal = self.redis.register_script(_JOURNAL)
         self.records = RecordWriter(self.redis)
+        # Told the id of a live call whose stored record another worker ended (this
+        # worker was taken for lost): the cluster node ends the call here too.
+        self.on_ended_elsewhere: Callable[[str], None] | None = None
         # Writes of this process are applied in the order they were made (a pooled
         # client would otherwise let a later write overtake an earlier one).
         self._writes = asyncio.Lock()
@@ -112,11 +115,12 @@ class RedisStore:
         added to ``record`` too; see :mod:`.records`)."""
         self._wrote = True
 
-        async def save() -> None:
+        async def save() -> bool:
             async with self._writes:
-                await self.records.save(record, live_of=self.worker)
+                return await self.records.save(record, live_of=self.worker)
 
-        await self._run(save())
+        if await self._run(save()) and self.on_ended_elsewhere is not None:
+            self.on_ended_elsewhere(record.call_id)
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         """The record any worker saved, or None."""

@@ -1,0 +1,241 @@
+"""Every call ends in a cluster, in one process on a real redis-server: WhatsApp's
+terminate that reaches a worker other than the one the call ended on, a terminate
+forwarded to a worker that dies, and a worker that was taken for lost during a stall
+and comes back to a call another worker ended."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import pytest
+
+from gateway.call import Call
+from gateway.calls import CallManager
+from gateway.cluster import keys
+from gateway.cluster.client import connect
+from gateway.cluster.node import WorkerNode
+from gateway.cluster.redis_server import RedisServer
+from gateway.cluster.router import ClusterRouter
+from gateway.cluster.store import RedisStore
+from gateway.events import CallTerminate, Direction, decode_event
+from gateway.graph import GraphClient, RetryPolicy
+from gateway.records import CallRecord, CallState
+from gateway.sandbox.cloud import CloudAPISandbox
+
+from .conftest import ACCESS_TOKEN, APP_SECRET
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[CloudAPISandbox]:
+    cloud = CloudAPISandbox(webhook_url="", app_secret=APP_SECRET, access_token=ACCESS_TOKEN)
+    await cloud.start()
+    try:
+        yield cloud
+    finally:
+        await cloud.aclose()
+
+
+@pytest.fixture
+async def graph(sandbox: CloudAPISandbox) -> AsyncIterator[GraphClient]:
+    client = GraphClient(
+        base_url=sandbox.graph_url,
+        access_token=ACCESS_TOKEN,
+        phone_number_id=sandbox.phone_number_id,
+        retry=RetryPolicy(attempts=1),
+    )
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture
+async def workers(
+    redis_server: RedisServer, graph: GraphClient
+) -> AsyncIterator[dict[str, ClusterRouter]]:
+    """Workers "a" and "b" as `gateway serve` wires them, none of their loops started
+    (each test starts what it needs, so no reaper or lease runs behind its back)."""
+    made: dict[str, ClusterRouter] = {}
+    for name in ("a", "b"):
+        store = RedisStore(redis_server.url, name)
+        calls = CallManager(graph, store=store)
+        node = WorkerNode(
+            redis_server.url, calls, graph, lease_seconds=2, worker_id=name, store=store
+        )
+        made[name] = ClusterRouter(node, calls)
+    try:
+        yield made
+    finally:
+        for router in made.values():
+            await router.calls.aclose()
+            await router.aclose()
+            await router.calls.store.close()
+
+
+def _terminate(call_id: str) -> CallTerminate:
+    return CallTerminate(
+        call_id=call_id,
+        phone_number_id="1",
+        from_="15551230001",
+        to="15550783881",
+        direction=Direction.USER_INITIATED,
+        status="COMPLETED",
+        timestamp=1700000000,
+        duration=42,
+    )
+
+
+async def _live_call(router: ClusterRouter, call_id: str) -> Call:
+    """An answered call on ``router``'s worker, registered and saved as the call
+    manager and the node do it (no media: nothing here needs any)."""
+    calls = router.calls
+    record = CallRecord(call_id, Direction.USER_INITIATED, "15551230001")
+    call = Call(record, graph=calls.graph, on_ended=calls._ended)
+    calls.calls[call_id] = call
+    call.set_state(CallState.PRE_ACCEPTED, "pre-accepted")
+    call.set_state(CallState.ACTIVE, "accepted")
+    router.node.call_answered(call)
+    await router.node._flush()  # the lease, the owner entry and the live sets
+    await calls.ledger.save(record)
+    return call
+
+
+async def _stored(redis_server: RedisServer, call_id: str) -> dict[str, object]:
+    db = connect(redis_server.url)
+    try:
+        raw = await db.get(keys.record(call_id))
+    finally:
+        await db.aclose()
+    assert raw is not None
+    stored: dict[str, object] = json.loads(raw)
+    return stored
+
+
+async def test_a_terminate_after_the_owner_hung_up_is_handed_to_it(
+    redis_server: RedisServer, workers: dict[str, ClusterRouter]
+) -> None:
+    # Worker a hung up its call (our terminate); WhatsApp's terminate, the billing
+    # record that a's call.ended event waits for, reaches worker b.
+    a, b = workers["a"], workers["b"]
+    call = await _live_call(a, "wacid.H")
+    await call.end("hung up through the API", terminate=True)
+    await a.calls.flush()
+    await a.node._flush()  # the mirror's write of the end
+    db = connect(redis_server.url)
+    try:
+        assert not await db.hexists(keys.OWNERS, "wacid.H")  # ended: no owner any more
+        assert await b.deliver(_terminate("wacid.H"))
+        # In a's inbox (not only in the record in Redis, which a's copy never reads).
+        [(_, fields)] = await db.xrange(keys.inbox("a"))
+        assert decode_event(fields["event"]) == _terminate("wacid.H")
+    finally:
+        await db.aclose()
+    await a.calls.start()
+    a.inbox.start()
+    async with asyncio.timeout(10):
+        while call.record.terminate_status is None:  # a's copy, which the outbox reads
+            await asyncio.sleep(0.02)
+    await a.calls.drain()
+    await a.calls.flush()
+    assert (call.record.terminate_status, call.record.duration) == ("COMPLETED", 42)
+    stored = await _stored(redis_server, "wacid.H")
+    assert (stored["terminate_status"], stored["duration"]) == ("COMPLETED", 42)
+    assert (stored["state"], stored["end_reason"]) == ("ENDED", "hung up through the API")
+
+
+async def test_a_terminate_handed_to_a_worker_that_dies_is_kept_by_its_reaper(
+    redis_server: RedisServer, workers: dict[str, ClusterRouter]
+) -> None:
+    # b hands WhatsApp's terminate to the call's owner a (its lease is still there),
+    # and a dies before reading its inbox: b's reaper ends the call and keeps the
+    # terminate record that was in a's inbox.
+    a, b = workers["a"], workers["b"]
+    await _live_call(a, "wacid.D")
+    assert await b.deliver(_terminate("wacid.D"))
+    db = connect(redis_server.url)
+    try:
+        assert await db.xlen(keys.inbox("a")) == 1
+        await db.delete(keys.lease("a"))  # a is gone (its lease expired)
+    finally:
+        await db.aclose()
+    await b.calls.start()
+    b.node.reap_hooks.append(b.inbox.take_over)  # as ClusterRouter.start wires it
+    await b.node._reap_lost_workers()
+    await b.calls.drain()
+    await b.calls.flush()
+    assert b.node.reaped_calls == 1
+    stored = await _stored(redis_server, "wacid.D")
+    assert (stored["state"], stored["end_reason"]) == ("ENDED", "worker a lost")
+    assert (stored["terminate_status"], stored["duration"]) == ("COMPLETED", 42)
+
+
+async def _reap_a(a: ClusterRouter, b: ClusterRouter, redis_server: RedisServer) -> None:
+    """a stalls past its lease; b's reaper ends a's calls (terminate, record ENDED)."""
+    db = connect(redis_server.url)
+    try:
+        await db.delete(keys.lease("a"))
+    finally:
+        await db.aclose()
+    await b.node._reap_lost_workers()
+    assert b.node.reaped_calls == 1
+
+
+async def test_a_reaped_worker_cannot_revive_its_call_and_ends_it_once(
+    redis_server: RedisServer,
+    sandbox: CloudAPISandbox,
+    workers: dict[str, ClusterRouter],
+) -> None:
+    a, b = workers["a"], workers["b"]
+    call = await _live_call(a, "wacid.R")
+    await _reap_a(a, b, redis_server)
+    reaped = await _stored(redis_server, "wacid.R")
+    assert (reaped["state"], reaped["end_reason"]) == ("ENDED", "worker a lost")
+    # a wakes up and saves its copy of the call (a status came), which says ACTIVE.
+    call.record.statuses.append("ACCEPTED")
+    await a.calls.ledger.save(call.record)
+    stored = await _stored(redis_server, "wacid.R")
+    assert stored["state"] == "ENDED", "a reaped worker revived its call's record"
+    assert (stored["end_reason"], stored["ended_at"]) == ("worker a lost", reaped["ended_at"])
+    assert stored["statuses"] == ["ACCEPTED"]
+    # a learnt that it lost the call: it ends it here (media, bot, slot), once.
+    await asyncio.wait_for(call.ended.wait(), 10)
+    await a.calls.flush()
+    assert "wacid.R" not in a.calls.calls and a.node.ended_elsewhere_calls == 1
+    await a.node.renew()  # the renewal would learn it too: still once
+    assert a.node.ended_elsewhere_calls == 1
+    stored = await _stored(redis_server, "wacid.R")
+    assert (stored["state"], stored["end_reason"]) == ("ENDED", "worker a lost")
+    assert stored["ended_at"] == reaped["ended_at"]
+    assert call.record.end_reason == "worker a lost"  # a's copy took the first end
+    # One terminate went to WhatsApp: the reaper's.
+    terminates = [r for r in sandbox.requests if r.action == "terminate"]
+    assert len(terminates) == 1, terminates
+
+
+async def test_a_reaped_worker_learns_it_at_its_next_lease_renewal(
+    redis_server: RedisServer, workers: dict[str, ClusterRouter]
+) -> None:
+    # A call that saves nothing (no status, no end) must not stay up on a worker that
+    # lost it, nor be registered as its again.
+    a, b = workers["a"], workers["b"]
+    lost = await _live_call(a, "wacid.N")
+    await _reap_a(a, b, redis_server)
+    kept = await _live_call(a, "wacid.K")  # taken after the reap: still a's
+    await a.node.renew()
+    await asyncio.wait_for(lost.ended.wait(), 10)
+    await a.calls.flush()
+    await a.node._flush()
+    db = connect(redis_server.url)
+    try:
+        assert await db.hget(keys.OWNERS, "wacid.N") is None, "the lost call registered again"
+        assert await db.hget(keys.OWNERS, "wacid.K") == "a"
+        assert await db.smembers(keys.worker_calls("a")) == {"wacid.K"}
+        assert await db.smembers(keys.LIVE) == {"wacid.K"}
+        assert not await db.exists(keys.reaping("a")), "a lost again would wait for the lock"
+    finally:
+        await db.aclose()
+    assert kept.state is CallState.ACTIVE and a.node.ended_elsewhere_calls == 1
+    stored = await _stored(redis_server, "wacid.N")
+    assert (stored["state"], stored["end_reason"]) == ("ENDED", "worker a lost")
