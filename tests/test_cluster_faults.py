@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from gateway.cluster import keys
 from gateway.sandbox import payloads
 from gateway.sandbox.user import UserCall
 from gateway.webhooks import sign
@@ -184,3 +185,44 @@ async def test_redis_restarted_empty_mid_run(cluster: Cluster) -> None:
     await fresh.hang_up()
     logs = "\n".join(w.log.read_text() for w in cluster.workers)
     assert "Redis unreachable" in logs and "Redis reachable again" in logs
+
+
+async def test_a_worker_stalled_past_its_lease_ends_the_calls_it_lost(cluster: Cluster) -> None:
+    # The worker freezes (SIGSTOP: a stalled VM or event loop) past its lease: another
+    # worker takes it for lost and ends its calls. It then wakes up: it must neither
+    # revive those calls (records, owners) nor keep them up, nor terminate them again.
+    worker, mine = await _calls_on_one_worker(cluster)
+    worker_id = await cluster.owner(mine[0].call_id)
+    cluster.remove(worker)  # nothing reaches it while it is stopped
+    worker.proc.send_signal(signal.SIGSTOP)
+    try:
+        for call in mine:
+            await asyncio.wait_for(call.ended.wait(), LEASE_SECONDS + 10)
+            reaped = await cluster.wait_record(call.call_id, state="ENDED")
+            assert reaped["end_reason"] == f"worker {worker_id} lost", dump(reaped)
+    finally:
+        worker.proc.send_signal(signal.SIGCONT)
+        cluster.workers.append(worker)
+        cluster.balancer.backends.append(worker.url)
+    async with httpx.AsyncClient() as http, asyncio.timeout(60):
+        while True:  # the calls it holds, as it publishes them
+            load = (await http.get(f"{worker.url}/cluster")).json()["workers"][worker_id]
+            if load["calls"] == 0:
+                break
+            await asyncio.sleep(0.1)
+        metrics = (await http.get(f"{worker.url}/metrics")).text
+    async with cluster.db as db:
+        for call in mine:
+            assert await db.hget(keys.OWNERS, call.call_id) is None, "registered again"
+            assert not await db.sismember(keys.LIVE, call.call_id)
+    for call in mine:
+        record = await cluster.wait_record(call.call_id, state="ENDED")
+        assert record["end_reason"] == f"worker {worker_id} lost", dump(record)
+        terminates = [
+            r
+            for r in cluster.sandbox.requests
+            if r.action == "terminate" and (r.body or {}).get("call_id") == call.call_id
+        ]
+        assert len(terminates) == 1, terminates  # the reaper's
+    # Ended because it learnt that it lost them, not by a watchdog.
+    assert f"gateway_cluster_ended_elsewhere_total {float(len(mine))}" in metrics, metrics
