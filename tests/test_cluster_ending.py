@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from gateway.cluster.router import ClusterRouter
 from gateway.cluster.store import RedisStore
 from gateway.events import CallTerminate, Direction, decode_event
 from gateway.graph import GraphClient, RetryPolicy
+from gateway.outbox import EventOutbox
 from gateway.records import CallRecord, CallState
 from gateway.sandbox.cloud import CloudAPISandbox
 
@@ -119,30 +121,43 @@ async def test_a_terminate_after_the_owner_hung_up_is_handed_to_it(
     # Worker a hung up its call (our terminate); WhatsApp's terminate, the billing
     # record that a's call.ended event waits for, reaches worker b.
     a, b = workers["a"], workers["b"]
-    call = await _live_call(a, "wacid.H")
-    await call.end("hung up through the API", terminate=True)
-    await a.calls.flush()
-    await a.node._flush()  # the mirror's write of the end
-    db = connect(redis_server.url)
+    # Waits as long as it takes: the event must not go without the terminate record.
+    outbox = EventOutbox(a.calls.store, url="http://127.0.0.1:9/", secret="s", terminate_wait=1e6)
+    a.calls.observers.append(outbox)
+    await outbox.start()
     try:
-        assert not await db.hexists(keys.OWNERS, "wacid.H")  # ended: no owner any more
-        assert await b.deliver(_terminate("wacid.H"))
-        # In a's inbox (not only in the record in Redis, which a's copy never reads).
-        [(_, fields)] = await db.xrange(keys.inbox("a"))
-        assert decode_event(fields["event"]) == _terminate("wacid.H")
+        call = await _live_call(a, "wacid.H")
+        await call.end("hung up through the API", terminate=True)
+        await a.calls.flush()
+        await a.node._flush()  # the mirror's write of the end
+        db = connect(redis_server.url)
+        try:
+            assert not await db.hexists(keys.OWNERS, "wacid.H")  # ended: no owner any more
+            assert await b.deliver(_terminate("wacid.H"))
+            # In a's inbox (not only in the record in Redis, which a's copy never reads).
+            [(_, fields)] = await db.xrange(keys.inbox("a"))
+            assert decode_event(fields["event"]) == _terminate("wacid.H")
+        finally:
+            await db.aclose()
+        await a.calls.start()
+        a.inbox.start()
+        async with asyncio.timeout(10):
+            while not (ended := await _events(a, "call.ended")):
+                await asyncio.sleep(0.02)
     finally:
-        await db.aclose()
-    await a.calls.start()
-    a.inbox.start()
-    async with asyncio.timeout(10):
-        while call.record.terminate_status is None:  # a's copy, which the outbox reads
-            await asyncio.sleep(0.02)
+        await outbox.aclose()
+    assert (ended[0]["terminate_status"], ended[0]["duration"]) == ("COMPLETED", 42)
     await a.calls.drain()
     await a.calls.flush()
-    assert (call.record.terminate_status, call.record.duration) == ("COMPLETED", 42)
     stored = await _stored(redis_server, "wacid.H")
     assert (stored["terminate_status"], stored["duration"]) == ("COMPLETED", 42)
     assert (stored["state"], stored["end_reason"]) == ("ENDED", "hung up through the API")
+
+
+async def _events(router: ClusterRouter, kind: str) -> list[dict[str, Any]]:
+    """The calls of ``kind`` events in the worker's outbox (none is delivered here)."""
+    due = await router.calls.store.outbox_due(float("inf"), 100)
+    return [json.loads(e.body)["call"] for e in due if e.type == kind]
 
 
 async def test_a_terminate_handed_to_a_worker_that_dies_is_kept_by_its_reaper(
