@@ -10,7 +10,9 @@ Single mode's figure for the same step is a dict look-up and a queue put.
 - new call: dedupe (SET NX), cluster cap check, XADD, read by a worker with room
   (XREADGROUP), claimed in one pipeline: what a user's call waits before answering;
 - terminate to another worker: dedupe, owner look-up, XADD to the owner's inbox, XREAD;
-- terminate on the owner: dedupe and owner look-up only.
+- terminate on the owner: dedupe and owner look-up only;
+- terminate after the call ended (b hung up) -> the worker it ended on: dedupe, owner
+  look-up (none), record and ended-on look-up, XADD to that worker's inbox, XREAD.
 
     python benchmarks/cluster_routing.py [--events 300]
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import time
@@ -27,12 +30,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from gateway.calls import CallManager
+from gateway.cluster import keys
 from gateway.cluster.node import WorkerNode
 from gateway.cluster.redis_server import RedisServer
 from gateway.cluster.router import ClusterRouter
 from gateway.events import CallConnect, CallTerminate, Direction, Event
 from gateway.graph import GraphClient
 from gateway.metrics import process_cpu_seconds
+from gateway.records import CallRecord, CallState
 from gateway.routing import LocalRouter
 
 
@@ -147,7 +152,22 @@ async def main() -> None:
                 *await _time([_terminate(e.call_id) for e in more], a.deliver, [a_calls]),
             )
         )
-        redis_ms = (_redis_cpu(redis_pid) - before) * 1000 / (3 * n)
+        # Calls that ended on b (it hung up): their records ENDED, no owner, ended on b.
+        ended = [_connect(3 * n + i) for i in range(n)]
+        for event in ended:
+            record = CallRecord(event.call_id, Direction.USER_INITIATED, event.from_)
+            record.state, record.ended_at = CallState.ENDED, time.time()
+            async with b.redis.pipeline(transaction=False) as pipe:
+                pipe.set(keys.record(event.call_id), json.dumps(record.as_dict()))
+                pipe.set(keys.ended_on(event.call_id), b.node.id, ex=keys.ENDED_ON_SECONDS)
+                await pipe.execute()
+        rows.append(
+            (
+                "terminate after end -> b",
+                *await _time([_terminate(e.call_id) for e in ended], a.deliver, [b_calls]),
+            )
+        )
+        redis_ms = (_redis_cpu(redis_pid) - before) * 1000 / (4 * n)
     finally:
         await a.aclose()
         await b.aclose()
