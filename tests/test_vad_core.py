@@ -19,10 +19,12 @@ from numpy.typing import NDArray
 
 from gateway.errors import GatewayError
 from gateway.media.audio import load_wav
-from gateway.pipeline import vadstep
 from gateway.pipeline._vadstep import VadStep
 from gateway.pipeline.vad import FRAME_SAMPLES, SpeechEnded, VadConfig, VadSegmenter
-from gateway.pipeline.vadstep import LEVEL_VARIANCE, Core, PythonCore, make_core
+from gateway.pipeline.vad.compiled import make_core
+from gateway.pipeline.vad.core import LEVEL_VARIANCE, Core
+from gateway.pipeline.vad.fallback import PythonCore
+from gateway.pipeline.vad.webrtc import process_address
 
 AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
 STATE = "index window loud start_frame last_voiced filled floor room prev_loud learning".split()
@@ -85,7 +87,7 @@ def test_cores_agree_frame_by_frame(name: str, config: VadConfig) -> None:
     # squares differs from the C step's exact one in the last bits (test_vad_step.py).
     core = python._core
     assert isinstance(core, PythonCore)
-    core.step = VadStep(python._ring, vadstep._process(), python._vad._vad, python._level).step
+    core.step = VadStep(python._ring, process_address(), python._vad._vad, python._level).step
     events = 0
     for index, frame in enumerate(frames):
         got, want = native.push(frame), python.push(frame)
@@ -168,7 +170,7 @@ def test_a_bad_utterance_buffer_is_refused(native: bool, buffer: object) -> None
 
 def test_the_compiled_core_must_be_configured() -> None:
     step = VadStep(
-        np.zeros((4, FRAME_SAMPLES), np.int16), vadstep._process(), webrtcvad.Vad(2)._vad, 1
+        np.zeros((4, FRAME_SAMPLES), np.int16), process_address(), webrtcvad.Vad(2)._vad, 1
     )
     frame = np.zeros(FRAME_SAMPLES, np.int16)
     with pytest.raises(RuntimeError, match="configured"):

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from gateway.pipeline import vadstep
+from gateway.pipeline.vad import compiled
 
 # A compiled step whose ring (a memoryview it holds an export of) is in a garbage
 # cycle with it. Before the fix the collector cleared the memoryview first (its
@@ -15,7 +15,7 @@ from gateway.pipeline import vadstep
 # read freed memory: a segmentation fault, every run.
 _CYCLES = """
 import gc, webrtcvad
-from gateway.pipeline.vadstep import make_step
+from gateway.pipeline.vad.compiled import make_step
 for _ in range(20):
     ring = memoryview(bytearray(10 * 320 * 2)).cast("h", (10, 320))
     step = make_step(ring, webrtcvad.Vad(2), 2)
@@ -27,7 +27,7 @@ print("collected")
 """
 
 
-@pytest.mark.skipif(vadstep._vadstep is None, reason="the compiled VAD step is not built")
+@pytest.mark.skipif(not compiled.available(), reason="the compiled VAD step is not built")
 def test_a_step_in_a_garbage_cycle_with_its_ring_is_collected_without_a_crash() -> None:
     done = subprocess.run(
         [sys.executable, "-c", _CYCLES], capture_output=True, text=True, timeout=60

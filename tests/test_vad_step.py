@@ -19,10 +19,12 @@ import webrtcvad
 from numpy.typing import NDArray
 
 from gateway.media.audio import load_wav
-from gateway.pipeline import vadstep
 from gateway.pipeline._vadstep import VadStep
-from gateway.pipeline.vad import FRAME_SAMPLES
-from gateway.pipeline.vadstep import LEVEL_NONE, LEVEL_POWER, LEVEL_VARIANCE, PythonStep, make_step
+from gateway.pipeline.vad import FRAME_SAMPLES, compiled
+from gateway.pipeline.vad.compiled import make_step
+from gateway.pipeline.vad.core import LEVEL_NONE, LEVEL_POWER, LEVEL_VARIANCE
+from gateway.pipeline.vad.fallback import PythonStep
+from gateway.pipeline.vad.webrtc import process_address
 
 AUDIO = Path(__file__).resolve().parent.parent.parent / "shared" / "audio"
 RECORDINGS = ["cards-001", "cards-002", "cards-003", "cards-004", "cards-005"]
@@ -80,7 +82,7 @@ def _agree(frames: NDArray[np.int16], level: int, aggressiveness: int = 2) -> in
 
 def test_the_compiled_step_is_built() -> None:
     # make install compiles it; the Python step is only the fallback of an install without it.
-    assert vadstep.available()
+    assert compiled.available()
 
 
 @pytest.mark.parametrize("level", LEVELS)
@@ -143,7 +145,7 @@ def test_wrong_frames_are_refused(frame: NDArray[np.generic], native: bool) -> N
 @pytest.mark.parametrize("frame", [bytes(2 * FRAME_SAMPLES), [0] * FRAME_SAMPLES, None])
 def test_what_is_no_array_is_refused(frame: object) -> None:
     step = VadStep(
-        np.zeros((ROWS, FRAME_SAMPLES), np.int16), vadstep._process(), webrtcvad.Vad(2)._vad, 1
+        np.zeros((ROWS, FRAME_SAMPLES), np.int16), process_address(), webrtcvad.Vad(2)._vad, 1
     )
     with pytest.raises(ValueError, match=f"{FRAME_SAMPLES} int16 samples"):
         step.step(frame, 0)  # type: ignore[arg-type]
@@ -168,7 +170,7 @@ def test_a_slot_outside_the_ring_is_refused(slot: int) -> None:
 )
 def test_a_malformed_ring_is_refused(ring: NDArray[np.generic]) -> None:
     with pytest.raises(ValueError):
-        VadStep(ring, vadstep._process(), webrtcvad.Vad(2)._vad, LEVEL_POWER)
+        VadStep(ring, process_address(), webrtcvad.Vad(2)._vad, LEVEL_POWER)
 
 
 def test_bad_arguments_are_refused() -> None:
@@ -177,17 +179,17 @@ def test_bad_arguments_are_refused() -> None:
     with pytest.raises(ValueError, match="NULL"):
         VadStep(ring, 0, vad, LEVEL_POWER)
     with pytest.raises(ValueError, match="level"):
-        VadStep(ring, vadstep._process(), vad, 3)
+        VadStep(ring, process_address(), vad, 3)
     with pytest.raises(ValueError):  # not WebRTC's capsule
-        VadStep(ring, vadstep._process(), object(), LEVEL_POWER)
+        VadStep(ring, process_address(), object(), LEVEL_POWER)
     with pytest.raises((ValueError, BufferError)):  # read-only: the step writes the ring
         ring.flags.writeable = False
-        VadStep(ring, vadstep._process(), vad, LEVEL_POWER)
+        VadStep(ring, process_address(), vad, LEVEL_POWER)
 
 
 def test_webrtcs_vad_is_the_wheels_own_copy() -> None:
     # The address handed to the C step lies in the one mapping of _webrtcvad: no second library.
-    address = vadstep._process()
+    address = process_address()
     maps = [line.split() for line in Path("/proc/self/maps").read_text().splitlines()]
     mapped = [fields for fields in maps if fields[-1] == webrtcvad._webrtcvad.__file__]
     assert len({fields[-1] for fields in maps if "_webrtcvad" in fields[-1]}) == 1

@@ -5,24 +5,24 @@ to cost a few microseconds a frame: the start window is a bit mask, recent audio
 lives in a fixed ring (which WebRTC's VAD reads), the open utterance is one
 reusable buffer, and the ring copy, WebRTC's VAD, the frame's level and the
 frame-by-frame state machine (gates, start window, hangover) are one compiled
-call (the *core*, :mod:`gateway.pipeline.vadstep`). This module's Python runs
-when a turn opens or closes and while the stream's first frames are held.
+call (the *core*, :mod:`gateway.pipeline.vad.core`). This module's Python runs
+when a turn opens or closes and while the stream's first frames are held
+(:mod:`gateway.pipeline.vad.learning`).
 
 Times (``at_ms`` and friends) count from the first frame the segmenter was given
 (or from the last :meth:`VadSegmenter.reset`) and are multiples of 20 ms. Its
-configuration and events live in :mod:`gateway.pipeline.turns` (re-exported here).
+configuration and events live in :mod:`gateway.pipeline.turns`.
 """
 
 from __future__ import annotations
 
-import math
 from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
-from ..errors import GatewayError
-from ..media.pcm import AudioBuffer, describe, silence
-from .turns import (
+from ...errors import GatewayError
+from ...media.pcm import AudioBuffer, describe, silence
+from ..turns import (
     FRAME_MS,
     FRAME_SAMPLES,
     SAMPLE_RATE,
@@ -32,46 +32,13 @@ from .turns import (
     VadConfig,
     VadEvent,
 )
-from .vadstep import (
-    CLOSE_FORCED,
-    LEARN,
-    LEVEL_NONE,
-    LEVEL_POWER,
-    LEVEL_VARIANCE,
-    OPEN,
-    Core,
-    WebRtcVad,
-    frame_listener,
-    make_core,
-    rebind,
-)
+from .compiled import frame_listener, make_core, rebind
+from .core import CLOSE_FORCED, LEARN, LEVEL_NONE, LEVEL_POWER, LEVEL_VARIANCE, OPEN, Core
+from .learning import RoomLearner
+from .webrtc import WebRtcVad
 
 if TYPE_CHECKING:
-    from ._vadstep import FrameListener
-
-__all__ = [
-    "FRAME_MS",
-    "FRAME_SAMPLES",
-    "SAMPLE_RATE",
-    "SpeechDiscarded",
-    "SpeechEnded",
-    "SpeechStarted",
-    "VadConfig",
-    "VadEvent",
-    "VadSegmenter",
-]
-
-
-# The gates' level trackers are the core's (vadstep.py); learning the room is here.
-_ROOM_SPREAD_DB: Final = 20.0  # the room's loud end over its floor, at most (vadstep.py's)
-_LEARN_QUIET_FRAMES: Final = 3  # unvoiced in a row: the room has shown itself
-_LEARN_QUIET_DB: Final = 10.0  # a quiet moment is this close to the quietest frame so far
-_LEARN_WARMUP_FRAMES: Final = 6  # WebRTC's VAD calls a stream's first 4-5 frames voiced
-_LEARN_STEADY_DB: Final = 3.0  # there, a frame this close to the quietest is quiet too
-_LEARN_MIN_FRAMES: Final = 50  # after 1 s ...
-_LEARN_CONTRAST_DB: Final = 25.0  # ... with less between loudest and quietest: no caller yet
-_LEARN_MAX_FRAMES: Final = 160  # 3.2 s without a pause: judge with what the room showed
-
+    from .._vadstep import FrameListener
 
 _NO_SAMPLES: Final = array("h")  # never written: any append grows it first
 
@@ -155,11 +122,8 @@ class VadSegmenter:
         """Forget everything: any open turn is dropped without an event; time restarts at 0."""
         cfg = self.config
         self._onset = 0
-        self._held: list[tuple[bool, float]] = []  # (voiced, dB) of the frames held while learning
-        self._quiet_run = 0
+        self._learner = RoomLearner()  # the stream's first frames, while the room is learned
         self._held_speech = False  # WebRTC's VAD would have started a turn in them
-        self._quietest = math.inf
-        self._loudest = -math.inf
         # The VAD's noise model belongs to the audio it has seen.
         self._vad = WebRtcVad(cfg.aggressiveness)
         # Ring copy, WebRTC's VAD, the level and the steady state in one call: the
@@ -199,7 +163,7 @@ class VadSegmenter:
     ) -> FrameListener | None:
         """A compiled frame listener over this segmenter (one per segmenter; it follows
         :meth:`reset`), or None where the core is Python's: see
-        :func:`gateway.pipeline.vadstep.frame_listener`. ``on_step(action, frame)`` must
+        :func:`gateway.pipeline.vad.compiled.frame_listener`. ``on_step(action, frame)`` must
         hand the action to :meth:`events`, as :meth:`push` would."""
         if self._listener is None:
             self._listener = frame_listener(self._core, on_step, on_frame)
@@ -246,49 +210,21 @@ class VadSegmenter:
         return [self._close(index, forced=action == CLOSE_FORCED)]
 
     def _learn(self, index: int, frame: AudioBuffer, voiced: bool, db: float) -> list[VadEvent]:
-        """The stream's first frames, held until the room has shown what it sounds like.
-
-        A stream may begin with the caller's voice or with other voices; the two
-        look alike until the first pause. Until then frames are kept (in the
-        utterance buffer) while the trackers follow the room; then they are judged
-        again as if the room had been known from the start, so a caller who speaks
-        at once loses nothing. Events of the held frames come out late, at most
-        ``_LEARN_MAX_FRAMES`` frames after the stream began.
-        """
+        """Hold one of the stream's first frames while the room is learned (see
+        :mod:`~gateway.pipeline.vad.learning`); once it is, judge the held ones."""
         core = self._core
         self._append(frame)
-        self._held.append((voiced, db))
         core.gate(db, voiced)
         core.window = window = ((core.window << 1) | voiced) & self._window_mask
         self._held_speech = self._held_speech or window.bit_count() >= self._start_voiced
-        # A quiet moment: unvoiced and near the quietest frame so far (WebRTC's VAD,
-        # still learning the stream, may call loud speech unvoiced). In its first
-        # frames it calls anything voiced: there a steady level is quiet too.
-        self._quietest = quietest = min(self._quietest, db)
-        self._loudest = loudest = max(self._loudest, db)
-        if not voiced:
-            quiet = db <= quietest + _LEARN_QUIET_DB
-        else:
-            quiet = index < _LEARN_WARMUP_FRAMES and db <= quietest + _LEARN_STEADY_DB
-        self._quiet_run = self._quiet_run + 1 if quiet else 0
-        if self._quiet_run >= _LEARN_QUIET_FRAMES or index + 1 >= _LEARN_MAX_FRAMES:
-            return self._replay()
-        # A second with neither a pause nor a voice well above the rest: the room is
-        # other voices or noise, and the caller has not spoken yet.
-        if index + 1 >= _LEARN_MIN_FRAMES and loudest - quietest < _LEARN_CONTRAST_DB:
-            return self._replay()
-        return []
+        return self._replay() if self._learner.hear(index, voiced, db) else []
 
     def _replay(self) -> list[VadEvent]:
         """End learning: judge the held frames against the room as learned."""
-        held, run = self._held, self._quiet_run
-        # The room's quiet end: the pause that ended learning, else the quietest frame.
         core = self._core
-        floor = min(db for _, db in held[-run:]) if run else self._quietest
-        room = min(core.room, floor + _ROOM_SPREAD_DB)
+        held, floor, room = self._learner.finish(core.room)
         frames = memoryview(self._buf[: len(held) * FRAME_SAMPLES])  # a copy: the core appends
         core.learning = self._held_speech = False
-        self._held = []
         core.window = 0
         core.filled = 0
         core.prev_loud = False
@@ -330,7 +266,7 @@ class VadSegmenter:
     def flush(self) -> list[VadEvent]:
         """End of stream: close an open turn now, as if its hangover had passed."""
         core = self._core
-        events = self._replay() if core.learning and self._held else []
+        events = self._replay() if core.learning and self._learner.held else []
         if core.start_frame < 0:
             return events
         return [*events, self._close(core.index - 1, forced=False)]
