@@ -23,9 +23,8 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.registry import Collector
 
-from gateway.events import Direction
-from gateway.metrics import Metrics
 from gateway.metrics.exposition import Exposition
+from gateway.metrics.sample import busy_metrics
 
 
 class _Fixed(Collector):
@@ -34,35 +33,6 @@ class _Fixed(Collector):
 
     def collect(self) -> list[Any]:
         return self.families
-
-
-def busy_metrics() -> Metrics:
-    """The gateway's registry with the label sets of a gateway that has taken calls."""
-    metrics = Metrics()
-    for i in range(600):
-        metrics.loop_lag.observe(0.0005 * (i % 40))
-    for action in ("pre_accept", "accept", "terminate", "connect", "reject"):
-        metrics.graph.requests.labels(action, "200").inc()
-        metrics.graph.latency.labels(action).observe(0.05)
-    for outcome in ("accepted", "refused", "malformed"):
-        metrics.webhook_deliveries.labels(outcome).inc()
-    # CallMetrics' event-driven families, without a call manager behind them.
-    from gateway.metrics.calls import CallMetrics
-
-    class _NoCalls:
-        calls: dict[str, Any] = {}
-        max_calls = 100
-
-    calls = CallMetrics(_NoCalls(), metrics.registry)  # type: ignore[arg-type]
-    metrics.calls = calls
-    for direction in Direction:
-        calls.started.labels(str(direction)).inc()
-        calls.ended.labels(str(direction), "remote_hangup").inc()
-        for stage in ("accept", "media"):
-            calls.setup.labels(str(direction), stage).observe(0.3)
-    calls.response.observe(0.4)
-    calls.barge_in.observe(0.1)
-    return metrics
 
 
 def best_us(function: Callable[[], object], scrapes: int, rounds: int) -> float:

@@ -31,31 +31,8 @@ from prometheus_client.registry import Collector
 
 from gateway.events import Direction
 from gateway.metrics import Metrics
-from gateway.metrics.calls import CallMetrics
 from gateway.metrics.exposition import Exposition
-
-
-def busy_metrics() -> Metrics:
-    """The gateway's registry with the label sets of a gateway that has taken calls."""
-    metrics = Metrics()
-    for i in range(100):
-        metrics.loop_lag.observe(0.0005 * (i % 40))
-    for action in ("pre_accept", "accept", "terminate"):
-        metrics.graph.requests.labels(action, "200").inc()
-        metrics.graph.latency.labels(action).observe(0.05)
-
-    class _NoCalls:
-        calls: dict[str, Any] = {}
-        max_calls = 100
-
-    calls = CallMetrics(_NoCalls(), metrics.registry)  # type: ignore[arg-type]
-    metrics.calls = calls
-    for direction in Direction:
-        calls.ended.labels(str(direction), "remote_hangup").inc()
-        for stage in ("accept", "media"):
-            calls.setup.labels(str(direction), stage).observe(0.3)
-    calls.response.observe(0.4)
-    return metrics
+from gateway.metrics.sample import busy_metrics
 
 
 class _Families(Collector):
