@@ -1,4 +1,5 @@
-/* The VAD's per-frame numeric step, in C: see gateway/pipeline/vadstep.py for how it is used.
+/* The VAD's per-frame numeric step, in C: see gateway/pipeline/vad/ (core.py, compiled.py)
+ * for how it is used.
  *
  * Why C: inside a busy gateway, VadSegmenter.push spent ~47 us a frame (7 in a
  * tight loop) on a ring copy, an int16-to-float cast, a BLAS product for the
@@ -6,10 +7,11 @@
  * with cold caches. Here one call does all of it.
  *
  * The segmenter's steady state is here too (push, advance, gate: the frame-by-frame
- * part of VadSegmenter._step and _gate, line for line, in doubles as Python's floats
- * are): per frame Python then runs only when something changes, a turn opening or
- * closing, or while the stream's first frames are held to learn the room. The state
- * lives in this object's attributes, which vad.py reads and writes for the rest.
+ * part of its state machine, vad/fallback.py's PythonCore line for line, in doubles
+ * as Python's floats are): per frame Python then runs only when something changes, a
+ * turn opening or closing, or while the stream's first frames are held to learn the
+ * room. The state lives in this object's attributes, which vad/segmenter.py reads and
+ * writes for the rest.
  *
  * No library is linked: WebRTC's VAD is the copy the webrtcvad wheel's
  * _webrtcvad extension has already loaded. Python hands in the address of its
@@ -42,7 +44,7 @@ typedef struct {
     void *handle;
     vad_process_call process;
     int level;
-    /* The state machine (VadSegmenter's, see vad.py), once configure() was called. */
+    /* The state machine (VadSegmenter's, see vad/segmenter.py), once configure() was called. */
     int configured;
     char gated, voice, prev_loud, learning, last_voiced_flag;
     int start_voiced;
@@ -54,10 +56,10 @@ typedef struct {
     PyObject *grow; /* grow(end): make room for ``end`` samples, then set_buffer() */
 } VadStep;
 
-/* What push() and advance() tell the segmenter (vadstep.py has the same names). */
+/* What push() and advance() tell the segmenter (vad/core.py has the same names). */
 enum { NOTHING = 0, OPEN = 1, CLOSE = 2, CLOSE_FORCED = 3, LEARN = 4 };
 
-/* vad.py's constants of the gate, the same doubles. */
+/* vad/fallback.py's constants of the gate (ROOM_SPREAD_DB: vad/core.py's), the same doubles. */
 #define FLOOR_DOWN 0.1
 #define FLOOR_UP 0.05
 #define ROOM_RISE 0.5
@@ -240,7 +242,7 @@ static PyObject *VadStep_step(VadStep *self, PyObject *const *args, Py_ssize_t n
     return result;
 }
 
-/* --- the segmenter's steady state (vad.py: VadSegmenter._step and _gate) ------------- */
+/* --- the segmenter's steady state (vad/fallback.py: PythonCore.advance and gate) ------ */
 
 static int popcount(uint64_t bits) { return __builtin_popcountll(bits); }
 
@@ -491,7 +493,7 @@ static PyMethodDef VadStep_methods[] = {
     {NULL},
 };
 
-/* The state, shared with vad.py (which runs the rest of the state machine). */
+/* The state, shared with vad/segmenter.py (which runs the rest of the state machine). */
 static PyMemberDef VadStep_members[] = {
     {"index", T_LONGLONG, offsetof(VadStep, index), 0, "frames pushed"},
     {"window", T_ULONGLONG, offsetof(VadStep, window), 0, "WebRTC's start window, bit 0 last"},
@@ -699,7 +701,7 @@ static PyTypeObject FrameListenerType = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "gateway.pipeline._vadstep",
-    "The VAD's per-frame step in C (see gateway/pipeline/vadstep.py).", -1, NULL,
+    "The VAD's per-frame step in C (see gateway/pipeline/vad/compiled.py).", -1, NULL,
 };
 
 PyMODINIT_FUNC PyInit__vadstep(void) {

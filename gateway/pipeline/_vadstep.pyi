@@ -1,4 +1,4 @@
-"""Types of the compiled VAD step (gateway/pipeline/_vadstep.c; see gateway.pipeline.vadstep)."""
+"""Types of the compiled VAD step (gateway/pipeline/_vadstep.c; see gateway.pipeline.vad.compiled)."""
 
 from collections.abc import Callable
 from typing import Final
@@ -16,7 +16,7 @@ CLOSE_FORCED: Final[int]
 LEARN: Final[int]
 
 class VadStep:
-    # The segmenter's state (see gateway.pipeline.vadstep.Core), once configured.
+    # The segmenter's state (see gateway.pipeline.vad.core.Core), once configured.
     index: int
     window: int
     loud: int
