@@ -195,3 +195,19 @@ def test_webrtcs_vad_is_the_wheels_own_copy() -> None:
     assert len({fields[-1] for fields in maps if "_webrtcvad" in fields[-1]}) == 1
     spans = [tuple(int(x, 16) for x in fields[0].split("-")) for fields in mapped]
     assert any(start <= address < end for start, end in spans)
+
+
+def test_the_vads_old_import_paths_name_the_same_objects() -> None:
+    # pipeline/vad.py and pipeline/vadstep.py became the pipeline/vad/ package: code that
+    # imports the old names gets the package's own objects, not copies.
+    import gateway.pipeline as pipeline
+    import gateway.pipeline.vad as vad
+    import gateway.pipeline.vadstep as vadstep
+    from gateway.pipeline.vad import compiled, core, fallback, segmenter, webrtc
+
+    assert vad.VadSegmenter is segmenter.VadSegmenter is pipeline.VadSegmenter
+    assert vad.VadConfig is pipeline.VadConfig
+    assert vadstep.__all__
+    for name in vadstep.__all__:
+        old = getattr(vadstep, name)
+        assert any(vars(m).get(name) is old for m in (compiled, core, fallback, webrtc)), name

@@ -1,4 +1,4 @@
-"""Types of the compiled VAD step (gateway/pipeline/_vadstep.c; see gateway.pipeline.vad.compiled)."""
+"""Types of the compiled VAD step (gateway/pipeline/_vadstep.c; see gateway.pipeline.vad)."""
 
 from collections.abc import Callable
 from typing import Final

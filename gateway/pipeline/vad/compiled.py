@@ -29,22 +29,22 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 try:
-    from .. import _vadstep
+    from .._vadstep import FrameListener, VadStep
 except ImportError as exc:  # pragma: no cover - depends on the install
-    _vadstep = None  # type: ignore[assignment]
+    FrameListener = VadStep = None  # type: ignore[assignment,misc]
     logger.warning("gateway.pipeline._vadstep is not built (%s): the VAD step runs in Python", exc)
 
 
 def available() -> bool:
     """Whether the compiled step is there."""
-    return _vadstep is not None
+    return VadStep is not None
 
 
 def make_step(ring: AudioBuffer, vad: webrtcvad.Vad, level: int, *, native: bool = True) -> Step:
     """The step for a segmenter's ``ring`` (a writable 2-D buffer of int16 rows of 320:
     a numpy array, or a memoryview cast to that shape) and its ``vad``."""
-    if native and _vadstep is not None:
-        return _vadstep.VadStep(ring, process_address(), vad._vad, level).step
+    if native and VadStep is not None:
+        return VadStep(ring, process_address(), vad._vad, level).step
     return PythonStep(ring, vad, level)
 
 
@@ -72,9 +72,9 @@ def make_core(
     samples) before it returns. The buffer stays exported to the core until the
     next ``set_buffer``: do not resize it in place.
     """
-    core: _vadstep.VadStep | PythonCore
-    if native and _vadstep is not None:
-        core = _vadstep.VadStep(ring, process_address(), vad._vad, level)
+    core: VadStep | PythonCore
+    if native and VadStep is not None:
+        core = VadStep(ring, process_address(), vad._vad, level)
     else:
         core = PythonCore(ring, vad, level)
     core.configure(
@@ -96,17 +96,17 @@ def frame_listener(
     core: Core,
     on_step: Callable[[int, AudioBuffer], object],
     on_frame: Callable[[AudioBuffer], object],
-) -> _vadstep.FrameListener | None:
+) -> FrameListener | None:
     """The compiled frame listener over ``core`` (``_vadstep.FrameListener``), or None
     where the core is Python's: the media path calls it with every frame; while its
     ``plain`` is true it pushes the frame into ``core`` in C and calls
     ``on_step(action, frame)`` only for a nonzero action, else ``on_frame(frame)``."""
-    if _vadstep is None or not isinstance(core, _vadstep.VadStep):
+    if VadStep is None or not isinstance(core, VadStep):
         return None
-    return _vadstep.FrameListener(core, on_step, on_frame)
+    return FrameListener(core, on_step, on_frame)
 
 
-def rebind(listener: _vadstep.FrameListener, core: Core) -> None:
+def rebind(listener: FrameListener, core: Core) -> None:
     """Point ``listener`` at ``core`` (a segmenter's new core after its reset)."""
-    assert _vadstep is not None and isinstance(core, _vadstep.VadStep)
+    assert VadStep is not None and isinstance(core, VadStep)
     listener.core = core
