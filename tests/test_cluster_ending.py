@@ -14,6 +14,7 @@ import pytest
 
 from gateway.call import Call
 from gateway.calls import CallManager
+from gateway.cluster import inbox as inbox_module
 from gateway.cluster import keys
 from gateway.cluster.client import connect
 from gateway.cluster.node import WorkerNode
@@ -161,7 +162,7 @@ async def _events(router: ClusterRouter, kind: str) -> list[dict[str, Any]]:
 
 
 async def test_a_terminate_handed_to_a_worker_that_dies_is_kept_by_its_reaper(
-    redis_server: RedisServer, workers: dict[str, ClusterRouter]
+    redis_server: RedisServer, workers: dict[str, ClusterRouter], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # b hands WhatsApp's terminate to the call's owner a (its lease is still there),
     # and a dies before reading its inbox: b's reaper ends the call and keeps the
@@ -169,15 +170,22 @@ async def test_a_terminate_handed_to_a_worker_that_dies_is_kept_by_its_reaper(
     a, b = workers["a"], workers["b"]
     await _live_call(a, "wacid.D")
     assert await b.deliver(_terminate("wacid.D"))
+    # And a DELETE /calls/wacid.D reached b, which asked a (its answer never comes).
+    monkeypatch.setattr(inbox_module, "REQUEST_TIMEOUT", 3600.0)  # only an answer ends it
+    asking = asyncio.create_task(b.hang_up("wacid.D"))
     db = connect(redis_server.url)
     try:
-        assert await db.xlen(keys.inbox("a")) == 1
+        async with asyncio.timeout(10):
+            while await db.xlen(keys.inbox("a")) < 2:
+                await asyncio.sleep(0.02)
         await db.delete(keys.lease("a"))  # a is gone (its lease expired)
     finally:
         await db.aclose()
     await b.calls.start()
     b.node.reap_hooks.append(b.inbox.take_over)  # as ClusterRouter.start wires it
     await b.node._reap_lost_workers()
+    # Answered by b's reaper: the call is no longer live (the API's 404).
+    assert await asyncio.wait_for(asking, 10) is None
     await b.calls.drain()
     await b.calls.flush()
     assert b.node.reaped_calls == 1

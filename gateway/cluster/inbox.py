@@ -56,19 +56,18 @@ class Inbox:
         return await self._request(worker, {"op": "hang_up", "call_id": call_id})
 
     async def take_over(self, worker: str) -> None:
-        """Handle the events a lost worker never read from its inbox (once its calls
-        were ended): WhatsApp's terminate record of a call must not vanish with it.
-        Requests are left out (the asking worker's wait ends in its timeout)."""
+        """Serve what a lost worker never read from its inbox (once its calls were
+        ended): WhatsApp's terminate record of a call must not vanish with it, and a
+        worker waiting for an answer gets one now (the call is no longer live)."""
         async with self.node.redis.pipeline(transaction=True) as pipe:
             pipe.xrange(keys.inbox(worker))
             pipe.delete(keys.inbox(worker))
             entries, _ = await pipe.execute()
-        events = [fields for _, fields in entries if "event" in fields]
-        if events:
+        if entries:
             log.warning(
-                "cluster: handling %d event(s) lost worker %s never read", len(events), worker
+                "cluster: serving %d inbox entries lost worker %s never read", len(entries), worker
             )
-        for fields in events:
+        for _, fields in entries:
             await self._serve(fields)
 
     async def _send(self, worker: str, fields: dict[str, str]) -> None:
