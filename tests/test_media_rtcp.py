@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, clock
-from aiortc.mediastreams import AudioStreamTrack
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 from aiortc.rtcdtlstransport import RtpRouter
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (
@@ -386,7 +386,7 @@ async def test_reports_both_ways_with_a_real_aiortc_peer(
     stock aiortc caller: each side's reports reach the other (round-trip times on both,
     the lsr each receiver keeps is what the other's sender sent), none through aiortc's
     RTCP task on the gateway's side; malformed RTCP and feedback go to aiortc's handler
-    and media goes on; the caller's BYE stops the receiver's decoder as aiortc's does;
+    and media goes on; the caller's BYE ends the receiver's track as aiortc's decoder does;
     nothing is left scheduled once the connections close. With the extension, SRTCP
     goes both ways in C (the route's send_rtcp, the port's on_rtcp); without, in Python."""
     if not compiled:
@@ -501,14 +501,13 @@ async def test_reports_both_ways_with_a_real_aiortc_peer(
         assert len(to_aiortc) == 2 and len(frames) > count + 5
         assert gateway.connectionState == "connected"
 
-        # The caller's BYE (its sender stops): the receiver's decoder stops, as in aiortc.
-        assert receiver._RTCRtpReceiver__decoder_thread is not None
+        # The caller's BYE (its sender stops): the receiver stops decoding, as in aiortc; with
+        # InboundAudio taking the packets it never started a decoder thread, and its track ends.
+        assert not receiver.decoding
         await caller_sender.stop()
-        for _ in range(50):
-            if receiver._RTCRtpReceiver__decoder_thread is None:
-                break
-            await asyncio.sleep(0.05)
-        assert receiver._RTCRtpReceiver__decoder_thread is None
+        with pytest.raises(MediaStreamError):
+            await asyncio.wait_for(receiver.track.recv(), 5)
+        assert not receiver.decoding
     finally:
         await caller.close()
         await gateway.close()

@@ -12,7 +12,9 @@ shadows that one receiver instance's handlers: ``_receive_rtp``, which a
 socket's callback (:meth:`InboundAudio.receive`), and ``_handle_rtp_packet``,
 aiortc's own coroutine, for any other transport. The receiver's RTCP task
 keeps running, and the packets still feed its reception statistics, so RTCP
-receiver reports go on.
+receiver reports go on. aiortc's decoder thread is left idle; on a
+:class:`~gateway.media.receiver.LazyDecoderReceiver` (the gateway's and the
+sandbox's) it is not even started unless the packets go back to aiortc.
 
 Its own jitter buffer (:class:`~gateway.media.jitter.JitterBuffer`) adds no delay
 while packets come in order.
@@ -48,6 +50,7 @@ from gateway.media.jitter import JitterBuffer
 from gateway.media.native import NativeStreamStatistics, _rtp
 from gateway.media.opus import FRAME_TICKS, OPUS_RATE, OpusDecoder, packet_duration
 from gateway.media.pcm import FRAME_MS, PCM
+from gateway.media.receiver import reception_statistics
 from gateway.media.rtp import InboundPacket
 
 logger = logging.getLogger(__name__)
@@ -164,14 +167,17 @@ class InboundAudio:
         """Take the receiver's RTP packets from now on."""
         if self._attached:
             return
-        self._rtcp_streams = _reception_statistics(self.receiver)
+        self._rtcp_streams = reception_statistics(self.receiver)
         self.receiver._handle_rtp_packet = self._handle_rtp_packet  # type: ignore[method-assign]
         # What CallTransport calls, synchronously, for each packet it routes here.
         self.receiver._receive_rtp = self.receive  # type: ignore[attr-defined]
         self._attached = True
 
     def detach(self) -> None:
-        """Give the packets back to aiortc, and report a key press still in progress."""
+        """Give the packets back to aiortc, and report a key press still in progress.
+
+        aiortc decodes them to the receiver's track from then on (a
+        LazyDecoderReceiver starts its decoder thread with the first of them)."""
         if not self._attached:
             return
         self.receiver.__dict__.pop("_handle_rtp_packet", None)
@@ -389,17 +395,3 @@ def _takes_native(cls: type[InboundAudio]) -> bool:
         getattr(cls, name) is getattr(InboundAudio, name)
         for name in ("_push_audio", "_on_payload", "receive")
     )
-
-
-def _reception_statistics(receiver: RTCRtpReceiver) -> dict[int, StreamStatistics] | None:
-    """The receiver's per-SSRC reception statistics, which its RTCP reports are built from.
-
-    aiortc fills them in the ``_handle_rtp_packet`` we replace; without them
-    it would stop sending receiver reports. This is the one private attribute
-    read here; if a future aiortc renames it, reports stop but audio goes on.
-    """
-    streams = getattr(receiver, "_RTCRtpReceiver__remote_streams", None)
-    if not isinstance(streams, dict):
-        logger.warning("aiortc internals changed: no RTCP receiver reports for inbound audio")
-        return None
-    return streams

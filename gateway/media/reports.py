@@ -42,6 +42,7 @@ from aiortc.stats import RTCStatsReport
 from gateway.media import rtcp
 from gateway.media.adopt import adopt
 from gateway.media.frameclock import frame_clock
+from gateway.media.receiver import LazyDecoderReceiver
 from gateway.perloop import per_loop
 
 logger = logging.getLogger(__name__)
@@ -227,9 +228,10 @@ async def run_sender_reports(sender: RTCRtpSender, route: RtcpRoute) -> None:
         exited.set()  # aiortc's stop() waits for it
 
 
-class ReportingReceiver(RTCRtpReceiver):
+class ReportingReceiver(LazyDecoderReceiver):
     """An :class:`~aiortc.RTCRtpReceiver` whose RTCP receiver reports go from the
-    loop's :class:`ReportSchedule` when its transport has ``send_rtcp_now``.
+    loop's :class:`ReportSchedule` when its transport has ``send_rtcp_now``
+    (and whose decoder thread starts only if aiortc's path gets packets).
 
     Use :meth:`adopt` before the connection starts receiving.
     """

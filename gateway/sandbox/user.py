@@ -24,6 +24,7 @@ from ..media.frameclock import FrameClock
 from ..media.inbound import InboundAudio
 from ..media.pcm import PCM
 from ..media.playout import Playback, PlayoutTrack
+from ..media.receiver import LazyDecoderReceiver
 from ..media.sender import PlayoutSender
 from ..media.transport import CallTransport
 from . import payloads
@@ -182,8 +183,9 @@ class UserCall:
         # A phone is the controlled side: Meta's edge is ICE-lite, the business controls.
         ice = sender.transport.transport
         ice._connection.ice_controlling = False
+        receiver = next(t.receiver for t in self.pc.getTransceivers() if t.sender is sender)
+        LazyDecoderReceiver.adopt(receiver)  # no idle decoder thread per phone
         if decode:
-            receiver = next(t.receiver for t in self.pc.getTransceivers() if t.sender is sender)
             self.inbound = InboundAudio(
                 receiver,
                 on_frame=self._on_frame,
@@ -241,6 +243,7 @@ class UserCall:
         transceiver.sender.replaceTrack(self.playout)
         PlayoutSender.adopt(transceiver.sender)
         CallTransport.adopt(transceiver.receiver.transport)
+        LazyDecoderReceiver.adopt(transceiver.receiver)
         transceiver.direction = "sendrecv"
         self.inbound = InboundAudio(
             transceiver.receiver,
