@@ -20,6 +20,7 @@ from gateway.loadtest import (
     summary_table,
     write_charts,
 )
+from gateway.loadtest.callers import CallStats
 from gateway.loadtest.phases import PHASE_STEP, draw_phases
 from gateway.loadtest.report import build_report
 from gateway.loadtest.target import MAIN_THREAD_SLEEPS, GatewayUnderTest
@@ -72,6 +73,10 @@ async def test_small_load_test_against_a_gateway_process(tmp_path: Path) -> None
     # The VAD hangover (700 ms) is inside this figure; the gateway adds little on top.
     assert 300 < m["response"]["p50"] < 2000
     assert report["packets"]["received"] > 3 * 5 * 40
+    # The echo came back: most of the callers' recorded speech was heard again.
+    pk = report["packets"]
+    assert pk["speech_sent"] > 0 and pk["heard_back_ratio"] > 0.5, pk
+    assert "heard back:" in summary_table(report)
     g = report["gateway"]
     assert g["cpu_seconds"] > 0 and g["call_seconds"] > 15 and g["peak_active_calls"] == 3
     assert g["wakeups"] > 0 and g["wakeups_per_call_second"] > 0
@@ -122,3 +127,15 @@ def test_the_report_gives_wakeups_per_second_and_per_call_second() -> None:
     # A remote gateway: no figure, and the summary says nothing of it.
     g = build_report({}, [], [], [], {}, {}, wall=12.0, measured=10.0)["gateway"]
     assert g["wakeups"] is None and g["wakeups_per_second"] is None
+
+
+def test_the_report_gives_the_share_of_speech_heard_back() -> None:
+    echoed = CallStats(0, speech_packets_sent=100, sound_packets=80)
+    silent = CallStats(1, speech_packets_sent=60, sound_packets=0)
+    pk = build_report({}, [], [echoed, silent], [], {}, {}, wall=1.0, measured=1.0)["packets"]
+    assert pk["speech_sent"] == 160 and pk["sound_received"] == 80
+    assert pk["heard_back_ratio"] == 0.5
+    # No speech sent (every call failed before talking): no ratio, and no line for it.
+    report = build_report({}, [], [CallStats(2)], [], {}, {}, wall=1.0, measured=1.0)
+    assert report["packets"]["heard_back_ratio"] is None
+    assert "heard back" not in summary_table(report)

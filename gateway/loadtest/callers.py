@@ -129,6 +129,7 @@ class CallStats:
     barge_in_stop_ms: list[float] = field(default_factory=list)
     utterances: int = 0
     packets_sent: int = 0
+    speech_packets_sent: int = 0  # of those, the recordings' (not the silence between them)
     packets_received: int = 0
     sound_packets: int = 0
     lost_packets: int = 0
@@ -199,6 +200,7 @@ async def run_caller(
                 await asyncio.sleep(1.0)
             await asyncio.sleep(rng.uniform(1.2, 2.5))
         stats.packets_sent = call.playout.stats.frames_sent
+        stats.speech_packets_sent = call.playout.stats.speech_frames
         if call.ended.is_set():
             stats.failure = stats.failure or f"ended early: {call.end_reason}"
         else:

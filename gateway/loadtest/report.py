@@ -69,6 +69,8 @@ def build_report(
         sleeps = after[MAIN_THREAD_SLEEPS] - before[MAIN_THREAD_SLEEPS]
     rss = [s.rss_bytes for s in samples]
     received = sum(r.packets_received for r in results)
+    sound = sum(r.sound_packets for r in results)
+    speech_sent = sum(r.speech_packets_sent for r in results)
     failures = Counter(r.failure for r in results if r.failure)
     return {
         "config": config,
@@ -95,6 +97,12 @@ def build_report(
                 if received
                 else None
             ),
+            # Whether the server echoed: the sound packets the callers heard over the
+            # recorded-speech packets they sent (about 1 for an echo of everything; an
+            # echo of VAD utterances is a little less; a server sending silence, 0).
+            "speech_sent": speech_sent,
+            "sound_received": sound,
+            "heard_back_ratio": sound / speech_sent if speech_sent else None,
         },
         "gateway": {
             "cpu_seconds": cpu,
@@ -158,6 +166,11 @@ def summary_table(report: dict[str, Any]) -> str:
         f"lost {pk['lost']}, late {pk['late']}"
         + (f" ({100 * ratio:.2f}% lost or late)" if ratio is not None else ""),
     ]
+    if pk.get("heard_back_ratio") is not None:
+        lines.append(
+            f"heard back: {pk['sound_received']} sound packets for {pk['speech_sent']} "
+            f"sent of recorded speech ({pk['heard_back_ratio']:.2f})"
+        )
     g = report["gateway"]
     if g["cpu_ms_per_call_second"] is not None:
         per_call = g["rss_bytes_per_call"]
