@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo phone chromium redis cluster test lint typecheck pytest faults bench clean
+.PHONY: install demo phone chromium redis cluster test lint typecheck pytest faults bench pipecat-env bench-pipecat clean
 
 # The C parts (gateway/media/_rtp.c, gateway/pipeline/_vadstep.c) are compiled by pip install;
 # it needs a C compiler (Debian's gcc when missing) and Python's headers.
@@ -62,5 +62,21 @@ faults: $(STAMP) chromium redis
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cpu_per_call.py
 
+## Pipecat 1.14, the yardstick of the CPU benchmark (cpu_per_call.py --pipecat), in a
+## virtualenv of its own from pinned requirements: the gateway's .venv is left alone.
+PIPECAT_VENV := .venv-pipecat
+PIPECAT_STAMP := $(PIPECAT_VENV)/.installed
+$(PIPECAT_STAMP): benchmarks/pipecat/requirements.txt
+	test -x $(PIPECAT_VENV)/bin/python || $(PY) -m venv $(PIPECAT_VENV)
+	$(PIPECAT_VENV)/bin/pip install -q --upgrade pip
+	$(PIPECAT_VENV)/bin/pip install -q -r benchmarks/pipecat/requirements.txt
+	touch $(PIPECAT_STAMP)
+
+pipecat-env: $(PIPECAT_STAMP)
+
+## The gateway, Pipecat's WhatsApp transport and a stock aiortc echo under the same load.
+bench-pipecat: $(STAMP) $(PIPECAT_STAMP)
+	$(BIN)/python benchmarks/cpu_per_call.py --pipecat --calls 5 10
+
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build gateway/media/_rtp.*.so gateway/pipeline/_vadstep.*.so
+	rm -rf $(VENV) $(PIPECAT_VENV) .mypy_cache .pytest_cache .ruff_cache build gateway/media/_rtp.*.so gateway/pipeline/_vadstep.*.so
