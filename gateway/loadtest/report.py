@@ -98,8 +98,9 @@ def build_report(
                 else None
             ),
             # Whether the server echoed: the sound packets the callers heard over the
-            # recorded-speech packets they sent (about 1 for an echo of everything; an
-            # echo of VAD utterances is a little less; a server sending silence, 0).
+            # recorded-speech packets they sent (1 or more for an echo of everything;
+            # less for an echo of utterances, which barge-ins and the callers' next
+            # turns cut short; 0 for a server that sends silence).
             "speech_sent": speech_sent,
             "sound_received": sound,
             "heard_back_ratio": sound / speech_sent if speech_sent else None,
