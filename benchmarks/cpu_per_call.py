@@ -47,7 +47,11 @@ def server(kind: str, pipecat_echo: str) -> dict[str, object]:
             "server_command": (str(PIPECAT_PYTHON), str(HERE / "pipecat" / "server.py")),
             # Pipecat warns on every call of the video tracks and data channel a WhatsApp
             # call never has; its errors still show.
-            "gateway_env": {"PIPECAT_ECHO": pipecat_echo, "LOGURU_LEVEL": "ERROR"},
+            "gateway_env": {
+                "PIPECAT_ECHO": pipecat_echo,
+                "LOGURU_LEVEL": "ERROR",
+                "PYTHONPATH": str(HERE),  # for baseline_server
+            },
         }
     return {}
 

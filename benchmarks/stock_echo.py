@@ -15,17 +15,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import time
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from baseline_server import serve
 
 from gateway import sdp
 from gateway.events import CallConnect, CallTerminate, Event
 from gateway.graph import GraphClient
 from gateway.media.ice import use_host_addresses
-from gateway.metrics import process_cpu_seconds, process_rss_bytes
 from gateway.webhooks import WebhookReceiver
 
 log = logging.getLogger("stock_echo")
@@ -77,19 +76,15 @@ class StockEcho:
         await self.graph.accept(event.call_id, text)
         self.pcs[event.call_id] = (pc, time.time())
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    def calls(self) -> tuple[int, float]:
+        """Calls up, and call-seconds so far (for /metrics)."""
         now = time.time()
-        live = sum(now - t for _, t in self.pcs.values())
-        text = (
-            f"process_cpu_seconds_total {process_cpu_seconds():.6f}\n"
-            f"process_resident_memory_bytes {process_rss_bytes()}\n"
-            f"gateway_calls_active {len(self.pcs)}\n"
-            f"gateway_call_seconds_total {self.ended_seconds + live:.6f}\n"
-        )
-        return web.Response(text=text)
+        return len(self.pcs), self.ended_seconds + sum(now - t for _, t in self.pcs.values())
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+    async def end_calls(self) -> None:
+        for pc, _ in list(self.pcs.values()):
+            await pc.close()
+        await self.graph.aclose()
 
 
 async def main() -> None:
@@ -97,18 +92,7 @@ async def main() -> None:
     echo = StockEcho()
     app = web.Application(client_max_size=16 * 2**20)
     echo.webhooks.add_routes(app)
-    app.router.add_get("/metrics", echo.metrics)
-    app.router.add_get("/healthz", echo.healthz)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", int(os.environ["GATEWAY_PORT"])).start()
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    for pc, _ in list(echo.pcs.values()):
-        await pc.close()
-    await runner.cleanup()
-    await echo.graph.aclose()
+    await serve(app, echo.calls, echo.end_calls)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,14 @@ finds each utterance, which is played back when it ends, and the caller talking 
 it interrupts it (barge-in); ``frames`` plays every input frame straight back (no VAD).
 
 Serves /metrics (process CPU, RSS, calls, call-seconds) like the gateway, so the load
-tester reads the same figures from it.
+tester reads the same figures from it (benchmarks/baseline_server.py: ``benchmarks/``
+must be on PYTHONPATH, as cpu_per_call.py sets it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import resource
-import signal
 import sys
 import time
 from collections import deque
@@ -39,6 +38,7 @@ from collections import deque
 import aiohttp
 import aioice.ice
 from aiohttp import web
+from baseline_server import serve
 from loguru import logger
 from pipecat.audio.vad.silero import SileroVADAnalyzer
 from pipecat.frames.frames import (
@@ -200,26 +200,16 @@ class PipecatEcho:
         self.bots.add(task)
         task.add_done_callback(self.bots.discard)
 
-    async def metrics(self, request: web.Request) -> web.Response:
-        usage = resource.getrusage(resource.RUSAGE_SELF)
+    def calls(self) -> tuple[int, float]:
+        """Calls up, and call-seconds so far (for /metrics)."""
         now = time.time()
-        live = sum(now - t for t in self.started.values())
-        text = (
-            f"process_cpu_seconds_total {usage.ru_utime + usage.ru_stime:.6f}\n"
-            f"process_resident_memory_bytes {rss_bytes()}\n"
-            f"gateway_calls_active {len(self.started)}\n"
-            f"gateway_call_seconds_total {self.ended_seconds + live:.6f}\n"
-        )
-        return web.Response(text=text)
+        return len(self.started), self.ended_seconds + sum(now - t for t in self.started.values())
 
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-
-def rss_bytes() -> int:
-    """Resident memory of this process (procfs: no blocking worth the name)."""
-    with open("/proc/self/statm", "rb") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    async def end_calls(self) -> None:
+        await self.client.terminate_all_calls()
+        for task in list(self.bots):
+            task.cancel()
+        await asyncio.gather(*self.bots, return_exceptions=True)
 
 
 def loopback_candidates() -> None:
@@ -241,19 +231,7 @@ async def main() -> None:
         app = web.Application(client_max_size=16 * 2**20)
         app.router.add_get("/webhook", echo.verify)
         app.router.add_post("/webhook", echo.webhook)
-        app.router.add_get("/metrics", echo.metrics)
-        app.router.add_get("/healthz", echo.healthz)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", int(os.environ["GATEWAY_PORT"])).start()
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        await stop.wait()
-        await echo.client.terminate_all_calls()
-        for task in list(echo.bots):
-            task.cancel()
-        await asyncio.gather(*echo.bots, return_exceptions=True)
-        await runner.cleanup()
+        await serve(app, echo.calls, echo.end_calls)
 
 
 if __name__ == "__main__":
