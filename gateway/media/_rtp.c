@@ -1310,6 +1310,23 @@ static int is_int16_format(const char *format) {
     return format[0] == 'h' && format[1] == '\0';
 }
 
+/* Encode frame_samples int16 samples at data (checked by the caller; any alignment) into
+ * self->packet; its length, or -1 with RuntimeError (libopus refused). */
+static int32_t encoder_encode_samples(Encoder *self, const char *data) {
+    const int16_t *samples = (const int16_t *)data;
+    if ((uintptr_t)data % _Alignof(int16_t) != 0) {
+        memcpy(self->aligned, data, (size_t)self->frame_samples * 2);
+        samples = self->aligned;
+    }
+    int32_t size =
+        self->encode(self->state, samples, self->frame_samples, self->packet, MAX_OPUS_PACKET);
+    if (size <= 0) {
+        PyErr_Format(PyExc_RuntimeError, "libopus encode failed (%d)", (int)size);
+        return -1;
+    }
+    return size;
+}
+
 /* Encode one frame of pcm (any buffer) into self->packet; its length, or -1 with
  * ValueError (closed, not a C-contiguous 1-D int16 buffer of frame_samples) or
  * RuntimeError (libopus refused). */
@@ -1335,18 +1352,8 @@ static int32_t encoder_encode(Encoder *self, PyObject *pcm) {
         PyBuffer_Release(&view);
         return -1;
     }
-    const int16_t *samples = (const int16_t *)view.buf;
-    if ((uintptr_t)view.buf % _Alignof(int16_t) != 0) {
-        memcpy(self->aligned, view.buf, (size_t)view.len);
-        samples = self->aligned;
-    }
-    int32_t size =
-        self->encode(self->state, samples, self->frame_samples, self->packet, MAX_OPUS_PACKET);
+    int32_t size = encoder_encode_samples(self, (const char *)view.buf);
     PyBuffer_Release(&view);
-    if (size <= 0) {
-        PyErr_Format(PyExc_RuntimeError, "libopus encode failed (%d)", (int)size);
-        return -1;
-    }
     return size;
 }
 
@@ -1390,6 +1397,246 @@ static PyTypeObject EncoderType = {
     .tp_dealloc = (destructor)Encoder_dealloc,
     .tp_methods = Encoder_methods,
     .tp_getset = Encoder_getset,
+};
+
+/* --- PlayoutState: a PlayoutTrack's clock, and the frames its sender may send alone -------
+ *
+ * gateway.media.playout's PlayoutTrack keeps its pacing here (pts 0's loop time, the next
+ * frame's pts, the late/skipped counters, max_burst, whether it is behind), so its Python
+ * poll() and Outbound.send_due below step one and the same clock. The track also "arms"
+ * the state with what the next frames are when they need no Python: silence (nothing
+ * queued, no on_frame_sent callback), or the middle frames of the utterance at the head
+ * of the queue (PCM or pre-encoded packets; not paused, no tap, no callback). The first
+ * frame of an utterance (the encoder may have to be made), its last (padding, the
+ * playback's end) and everything else unusual stay in Python: the state is disarmed, or
+ * the cursor reaches the armed end, and send_due says so before touching anything.
+ * Per call per 20 ms tick that takes poll(), its tuple and the speech bookkeeping out of
+ * the interpreter (measured in docs/performance.md). */
+
+enum { FAST_NONE, FAST_SILENCE, FAST_PCM, FAST_PACKETS };
+
+typedef struct {
+    PyObject_HEAD
+    /* The pacing: the same arithmetic, in the same double order, as the Python it replaced
+     * (see PlayoutTrack.poll), so the same loop times give the same frames. */
+    double start; /* loop time of pts 0, once started */
+    char started, behind;
+    long long pts, next_pts;
+    long long frames_sent, speech_frames, late_frames, skipped_frames;
+    int max_burst, frame_ticks;
+    double frame_seconds, early;
+    /* What send_due may send without Python, set by arm_* (PlayoutTrack._arm). */
+    int fast;
+    PyObject *payload;  /* FAST_SILENCE: the silence packet */
+    PyObject *encoder;  /* FAST_PCM: the track's Encoder */
+    PyObject *source;   /* FAST_PCM: the utterance's int16 buffer; FAST_PACKETS: its packets */
+    PyObject *item;     /* the queue entry, whose next_index is written back per frame */
+    PyObject *playback; /* its Playback, whose frames_sent is written back per frame */
+    long long index, end; /* frames index..end-1 of the item go without Python */
+} PlayoutState;
+
+static PyObject *next_index_name, *frames_sent_name;
+
+static int PlayoutState_init(PlayoutState *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"max_burst", "frame_ticks", "frame_seconds", "early", NULL};
+    int max_burst, frame_ticks;
+    double frame_seconds, early;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "iidd", names, &max_burst, &frame_ticks,
+                                     &frame_seconds, &early))
+        return -1;
+    if (frame_ticks <= 0 || frame_seconds <= 0) {
+        PyErr_SetString(PyExc_ValueError, "frame_ticks and frame_seconds must be positive");
+        return -1;
+    }
+    self->max_burst = max_burst;
+    self->frame_ticks = frame_ticks;
+    self->frame_seconds = frame_seconds;
+    self->early = early;
+    return 0;
+}
+
+static void state_disarm(PlayoutState *self) {
+    self->fast = FAST_NONE;
+    Py_CLEAR(self->payload);
+    Py_CLEAR(self->encoder);
+    Py_CLEAR(self->source);
+    Py_CLEAR(self->item);
+    Py_CLEAR(self->playback);
+}
+
+static int PlayoutState_traverse(PlayoutState *self, visitproc visit, void *arg) {
+    Py_VISIT(self->payload);
+    Py_VISIT(self->encoder);
+    Py_VISIT(self->source);
+    Py_VISIT(self->item);
+    Py_VISIT(self->playback);
+    return 0;
+}
+
+static int PlayoutState_clear(PlayoutState *self) {
+    state_disarm(self);
+    return 0;
+}
+
+static void PlayoutState_dealloc(PlayoutState *self) {
+    PyObject_GC_UnTrack(self);
+    state_disarm(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* How late the next frame is at now (negative: early). */
+static double state_late(const PlayoutState *self, double now) {
+    return now - (self->start + (double)self->next_pts / OPUS_RATE);
+}
+
+/* The pacing step of a frame due at now (the caller checked it is): its pts. Late and
+ * skipped frames counted, the next pts set, behind said, the frame counted as sent. */
+static long long state_step(PlayoutState *self, double now) {
+    double late = state_late(self, now);
+    if (late > self->frame_seconds) {
+        self->late_frames++;
+        if (late > self->max_burst * self->frame_seconds) {
+            /* Skip the missed slots but this one; the media clock stays on the loop clock. */
+            long long skip = (long long)(late / self->frame_seconds);
+            self->next_pts += skip * self->frame_ticks;
+            self->skipped_frames += skip;
+        }
+    }
+    long long pts = self->pts = self->next_pts;
+    self->next_pts = pts + self->frame_ticks;
+    self->behind = state_late(self, now) >= -self->early;
+    self->frames_sent++;
+    return pts;
+}
+
+/* due(now) -> the pts of the frame due at now (stepping the clock), or None. */
+static PyObject *PlayoutState_due(PlayoutState *self, PyObject *arg) {
+    double now = PyFloat_AsDouble(arg);
+    if (now == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (!self->started) {
+        PyErr_SetString(PyExc_RuntimeError, "the playout has not started");
+        return NULL;
+    }
+    if (state_late(self, now) < -self->early)
+        Py_RETURN_NONE;
+    return PyLong_FromLongLong(state_step(self, now));
+}
+
+static PyObject *PlayoutState_disarm(PlayoutState *self, PyObject *unused) {
+    state_disarm(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *PlayoutState_arm_silence(PlayoutState *self, PyObject *payload) {
+    if (!PyBytes_CheckExact(payload)) {
+        PyErr_SetString(PyExc_TypeError, "arm_silence(payload: bytes)");
+        return NULL;
+    }
+    state_disarm(self);
+    self->payload = Py_NewRef(payload);
+    self->fast = FAST_SILENCE;
+    Py_RETURN_NONE;
+}
+
+/* arm_speech(encoder | None, source, item, playback, index, end): frames index..end-1 of
+ * the item at the head of the queue; PCM (source an int16 buffer, encoded with encoder)
+ * or packets (encoder None, source a sequence of bytes). */
+static PyObject *PlayoutState_arm_speech(PlayoutState *self, PyObject *const *args,
+                                         Py_ssize_t nargs) {
+    if (nargs != 6 || !PyLong_Check(args[4]) || !PyLong_Check(args[5]) ||
+        (args[0] != Py_None && !Py_IS_TYPE(args[0], &EncoderType))) {
+        PyErr_SetString(PyExc_TypeError,
+                        "arm_speech(encoder: Encoder | None, source, item, playback, index: "
+                        "int, end: int)");
+        return NULL;
+    }
+    long long index = PyLong_AsLongLong(args[4]), end = PyLong_AsLongLong(args[5]);
+    if (PyErr_Occurred())
+        return NULL;
+    state_disarm(self);
+    if (args[0] != Py_None)
+        self->encoder = Py_NewRef(args[0]);
+    self->source = Py_NewRef(args[1]);
+    self->item = Py_NewRef(args[2]);
+    self->playback = Py_NewRef(args[3]);
+    self->index = index;
+    self->end = end;
+    self->fast = args[0] != Py_None ? FAST_PCM : FAST_PACKETS;
+    Py_RETURN_NONE;
+}
+
+static PyObject *PlayoutState_get_start(PlayoutState *self, void *unused) {
+    if (!self->started)
+        Py_RETURN_NONE;
+    return PyFloat_FromDouble(self->start);
+}
+
+static int PlayoutState_set_start(PlayoutState *self, PyObject *value, void *unused) {
+    if (value == NULL || value == Py_None) {
+        self->started = 0;
+        return 0;
+    }
+    double start = PyFloat_AsDouble(value);
+    if (start == -1.0 && PyErr_Occurred())
+        return -1;
+    self->start = start;
+    self->started = 1;
+    return 0;
+}
+
+static PyObject *PlayoutState_get_fast(PlayoutState *self, void *unused) {
+    static const char *modes[] = {"", "silence", "pcm", "packets"};
+    return PyUnicode_FromString(modes[self->fast]);
+}
+
+static PyMethodDef PlayoutState_methods[] = {
+    {"due", (PyCFunction)PlayoutState_due, METH_O,
+     "due(now) -> the pts of the frame due at now (the clock steps), or None."},
+    {"disarm", (PyCFunction)PlayoutState_disarm, METH_NOARGS,
+     "Send nothing without Python (until armed again)."},
+    {"arm_silence", (PyCFunction)PlayoutState_arm_silence, METH_O,
+     "arm_silence(payload): frames due are this silence packet, sendable without Python."},
+    {"arm_speech", (PyCFunction)(void (*)(void))PlayoutState_arm_speech, METH_FASTCALL,
+     "arm_speech(encoder, source, item, playback, index, end): those frames of the head "
+     "utterance are sendable without Python."},
+    {NULL},
+};
+
+static PyMemberDef PlayoutState_members[] = {
+    {"pts", T_LONGLONG, offsetof(PlayoutState, pts), READONLY, NULL},
+    {"next_pts", T_LONGLONG, offsetof(PlayoutState, next_pts), READONLY, NULL},
+    {"frames_sent", T_LONGLONG, offsetof(PlayoutState, frames_sent), READONLY, NULL},
+    {"speech_frames", T_LONGLONG, offsetof(PlayoutState, speech_frames), 0, NULL},
+    {"late_frames", T_LONGLONG, offsetof(PlayoutState, late_frames), READONLY, NULL},
+    {"skipped_frames", T_LONGLONG, offsetof(PlayoutState, skipped_frames), READONLY, NULL},
+    {"behind", T_BOOL, offsetof(PlayoutState, behind), READONLY, NULL},
+    {"max_burst", T_INT, offsetof(PlayoutState, max_burst), READONLY, NULL},
+    {NULL},
+};
+
+static PyGetSetDef PlayoutState_getset[] = {
+    {"start", (getter)PlayoutState_get_start, (setter)PlayoutState_set_start,
+     "Loop time of pts 0, None until set.", NULL},
+    {"fast", (getter)PlayoutState_get_fast, NULL,
+     "What send_due may send alone: '', 'silence', 'pcm' or 'packets' (tests).", NULL},
+    {NULL},
+};
+
+static PyTypeObject PlayoutStateType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "gateway.media._rtp.PlayoutState",
+    .tp_basicsize = sizeof(PlayoutState),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "PlayoutState(max_burst, frame_ticks, frame_seconds, early): a PlayoutTrack's "
+              "clock, and what its sender may send without Python.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)PlayoutState_init,
+    .tp_traverse = (traverseproc)PlayoutState_traverse,
+    .tp_clear = (inquiry)PlayoutState_clear,
+    .tp_dealloc = (destructor)PlayoutState_dealloc,
+    .tp_methods = PlayoutState_methods,
+    .tp_members = PlayoutState_members,
+    .tp_getset = PlayoutState_getset,
 };
 
 /* --- Outbound: a sender's RTP stream ---------------------------------------------------- */
@@ -1486,11 +1733,9 @@ static void count_sent(Outbound *self, Py_ssize_t payload_length, uint32_t times
 
 /* The packet with RTP timestamp origin + pts: sent (None), or, when the transport has no
  * open Route, the RTP packet in clear for the Python path (bytes). NULL with an exception. */
-static PyObject *outbound_send(Outbound *self, const uint8_t *payload, Py_ssize_t payload_length,
-                               PyObject *pts) {
-    uint32_t timestamp = self->timestamp_origin + (uint32_t)PyLong_AsUnsignedLongLongMask(pts);
-    if (PyErr_Occurred())
-        return NULL;
+static PyObject *outbound_send_at(Outbound *self, const uint8_t *payload,
+                                  Py_ssize_t payload_length, uint32_t pts) {
+    uint32_t timestamp = self->timestamp_origin + pts;
     if (self->transport == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Outbound is not initialized");
         return NULL;
@@ -1519,6 +1764,14 @@ static PyObject *outbound_send(Outbound *self, const uint8_t *payload, Py_ssize_
                  length);
     count_sent(self, payload_length, timestamp);
     return packet;
+}
+
+static PyObject *outbound_send(Outbound *self, const uint8_t *payload, Py_ssize_t payload_length,
+                               PyObject *pts) {
+    uint32_t low = (uint32_t)PyLong_AsUnsignedLongLongMask(pts);
+    if (PyErr_Occurred())
+        return NULL;
+    return outbound_send_at(self, payload, payload_length, low);
 }
 
 /* send(payload, pts): a ready payload (silence, pre-encoded speech). */
@@ -1560,11 +1813,120 @@ static PyObject *Outbound_send_pcm(Outbound *self, PyObject *const *args, Py_ssi
     return result;
 }
 
+
+/* The speech frame at the armed cursor into payload and length (the encoder's packet, or a
+ * new reference in *owned): 1, or 0 if it is not one send_due takes (Python's path will),
+ * or -1 with an exception. Nothing of the state changes here. */
+static int speech_frame(PlayoutState *s, const uint8_t **payload, Py_ssize_t *length,
+                        PyObject **owned) {
+    *owned = NULL;
+    if (s->fast == FAST_PACKETS) {
+        PyObject *packet = PySequence_GetItem(s->source, (Py_ssize_t)s->index);
+        if (packet == NULL)
+            return -1;
+        if (!PyBytes_CheckExact(packet)) {
+            Py_DECREF(packet);
+            return 0;
+        }
+        *owned = packet;
+        *payload = (const uint8_t *)PyBytes_AS_STRING(packet);
+        *length = PyBytes_GET_SIZE(packet);
+        return 1;
+    }
+    Encoder *encoder = (Encoder *)s->encoder;
+    if (encoder->state == NULL)
+        return 0; /* closed: Python's path raises as it did */
+    Py_buffer view;
+    if (PyObject_GetBuffer(s->source, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    Py_ssize_t frame_bytes = (Py_ssize_t)encoder->frame_samples * 2;
+    int taken = 0;
+    int32_t size = 0;
+    /* Only whole frames inside the buffer: the padded tail is Python's. */
+    if (view.ndim == 1 && is_int16_format(view.format) &&
+        (s->index + 1) * frame_bytes <= view.len) {
+        size = encoder_encode_samples(encoder, (const char *)view.buf + s->index * frame_bytes);
+        taken = size < 0 ? -1 : 1;
+    }
+    PyBuffer_Release(&view);
+    *payload = encoder->packet;
+    *length = size;
+    return taken;
+}
+
+/* The cursor's frame was sent: the queue entry's and playback's counts, as Python's
+ * _next_speech keeps them (both count the item's frames sent: they are equal). */
+static int speech_sent(PlayoutState *s) {
+    s->speech_frames++;
+    s->index++;
+    PyObject *index = PyLong_FromLongLong(s->index);
+    if (index == NULL)
+        return -1;
+    int status = PyObject_SetAttr(s->item, next_index_name, index) < 0 ||
+                         PyObject_SetAttr(s->playback, frames_sent_name, index) < 0
+                     ? -1
+                     : 0;
+    Py_DECREF(index);
+    return status;
+}
+
+/* send_due(state, now): send every frame of the PlayoutState due at now that needs no
+ * Python (see PlayoutState), one after another while it is behind. None once nothing is
+ * due; False when the next frame due is Python's (PlayoutTrack.poll: nothing of it done
+ * here); an RTP packet in clear (bytes) when the transport has no open route: the frame
+ * is counted, the caller sends the packet and calls again. */
+static PyObject *Outbound_send_due(Outbound *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !Py_IS_TYPE(args[0], &PlayoutStateType) || !PyFloat_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "send_due(state: PlayoutState, now: float)");
+        return NULL;
+    }
+    PlayoutState *s = (PlayoutState *)args[0];
+    double now = PyFloat_AS_DOUBLE(args[1]);
+    for (;;) {
+        if (s->fast == FAST_NONE || !s->started ||
+            (s->fast != FAST_SILENCE && s->index >= s->end))
+            Py_RETURN_FALSE;
+        if (state_late(s, now) < -s->early)
+            Py_RETURN_NONE;
+        PyObject *result;
+        if (s->fast == FAST_SILENCE) {
+            long long pts = state_step(s, now);
+            result = outbound_send_at(self, (const uint8_t *)PyBytes_AS_STRING(s->payload),
+                                      PyBytes_GET_SIZE(s->payload), (uint32_t)pts);
+        } else {
+            const uint8_t *payload;
+            Py_ssize_t length;
+            PyObject *owned;
+            int taken = speech_frame(s, &payload, &length, &owned);
+            if (taken < 0)
+                return NULL;
+            if (taken == 0)
+                Py_RETURN_FALSE;
+            long long pts = state_step(s, now);
+            /* Counted before the send, as poll() counts before its caller sends. */
+            if (speech_sent(s) < 0) {
+                Py_XDECREF(owned);
+                return NULL;
+            }
+            result = outbound_send_at(self, payload, length, (uint32_t)pts);
+            Py_XDECREF(owned);
+        }
+        if (result != Py_None)
+            return result; /* NULL (an exception), or a packet for the Python path */
+        Py_DECREF(result);
+        if (!s->behind)
+            Py_RETURN_NONE;
+    }
+}
+
 static PyMethodDef Outbound_methods[] = {
     {"send", (PyCFunction)(void (*)(void))Outbound_send, METH_FASTCALL,
      "send(payload, pts) -> None if sent, else the RTP packet for the Python path."},
     {"send_pcm", (PyCFunction)(void (*)(void))Outbound_send_pcm, METH_FASTCALL,
      "send_pcm(encoder, pcm, pts): encode one frame and send it as send() would."},
+    {"send_due", (PyCFunction)(void (*)(void))Outbound_send_due, METH_FASTCALL,
+     "send_due(state, now): send the frames due that need no Python; None, False (the next "
+     "is Python's) or a packet for the Python path."},
     {NULL},
 };
 
@@ -1633,11 +1995,13 @@ PyMODINIT_FUNC PyInit__rtp(void) {
     fileno_name = PyUnicode_InternFromString("fileno");
     route_name = PyUnicode_InternFromString("_native_route");
     native_encoder_name = PyUnicode_InternFromString("_native_encoder");
+    next_index_name = PyUnicode_InternFromString("next_index");
+    frames_sent_name = PyUnicode_InternFromString("frames_sent");
     if (enabled_name == NULL || fileno_name == NULL || route_name == NULL ||
-        native_encoder_name == NULL)
+        native_encoder_name == NULL || next_index_name == NULL || frames_sent_name == NULL)
         return NULL;
     PyTypeObject *types[] = {&InboundType, &PortType, &ReaderType,
-                             &RouteType,   &EncoderType, &OutboundType};
+                             &RouteType,   &EncoderType, &PlayoutStateType, &OutboundType};
     for (size_t i = 0; i < sizeof types / sizeof *types; i++)
         if (PyType_Ready(types[i]) < 0)
             return NULL;
@@ -1651,6 +2015,7 @@ PyMODINIT_FUNC PyInit__rtp(void) {
         PyModule_AddIntConstant(module, "READ_BATCH", READ_BATCH) < 0 ||
         PyModule_AddObjectRef(module, "Route", (PyObject *)&RouteType) < 0 ||
         PyModule_AddObjectRef(module, "Encoder", (PyObject *)&EncoderType) < 0 ||
+        PyModule_AddObjectRef(module, "PlayoutState", (PyObject *)&PlayoutStateType) < 0 ||
         PyModule_AddObjectRef(module, "Outbound", (PyObject *)&OutboundType) < 0) {
         Py_DECREF(module);
         return NULL;

@@ -110,6 +110,41 @@ class Encoder:
         """One Opus packet from a C-contiguous buffer of exactly frame_samples int16."""
     def close(self) -> None: ...
 
+class PlayoutState:
+    """A PlayoutTrack's clock, and which frames its sender may send without Python."""
+
+    pts: Final[int]
+    next_pts: Final[int]
+    frames_sent: Final[int]
+    speech_frames: int
+    late_frames: Final[int]
+    skipped_frames: Final[int]
+    behind: Final[bool]
+    max_burst: Final[int]
+    start: float | None
+    """Loop time of pts 0, None until set."""
+    @property
+    def fast(self) -> str:
+        """What send_due may send alone: '', 'silence', 'pcm' or 'packets'."""
+    def __init__(
+        self, max_burst: int, frame_ticks: int, frame_seconds: float, early: float
+    ) -> None: ...
+    def due(self, now: float, /) -> int | None:
+        """The pts of the frame due at ``now`` (the clock steps), or None."""
+    def disarm(self) -> None: ...
+    def arm_silence(self, payload: bytes, /) -> None: ...
+    def arm_speech(
+        self,
+        encoder: Encoder | None,
+        source: Any,
+        item: Any,
+        playback: Any,
+        index: int,
+        end: int,
+        /,
+    ) -> None:
+        """Frames index..end-1 of the head item (PCM with encoder, else packets)."""
+
 class Outbound:
     packets: Final[int]
     octets: Final[int]
@@ -129,3 +164,6 @@ class Outbound:
     def send(self, payload: bytes, pts: int, /) -> bytes | None: ...
     def send_pcm(self, encoder: Any, pcm: Any, pts: int, /) -> bytes | None:
         """Encode pcm with encoder._native_encoder (an Encoder) and send it as send() does."""
+    def send_due(self, state: PlayoutState, now: float, /) -> bytes | bool | None:
+        """Send the frames of ``state`` due at ``now`` that need no Python: None once none
+        is due, False if the next is Python's, or a packet in clear for the Python path."""

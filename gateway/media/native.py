@@ -203,6 +203,10 @@ class PythonOutbound:
         """Encode one frame with ``encoder`` and :meth:`send` it."""
         return self.send(encoder.encode(pcm), pts)
 
+    def send_due(self, state: object, now: float) -> bool:
+        """No fast path here: every frame is the track's Python's (``poll``)."""
+        return False
+
 
 OutboundStream: TypeAlias = "_rtp.Outbound | PythonOutbound"
 

@@ -9,6 +9,12 @@ WhatsApp drops a call that goes 20 s without media.
 Speech is queued as 16 kHz PCM (:meth:`PlayoutTrack.play`, encoded one frame
 per ``recv()`` so a long utterance never means a long encode on the event loop)
 or as Opus packets encoded earlier (:meth:`PlayoutTrack.play_packets`).
+
+The track's clock is a :mod:`~gateway.media.pacing` state, compiled when the
+extension is built: the gateway's sender sends the frames that need no Python
+(silence; an utterance's frames but its first and last, when nothing watches
+them) straight from it in C, and polls the track (:meth:`PlayoutTrack.poll`)
+for the others; :meth:`PlayoutTrack._arm` keeps the state told which are which.
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import fractions
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Final
 
 import av
@@ -27,84 +32,22 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from gateway.media.frameclock import FrameClock, frame_clock
 from gateway.media.opus import (
     DEFAULT_COMPLEXITY,
-    FRAME_TICKS,
     OPUS_RATE,
     OpusEncoder,
     checked_complexity,
     frames_for,
     silence_packet,
 )
-from gateway.media.pcm import FRAME_MS, FRAME_SAMPLES, AudioBuffer, as_samples, silence
+from gateway.media.pacing import MAX_BURST, playout_state
+from gateway.media.pcm import FRAME_SAMPLES, AudioBuffer, as_samples, silence
+from gateway.media.playback import Playback, PlayoutStats, Queued
 
 logger = logging.getLogger(__name__)
 
 TIME_BASE: Final = fractions.Fraction(1, OPUS_RATE)
-FRAME_SECONDS: Final = FRAME_MS / 1000
-# A frame counts as due this close before its time: the tick that sends it is
-# due at the same instant, computed along another path (float rounding).
-_EARLY: Final = 0.0005
 _ZEROS: Final = memoryview(silence(FRAME_SAMPLES))
-# Frames sent back to back to catch up after an event-loop stall; beyond, RTP time skips.
-MAX_BURST: Final = 3
 
-
-@dataclass(frozen=True, slots=True)
-class PlayoutStats:
-    """Counters of a :class:`PlayoutTrack` since it started."""
-
-    frames_sent: int
-    speech_frames: int
-    silence_frames: int
-    late_frames: int
-    """Frames sent more than one frame period after they were due."""
-    skipped_frames: int
-    """Frame slots given up after an event-loop stall, instead of bursting to catch up."""
-
-
-class Playback:
-    """One queued utterance: await :meth:`wait` until it is sent or flushed."""
-
-    def __init__(self, frames: int) -> None:
-        self.frames = frames
-        """Frames queued."""
-        self.frames_sent = 0
-        self.interrupted = False
-        """True if :meth:`PlayoutTrack.flush` (or stop) dropped frames of it."""
-        self.pauses: list[tuple[int, int]] = []
-        """(frames sent before the pause, frames of silence it lasted), one per pause."""
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    async def wait(self) -> Playback:
-        """Wait until the last frame was sent or the playback was flushed."""
-        await asyncio.shield(self.done)
-        return self
-
-    def _finish(self, *, interrupted: bool) -> None:
-        self.interrupted = interrupted
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def __repr__(self) -> str:
-        state = "interrupted" if self.interrupted else "done" if self.done.done() else "playing"
-        return f"<Playback {self.frames_sent}/{self.frames} frames, {state}>"
-
-
-class _Queued:
-    """A playback's source: PCM to encode on the fly, or Opus packets."""
-
-    __slots__ = ("next_index", "packets", "pcm", "playback")
-
-    def __init__(
-        self, playback: Playback, pcm: memoryview | None, packets: Sequence[bytes]
-    ) -> None:
-        self.playback = playback
-        self.pcm = pcm
-        self.packets = packets
-        self.next_index = 0
-
-    @property
-    def remaining(self) -> int:
-        return self.playback.frames - self.next_index
+__all__ = ["MAX_BURST", "Playback", "PlayoutStats", "PlayoutTrack"]
 
 
 class PlayoutTrack(MediaStreamTrack):
@@ -134,31 +77,57 @@ class PlayoutTrack(MediaStreamTrack):
         clock: FrameClock | None = None,
     ) -> None:
         super().__init__()
-        self.on_frame_sent = on_frame_sent
         self._bitrate = bitrate
         # Checked now, not at the first utterance, when an encoder is made.
         self._complexity = checked_complexity(complexity)
-        self._max_burst = max_burst
         self._encoder: OpusEncoder | None = None
         self._silence = silence_packet()
         self._pad = memoryview(silence(FRAME_SAMPLES))
-        self._queue: deque[_Queued] = deque()
+        self._queue: deque[Queued] = deque()
         # readyState is a property of aiortc's track: read per frame, a plain flag is cheaper.
         self._ended = False
         self._paused = False
-        self._start: float | None = None
         self._clock = clock
-        self._pts = 0
-        self._next_pts = 0
-        self._frames_sent = 0
-        self._speech_frames = 0
-        self._late_frames = 0
-        self._skipped_frames = 0
-        self.behind = False
-        """Whether, after the last frame :meth:`poll` returned, another is due already."""
-        self.tap: list[tuple[int, bytes]] | None = None
+        # The pacing (and counters), shared with the sender's compiled fast path, which
+        # sends the frames _arm says need no Python (see gateway.media.pacing).
+        self._state = playout_state(max_burst)
+        self._on_frame_sent = on_frame_sent
+        self._tap: list[tuple[int, bytes]] | None = None
+        self._arm()
+
+    @property
+    def on_frame_sent(self) -> Callable[[int, bool], None] | None:
+        """Called ``(pts, is_speech)`` as each frame leaves (pts in 48 kHz units), if set."""
+        return self._on_frame_sent
+
+    @on_frame_sent.setter
+    def on_frame_sent(self, callback: Callable[[int, bool], None] | None) -> None:
+        self._on_frame_sent = callback
+        self._arm()
+
+    @property
+    def tap(self) -> list[tuple[int, bytes]] | None:
         """When a list, every speech packet sent is appended to it as ``(pts, payload)``,
         pts in 48 kHz units from :attr:`started_at` (the call's recording)."""
+        return self._tap
+
+    @tap.setter
+    def tap(self, tap: list[tuple[int, bytes]] | None) -> None:
+        self._tap = tap
+        self._arm()
+
+    @property
+    def behind(self) -> bool:
+        """Whether, after the last frame :meth:`poll` returned, another is due already."""
+        return bool(self._state.behind)
+
+    @property
+    def _start(self) -> float | None:
+        return self._state.start
+
+    @_start.setter
+    def _start(self, start: float | None) -> None:  # tests start a track at a given tick
+        self._state.start = start
 
     @property
     def clock(self) -> FrameClock:
@@ -170,7 +139,7 @@ class PlayoutTrack(MediaStreamTrack):
     @property
     def started_at(self) -> float | None:
         """Event-loop time of pts 0 (the first frame), once sending began."""
-        return self._start
+        return self._state.start
 
     # --- what the bot calls --------------------------------------------------------
 
@@ -197,6 +166,7 @@ class PlayoutTrack(MediaStreamTrack):
             return
         self._paused = True
         self._queue[0].playback.pauses.append((self._queue[0].playback.frames_sent, 0))
+        self._arm()
 
     def resume(self) -> None:
         """Go on with the queued speech where :meth:`pause` stopped it."""
@@ -207,6 +177,7 @@ class PlayoutTrack(MediaStreamTrack):
             # The encoder's state ends in the speech before the pause; the silence
             # packets sent since are not in it. A fresh one starts clean.
             self._encoder = None
+        self._arm()
 
     @property
     def paused(self) -> bool:
@@ -228,6 +199,7 @@ class PlayoutTrack(MediaStreamTrack):
                 # state; a fresh one keeps it out of the next utterance.
                 self._encoder = None
             item.playback._finish(interrupted=True)
+        self._arm()
         return dropped
 
     @property
@@ -251,12 +223,13 @@ class PlayoutTrack(MediaStreamTrack):
     @property
     def stats(self) -> PlayoutStats:
         """A snapshot of the counters."""
+        state = self._state
         return PlayoutStats(
-            frames_sent=self._frames_sent,
-            speech_frames=self._speech_frames,
-            silence_frames=self._frames_sent - self._speech_frames,
-            late_frames=self._late_frames,
-            skipped_frames=self._skipped_frames,
+            frames_sent=state.frames_sent,
+            speech_frames=state.speech_frames,
+            silence_frames=state.frames_sent - state.speech_frames,
+            late_frames=state.late_frames,
+            skipped_frames=state.skipped_frames,
         )
 
     def stop(self) -> None:
@@ -267,6 +240,7 @@ class PlayoutTrack(MediaStreamTrack):
         if self._encoder is not None:
             self._encoder.close()
             self._encoder = None
+        self._arm()
         super().stop()
 
     # --- what aiortc calls ---------------------------------------------------------
@@ -296,8 +270,9 @@ class PlayoutTrack(MediaStreamTrack):
     @property
     def next_due(self) -> float:
         """Loop time the next frame is due (the track's start must be known)."""
-        assert self._start is not None
-        return self._start + self._next_pts / OPUS_RATE
+        start = self._state.start
+        assert start is not None
+        return start + self._state.next_pts / OPUS_RATE
 
     def poll(self, now: float) -> tuple[bytes | memoryview, int] | None:
         """The next 20 ms frame and its pts (48 kHz ticks) if it is due at ``now``.
@@ -316,27 +291,18 @@ class PlayoutTrack(MediaStreamTrack):
         """
         if self._ended:
             raise MediaStreamError
-        if self._start is None:
+        state = self._state
+        if state.start is None:
             # On the loop's shared 20 ms grid (unless given another clock): one timer
             # wakes every call's track. The first frame counts as due on the latest
             # grid line: it goes now. That line is the one at or before ``now``, not
             # before the loop's time: a caller that read ``now`` before another line
             # passed (a tick's later callbacks) still gets its frame.
-            self._start = self.clock.last_tick(now)
-        late = now - (self._start + self._next_pts / OPUS_RATE)
-        if late < -_EARLY:
+            state.start = self.clock.last_tick(now)
+        # Late and skipped frames counted, behind said (gateway.media.pacing).
+        pts = state.due(now)
+        if pts is None:
             return None
-        if late > FRAME_SECONDS:
-            self._late_frames += 1
-            if late > self._max_burst * FRAME_SECONDS:
-                # Skip the missed slots but this one; the media clock stays on the loop clock.
-                skip = int(late / FRAME_SECONDS)
-                self._next_pts += skip * FRAME_TICKS
-                self._skipped_frames += skip
-        pts = self._pts = self._next_pts
-        self._next_pts = pts + FRAME_TICKS
-        # The next poll's test, now: a caller is spared a second call on most ticks.
-        self.behind = now - (self._start + self._next_pts / OPUS_RATE) >= -_EARLY
 
         # Chosen only now, so a flush() since the last frame takes effect at this one.
         payload = self._next_speech() if self._queue else None
@@ -345,21 +311,21 @@ class PlayoutTrack(MediaStreamTrack):
             is_speech = False
         else:
             is_speech = True
-            self._speech_frames += 1
-            if self.tap is not None or self.on_frame_sent is not None:
+            state.speech_frames += 1
+            if self._tap is not None or self._on_frame_sent is not None:
                 # Encoded before their code runs, which may flush or stop the track
                 # (and with it the encoder).
                 if not isinstance(payload, bytes):
                     payload = self.encode(payload)
-                if self.tap is not None:
-                    self.tap.append((pts, payload))
-        self._frames_sent += 1
-        if self.on_frame_sent is not None:
+                if self._tap is not None:
+                    self._tap.append((pts, payload))
+        if self._on_frame_sent is not None:
             try:
-                self.on_frame_sent(pts, is_speech)
+                self._on_frame_sent(pts, is_speech)
             except Exception:
                 # An exception here would end the RTP loop, and the call's audio.
                 logger.exception("on_frame_sent callback failed")
+        self._arm()
         return payload, pts
 
     def encode(self, frame: memoryview) -> bytes:
@@ -411,5 +377,19 @@ class PlayoutTrack(MediaStreamTrack):
         if self.readyState != "live" or frames == 0:
             playback._finish(interrupted=frames > 0)
             return playback
-        self._queue.append(_Queued(playback, pcm, packets))
+        self._queue.append(Queued(playback, pcm, packets))
+        self._arm()
         return playback
+
+    def _arm(self) -> None:
+        """Tell the compiled state which next frames need no Python (none, silence, or
+        the head utterance's up to its last); called whenever any of that may change."""
+        state = self._state
+        if self._ended or self._on_frame_sent is not None:
+            state.disarm()
+        elif not self._queue:
+            state.arm_silence(self._silence)
+        elif self._paused or self._tap is not None:
+            state.disarm()
+        else:
+            self._queue[0].arm(state, self._encoder)

@@ -14,8 +14,11 @@ level is never sent for pre-encoded packets), then the payload.
 
 No task per call wakes to send: the sender subscribes to the event loop's
 :class:`~gateway.media.frameclock.FrameClock`, whose one timer per 20 ms tick
-calls every call's :meth:`PlayoutSender._on_tick`; that polls the track for the
-frames due (:meth:`~gateway.media.playout.PlayoutTrack.poll`, which also paces
+calls every call's :meth:`PlayoutSender._on_tick`. Silence, and speech in
+mid-utterance, go in one C call with no Python per frame
+(``_rtp.Outbound.send_due`` on the track's compiled clock, same pacing); for the
+other frames it polls the track
+(:meth:`~gateway.media.playout.PlayoutTrack.poll`, which also paces
 and catches up after a stall) and hands each one to its RTP stream
 (:func:`gateway.media.native.outbound`): with the compiled extension, one C call
 per frame (``send`` for a ready Opus payload such as silence, ``send_pcm`` for
@@ -206,6 +209,17 @@ class PlayoutSender(RTCRtpSender):
                 if not isinstance(track, PlayoutTrack):
                     return  # nothing to send until a PlayoutTrack comes back
                 self._playing = track
+            if self._enabled:
+                # Silence, and speech in mid-utterance: sent by one C call, no Python per
+                # frame (the track's state says which frames may; see PlayoutTrack._arm).
+                stream = self._stream
+                sent = stream.send_due(track._state, now)
+                while sent.__class__ is bytes:  # no open route: see native.outbound
+                    self._send_python(sent)
+                    sent = stream.send_due(track._state, now)
+                if sent is None:
+                    return
+            # The frames due that need the track's Python (False above).
             while (frame := track.poll(now)) is not None:
                 payload, pts = frame
                 if payload.__class__ is bytes:  # silence, or speech encoded before
