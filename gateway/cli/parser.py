@@ -1,20 +1,15 @@
-"""The ``gateway`` command: ``serve``, ``sandbox`` (the demo), ``bots``."""
+"""The ``gateway`` command line: its commands, their options and ``--help``.
+
+The environment the commands read is listed in every ``--help`` (:data:`ENV_HELP`);
+flags override it.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import os
-import signal
-import sys
-from collections.abc import Sequence
 
-from .config import MEDIA_READ_MODES, MediaRead, media_read
-from .errors import ConfigError, GatewayError
-from .logs import configure_logging
-
-log = logging.getLogger("gateway")
+from ..config import MEDIA_READ_MODES, MediaRead, media_read
+from ..errors import ConfigError
 
 ENV_HELP = """\
 environment (flags override):
@@ -70,7 +65,8 @@ cluster mode (every `gateway serve` on the same Redis is one worker of a cluster
 """
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``gateway`` command's arguments, its commands' and their ``--help``."""
     parser = argparse.ArgumentParser(
         prog="gateway",
         description="Voice-bot media gateway for WhatsApp Business calling.",
@@ -86,12 +82,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=ENV_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--host", help="listen address (GATEWAY_HOST)")
-    serve.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
-    serve.add_argument("--bot", help="bot plugin to run on each call (GATEWAY_BOT)")
-    serve.add_argument("--max-calls", type=int, help="concurrent call limit (GATEWAY_MAX_CALLS)")
-    _add_complexity(serve)
-    _add_media_read(serve)
+    _add_serving(serve, max_calls="concurrent call limit")
     serve.add_argument(
         "--workers",
         type=int,
@@ -110,12 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     cluster.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    cluster.add_argument("--host", help="listen address (GATEWAY_HOST)")
-    cluster.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
-    cluster.add_argument("--bot", help="bot plugin to run on each call (GATEWAY_BOT)")
-    cluster.add_argument("--max-calls", type=int, help="calls per worker (GATEWAY_MAX_CALLS)")
-    _add_complexity(cluster)
-    _add_media_read(cluster)
+    _add_serving(cluster, max_calls="calls per worker")
     cluster.add_argument(
         "--sandbox",
         action="store_true",
@@ -213,6 +199,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_serving(parser: argparse.ArgumentParser, *, max_calls: str) -> None:
+    """The options of a command that serves calls (``serve``, ``cluster``)."""
+    parser.add_argument("--host", help="listen address (GATEWAY_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (GATEWAY_PORT)")
+    parser.add_argument("--bot", help="bot plugin to run on each call (GATEWAY_BOT)")
+    parser.add_argument("--max-calls", type=int, help=f"{max_calls} (GATEWAY_MAX_CALLS)")
+    _add_complexity(parser)
+    _add_media_read(parser)
+
+
 def _complexity(raw: str) -> int:
     try:
         value = int(raw)
@@ -251,187 +247,3 @@ def _add_media_read(parser: argparse.ArgumentParser) -> None:
         "calls, a frame heard up to 20 ms later) or at each datagram (arrival) "
         "(GATEWAY_MEDIA_READ, default tick)",
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``gateway`` console script."""
-    # Before numpy is imported: its OpenBLAS would start a thread per core, idle
-    # for good (the gateway's products are a few hundred samples, which OpenBLAS
-    # computes on the calling thread anyway). The operator's setting wins.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    args = _parser().parse_args(argv)
-    level = "DEBUG" if args.verbose else os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper()
-    try:
-        configure_logging(level, os.environ.get("GATEWAY_LOG_FORMAT", "text"))
-    except ConfigError as exc:
-        print(f"gateway: error: {exc}", file=sys.stderr)
-        return 2
-    if not args.verbose:
-        for noisy in ("aioice", "aiortc", "aiohttp.access", "httpx", "aiosqlite"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        if args.command == "serve":
-            if args.workers < 1:
-                raise ConfigError("--workers must be at least 1")
-            if args.workers > 1:
-                return asyncio.run(_serve_workers(args, redis_url=None))
-            return asyncio.run(_serve(args))
-        if args.command == "cluster":
-            return asyncio.run(_cluster(args))
-        if args.command == "sandbox":
-            from .sandbox.demo import run_demo, serve_phone
-
-            if args.serve:
-                return asyncio.run(serve_phone(bot=args.bot, port=args.port))
-            return asyncio.run(
-                run_demo(bot=args.bot, audio=args.audio, record=args.record, digits=args.digits)
-            )
-        if args.command == "call":
-            from .client import place_call
-
-            return asyncio.run(place_call(args))
-        if args.command == "loadtest":
-            return asyncio.run(_loadtest(args))
-        if args.command == "bots":
-            from .pipeline.plugins import available_bots
-
-            for name in available_bots():
-                print(name)
-            return 0
-    except GatewayError as exc:
-        print(f"gateway: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    return 2
-
-
-async def _serve(args: argparse.Namespace) -> int:
-    from .app import Gateway
-    from .config import load_settings
-    from .heap import freeze_startup_objects
-    from .pipeline.plugins import session_for
-    from .pipeline.vad import VadConfig
-    from .shutdown import ExitDeadline
-
-    settings = load_settings(
-        host=args.host,
-        port=args.port,
-        bot=args.bot,
-        max_calls=args.max_calls,
-        opus_complexity=args.opus_complexity,
-        media_read=args.media_read,
-    )
-    vad = VadConfig(voice_gate=settings.vad_voice_gate)
-    gateway = Gateway(
-        settings,
-        session=session_for(settings.bot, vad=vad),
-        sessions=lambda name: session_for(name, vad=vad),
-    )
-    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, signals.put_nowait, sig)
-    await gateway.start()
-    freeze_startup_objects()
-    print(
-        f"gateway: serving webhooks on {gateway.url}/webhook (bot {settings.bot}, "
-        f"Opus complexity {settings.opus_complexity}, media read at {settings.media_read}); "
-        "Ctrl-C or SIGTERM drains",
-        flush=True,
-    )
-    await signals.get()
-    # First signal: drain (readyz 503, calls run on); a second one ends every call now.
-    drain = asyncio.create_task(gateway.drain())
-    again = asyncio.create_task(signals.get())
-    await asyncio.wait({drain, again}, return_when=asyncio.FIRST_COMPLETED)
-    if again.done():
-        log.warning("second signal: ending every call now")
-    for task in (drain, again):
-        task.cancel()
-    await asyncio.gather(drain, again, return_exceptions=True)
-    # From here the process is gone within the shutdown timeout, whatever hangs.
-    ExitDeadline(settings.shutdown_timeout).arm()
-    await gateway.aclose()
-    return 0
-
-
-async def _serve_workers(args: argparse.Namespace, redis_url: str | None) -> int:
-    from .cluster.redis_server import free_port
-    from .cluster.supervisor import run_workers, worker_env
-    from .config import load_settings
-
-    env = worker_env(
-        os.environ,
-        host=args.host,
-        port=args.port,
-        bot=args.bot,
-        max_calls=args.max_calls,
-        opus_complexity=args.opus_complexity,
-        media_read=args.media_read,
-        redis_url=redis_url,
-    )
-    settings = load_settings(env)  # refuse bad settings here, not N times
-    if settings.redis_url is None:
-        raise ConfigError(
-            "--workers needs GATEWAY_REDIS_URL: workers share calls through Redis "
-            "(or run `gateway cluster`, which starts one)"
-        )
-    if settings.port == 0:
-        env["GATEWAY_PORT"] = str(free_port(settings.host))
-    url = f"http://{settings.host}:{env.get('GATEWAY_PORT', settings.port)}"
-    print(f"gateway: {args.workers} workers serving webhooks on {url}/webhook", flush=True)
-    return await run_workers(args.workers, env)
-
-
-async def _cluster(args: argparse.Namespace) -> int:
-    from .cluster.redis_server import RedisServer
-
-    if args.workers < 1:
-        raise ConfigError("--workers must be at least 1")
-    if args.sandbox:
-        from .cluster.demo import run_sandbox_cluster
-
-        return await run_sandbox_cluster(args.workers, calls=args.calls, port=args.port)
-    redis = RedisServer()
-    await redis.start()
-    print(f"gateway: Redis at {redis.url} (no persistence)", flush=True)
-    try:
-        return await _serve_workers(args, redis_url=redis.url)
-    finally:
-        await redis.aclose()
-
-
-async def _loadtest(args: argparse.Namespace) -> int:
-    from .loadtest import (
-        LoadTestConfig,
-        run_load_test,
-        save_report,
-        summary_table,
-        write_charts,
-    )
-
-    if args.calls < 1 or args.rate <= 0 or args.duration <= 0:
-        raise ConfigError("--calls, --rate and --duration must be positive")
-    config = LoadTestConfig(
-        calls=args.calls,
-        rate=args.rate,
-        duration=args.duration,
-        audio=args.audio,
-        bot=args.bot,
-        gateway_url=args.gateway_url,
-        app_secret=os.environ.get("WHATSAPP_APP_SECRET"),
-        access_token=os.environ.get("WHATSAPP_ACCESS_TOKEN"),
-        graph_port=args.graph_port,
-        seed=args.seed,
-        phases=args.phases,
-    )
-    report = await run_load_test(config)
-    print(summary_table(report))
-    if args.report:
-        save_report(report, args.report)
-        print(f"report: {args.report}")
-    if args.charts:
-        for path in write_charts(report, args.charts):
-            print(f"chart: {path}")
-    return 0 if report["ended_cleanly"] == report["calls"] else 1
