@@ -27,7 +27,7 @@ from aiohttp import web
 from ..webhooks import SIGNATURE_HEADER, sign
 from . import payloads
 from .actions import connect_refusal
-from .failures import Failure, InjectedFailure
+from .failures import Failure, FailurePlan, InjectedFailure
 from .parties import Callee, SandboxCall
 from .permissions import PermissionStore
 from .timeline import Timeline
@@ -79,7 +79,7 @@ class CloudAPISandbox:
         self.users: dict[str, Callee] = {}
         self.permissions = PermissionStore()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._failures: dict[str, list[InjectedFailure]] = {}
+        self._failures = FailurePlan()
         # Extra routes served beside the fake Graph API (e.g. the browser phone).
         self.route_hooks: list[Callable[[web.Application], None]] = []
         self._runner: web.AppRunner | None = None
@@ -143,8 +143,8 @@ class CloudAPISandbox:
         how long a :attr:`Failure.TIMEOUT` keeps the client waiting. A failed
         request has no effect on the call, as a refused one has none at Meta.
         """
-        self._failures.setdefault(action, []).append(
-            InjectedFailure(status, code, message, details, times, how, retry_after, delay)
+        self._failures.add(
+            action, InjectedFailure(status, code, message, details, times, how, retry_after, delay)
         )
 
     def actions(self, call_id: str | None = None) -> list[RecordedRequest]:
@@ -241,59 +241,6 @@ class CloudAPISandbox:
             )
         return body, None
 
-    def _injected(self, action: str) -> InjectedFailure | None:
-        queue = self._failures.get(action)
-        if not queue:
-            return None
-        failure = queue[0]
-        failure.times -= 1
-        if failure.times <= 0:
-            queue.pop(0)
-        return failure
-
-    async def _fail(
-        self, request: web.Request, body: Any, action: str, failure: InjectedFailure
-    ) -> web.Response:
-        how = failure.how
-        if how is Failure.TIMEOUT:
-            self._record(request, body, 0, action)  # recorded now: the client gives up
-            await asyncio.sleep(failure.delay)
-            return web.json_response(
-                payloads.graph_error(failure.code, "answered too late"), status=504
-            )
-        if how is Failure.DISCONNECT:
-            self._record(request, body, 0, action)
-            log.info("graph sandbox: %s -> connection closed without an answer", action)
-            if request.transport is not None:
-                request.transport.close()
-            return web.Response()  # never sent: the connection is gone
-        if how is Failure.MALFORMED_JSON:
-            self._record(request, body, failure.status, action)
-            response = web.Response(
-                status=failure.status,
-                text=f"<html><body>{failure.status} Bad Gateway</body></html>",
-                content_type="text/html",
-            )
-        elif how is Failure.TITLE_ONLY:
-            self._record(request, body, failure.status, action)
-            response = web.json_response(
-                {"error": {"code": failure.code, "title": failure.message}},
-                status=failure.status,
-            )
-        else:
-            response = self._error(
-                request,
-                body,
-                action,
-                failure.status,
-                failure.code,
-                failure.message,
-                failure.details,
-            )
-        if failure.retry_after is not None:
-            response.headers["Retry-After"] = f"{failure.retry_after:g}"
-        return response
-
     async def _handle_calls(self, request: web.Request) -> web.Response:
         body, refused = await self._read(request)
         if refused is not None:
@@ -303,9 +250,22 @@ class CloudAPISandbox:
             return self._error(
                 request, body, None, 400, 100, f"(#100) Invalid parameter: action {action!r}"
             )
-        failure = self._injected(action)
+        failure = self._failures.take(action)
         if failure is not None:
-            return await self._fail(request, body, action, failure)
+            return await failure.answer(
+                request,
+                action,
+                record=lambda status: self._record(request, body, status, action),
+                error=lambda: self._error(
+                    request,
+                    body,
+                    action,
+                    failure.status,
+                    failure.code,
+                    failure.message,
+                    failure.details,
+                ),
+            )
         if action == "connect":
             return self._connect(request, body)
         call = self.calls.get(str(body.get("call_id", "")))
