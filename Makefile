@@ -76,7 +76,7 @@ pipecat-env: $(PIPECAT_STAMP)
 
 ## The gateway, Pipecat's WhatsApp transport and a stock aiortc echo under the same load.
 bench-pipecat: $(STAMP) $(PIPECAT_STAMP)
-	$(BIN)/python benchmarks/cpu_per_call.py --pipecat --calls 5 10
+	$(BIN)/python benchmarks/cpu_per_call.py --pipecat --calls 2 3 5 --duration 30
 
 clean:
 	rm -rf $(VENV) $(PIPECAT_VENV) .mypy_cache .pytest_cache .ruff_cache build gateway/media/_rtp.*.so gateway/pipeline/_vadstep.*.so
