@@ -137,6 +137,8 @@ async def stalls_pauses_and_flushes(track: PlayoutTrack, sender: PlayoutSender) 
     await asyncio.sleep(0.06)
     sender._enabled = True
     await first.wait()
+    whole = track.play_packets([bytes([0x48, i]) for i in range(8)])  # played to its end
+    await whole.wait()
     second = track.play_packets([bytes([0x48, i, i]) for i in range(30)])
     await asyncio.sleep(0.2)
     stall(0.25)  # a skip in pre-encoded speech
@@ -156,7 +158,7 @@ async def stalls_pauses_and_flushes(track: PlayoutTrack, sender: PlayoutSender) 
     track.on_frame_sent = None
     await fifth.wait()
     stall(0.07)  # a skip in silence
-    return [first, second, third, fourth, fifth]
+    return [first, second, third, fourth, fifth, whole]
 
 
 def test_the_fast_path_sends_what_poll_sends(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -174,6 +176,7 @@ def test_the_fast_path_sends_what_poll_sends(monkeypatch: pytest.MonkeyPatch) ->
     assert stats.late_frames > 3 and stats.skipped_frames > 10
     assert stats.speech_frames > 50
     assert playbacks[2][2] and playbacks[1][2] and not playbacks[0][2]
+    assert playbacks[5][:3] == (8, 8, False)
     # ... and most frames went without poll(): the first and last of each utterance,
     # the pause, the disabled stretch, the tap and the callback are poll()'s.
     assert python[3] >= stats.frames_sent
