@@ -71,6 +71,23 @@ def test_the_compiled_clock_steps_as_the_python_one(
                 break
 
 
+def test_a_frame_exactly_the_early_margin_ahead_is_due_on_both_clocks() -> None:
+    """The margin's edge itself (``late == -EARLY``, which random times never hit): due.
+    Near 0 the floats are fine enough for the edge to be met exactly."""
+    for start in (-0.0195, -0.019):
+        due = start + FRAME_TICKS / 48000
+        now = due - EARLY
+        assert now - due == -EARLY
+        states = (
+            _rtp.PlayoutState(3, FRAME_TICKS, FRAME_SECONDS, EARLY),
+            PythonPlayoutState(3, FRAME_TICKS, FRAME_SECONDS, EARLY),
+        )
+        for state in states:
+            state.start = start
+            assert state.due(now) == 0 and state.behind  # the next is due at now too
+            assert state.due(now) == FRAME_TICKS
+
+
 def test_the_compiled_clock_refuses_to_step_before_it_starts() -> None:
     state = _rtp.PlayoutState(3, FRAME_TICKS, FRAME_SECONDS, EARLY)
     assert state.start is None
