@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -39,11 +38,9 @@ from gateway.media.opus import OpusEncoder
 from gateway.media.playout import PlayoutTrack
 from gateway.media.receiver import LazyDecoderReceiver
 from gateway.media.reports import ReportingReceiver
-from gateway.media.sender import PlayoutSender
-from gateway.media.transport import CallTransport
 
 from .conftest import Stack, answered_call
-from .peers import connected
+from .peers import answer_as_gateway, connected
 
 AUDIO = Path(__file__).resolve().parent / ".." / ".." / "shared" / "audio"
 # Threads made on demand by thread pools (asyncio's default executor), bounded by the pool.
@@ -172,21 +169,8 @@ async def test_a_detached_call_decodes_through_aiortc() -> None:
     try:
         track = PlayoutTrack()
         caller.addTrack(track)
-        await caller.setLocalDescription(await caller.createOffer())
-        await gateway.setRemoteDescription(caller.localDescription)
-        transceiver = gateway.getTransceivers()[0]
-        transceiver.sender.replaceTrack(PlayoutTrack())
-        PlayoutSender.adopt(transceiver.sender)
-        receiver = ReportingReceiver.adopt(transceiver.receiver)
-        CallTransport.adopt(receiver.transport)
-        transceiver.direction = "sendrecv"
-        frames: list[object] = []
-        inbound = InboundAudio(receiver, frames.append)
-        inbound.attach()
-        await gateway.setLocalDescription(await gateway.createAnswer())
-        opus_pt = re.search(r"a=rtpmap:(\d+) opus/48000/2", gateway.localDescription.sdp)
-        assert opus_pt is not None
-        inbound.opus_pt = int(opus_pt.group(1))
+        side = await answer_as_gateway(caller, gateway)
+        receiver, inbound, frames = side.receiver, side.inbound, side.frames
         await caller.setRemoteDescription(gateway.localDescription)
         await connected(caller)
         await connected(gateway)

@@ -6,7 +6,6 @@ import asyncio
 import datetime
 import itertools
 import random
-import re
 import socket
 from typing import Any
 
@@ -33,14 +32,11 @@ from hypothesis import strategies as st
 from pylibsrtp import Policy, Session
 
 from gateway.media import native, reports, rtcp
-from gateway.media.inbound import InboundAudio
 from gateway.media.native import NativeStreamStatistics, _rtp
-from gateway.media.playout import PlayoutTrack
 from gateway.media.reports import Reporter, ReportingReceiver, ReportSchedule
 from gateway.media.sender import PlayoutSender
-from gateway.media.transport import CallTransport
 
-from .peers import connected
+from .peers import answer_as_gateway, connected
 
 # --- parsing: what aiortc's parser accepts, read the same --------------------------------
 
@@ -397,21 +393,9 @@ async def test_reports_both_ways_with_a_real_aiortc_peer(
     schedule = reports.report_schedule(loop)
     try:
         caller_sender = caller.addTrack(AudioStreamTrack())  # aiortc's silence, Opus-encoded
-        await caller.setLocalDescription(await caller.createOffer())
-        await gateway.setRemoteDescription(caller.localDescription)
-        transceiver = gateway.getTransceivers()[0]
-        transceiver.sender.replaceTrack(PlayoutTrack())
-        sender = PlayoutSender.adopt(transceiver.sender)
-        receiver = ReportingReceiver.adopt(transceiver.receiver)
-        transport = CallTransport.adopt(receiver.transport)
-        transceiver.direction = "sendrecv"
-        frames: list[object] = []
-        inbound = InboundAudio(receiver, frames.append)
-        inbound.attach()
-        await gateway.setLocalDescription(await gateway.createAnswer())
-        opus_pt = re.search(r"a=rtpmap:(\d+) opus/48000/2", gateway.localDescription.sdp)
-        assert opus_pt is not None
-        inbound.opus_pt = int(opus_pt.group(1))
+        side = await answer_as_gateway(caller, gateway)
+        sender, receiver, transport = side.sender, side.receiver, side.transport
+        frames = side.frames
         sent: list[tuple[float, int]] = []  # (loop time, packet type) of each compound we send
         send_rtcp_now = transport.send_rtcp_now
 

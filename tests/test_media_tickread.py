@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
-import re
 import socket
 import time
 from collections.abc import Iterator
@@ -34,11 +33,10 @@ from gateway.config import load_settings
 from gateway.errors import ConfigError
 from gateway.media import native, tickread
 from gateway.media.frameclock import frame_clock
-from gateway.media.inbound import InboundAudio
 from gateway.media.opus import OpusDecoder
 from gateway.media.transport import CallTransport
 
-from .peers import connected
+from .peers import answer_with_inbound, connected
 from .test_config import ENV
 from .test_media_native import SSRC, sessions
 from .test_media_transport import speech_packets
@@ -461,12 +459,7 @@ async def test_a_real_call_hears_everything_keeps_consent_and_ends(
         receiver = gateway.getTransceivers()[0].receiver
         transport = CallTransport.adopt(receiver.transport)
         frames: list[NDArray[np.int16]] = []
-        inbound = InboundAudio(receiver, frames.append)
-        inbound.attach()
-        await gateway.setLocalDescription(await gateway.createAnswer())
-        opus_pt = re.search(r"a=rtpmap:(\d+) opus/48000/2", gateway.localDescription.sdp)
-        assert opus_pt is not None
-        inbound.opus_pt = int(opus_pt.group(1))
+        inbound = await answer_with_inbound(gateway, receiver, frames)
         connection = transport.transport._connection
         stun_requests: list[object] = []
         aioice_request_received = connection.request_received
@@ -494,7 +487,7 @@ async def test_a_real_call_hears_everything_keeps_consent_and_ends(
         payloads = speech_packets(30)
         for i, payload in enumerate(payloads):
             p = RtpPacket(
-                payload_type=int(opus_pt.group(1)),
+                payload_type=inbound.opus_pt,
                 sequence_number=100 + i,
                 timestamp=960 * i,
                 ssrc=0x1111,

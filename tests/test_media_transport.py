@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
 from typing import Any
 
 import aioice.ice
@@ -18,12 +17,11 @@ from numpy.typing import NDArray
 
 from gateway.media import native
 from gateway.media.audio import FRAME_SAMPLES
-from gateway.media.inbound import InboundAudio
 from gateway.media.native import NativeStreamStatistics
 from gateway.media.opus import OpusDecoder, OpusEncoder
 from gateway.media.transport import CallTransport, parse_inbound
 
-from .peers import connected
+from .peers import answer_with_inbound, connected
 
 # The extensions WhatsApp's audio carries (contract, section 4), plus the mid.
 EXTENSIONS = [
@@ -141,12 +139,8 @@ async def test_rtp_from_a_real_peer_reaches_inbound_audio_without_aioices_queue(
         receiver = gateway.getTransceivers()[0].receiver
         transport = CallTransport.adopt(receiver.transport)
         frames: list[NDArray[np.int16]] = []
-        inbound = InboundAudio(receiver, frames.append)
-        inbound.attach()
-        await gateway.setLocalDescription(await gateway.createAnswer())
-        opus_pt = re.search(r"a=rtpmap:(\d+) opus/48000/2", gateway.localDescription.sdp)
-        assert opus_pt is not None
-        inbound.opus_pt = pt = int(opus_pt.group(1))
+        inbound = await answer_with_inbound(gateway, receiver, frames)
+        pt = inbound.opus_pt
 
         # What aioice queues for aiortc's task from now on (STUN, DTLS, RTCP; no RTP).
         connection = transport.transport._connection
