@@ -384,7 +384,3 @@ class WorkerNode:
         await self.records.write(record)
         self.reaped_calls += 1
         log.warning("call %s: ended by %s (%s)", call_id, self.id, reason)
-
-
-def _record_json(call: Call) -> str:
-    return json.dumps(call.record.as_dict())

@@ -7,7 +7,7 @@ copy it keeps in memory. WhatsApp's later reports can reach any worker: a status
 writes a whole record built from its own copy, so a plain ``SET`` would drop
 what another worker reported since that copy was made.
 
-:func:`write_record` is that ``SET`` with a check, in one round trip: a Lua
+:meth:`RecordWriter.write` is that ``SET`` with a check, in one round trip: a Lua
 script writes the record unless it lacks a report the stored one has (a status,
 counted with its repeats, or the terminate record); then it returns the stored
 record instead, the writer adds what it lacks (:func:`adopt_reports`) and
@@ -97,7 +97,7 @@ def adopt_reports(record: dict[str, Any], stored: dict[str, Any]) -> None:
 
 
 class RecordWriter:
-    """:func:`write_record` for one Redis client (its script registered once)."""
+    """Writes call records for one Redis client (its script registered once)."""
 
     def __init__(self, redis: Any) -> None:
         self._script = redis.register_script(_WRITE)
