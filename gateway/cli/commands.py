@@ -13,6 +13,7 @@ import os
 import signal
 
 from ..errors import ConfigError
+from .parser import serving_options
 
 log = logging.getLogger("gateway")
 
@@ -26,14 +27,7 @@ async def serve(args: argparse.Namespace) -> int:
     from ..pipeline.vad import VadConfig
     from ..shutdown import ExitDeadline
 
-    settings = load_settings(
-        host=args.host,
-        port=args.port,
-        bot=args.bot,
-        max_calls=args.max_calls,
-        opus_complexity=args.opus_complexity,
-        media_read=args.media_read,
-    )
+    settings = load_settings(**serving_options(args))
     vad = VadConfig(voice_gate=settings.vad_voice_gate)
     gateway = Gateway(
         settings,
@@ -74,16 +68,7 @@ async def serve_workers(args: argparse.Namespace, redis_url: str | None) -> int:
     from ..cluster.supervisor import run_workers, worker_env
     from ..config import load_settings
 
-    env = worker_env(
-        os.environ,
-        host=args.host,
-        port=args.port,
-        bot=args.bot,
-        max_calls=args.max_calls,
-        opus_complexity=args.opus_complexity,
-        media_read=args.media_read,
-        redis_url=redis_url,
-    )
+    env = worker_env(os.environ, **serving_options(args), redis_url=redis_url)
     settings = load_settings(env)  # refuse bad settings here, not N times
     if settings.redis_url is None:
         raise ConfigError(

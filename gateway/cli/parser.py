@@ -7,6 +7,7 @@ flags override it.
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..config import MEDIA_READ_MODES, MediaRead, media_read
 from ..errors import ConfigError
@@ -207,6 +208,18 @@ def _add_serving(parser: argparse.ArgumentParser, *, max_calls: str) -> None:
     parser.add_argument("--max-calls", type=int, help=f"{max_calls} (GATEWAY_MAX_CALLS)")
     _add_complexity(parser)
     _add_media_read(parser)
+
+
+def serving_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options :func:`_add_serving` added, by setting name (None: not given)."""
+    return {
+        "host": args.host,
+        "port": args.port,
+        "bot": args.bot,
+        "max_calls": args.max_calls,
+        "opus_complexity": args.opus_complexity,
+        "media_read": args.media_read,
+    }
 
 
 def _complexity(raw: str) -> int:
