@@ -122,6 +122,9 @@ class Gateway:
                 registry=self.metrics.registry,
             )
             self.calls.observers.append(self.outbox)
+            if self.cluster is not None:
+                # A lost worker's calls get their call.ended from this worker's reaper.
+                self.cluster.node.reaper.events = self.outbox
         # aiohttp's default 1 MiB body limit is for the calls API; the webhook
         # receiver reads its bodies itself, under its own (lower) cap.
         self.app = web.Application(middlewares=[self.metrics.webhook_middleware()])

@@ -105,6 +105,8 @@ class Call:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._on_ended = on_ended
         self._closing: asyncio.Task[None] | None = None
+        # An end settled elsewhere (reason, time) that the record takes when the call ends.
+        self._settled_end: tuple[str, float] | None = None
         self._frame_listeners: tuple[Callable[[Any], None], ...] = ()
         self.dtmf_listeners: list[Callable[[str, int], None]] = []
         # Awaited (briefly) when the call ends, before its tasks are cancelled.
@@ -281,8 +283,17 @@ class Call:
 
     # --- ending ----------------------------------------------------------------
 
-    def end(self, reason: str, *, terminate: bool) -> asyncio.Task[None]:
-        """End the call once (idempotent); ``terminate`` also tells the Cloud API."""
+    def end(
+        self, reason: str, *, terminate: bool, ended_at: float | None = None
+    ) -> asyncio.Task[None]:
+        """End the call once (idempotent); ``terminate`` also tells the Cloud API.
+
+        ``ended_at``: when it ended, if that was settled elsewhere (a cluster's record
+        keeps a call's first end): then the record takes this end (``reason``, at
+        ``ended_at``) even if the call was ending already for a reason of its own.
+        """
+        if ended_at is not None and self.state is not CallState.ENDED:
+            self._settled_end = (reason, ended_at)
         if self._closing is None:
             self._closing = asyncio.create_task(
                 self._close(reason, terminate),
@@ -306,6 +317,8 @@ class Call:
                 await self._send_terminate()
         finally:
             self.record.ended_at = time.time()
+            if self._settled_end is not None:
+                self.record.end_reason, self.record.ended_at = self._settled_end
             self.record.state = CallState.ENDED
             log.info("call %s: ENDING -> ENDED (%s)", self.id, clip(reason))
             self.state_changed.set()

@@ -1,8 +1,12 @@
 """Events to the business backend (``GATEWAY_EVENTS_URL``), from a durable outbox.
 
 For every call the backend gets ``call.started``, ``call.answered`` (if it was)
-and ``call.ended``: one ``POST`` of JSON each, with a ``type``, a unique ``id``
-(for idempotency: a delivery may be repeated, never lost) and the call record.
+and ``call.ended``: one ``POST`` of JSON each, with a ``type``, an ``id`` and the
+call record. The ``id`` is the same for the same event of the same call, whoever
+sends it (:func:`event_id`): a delivery may be repeated, never lost, and in a
+cluster a call's ``call.ended`` may come from the worker that ran it and from the
+worker that took it for lost (:mod:`gateway.cluster.node`); the backend keeps the
+first of each ``id``.
 ``call.ended`` carries the whole record: WhatsApp's terminate record (status,
 billed duration, start and end time, errors, ``biz_opaque_callback_data``), the
 end reason, the recording's path, and the conversation transcript when the bot
@@ -64,17 +68,28 @@ def call_payload(record: CallRecord) -> dict[str, Any]:
     return payload
 
 
+# Names the event ids (uuid5): any fixed UUID would do, it must only never change.
+EVENT_ID_NAMESPACE: Final = uuid.UUID("5a1c3f0e-8d47-4c5b-9f2e-3b6a7d1e0c94")
+
+
+def event_id(kind: str, call_id: str) -> str:
+    """The id of the ``kind`` event of call ``call_id``: derived from both, so every
+    worker that sends it (its owner, or the reaper of a lost owner) gives it the
+    same one, and the backend can keep one of each."""
+    return f"evt_{uuid.uuid5(EVENT_ID_NAMESPACE, f'{kind}/{call_id}').hex}"
+
+
 def make_event(kind: str, record: CallRecord, *, now: float | None = None) -> OutboxEvent:
-    """A new event of ``kind`` about ``record``, with a fresh id."""
+    """The event of ``kind`` about ``record`` (its id: :func:`event_id`)."""
     created = time.time() if now is None else now
-    event_id = f"evt_{uuid.uuid4().hex}"
+    ident = event_id(kind, record.call_id)
     body = json.dumps(
-        {"id": event_id, "type": kind, "created_at": created, "call": call_payload(record)},
+        {"id": ident, "type": kind, "created_at": created, "call": call_payload(record)},
         ensure_ascii=False,
         separators=(",", ":"),
         default=str,
     ).encode()
-    return OutboxEvent(event_id, kind, body, created, 0, created)
+    return OutboxEvent(ident, kind, body, created, 0, created)
 
 
 class EventOutbox:
@@ -158,6 +173,25 @@ class EventOutbox:
         event = make_event(kind, record)
         self._queue(event)
         return event
+
+    async def add(self, kind: str, record: CallRecord) -> OutboxEvent:
+        """Write an event of ``kind`` about ``record`` to the outbox now, then send it.
+
+        For who must know it is stored before going on (the cluster's reaper);
+        raises the store's error (:class:`gateway.errors.StoreError`) if it is not.
+        """
+        event = make_event(kind, record)
+        await self.store.outbox_add(event)
+        self.pending.inc()
+        self._wake.set()
+        return event
+
+    def took_over(self, count: int) -> None:
+        """Note ``count`` events that another (lost) worker's outbox handed to this
+        outbox's store, and send them."""
+        if count:
+            self.pending.inc(count)
+            self._wake.set()
 
     def call_started(self, call: Call) -> None:
         self.publish("call.started", call.record)

@@ -182,13 +182,13 @@ async def test_a_terminate_handed_to_a_worker_that_dies_is_kept_by_its_reaper(
     finally:
         await db.aclose()
     await b.calls.start()
-    b.node.reap_hooks.append(b.inbox.take_over)  # as ClusterRouter.start wires it
-    await b.node._reap_lost_workers()
+    b.node.reaper.hooks.append(b.inbox.take_over)  # as ClusterRouter.start wires it
+    await b.node.reaper.reap_lost_workers()
     # Answered by b's reaper: the call is no longer live (the API's 404).
     assert await asyncio.wait_for(asking, 10) is None
     await b.calls.drain()
     await b.calls.flush()
-    assert b.node.reaped_calls == 1
+    assert b.node.reaper.reaped_calls == 1
     stored = await _stored(redis_server, "wacid.D")
     assert (stored["state"], stored["end_reason"]) == ("ENDED", "worker a lost")
     assert (stored["terminate_status"], stored["duration"]) == ("COMPLETED", 42)
@@ -201,8 +201,8 @@ async def _reap_a(a: ClusterRouter, b: ClusterRouter, redis_server: RedisServer)
         await db.delete(keys.lease("a"))
     finally:
         await db.aclose()
-    await b.node._reap_lost_workers()
-    assert b.node.reaped_calls == 1
+    await b.node.reaper.reap_lost_workers()
+    assert b.node.reaper.reaped_calls == 1
 
 
 async def test_a_reaped_worker_cannot_revive_its_call_and_ends_it_once(

@@ -189,8 +189,8 @@ async def test_a_worker_is_never_listed_without_its_lease(
         await node._flush()  # the mirror's write; no renewal has run
         assert await db.hexists(keys.WORKERS, node.id)
         assert await db.exists(keys.lease(node.id)), "listed without a lease"
-        await other._reap_lost_workers()
-        assert other.reaped_calls == 0
+        await other.reaper.reap_lost_workers()
+        assert other.reaper.reaped_calls == 0
         assert await db.hget(keys.OWNERS, "wacid.L") == node.id
     finally:
         await db.aclose()

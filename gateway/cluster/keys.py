@@ -70,6 +70,16 @@ def ended_on(call_id: str) -> str:
 ENDED_ON_SECONDS = 600
 
 
+def outbox(worker: str) -> str:
+    """HASH event id -> a worker's undelivered event for the business backend."""
+    return f"{PREFIX}outbox:{worker}"
+
+
+def outbox_due(worker: str) -> str:
+    """ZSET event id -> when a worker tries to deliver it next."""
+    return f"{PREFIX}outbox-due:{worker}"
+
+
 def journal(worker: str) -> str:
     """STREAM of the events a worker accepted and has not handled yet."""
     return f"{PREFIX}journal:{worker}"

@@ -1,5 +1,6 @@
 """One worker's membership of the cluster: its Redis connection, its lease, the
-mirror of its calls in Redis, and the reaper that ends a lost worker's calls.
+mirror of its calls in Redis, and its reaper (:mod:`.reaper`), which ends a lost
+worker's calls.
 
 Nothing here runs per frame or per packet: Redis sees a call when it starts,
 changes state and ends, plus one pipelined lease renewal per worker every
@@ -17,18 +18,18 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
 
 from ..calls import Call, CallManager, CallState
-from ..errors import GraphAPIError, UnavailableError
+from ..errors import UnavailableError
 from ..graph import GraphClient
-from ..shutdown import stop_if_cancelled
 from . import keys
 from .client import connect
-from .records import RecordWriter
+from .reaper import Reaper
+from .records import FinalEnd, RecordWriter
 
 if TYPE_CHECKING:
     from .store import RedisStore
@@ -79,7 +80,6 @@ class WorkerNode:
         self.connected = False
         self.reconnects = 0
         self.outages = 0
-        self.reaped_calls = 0
         # Live calls of this worker that another worker had ended (this worker was
         # taken for lost while it stalled); ended here too, each once.
         self.ended_elsewhere_calls = 0
@@ -89,8 +89,8 @@ class WorkerNode:
         self._changes = 0
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Awaited with a lost worker's id after its calls were ended.
-        self.reap_hooks: list[Callable[[str], Awaitable[None]]] = []
+        # Ends lost workers' calls (:mod:`.reaper`).
+        self.reaper = Reaper(self)
         calls.observers.append(self)
         if store is not None:
             store.on_ended_elsewhere = self.ended_elsewhere
@@ -110,7 +110,7 @@ class WorkerNode:
         log.info("cluster worker %s (lease %.0f s)", self.id, self.lease_seconds)
         self.spawn(self._lease_loop(), "cluster-lease")
         self.spawn(self._mirror_loop(), "cluster-mirror")
-        self.spawn(self._reaper_loop(), "cluster-reaper")
+        self.spawn(self.reaper.run(), "cluster-reaper")
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         """Start a background task owned by this node (cancelled by :meth:`aclose`)."""
@@ -207,10 +207,11 @@ class WorkerNode:
         tells the two apart: the reaper leaves it ENDED, a Redis that lost its data
         has none (or an older one that is not ENDED)."""
         raws = await self.redis.mget([keys.record(c.id) for c in live])
+        stored = {call.id: json.loads(raw) for call, raw in zip(live, raws, strict=True) if raw}
         ended = {
-            call.id
-            for call, raw in zip(live, raws, strict=True)
-            if raw is not None and json.loads(raw).get("state") == CallState.ENDED
+            call_id: FinalEnd.of(record)
+            for call_id, record in stored.items()
+            if record.get("state") == CallState.ENDED
         }
         kept = [call for call in live if call.id not in ended]
         if kept:
@@ -222,27 +223,29 @@ class WorkerNode:
                 await pipe.execute()
             log.info("cluster: %d live call(s) registered again", len(kept))
         for call_id in sorted(ended):
-            self.ended_elsewhere(call_id)
+            self.ended_elsewhere(call_id, ended[call_id])
 
-    def ended_elsewhere(self, call_id: str) -> None:
+    def ended_elsewhere(self, call_id: str, end: FinalEnd) -> None:
         """End here, once, a live call whose record another worker ended.
 
         That worker took this one for lost (its lease lapsed while it stalled) and
         ended the call: it sent WhatsApp the ``terminate``, so none is sent again,
         and the record keeps that first end (see :mod:`.records`). Here the call's
-        media, bot and slot are freed.
+        media, bot and slot are freed, and its copy of the record ends with the end
+        Redis kept (reason and time), which its ``call.ended`` event carries too.
         """
         call = self.calls.calls.get(call_id)
-        if call is None or call.state is CallState.ENDING or call_id in self._ending_elsewhere:
-            return  # not live here, or ending already
+        if call is None or call_id in self._ending_elsewhere:
+            return  # not live here, or told already
         self._ending_elsewhere.add(call_id)
-        self.ended_elsewhere_calls += 1
-        log.error(
-            "call %s: another worker ended it while this worker was taken for lost"
-            " (lease lapsed); ending it here",
-            call_id,
-        )
-        call.end("ended by another worker (this worker's lease lapsed)", terminate=False)
+        if call.state is not CallState.ENDING:  # else ending here already: it takes the end
+            self.ended_elsewhere_calls += 1
+            log.error(
+                "call %s: another worker ended it while this worker was taken for lost"
+                " (lease lapsed); ending it here",
+                call_id,
+            )
+        call.end(end.reason, terminate=False, ended_at=end.at)
 
     def register(self, pipe: Any, call_id: str) -> None:
         """Add to ``pipe`` what records this worker as the owner of a live call."""
@@ -319,68 +322,3 @@ class WorkerNode:
             if self._dirty.get(call_id) == entry:  # not changed again meanwhile
                 del self._dirty[call_id]
         self.came_up()
-
-    # --- ending a lost worker's calls ------------------------------------------------
-
-    async def _reaper_loop(self) -> None:
-        while True:
-            stop_if_cancelled()  # ending calls runs more than Redis (the Graph API's client)
-            await asyncio.sleep(self.tick)
-            try:
-                await self._reap_lost_workers()
-            except RedisError as exc:
-                self.went_down(exc)
-
-    async def _reap_lost_workers(self) -> None:
-        workers = [w for w in await self.redis.hkeys(keys.WORKERS) if w != self.id]
-        if not workers:
-            return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for worker in workers:
-                pipe.exists(keys.lease(worker))
-            alive = await pipe.execute()
-        for worker, up in zip(workers, alive, strict=True):
-            if not up and await self.redis.set(keys.reaping(worker), self.id, nx=True, ex=60):
-                if await self.redis.exists(keys.lease(worker)):
-                    # It renewed its lease since it was listed: not lost.
-                    await self.redis.delete(keys.reaping(worker))
-                    continue
-                await self._reap(worker)
-
-    async def _reap(self, worker: str) -> None:
-        call_ids = sorted(await self.redis.smembers(keys.worker_calls(worker)))
-        log.error(
-            "cluster: worker %s lost (lease expired); ending its %d call(s)", worker, len(call_ids)
-        )
-        await asyncio.gather(*(self._end_orphan(worker, c) for c in call_ids))
-        for hook in self.reap_hooks:
-            await hook(worker)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(keys.worker_calls(worker), keys.inbox(worker))
-            pipe.hdel(keys.WORKERS, worker)
-            # Reaped: a worker that was only stalled comes back (and ends the calls
-            # ended here, :meth:`_register_again`); if it is lost again later, it is
-            # reaped again at once, not when this lock expires.
-            pipe.delete(keys.reaping(worker))
-            await pipe.execute()
-
-    async def _end_orphan(self, worker: str, call_id: str) -> None:
-        reason = f"worker {worker} lost"
-        try:
-            await self.graph.terminate(call_id)
-        except GraphAPIError as exc:
-            # Usually: the call had already ended on WhatsApp's side.
-            log.warning("call %s: terminate after %s failed: %s", call_id, reason, exc)
-        # Unowned before its record says ENDED: an event for it meanwhile waits for the
-        # record (the router), and a terminate then goes into it.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.get(keys.record(call_id))
-            pipe.hdel(keys.OWNERS, call_id)
-            pipe.srem(keys.LIVE, call_id)
-            raw, *_ = await pipe.execute()
-        record: dict[str, Any] = json.loads(raw) if raw else {"call_id": call_id}
-        if record.get("state") != CallState.ENDED:
-            record.update(state=str(CallState.ENDED), end_reason=reason, ended_at=time.time())
-        await self.records.write(record)
-        self.reaped_calls += 1
-        log.warning("call %s: ended by %s (%s)", call_id, self.id, reason)

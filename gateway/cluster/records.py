@@ -20,13 +20,18 @@ is not the same end (a worker that was reaped during a stall saving its call as
 ACTIVE, or ending it later for its own reason) is refused like one that lacks a
 report, and the writer takes the stored end (state, time, reason) before it
 writes again. The writer learns so that its call was ended elsewhere
-(:meth:`RecordWriter.save` says it), and ends its copy of the call.
+(:meth:`RecordWriter.save` returns that end), and ends its copy of the call with
+that end (reason and time), so that its copy, its ``call.ended`` event and Redis
+say the same.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import StoreError
@@ -77,6 +82,20 @@ elseif ARGV[4] == '-' then
 end
 return false
 """
+
+
+@dataclass(frozen=True)
+class FinalEnd:
+    """A call's end as its stored record keeps it (the first end, final)."""
+
+    reason: str
+    at: float
+
+    @classmethod
+    def of(cls, record: Mapping[str, Any]) -> FinalEnd:
+        """The end of an ENDED record's JSON view."""
+        at = record.get("ended_at")
+        return cls(str(record.get("end_reason") or "ended"), time.time() if at is None else at)
 
 
 def adopt_reports(record: dict[str, Any], stored: dict[str, Any]) -> None:
@@ -130,14 +149,15 @@ class RecordWriter:
             adopt_reports(record, json.loads(stored))
         raise StoreError(f"record of {call_id} not written: {WRITE_ATTEMPTS} writes met changes")
 
-    async def save(self, record: CallRecord, *, live_of: str) -> bool:
+    async def save(self, record: CallRecord, *, live_of: str) -> FinalEnd | None:
         """Write a :class:`CallRecord` as its owner ``live_of`` does (indexed, and in or
         out of its live calls by its state); the reports it lacked are added to it.
 
-        Returns True when the stored record says the call ended while ``record``
-        does not: it was ended elsewhere (the reaper took ``live_of`` for lost), and
-        its owner must end its copy. The end is added to ``record`` only once that
-        copy ended too (a live call's state is its own to change).
+        Returns the stored end when the stored record says the call ended while
+        ``record`` does not: it was ended elsewhere (the reaper took ``live_of`` for
+        lost), and its owner must end its copy with that end. The end is added to
+        ``record`` only once that copy ended too (a live call's state is its own to
+        change).
         """
         view = await self.write(record.as_dict(), index=True, live_of=live_of)
         # Added to what the record holds now (a status its owner added meanwhile stays),
@@ -149,4 +169,4 @@ class RecordWriter:
         for name in names:
             value = current[name]
             setattr(record, name, CallState(value) if name == "state" else value)
-        return ended_elsewhere
+        return FinalEnd.of(view) if ended_elsewhere else None

@@ -73,8 +73,8 @@ class ClusterRouter:
 
     async def start(self) -> None:
         """Join the cluster and start reading new calls and this worker's inbox."""
-        self.node.reap_hooks.append(self.placement.take_over)
-        self.node.reap_hooks.append(self.inbox.take_over)
+        self.node.reaper.hooks.append(self.placement.take_over)
+        self.node.reaper.hooks.append(self.inbox.take_over)
         await self.node.start()
         await self.placement.start()
         self.inbox.start()
@@ -102,7 +102,7 @@ class ClusterRouter:
             ("redis_outages", "Times Redis became unreachable", node.outages),
             ("redis_reconnects", "Times Redis became reachable again", node.reconnects),
             ("forwarded", "Events and requests handed to the owning worker", self.forwarded),
-            ("reaped_calls", "Calls of lost workers this worker ended", node.reaped_calls),
+            ("reaped_calls", "Calls of lost workers this worker ended", node.reaper.reaped_calls),
             (
                 "ended_elsewhere",
                 "Live calls of this worker that another had ended (it was taken for lost)",

@@ -27,7 +27,7 @@ from ..store import JournalEntry, OutboxEvent
 from ..store.codec import decode_event, dedupe_key
 from . import keys
 from .client import connect
-from .records import RecordWriter
+from .records import FinalEnd, RecordWriter
 
 SEEN, CALLS, PERMISSIONS = keys.SEEN, keys.CALLS, keys.PERMISSIONS
 DEDUPE_SECONDS = 3 * 24 * 3600
@@ -41,6 +41,26 @@ return false
 """
 
 
+# A lost worker's outbox moved into this worker's, whole or not at all.
+# KEYS[1], KEYS[2]: the lost worker's due ZSET and events HASH; KEYS[3], KEYS[4]: this
+# worker's. Returns how many events moved. An event of the same id already here (the
+# reaper's own call.ended of the same call) is kept: it carries the end Redis kept.
+_ADOPT = """
+local moved = 0
+local rows = redis.call('HGETALL', KEYS[2])
+for i = 1, #rows, 2 do
+  local id = rows[i]
+  if redis.call('HSETNX', KEYS[4], id, rows[i + 1]) == 1 then
+    local due = redis.call('ZSCORE', KEYS[1], id)
+    redis.call('ZADD', KEYS[3], due or 0, id)
+    moved = moved + 1
+  end
+end
+redis.call('DEL', KEYS[1], KEYS[2])
+return moved
+"""
+
+
 class RedisStore:
     """:class:`gateway.store.Store` on the cluster's Redis, for worker ``worker``."""
 
@@ -48,10 +68,12 @@ class RedisStore:
         self.redis: Any = connect(redis_url)
         self.worker = worker
         self._journal = self.redis.register_script(_JOURNAL)
+        self._adopt = self.redis.register_script(_ADOPT)
         self.records = RecordWriter(self.redis)
         # Told the id of a live call whose stored record another worker ended (this
-        # worker was taken for lost): the cluster node ends the call here too.
-        self.on_ended_elsewhere: Callable[[str], None] | None = None
+        # worker was taken for lost), and that end: the cluster node ends the call here
+        # too, with that end.
+        self.on_ended_elsewhere: Callable[[str, FinalEnd], None] | None = None
         # Writes of this process are applied in the order they were made (a pooled
         # client would otherwise let a later write overtake an earlier one).
         self._writes = asyncio.Lock()
@@ -115,12 +137,13 @@ class RedisStore:
         added to ``record`` too; see :mod:`.records`)."""
         self._wrote = True
 
-        async def save() -> bool:
+        async def save() -> FinalEnd | None:
             async with self._writes:
                 return await self.records.save(record, live_of=self.worker)
 
-        if await self._run(save()) and self.on_ended_elsewhere is not None:
-            self.on_ended_elsewhere(record.call_id)
+        end = await self._run(save())
+        if end is not None and self.on_ended_elsewhere is not None:
+            self.on_ended_elsewhere(record.call_id, end)
 
     async def get_call(self, call_id: str) -> CallRecord | None:
         """The record any worker saved, or None."""
@@ -173,9 +196,21 @@ class RedisStore:
 
     # --- outbox of events for the business backend (this worker's) -----------------------
 
-    def _outbox_keys(self) -> tuple[str, str]:
+    def _outbox_keys(self, worker: str | None = None) -> tuple[str, str]:
         # ZSET event id -> next attempt time, and HASH event id -> the event.
-        return f"{keys.PREFIX}outbox-due:{self.worker}", f"{keys.PREFIX}outbox:{self.worker}"
+        return keys.outbox_due(worker or self.worker), keys.outbox(worker or self.worker)
+
+    async def outbox_take_over(self, worker: str) -> int:
+        """Move a lost worker's undelivered events into this worker's outbox (one atomic
+        script); returns how many moved."""
+
+        async def adopt() -> int:
+            async with self._writes:
+                moved = await self._adopt(keys=[*self._outbox_keys(worker), *self._outbox_keys()])
+                return int(moved)
+
+        result: int = await self._run(adopt())
+        return result
 
     async def outbox_add(self, event: OutboxEvent) -> None:
         """Keep the event (one round trip)."""
