@@ -1,7 +1,9 @@
 """Every call ends in a cluster, in one process on a real redis-server: WhatsApp's
 terminate that reaches a worker other than the one the call ended on, a terminate
-forwarded to a worker that dies, and a worker that was taken for lost during a stall
-and comes back to a call another worker ended."""
+forwarded to a worker that dies, a worker that was taken for lost during a stall
+and comes back to a call another worker ended, and the business backend's
+call.ended for a lost worker's calls (from racing reapers, from a reaper that took
+over from one that died midway, and from a stale worker: one id, one end)."""
 
 from __future__ import annotations
 
@@ -21,12 +23,14 @@ from gateway.cluster.node import WorkerNode
 from gateway.cluster.redis_server import RedisServer
 from gateway.cluster.router import ClusterRouter
 from gateway.cluster.store import RedisStore
+from gateway.errors import StoreError
 from gateway.events import CallTerminate, Direction, decode_event
 from gateway.graph import GraphClient, RetryPolicy
-from gateway.outbox import EventOutbox
+from gateway.outbox import EventOutbox, event_id, make_event
 from gateway.records import CallRecord, CallState
 from gateway.sandbox.cloud import CloudAPISandbox
 
+from .backend import SECRET, Receiver, wait_for
 from .conftest import ACCESS_TOKEN, APP_SECRET
 
 
@@ -58,10 +62,10 @@ async def graph(sandbox: CloudAPISandbox) -> AsyncIterator[GraphClient]:
 async def workers(
     redis_server: RedisServer, graph: GraphClient
 ) -> AsyncIterator[dict[str, ClusterRouter]]:
-    """Workers "a" and "b" as `gateway serve` wires them, none of their loops started
+    """Workers "a", "b" and "c" as `gateway serve` wires them, none of their loops started
     (each test starts what it needs, so no reaper or lease runs behind its back)."""
     made: dict[str, ClusterRouter] = {}
-    for name in ("a", "b"):
+    for name in ("a", "b", "c"):
         store = RedisStore(redis_server.url, name)
         calls = CallManager(graph, store=store)
         node = WorkerNode(
@@ -262,3 +266,161 @@ async def test_a_reaped_worker_learns_it_at_its_next_lease_renewal(
     assert kept.state is CallState.ACTIVE and a.node.ended_elsewhere_calls == 1
     stored = await _stored(redis_server, "wacid.N")
     assert (stored["state"], stored["end_reason"]) == ("ENDED", "worker a lost")
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[Receiver]:
+    receiver = Receiver()
+    await receiver.start()
+    try:
+        yield receiver
+    finally:
+        await receiver.stop()
+
+
+@pytest.fixture
+async def events(
+    workers: dict[str, ClusterRouter], backend: Receiver
+) -> AsyncIterator[dict[str, EventOutbox]]:
+    """Each worker's events to ``backend``, wired as `gateway serve` wires them. WhatsApp's
+    terminate record never comes here: a reaper's call.ended waits 0.2 s for it, a
+    worker's own is sent at once."""
+    made = {}
+    for name, router in workers.items():
+        outbox = EventOutbox(
+            router.calls.store,
+            url=backend.url,
+            secret=SECRET,
+            terminate_wait=0.0 if name == "a" else 0.2,
+        )
+        router.calls.observers.append(outbox)
+        router.node.reaper.events = outbox
+        await outbox.start()
+        made[name] = outbox
+    try:
+        yield made
+    finally:
+        for outbox in made.values():
+            await outbox.aclose()
+
+
+async def _delivered(events: dict[str, EventOutbox]) -> None:
+    """Wait until no worker's outbox holds an event (each was delivered once)."""
+    async with asyncio.timeout(20):
+        while any([await o.store.outbox_next_due() is not None for o in events.values()]):
+            await asyncio.sleep(0.05)
+
+
+async def test_racing_reapers_send_the_backend_one_call_ended_with_the_reapers_end(
+    redis_server: RedisServer,
+    sandbox: CloudAPISandbox,
+    workers: dict[str, ClusterRouter],
+    events: dict[str, EventOutbox],
+    backend: Receiver,
+) -> None:
+    a, b, c = workers["a"], workers["b"], workers["c"]
+    call = await _live_call(a, "wacid.E")
+    # a's call.started was stored in a's outbox, not delivered yet, when a died.
+    await a.calls.store.outbox_add(make_event("call.started", call.record))
+    db = connect(redis_server.url)
+    try:
+        await db.delete(keys.lease("a"))  # a is gone for good
+    finally:
+        await db.aclose()
+    await asyncio.gather(b.node.reaper.reap_lost_workers(), c.node.reaper.reap_lost_workers())
+    await wait_for(lambda: backend.of_type("call.ended", "wacid.E"))
+    await _delivered(events)
+    [ended] = backend.of_type("call.ended", "wacid.E")
+    stored = await _stored(redis_server, "wacid.E")
+    assert ended["id"] == event_id("call.ended", "wacid.E")  # what a would have sent
+    assert (ended["call"]["state"], ended["call"]["end_reason"]) == ("ENDED", "worker a lost")
+    assert ended["call"]["ended_at"] == stored["ended_at"]
+    assert ended["call"]["accepted_at"] == call.record.accepted_at
+    # a's undelivered call.started went out too (the reaper took over a's outbox), once.
+    assert [e["id"] for e in backend.of_type("call.started", "wacid.E")] == [
+        event_id("call.started", "wacid.E")
+    ]
+    assert backend.bad_signatures == 0
+    assert b.node.reaper.reaped_calls + c.node.reaper.reaped_calls == 1
+    assert [r.action for r in sandbox.requests].count("terminate") == 1
+
+
+async def test_a_reaper_that_dies_midway_leaves_the_call_ended_to_the_next(
+    redis_server: RedisServer,
+    sandbox: CloudAPISandbox,
+    workers: dict[str, ClusterRouter],
+    events: dict[str, EventOutbox],
+    backend: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # b ends a's call (terminate, record ENDED) and dies before its call.ended is
+    # stored; when b's reaping lock expires, c ends what b left: one call.ended, with
+    # the end b wrote, and no second terminate.
+    a, b, c = workers["a"], workers["b"], workers["c"]
+    await _live_call(a, "wacid.M")
+
+    async def dies(kind: str, record: CallRecord) -> None:
+        raise StoreError("Redis: connection lost")
+
+    monkeypatch.setattr(events["b"], "add", dies)
+    db = connect(redis_server.url)
+    try:
+        await db.delete(keys.lease("a"))
+        with pytest.raises(StoreError):
+            await b.node.reaper.reap_lost_workers()
+        first = await _stored(redis_server, "wacid.M")
+        assert (first["state"], first["end_reason"]) == ("ENDED", "worker a lost")
+        await db.delete(keys.reaping("a"))  # b's lock expired
+        await c.node.reaper.reap_lost_workers()
+        assert await db.smembers(keys.worker_calls("a")) == set()
+        assert not await db.hexists(keys.WORKERS, "a")
+    finally:
+        await db.aclose()
+    await wait_for(lambda: backend.of_type("call.ended", "wacid.M"))
+    await _delivered(events)
+    [ended] = backend.of_type("call.ended", "wacid.M")
+    assert ended["id"] == event_id("call.ended", "wacid.M")
+    assert (ended["call"]["end_reason"], ended["call"]["ended_at"]) == (
+        "worker a lost",
+        first["ended_at"],
+    )
+    assert [r.action for r in sandbox.requests].count("terminate") == 1, "terminated again"
+    assert (b.node.reaper.reaped_calls, c.node.reaper.reaped_calls) == (1, 0)
+
+
+@pytest.mark.parametrize("learns_at", ["save", "renewal"])
+async def test_a_stale_workers_call_ended_carries_the_end_redis_kept(
+    redis_server: RedisServer,
+    workers: dict[str, ClusterRouter],
+    events: dict[str, EventOutbox],
+    backend: Receiver,
+    learns_at: str,
+) -> None:
+    # a stalls past its lease, b reaps it (and sends call.ended); a wakes up, learns
+    # that its call ended elsewhere and ends it: a's record and its own call.ended say
+    # what Redis and b's call.ended say, under the same id.
+    a, b = workers["a"], workers["b"]
+    call = await _live_call(a, "wacid.S")
+    await _reap_a(a, b, redis_server)
+    reaped = await _stored(redis_server, "wacid.S")
+    if learns_at == "save":
+        call.record.statuses.append("ACCEPTED")  # a status came: a saves its copy
+        await a.calls.ledger.save(call.record)
+    else:
+        await a.node.renew()
+    await asyncio.wait_for(call.ended.wait(), 10)
+    await a.calls.flush()
+    await wait_for(lambda: len(backend.of_type("call.ended", "wacid.S")) == 2)
+    await _delivered(events)
+    sent = backend.of_type("call.ended", "wacid.S")
+    assert len(sent) == 2  # b's and a's: one id, the backend keeps one
+    assert {e["id"] for e in sent} == {event_id("call.ended", "wacid.S")}
+    for event in sent:
+        assert (event["call"]["end_reason"], event["call"]["ended_at"]) == (
+            "worker a lost",
+            reaped["ended_at"],
+        ), event
+    assert (call.record.end_reason, call.record.ended_at) == ("worker a lost", reaped["ended_at"])
+    stored = await _stored(redis_server, "wacid.S")
+    assert (stored["end_reason"], stored["ended_at"]) == ("worker a lost", reaped["ended_at"])
+    assert a.node.ended_elsewhere_calls == 1
