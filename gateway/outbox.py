@@ -11,7 +11,9 @@ first of each ``id``.
 billed duration, start and end time, errors, ``biz_opaque_callback_data``), the
 end reason, the recording's path, and the conversation transcript when the bot
 kept one. It waits up to ``terminate_wait`` seconds for WhatsApp's terminate
-webhook when the gateway ended the call itself.
+webhook when the gateway ended the call itself; meanwhile it is stored as it is,
+due after twice that wait, and the one sent after the wait replaces it: a process
+that dies while it waits loses nothing.
 
 Each body is signed as Meta signs its webhooks:
 ``X-Gateway-Signature-256: sha256=<HMAC-SHA256 of the body, GATEWAY_EVENTS_SECRET>``.
@@ -34,6 +36,7 @@ import logging
 import random
 import time
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
 import httpx
@@ -117,6 +120,8 @@ class EventOutbox:
         self._writes: asyncio.Queue[OutboxEvent] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._waiting: dict[str, asyncio.Task[None]] = {}
+        # Ids of call.ended events stored ahead of WhatsApp's terminate record.
+        self._held: set[str] = set()
         self._runner: list[asyncio.Task[None]] = []
         self.deliveries = Counter(
             "gateway_events",
@@ -207,6 +212,12 @@ class EventOutbox:
         if record.terminate_status is not None or self.terminate_wait <= 0:
             self.publish("call.ended", record)
             return
+        # Stored now, as the record is, and due only after twice the wait: the event
+        # sent after the wait (same id) replaces it. A process that dies meanwhile
+        # leaves it in the outbox: a restart, or a cluster's reaper, delivers it.
+        held = make_event("call.ended", record)
+        self._held.add(held.id)
+        self._queue(replace(held, next_attempt_at=held.created_at + 2 * self.terminate_wait))
         task = asyncio.create_task(self._end_after_terminate(record), name=f"{call.id}:event")
         self._waiting[call.id] = task
         task.add_done_callback(lambda _: self._waiting.pop(call.id, None))
@@ -243,7 +254,10 @@ class EventOutbox:
     async def _write(self, event: OutboxEvent) -> None:
         try:
             await self.store.outbox_add(event)
-            self.pending.inc()
+            if event.id in self._held and event.next_attempt_at <= event.created_at:
+                self._held.discard(event.id)  # it replaced the one held for it
+            else:
+                self.pending.inc()
         except Exception as exc:
             self.deliveries.labels(event.type, "undeliverable").inc()
             log.error("event %s (%s) could not be stored: %r", event.id, event.type, exc)

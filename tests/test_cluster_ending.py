@@ -147,7 +147,8 @@ async def test_a_terminate_after_the_owner_hung_up_is_handed_to_it(
         await a.calls.start()
         a.inbox.start()
         async with asyncio.timeout(10):
-            while not (ended := await _events(a, "call.ended")):
+            # Stored ahead of the terminate record (held), then replaced by the one with it.
+            while not (ended := await _events(a, "call.ended")) or not ended[0]["terminate_status"]:
                 await asyncio.sleep(0.02)
     finally:
         await outbox.aclose()
@@ -424,3 +425,38 @@ async def test_a_stale_workers_call_ended_carries_the_end_redis_kept(
     stored = await _stored(redis_server, "wacid.S")
     assert (stored["end_reason"], stored["ended_at"]) == ("worker a lost", reaped["ended_at"])
     assert a.node.ended_elsewhere_calls == 1
+
+
+async def test_a_call_ended_waiting_for_whatsapps_terminate_outlives_its_worker(
+    redis_server: RedisServer,
+    workers: dict[str, ClusterRouter],
+    events: dict[str, EventOutbox],
+    backend: Receiver,
+) -> None:
+    # a hangs up its call, and its call.ended waits for WhatsApp's terminate record
+    # (which never comes here); a dies meanwhile. The event was stored when the call
+    # ended: b, which reaps a, delivers it when the wait would have ended.
+    a, b = workers["a"], workers["b"]
+    events["a"].terminate_wait = 0.3
+    call = await _live_call(a, "wacid.W")
+    await call.end("hung up through the API", terminate=True)
+    await a.calls.flush()
+    async with asyncio.timeout(10):
+        while await a.calls.store.outbox_next_due() is None:
+            await asyncio.sleep(0.02)
+    for task in events["a"]._runner:  # a dies: nothing it holds in memory is written
+        task.cancel()
+    db = connect(redis_server.url)
+    try:
+        await db.delete(keys.lease("a"))
+    finally:
+        await db.aclose()
+    await b.node.reaper.reap_lost_workers()
+    assert b.node.reaper.reaped_calls == 0  # a's call had ended: only its event was left
+    await wait_for(lambda: backend.of_type("call.ended", "wacid.W"))
+    [ended] = backend.of_type("call.ended", "wacid.W")
+    assert ended["id"] == event_id("call.ended", "wacid.W")
+    assert (ended["call"]["state"], ended["call"]["end_reason"]) == (
+        "ENDED",
+        "hung up through the API",
+    )

@@ -313,6 +313,18 @@ async def test_outbox_keeps_events_until_removed(store: Store) -> None:
     assert await store.outbox_next_due() is None and await store.outbox_due(1e12, 10) == []
 
 
+async def test_outbox_replaces_an_event_of_the_same_id(store: Store) -> None:
+    # A call.ended stored ahead of WhatsApp's terminate record, due later, is replaced
+    # by the one sent with it (same id, due now): one event, the newer one.
+    held = OutboxEvent("evt_1", "call.ended", b'{"held":1}', 100.0, 0, 120.0)
+    final = OutboxEvent("evt_1", "call.ended", b'{"final":1}', 105.0, 0, 105.0)
+    await store.outbox_add(held)
+    assert await store.outbox_due(110.0, 10) == []
+    await store.outbox_add(final)
+    assert await store.outbox_due(110.0, 10) == [final]
+    assert await store.outbox_due(1e12, 10) == [final]
+
+
 async def test_sqlite_single_writes_are_one_trip_committed_on_return(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path)
     await store.open()

@@ -213,7 +213,7 @@ class RedisStore:
         return result
 
     async def outbox_add(self, event: OutboxEvent) -> None:
-        """Keep the event (one round trip)."""
+        """Keep the event, replacing one of the same id (one round trip)."""
         due, events = self._outbox_keys()
 
         async def add() -> None:

@@ -108,7 +108,8 @@ class Store(Protocol):
     # --- outbox of events for the business backend -------------------------------------
 
     async def outbox_add(self, event: OutboxEvent) -> None:
-        """Keep an event until it is delivered or given up; durable on return."""
+        """Keep an event until it is delivered or given up (one of the same id is
+        replaced); durable on return."""
         ...
 
     async def outbox_due(self, now: float, limit: int) -> list[OutboxEvent]:

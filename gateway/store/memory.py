@@ -85,7 +85,7 @@ class MemoryStore:
         return kept[1] if kept else None
 
     async def outbox_add(self, event: OutboxEvent) -> None:
-        """Keep the event."""
+        """Keep the event (replacing one of the same id)."""
         self._outbox[event.id] = event
 
     async def outbox_due(self, now: float, limit: int) -> list[OutboxEvent]:

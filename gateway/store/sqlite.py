@@ -306,9 +306,9 @@ class SQLiteStore:
     # --- outbox -------------------------------------------------------------------------------
 
     async def outbox_add(self, event: OutboxEvent) -> None:
-        """Insert the event, committed to disk on return."""
+        """Insert the event, or replace the one of the same id; committed to disk on return."""
         await self._write(
-            "INSERT OR IGNORE INTO outbox "
+            "INSERT OR REPLACE INTO outbox "
             "(id, type, body, created_at, attempts, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?)",
             (
                 event.id,
