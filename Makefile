@@ -7,9 +7,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo phone chromium redis cluster test lint typecheck pytest faults bench pipecat-env bench-pipecat clean
 
-# The C parts (gateway/media/_rtp.c, gateway/pipeline/_vadstep.c) are compiled by pip install;
+# The C parts (gateway/media/csrc/*, gateway/pipeline/_vadstep.c) are compiled by pip install;
 # it needs a C compiler (Debian's gcc when missing) and Python's headers.
-$(STAMP): pyproject.toml setup.py gateway/media/_rtp.c gateway/pipeline/_vadstep.c
+$(STAMP): pyproject.toml setup.py $(wildcard gateway/media/csrc/*.[ch]) gateway/pipeline/_vadstep.c
 	@command -v cc >/dev/null 2>&1 || { $(SUDO) apt-get update && \
 		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y gcc libc6-dev; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

@@ -1,14 +1,21 @@
-"""The C parts: the media path (gateway/media/_rtp.c) and the VAD step (gateway/pipeline/_vadstep.c).
+"""The C parts: the media path (gateway/media/csrc/) and the VAD step (gateway/pipeline/_vadstep.c).
 
 Everything else is in pyproject.toml.
 """
 
 from setuptools import Extension, setup
 
+# The media path's C files, one per concept (_rtp.h, their shared header, says which holds what).
+RTP_SOURCES = [
+    f"gateway/media/csrc/{name}.c"
+    for name in ("module", "rtp", "inbound", "reader", "route", "encoder", "playout", "outbound")
+]
+
 EXTENSIONS = [
     Extension(
         "gateway.media._rtp",
-        ["gateway/media/_rtp.c"],
+        RTP_SOURCES,
+        depends=["gateway/media/csrc/_rtp.h"],  # a changed header rebuilds every file
         extra_compile_args=[
             "-O2",
             "-Wall",

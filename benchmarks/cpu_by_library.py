@@ -39,7 +39,7 @@ _NAMES = [  # a library's file name (start) -> what to call it
     ("_multiarray", "numpy"),
     ("libc.", "libc"),
     ("_webrtcvad", "webrtcvad"),
-    ("_rtp.", "gateway/media/_rtp.c"),
+    ("_rtp.", "gateway/media/_rtp (C)"),
     ("_cffi_backend", "cffi"),
     ("_ctypes", "ctypes"),
     ("libffi", "ctypes"),

@@ -1,4 +1,4 @@
-"""The compiled per-packet path (gateway/media/_rtp.c) against the Python path it replaces.
+"""The compiled per-packet path (gateway/media/csrc/) against the Python path it replaces.
 
 Its parser and Opus TOC reader agree with the Python ones on any input
 (hypothesis); SRTP packets that fail authentication, lie about their lengths or

@@ -1,4 +1,4 @@
-"""Types of the compiled per-packet path (gateway/media/_rtp.c; see gateway.media.native)."""
+"""Types of the compiled per-packet path (gateway/media/csrc/; see gateway.media.native)."""
 
 from collections.abc import Callable
 from typing import Any, Final

@@ -1,7 +1,7 @@
 """The compiled per-packet path (:mod:`gateway.media._rtp`) and what connects it to aiortc.
 
 After the previous rounds each 20 ms frame still took ~30 small Python steps in
-each direction, and the interpreter was half the gateway's CPU. ``_rtp.c`` does
+each direction, and the interpreter was half the gateway's CPU. ``_rtp`` (``csrc/``) does
 the common case of both directions in one C call:
 
 - inbound, :class:`_rtp.Inbound`, called by :class:`_rtp.Port` as each ICE

@@ -1,5 +1,5 @@
 """The RTP fixed header (RFC 3550 5.1) and NTP time, as the Python paths of the media code
-read and write them (the compiled path, ``_rtp.c``, has its own in C), and the reader of
+read and write them (the compiled path, ``csrc/rtp.c``, has its own in C), and the reader of
 a received packet's header and payload (:func:`parse_inbound`)."""
 
 from __future__ import annotations

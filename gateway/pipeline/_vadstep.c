@@ -525,7 +525,7 @@ static PyTypeObject VadStepType = {
 };
 
 /* A bot session's frame listener (gateway/pipeline/session.py, FrameListener there): what
- * the compiled inbound path (gateway/media/_rtp.c) calls with every decoded frame of a call.
+ * the compiled inbound path (gateway/media/csrc/inbound.c) calls with every decoded frame of a call.
  *
  * Why: with only the session listening, a frame went C decoder -> the session's Python
  * _on_frame -> C VadStep.push, and most frames come back with nothing to do. Here the
