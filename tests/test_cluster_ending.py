@@ -199,13 +199,18 @@ async def test_a_terminate_handed_to_a_worker_that_dies_is_kept_by_its_reaper(
     assert (stored["terminate_status"], stored["duration"]) == ("COMPLETED", 42)
 
 
-async def _reap_a(a: ClusterRouter, b: ClusterRouter, redis_server: RedisServer) -> None:
-    """a stalls past its lease; b's reaper ends a's calls (terminate, record ENDED)."""
+async def _lease_lapses(redis_server: RedisServer, worker: str) -> None:
+    """``worker``'s lease expires: it died, or stalled past it."""
     db = connect(redis_server.url)
     try:
-        await db.delete(keys.lease("a"))
+        await db.delete(keys.lease(worker))
     finally:
         await db.aclose()
+
+
+async def _reap_a(a: ClusterRouter, b: ClusterRouter, redis_server: RedisServer) -> None:
+    """a stalls past its lease; b's reaper ends a's calls (terminate, record ENDED)."""
+    await _lease_lapses(redis_server, "a")
     await b.node.reaper.reap_lost_workers()
     assert b.node.reaper.reaped_calls == 1
 
@@ -323,11 +328,7 @@ async def test_racing_reapers_send_the_backend_one_call_ended_with_the_reapers_e
     call = await _live_call(a, "wacid.E")
     # a's call.started was stored in a's outbox, not delivered yet, when a died.
     await a.calls.store.outbox_add(make_event("call.started", call.record))
-    db = connect(redis_server.url)
-    try:
-        await db.delete(keys.lease("a"))  # a is gone for good
-    finally:
-        await db.aclose()
+    await _lease_lapses(redis_server, "a")  # a is gone for good
     await asyncio.gather(b.node.reaper.reap_lost_workers(), c.node.reaper.reap_lost_workers())
     await wait_for(lambda: backend.of_type("call.ended", "wacid.E"))
     await _delivered(events)
@@ -446,11 +447,7 @@ async def test_a_call_ended_waiting_for_whatsapps_terminate_outlives_its_worker(
             await asyncio.sleep(0.02)
     for task in events["a"]._runner:  # a dies: nothing it holds in memory is written
         task.cancel()
-    db = connect(redis_server.url)
-    try:
-        await db.delete(keys.lease("a"))
-    finally:
-        await db.aclose()
+    await _lease_lapses(redis_server, "a")
     await b.node.reaper.reap_lost_workers()
     assert b.node.reaper.reaped_calls == 0  # a's call had ended: only its event was left
     await wait_for(lambda: backend.of_type("call.ended", "wacid.W"))
