@@ -125,7 +125,6 @@ class BrowserCall:
     async def _end(self, reason: str, *, notify: bool) -> None:
         if self.state is UserCallState.ENDED:
             return
-        was_accepted = self.accepted_at is not None
         self.end_reason = reason
         self.publish_state(UserCallState.ENDED, reason)
         self.sandbox.timeline.add(f"{self.user.name}'s call ends: {reason}")
@@ -140,21 +139,15 @@ class BrowserCall:
             f"{st.to_browser} to the browser{dropped if st.dropped else ''}"
         )
         if notify:
-            business = self.sandbox.business_number
-            now = int(time.time())
-            start = now - int(time.monotonic() - self.accepted_at) if self.accepted_at else None
             try:
                 await self.sandbox.deliver(
-                    payloads.terminate(
+                    payloads.call_ended(
                         call_id=self.call_id,
-                        from_=self.user.wa_id,
-                        to=business,
-                        business=business,
+                        user=self.user.wa_id,
+                        business=self.sandbox.business_number,
                         phone_number_id=self.sandbox.phone_number_id,
                         direction=self.direction,
-                        status="COMPLETED" if was_accepted else "FAILED",
-                        start_time=start,
-                        end_time=now if start is not None else None,
+                        accepted_at=self.accepted_at,
                     )
                 )
             except httpx.HTTPError as exc:  # the gateway may be gone already

@@ -124,6 +124,40 @@ def terminate(
     return {"field": "calls", "value": value}
 
 
+def call_ended(
+    *,
+    call_id: str,
+    user: str,
+    business: str,
+    phone_number_id: str,
+    direction: str,
+    accepted_at: float | None,
+    biz_opaque_callback_data: str | None = None,
+) -> dict[str, Any]:
+    """The ``terminate`` change Meta posts when a sandbox phone's call ends now.
+
+    From ``user`` to ``business`` on a call the user placed (``USER_INITIATED``), the
+    other way on one the business placed. ``accepted_at`` is when the call was accepted,
+    on the :func:`time.monotonic` clock: then the call is COMPLETED, with its start, end
+    and duration; never accepted (None), it FAILED, without them.
+    """
+    outgoing = direction == "USER_INITIATED"
+    now = int(time.time())
+    start = None if accepted_at is None else now - int(time.monotonic() - accepted_at)
+    return terminate(
+        call_id=call_id,
+        from_=user if outgoing else business,
+        to=business if outgoing else user,
+        business=business,
+        phone_number_id=phone_number_id,
+        direction=direction,
+        status="FAILED" if start is None else "COMPLETED",
+        start_time=start,
+        end_time=None if start is None else now,
+        biz_opaque_callback_data=biz_opaque_callback_data,
+    )
+
+
 def call_status(
     *,
     call_id: str,

@@ -332,7 +332,7 @@ class UserCall:
     async def _end(self, reason: str, *, notify: bool) -> None:
         if self.state is UserCallState.ENDED:
             return
-        was_accepted = self.accepted_at is not None
+        accepted_at = self.accepted_at  # as the call ends, before the awaits below
         self.state = UserCallState.ENDED
         self.end_reason = reason
         self.sandbox.timeline.add(f"{self.user.name}'s call ends: {reason}")
@@ -342,24 +342,17 @@ class UserCall:
         await self.pc.close()
         if self.relay is not None:
             self.relay.close()
-        business = self.sandbox.business_number
-        outgoing = self.direction == "USER_INITIATED"
-        if not outgoing:
-            self.sandbox.permissions.record_call(self.user.wa_id, answered=was_accepted)
+        if self.direction != "USER_INITIATED":
+            self.sandbox.permissions.record_call(self.user.wa_id, answered=accepted_at is not None)
         if notify:
-            now = int(time.time())
-            start = now - int(time.monotonic() - self.accepted_at) if self.accepted_at else None
             await self.sandbox.deliver(
-                payloads.terminate(
+                payloads.call_ended(
                     call_id=self.call_id,
-                    from_=self.user.wa_id if outgoing else business,
-                    to=business if outgoing else self.user.wa_id,
-                    business=business,
+                    user=self.user.wa_id,
+                    business=self.sandbox.business_number,
                     phone_number_id=self.sandbox.phone_number_id,
                     direction=self.direction,
-                    status="COMPLETED" if was_accepted else "FAILED",
-                    start_time=start,
-                    end_time=now if start is not None else None,
+                    accepted_at=accepted_at,
                     biz_opaque_callback_data=self.callback_data,
                 )
             )
