@@ -17,8 +17,18 @@ def envelope(changes: list[dict[str, Any]], waba_id: str = WABA_ID) -> dict[str,
     return {"object": "whatsapp_business_account", "entry": [{"id": waba_id, "changes": changes}]}
 
 
-def _metadata(phone_number_id: str, display: str) -> dict[str, str]:
-    return {"display_phone_number": display, "phone_number_id": phone_number_id}
+def _contacts(user: str, user_name: str) -> list[dict[str, Any]]:
+    return [{"profile": {"name": user_name}, "wa_id": user}]
+
+
+def _change(field: str, phone_number_id: str, business: str, **items: Any) -> dict[str, Any]:
+    """One change of ``field`` (``calls``, ``messages``) to the business's number: its
+    value names the product and the number, then holds ``items``."""
+    metadata = {"display_phone_number": business, "phone_number_id": phone_number_id}
+    return {
+        "field": field,
+        "value": {"messaging_product": "whatsapp", "metadata": metadata, **items},
+    }
 
 
 def connect_offer(
@@ -31,25 +41,7 @@ def connect_offer(
     sdp: str,
 ) -> dict[str, Any]:
     """A ``calls`` change: a user calls the business with an SDP offer."""
-    return {
-        "field": "calls",
-        "value": {
-            "messaging_product": "whatsapp",
-            "metadata": _metadata(phone_number_id, business),
-            "contacts": [{"profile": {"name": user_name}, "wa_id": user}],
-            "calls": [
-                {
-                    "id": call_id,
-                    "from": user,
-                    "to": business,
-                    "event": "connect",
-                    "timestamp": _now(),
-                    "direction": "USER_INITIATED",
-                    "session": {"sdp_type": "offer", "sdp": sdp},
-                }
-            ],
-        },
-    }
+    return _connect(call_id, user, user_name, business, phone_number_id, "USER_INITIATED", sdp)
 
 
 def connect_answer(
@@ -63,26 +55,49 @@ def connect_answer(
     biz_opaque_callback_data: str | None = None,
 ) -> dict[str, Any]:
     """A ``calls`` change: the user answered a business-initiated call."""
+    return _connect(
+        call_id,
+        user,
+        user_name,
+        business,
+        phone_number_id,
+        "BUSINESS_INITIATED",
+        sdp,
+        biz_opaque_callback_data,
+    )
+
+
+def _connect(
+    call_id: str,
+    user: str,
+    user_name: str,
+    business: str,
+    phone_number_id: str,
+    direction: str,
+    sdp: str,
+    biz_opaque_callback_data: str | None = None,
+) -> dict[str, Any]:
+    """The ``connect`` of a call: the caller's offer, or the business's callee's answer."""
+    from_, to = _parties(direction, user, business)
     call: dict[str, Any] = {
         "id": call_id,
-        "from": business,
-        "to": user,
+        "from": from_,
+        "to": to,
         "event": "connect",
         "timestamp": _now(),
-        "direction": "BUSINESS_INITIATED",
-        "session": {"sdp_type": "answer", "sdp": sdp},
+        "direction": direction,
+        "session": {"sdp_type": "offer" if from_ == user else "answer", "sdp": sdp},
     }
     if biz_opaque_callback_data is not None:
         call["biz_opaque_callback_data"] = biz_opaque_callback_data
-    return {
-        "field": "calls",
-        "value": {
-            "messaging_product": "whatsapp",
-            "metadata": _metadata(phone_number_id, business),
-            "contacts": [{"profile": {"name": user_name}, "wa_id": user}],
-            "calls": [call],
-        },
-    }
+    return _change(
+        "calls", phone_number_id, business, contacts=_contacts(user, user_name), calls=[call]
+    )
+
+
+def _parties(direction: str, user: str, business: str) -> tuple[str, str]:
+    """(from, to) of a call's events: who placed the call, and who was called."""
+    return (user, business) if direction == "USER_INITIATED" else (business, user)
 
 
 def terminate(
@@ -114,14 +129,9 @@ def terminate(
         call.update(start_time=str(start_time), end_time=str(end), duration=end - start_time)
     if biz_opaque_callback_data is not None:
         call["biz_opaque_callback_data"] = biz_opaque_callback_data
-    value: dict[str, Any] = {
-        "messaging_product": "whatsapp",
-        "metadata": _metadata(phone_number_id, business),
-        "calls": [call],
-    }
     if errors:
-        value["errors"] = errors
-    return {"field": "calls", "value": value}
+        return _change("calls", phone_number_id, business, calls=[call], errors=errors)
+    return _change("calls", phone_number_id, business, calls=[call])
 
 
 def call_ended(
@@ -141,13 +151,13 @@ def call_ended(
     on the :func:`time.monotonic` clock: then the call is COMPLETED, with its start, end
     and duration; never accepted (None), it FAILED, without them.
     """
-    outgoing = direction == "USER_INITIATED"
+    from_, to = _parties(direction, user, business)
     now = int(time.time())
     start = None if accepted_at is None else now - int(time.monotonic() - accepted_at)
     return terminate(
         call_id=call_id,
-        from_=user if outgoing else business,
-        to=business if outgoing else user,
+        from_=from_,
+        to=to,
         business=business,
         phone_number_id=phone_number_id,
         direction=direction,
@@ -177,14 +187,7 @@ def call_status(
     }
     if biz_opaque_callback_data is not None:
         entry["biz_opaque_callback_data"] = biz_opaque_callback_data
-    return {
-        "field": "calls",
-        "value": {
-            "messaging_product": "whatsapp",
-            "metadata": _metadata(phone_number_id, business),
-            "statuses": [entry],
-        },
-    }
+    return _change("calls", phone_number_id, business, statuses=[entry])
 
 
 def permission_reply(
@@ -206,27 +209,21 @@ def permission_reply(
     }
     if expiration_timestamp is not None:
         reply["expiration_timestamp"] = str(expiration_timestamp)
-    return {
-        "field": "messages",
-        "value": {
-            "messaging_product": "whatsapp",
-            "metadata": _metadata(phone_number_id, business),
-            "contacts": [{"profile": {"name": user_name}, "wa_id": user}],
-            "messages": [
-                {
-                    "context": {"from": business, "id": context_id},
-                    "from": user,
-                    "id": f"wamid.{context_id}r",
-                    "timestamp": _now(),
-                    "type": "interactive",
-                    "interactive": {
-                        "type": "call_permission_reply",
-                        "call_permission_reply": reply,
-                    },
-                }
-            ],
-        },
+    message = {
+        "context": {"from": business, "id": context_id},
+        "from": user,
+        "id": f"wamid.{context_id}r",
+        "timestamp": _now(),
+        "type": "interactive",
+        "interactive": {"type": "call_permission_reply", "call_permission_reply": reply},
     }
+    return _change(
+        "messages",
+        phone_number_id,
+        business,
+        contacts=_contacts(user, user_name),
+        messages=[message],
+    )
 
 
 def graph_error(
