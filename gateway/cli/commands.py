@@ -89,7 +89,7 @@ async def cluster(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     if args.sandbox:
-        from ..cluster.demo import run_sandbox_cluster
+        from ..sandbox.cluster_demo import run_sandbox_cluster
 
         return await run_sandbox_cluster(args.workers, calls=args.calls, port=args.port)
     redis = RedisServer()

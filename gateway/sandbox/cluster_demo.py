@@ -15,11 +15,11 @@ from collections.abc import Mapping
 
 import httpx
 
+from ..cluster.redis_server import RedisServer, free_port
+from ..cluster.supervisor import run_workers
 from ..errors import GatewayError
-from ..sandbox.cloud import CloudAPISandbox
-from ..sandbox.user import SimulatedUser
-from .redis_server import RedisServer, free_port
-from .supervisor import run_workers
+from .cloud import CloudAPISandbox
+from .user import SimulatedUser
 
 
 async def run_sandbox_cluster(
