@@ -284,3 +284,28 @@ async def test_every_status_is_in_the_saved_record_whenever_it_comes(stack: Stac
     saved = await store.get_call(call.id)
     assert saved is not None and saved.statuses == ["RINGING", "REJECTED"], saved
     assert saved.state is CallState.ENDED and saved.end_reason == "not answered"
+
+
+async def test_a_call_whose_connect_fails_frees_its_decoder(
+    api_stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Cloud API refuses the connect (no call permission, 138006): the call never
+    starts, and its media goes as any call's does, the libopus decoder freed now."""
+    from gateway.errors import GraphAPIError
+    from gateway.media import inbound
+    from gateway.media.opus import OpusDecoder
+
+    made: list[OpusDecoder] = []
+
+    class Recorded(OpusDecoder):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(inbound, "OpusDecoder", Recorded)
+    SimulatedUser(api_stack.sandbox, "15557654331", "Oda")  # no permission granted
+    with pytest.raises(GraphAPIError) as err:
+        await api_stack.gateway.calls.place_call("15557654331")
+    assert err.value.code == 138006
+    assert len(made) == 1 and made[0].closed
+    assert api_stack.gateway.calls.load == 0

@@ -30,14 +30,15 @@ async def dial(
     """Send ``connect`` with ``call``'s offer to ``to``; returns the Cloud API's call id.
 
     On any failure (GraphAPIError, cancellation) the call's media is closed and the
-    error raised.
+    error raised: its inbound audio closed (the decoder's libopus state freed now, as at
+    the end of every call), its peer connection too.
     """
     try:
         offer = await call.build_offer()
         return await graph.connect(to, offer, biz_opaque_callback_data=biz_opaque_callback_data)
     except BaseException:
         if call.inbound is not None:
-            call.inbound.detach()
+            call.inbound.close()
         await call.pc.close()
         raise
 

@@ -177,7 +177,12 @@ class InboundAudio:
         """Give the packets back to aiortc, and report a key press still in progress.
 
         aiortc decodes them to the receiver's track from then on (a
-        LazyDecoderReceiver starts its decoder thread with the first of them)."""
+        LazyDecoderReceiver starts its decoder thread with the first of them).
+
+        Nothing in the gateway detaches a call that goes on: :meth:`close`, which ends
+        every call's inbound audio, starts with this. Called alone it is a test hook:
+        the tests hand a live call's packets back to aiortc with it (to check
+        LazyDecoderReceiver and the compiled path's counters across the hand-over)."""
         if not self._attached:
             return
         self.receiver.__dict__.pop("_handle_rtp_packet", None)
