@@ -8,7 +8,17 @@ from setuptools import Extension, setup
 # The media path's C files, one per concept (_rtp.h, their shared header, says which holds what).
 RTP_SOURCES = [
     f"gateway/media/csrc/{name}.c"
-    for name in ("module", "rtp", "inbound", "reader", "route", "encoder", "playout", "outbound")
+    for name in (
+        "module",
+        "rtp",
+        "inbound",
+        "reader",
+        "tickread",
+        "route",
+        "encoder",
+        "playout",
+        "outbound",
+    )
 ]
 
 EXTENSIONS = [

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import select
 import socket
 import time
 from collections.abc import Iterator
@@ -271,13 +272,22 @@ async def until(condition: Any, seconds: float = 5) -> None:
         await asyncio.sleep(0.01)
 
 
-async def test_the_tick_reads_first_caps_each_socket_and_hands_back_to_asyncio() -> None:
+@pytest.fixture(params=[True, False], ids=["compiled", "python"])
+def compiled(request: pytest.FixtureRequest) -> bool:
+    """A TickReader's turn read by one C call (drain_each) or by a Python step per socket."""
+    return bool(request.param)
+
+
+async def test_the_tick_reads_first_caps_each_socket_and_hands_back_to_asyncio(
+    compiled: bool,
+) -> None:
     """Registered: asyncio stops reading the socket, the frame clock's tick reads it
     before the subscribers already there (the senders), at most PER_TICK_LIMIT a tick,
     nothing lost; unregistered: asyncio reads it again."""
     clock = frame_clock(asyncio.get_running_loop())
     # However late the tick (a loaded machine), it reads before the senders here.
-    reader = tickread.TickReader(clock, read_first=math.inf)
+    reader = tickread.TickReader(clock, read_first=math.inf, compiled=compiled)
+    assert reader.compiled is compiled
     slow = Slow()
     seen_by_sender: list[int] = []
 
@@ -334,12 +344,14 @@ class ReadingTime:
         return tick + self.late + self.looks
 
 
-async def test_reading_past_read_first_is_left_for_after_the_senders_and_taken_in_turn() -> None:
+async def test_reading_past_read_first_is_left_for_after_the_senders_and_taken_in_turn(
+    compiled: bool,
+) -> None:
     """READ_FIRST into a tick the senders send; the sockets not read by then are read
     right after them at the same tick, nothing lost, and the next tick starts with them."""
     clock = frame_clock(asyncio.get_running_loop())
     # Two sockets are read before the senders (looks at 0 and 1, within 1.5), two after.
-    reader = tickread.TickReader(clock, read_first=1.5, time=ReadingTime())
+    reader = tickread.TickReader(clock, read_first=1.5, time=ReadingTime(), compiled=compiled)
     slows = [Slow() for _ in range(4)]
     endpoints = [await endpoint() for _ in slows]
     seen_by_sender: list[list[int]] = []
@@ -381,12 +393,16 @@ async def test_reading_past_read_first_is_left_for_after_the_senders_and_taken_i
     assert clock.subscribers == 0
 
 
-async def test_a_tick_that_starts_late_sends_first_and_reads_everything_after() -> None:
+async def test_a_tick_that_starts_late_sends_first_and_reads_everything_after(
+    compiled: bool,
+) -> None:
     """A tick that starts past READ_FIRST (the loop was busy) reads nothing before the
     senders; it reads every socket after them, a burst beyond the per-tick cap over
     the next ticks, in order."""
     clock = frame_clock(asyncio.get_running_loop())
-    reader = tickread.TickReader(clock, read_first=0.5, time=ReadingTime(late=1.0))
+    reader = tickread.TickReader(
+        clock, read_first=0.5, time=ReadingTime(late=1.0), compiled=compiled
+    )
     slow = Slow()
     protocol, address = await endpoint()
     seen_by_sender: list[int] = []
@@ -422,9 +438,9 @@ async def test_a_tick_that_starts_late_sends_first_and_reads_everything_after() 
         protocol.transport.close()
 
 
-async def test_a_closed_socket_leaves_the_tick() -> None:
+async def test_a_closed_socket_leaves_the_tick(compiled: bool) -> None:
     clock = frame_clock(asyncio.get_running_loop())
-    reader = tickread.TickReader(clock)
+    reader = tickread.TickReader(clock, compiled=compiled)
     before = clock.subscribers
     protocol, _ = await endpoint()
     assert reader.register(protocol, Slow().port)  # type: ignore[arg-type]
@@ -433,6 +449,95 @@ async def test_a_closed_socket_leaves_the_tick() -> None:
     await until(lambda: reader.sockets == 0)
     assert reader.sockets == 0 and clock.subscribers == before
     assert not reader.register(protocol, Slow().port)  # type: ignore[arg-type]
+
+
+class Looks:
+    """A clock on which each look takes a unit, from 0: the deadline d lets d + 1 reads go."""
+
+    def __init__(self) -> None:
+        self.looks = 0
+
+    def __call__(self) -> float:
+        self.looks += 1
+        return float(self.looks - 1)
+
+
+class Unreadable:
+    """A socket whose fileno() raises: its read fails as a whole (not one datagram's)."""
+
+    def fileno(self) -> int:
+        raise RuntimeError("no descriptor")
+
+
+def readable(protocols: list[Endpoint]) -> list[Any]:
+    socks = [protocol.transport.get_extra_info("socket") for protocol in protocols]
+    return select.select(socks, [], [], 0)[0]
+
+
+async def read_turns(compiled: bool) -> list[Any]:
+    """What one TickReader's turns read from the same five sockets with the same traffic
+    (datagrams beyond the cap, STUN, an empty socket, a closing transport, a socket
+    that cannot be read): the turns' counts, each port's packets and STUN in order,
+    the sockets that left, the clock's looks, the datagrams read."""
+    clock = frame_clock(asyncio.get_running_loop())
+    looks = Looks()
+    reader = tickread.TickReader(clock, time=looks, compiled=compiled)
+    slows = [Slow() for _ in range(5)]
+    endpoints = [await endpoint() for _ in slows]
+    left: list[tuple[int, str | None]] = []
+    protocols = [protocol for protocol, _ in endpoints]
+    reader._failed = lambda protocol, exc: left.append(  # type: ignore[method-assign]
+        (protocols.index(protocol), None if exc is None else str(exc))
+    )
+    entries: list[Any] = []
+    for index, ((protocol, _), slow) in enumerate(zip(endpoints, slows, strict=True)):
+        protocol.transport.pause_reading()  # type: ignore[attr-defined]
+        sock = protocol.transport.get_extra_info("socket")._sock
+        if index == 4:
+            sock = Unreadable()
+        entries.append((protocol, slow.port, sock, protocol.transport, protocol.error_received))
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for index, (_, address) in enumerate(endpoints):
+        for seq in range((tickread.PER_TICK_LIMIT + 5, 3, 0, 2, 1)[index]):
+            sender.sendto(slows[index].srtp(seq), address)
+        if index == 1:
+            sender.sendto(STUN, address)
+    await until(lambda: len(readable(protocols)) == 4)  # all but the empty one
+    endpoints[3][0].transport.close()  # closing: it leaves at its turn, nothing read
+    turns = [
+        reader._read_turn(entries, 2, 2.0),  # three reads (looks 0, 1, 2), then past it
+        reader._read_turn(entries, 1, math.inf),  # all, wrapping, no look
+        reader._read_turn(entries, 0, 4.0),  # one read (look 4), then past it (look 5)
+    ]
+    sender.close()
+    outcome = [
+        turns,
+        [slow.sequence_numbers() for slow in slows],
+        [[data for data, _ in slow.other] for slow in slows],
+        left,
+        looks.looks,
+        reader.datagrams,
+    ]
+    for protocol in protocols:
+        protocol.transport.close()
+    return outcome
+
+
+async def test_the_compiled_turn_reads_as_the_python_one() -> None:
+    """drain_each (C) against the Python step per socket, on the same sockets and
+    traffic: the same counts, datagrams in the same order, the same sockets leaving the
+    tick (a closing transport, a read that raised, with its error) and the same looks at
+    the clock."""
+    compiled, python = await read_turns(True), await read_turns(False)
+    assert compiled == python
+    turns, sequences, others, left, looks, datagrams = compiled
+    assert turns == [3, 5, 1]
+    limit = tickread.PER_TICK_LIMIT
+    assert sequences == [list(range(limit + 5)), [0, 1, 2], [], [], []]
+    assert others == [[], [STUN], [], [], []]
+    assert left == [(3, None), (4, "no descriptor")] * 2
+    assert looks == 4 + 0 + 2  # a turn that stopped looked once past its deadline
+    assert datagrams == limit + 5 + 3 + 1
 
 
 # --- a real call ------------------------------------------------------------------------------

@@ -77,6 +77,21 @@ class Reader:
     ) -> int:
         """Read up to ``limit`` datagrams of ``sock`` through ``port`` without blocking;
         how many (a socket error counts one), -1 if ``sock`` is closed."""
+    def drain_each(
+        self,
+        entries: list[Any],
+        start: int,
+        deadline: float,
+        time: Callable[[], float] | None,
+        limit: int,
+        failed: list[Any],
+        /,
+    ) -> int:
+        """:meth:`drain` each entry's ``(protocol, port, sock, transport, error_received)``
+        in turn from ``start`` (wrapping) until ``time()`` (None: the monotonic clock) is
+        past ``deadline`` (infinite: never looked at); how many were read. A closing
+        transport, a closed socket or a read that raised: ``(protocol, exc or None)``
+        appended to ``failed``, and the turn goes on."""
     def timestamp_arrivals(self, sock: Any, on: bool, /) -> None:
         """``SO_TIMESTAMPNS`` on ``sock``: :meth:`drain` reads the kernel's arrival times."""
 

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, Final, TypeAlias
 
@@ -79,14 +80,20 @@ def set_read_mode(mode: ReadMode) -> None:
     _mode = mode
 
 
-_Entry: TypeAlias = "tuple[_rtp.Port, Any, asyncio.DatagramTransport]"
+_Entry: TypeAlias = (
+    "tuple[StunProtocol, _rtp.Port, Any, asyncio.DatagramTransport, Callable[[OSError], None]]"
+)
+"""A registered socket: its protocol, Port, socket, transport and ``error_received``."""
 
 
 class TickReader:
     """The registered sockets of one event loop, drained at each of its frame clock's ticks.
 
     ``read_first`` (seconds, :data:`READ_FIRST`) bounds the reading before the senders;
-    ``time`` is the clock it is read on (the loop's).
+    ``time`` is the clock it is read on (the loop's). ``compiled`` (default: whether the
+    extension has it) reads a tick's sockets in one C call (``_rtp.Reader.drain_each``,
+    ``gateway/media/csrc/tickread.c``) rather than one Python step per socket; both read
+    the same sockets in the same order with the same deadline.
     """
 
     def __init__(
@@ -94,16 +101,28 @@ class TickReader:
         clock: FrameClock,
         read_first: float = READ_FIRST,
         time: Callable[[], float] | None = None,
+        *,
+        compiled: bool | None = None,
     ) -> None:
         self._clock = clock
         self._read_first = read_first
         self._time = time or clock.loop.time
         self._reader = _rtp.Reader(self._handler_failed)
+        if compiled is None:
+            compiled = hasattr(self._reader, "drain_each")  # an older build has none
+        self._drain_each = self._reader.drain_each if compiled else None
+        # What drain_each reads the time with: None for C's own monotonic clock, when that
+        # is the clock asked for (asyncio's loop.time() is time.monotonic()).
+        self._c_time: Callable[[], float] | None = (
+            None if time is None and _monotonic(clock.loop) else self._time
+        )
         self._sockets: dict[StunProtocol, _Entry] = {}
+        # The same entries, in registration order: what a tick reads, in turn.
+        self._entries: list[_Entry] = []
         # Where the next tick's reading starts (the sockets read last at this one).
         self._start = 0
         # The sockets this tick left for after the senders.
-        self._rest: list[tuple[StunProtocol, _Entry]] = []
+        self._rest: list[_Entry] = []
         self.deferred = 0
         """Socket reads put off until after the senders, so far."""
 
@@ -111,6 +130,11 @@ class TickReader:
     def sockets(self) -> int:
         """How many sockets are read at the tick."""
         return len(self._sockets)
+
+    @property
+    def compiled(self) -> bool:
+        """Whether a tick's sockets are read by one C call."""
+        return self._drain_each is not None
 
     @property
     def datagrams(self) -> int:
@@ -138,7 +162,8 @@ class TickReader:
             return False
         transport.pause_reading()  # type: ignore[attr-defined]
         first = not self._sockets
-        self._sockets[protocol] = (port, sock, transport)
+        self._sockets[protocol] = (protocol, port, sock, transport, protocol.error_received)
+        self._entries = list(self._sockets.values())  # a new list: a tick may be reading
         if first:
             self._clock.subscribe(self._tick, first=True)
             self._clock.subscribe(self._read_rest, last=True)
@@ -149,7 +174,8 @@ class TickReader:
         entry = self._sockets.pop(protocol, None)
         if entry is None:
             return
-        _, sock, transport = entry
+        _, _, sock, transport, _ = entry
+        self._entries = list(self._sockets.values())
         if not self._sockets:
             self._clock.unsubscribe(self._tick)
             self._clock.unsubscribe(self._read_rest)
@@ -164,44 +190,68 @@ class TickReader:
     def _tick(self, now: float) -> None:
         """Read the sockets, from where the last tick left off, until READ_FIRST into the
         tick; leave the rest to :meth:`_read_rest`, after the senders."""
-        entries = list(self._sockets.items())
-        start = self._start % len(entries) if entries else 0
-        order = entries[start:] + entries[:start]
-        deadline = self._clock.ticked[0] + self._read_first
-        time = self._time
-        for index, (protocol, entry) in enumerate(order):
-            if time() > deadline:
-                # The rest after the senders; the next tick starts with them.
-                self._rest = order[index:]
-                self._start = start + index
-                self.deferred += len(self._rest)
-                return
-            self._read(protocol, entry)
+        entries = self._entries
+        count = len(entries)
+        if not count:
+            return
+        start = self._start % count
+        read = self._read_turn(entries, start, self._clock.ticked[0] + self._read_first)
+        if read < count:
+            # The rest after the senders; the next tick starts with them.
+            self._rest = [entries[(start + k) % count] for k in range(read, count)]
+            self._start = start + read
+            self.deferred += count - read
 
     def _read_rest(self, now: float) -> None:
         """Read what :meth:`_tick` left (after the senders sent)."""
         rest, self._rest = self._rest, []
-        for protocol, entry in rest:
-            if self._sockets.get(protocol) is entry:  # not unregistered since
-                self._read(protocol, entry)
+        # Not those unregistered since.
+        rest = [entry for entry in rest if self._sockets.get(entry[0]) is entry]
+        if rest:
+            self._read_turn(rest, 0, math.inf)
 
-    def _read(self, protocol: StunProtocol, entry: _Entry) -> None:
-        port, sock, transport = entry
-        try:
-            if transport.is_closing() or (
-                self._reader.drain(port, sock, protocol.error_received, PER_TICK_LIMIT) < 0
-            ):
-                self.unregister(protocol)
-        except Exception:
-            # Not one datagram's handler (the Reader reports those and goes on):
-            # this socket cannot be read; the others' calls go on.
-            logger.exception("media socket read failed; it is read by asyncio again")
-            self.unregister(protocol)
+    def _read_turn(self, entries: list[_Entry], start: int, deadline: float) -> int:
+        """Read ``entries`` in turn from ``start`` (wrapping) while the clock is not past
+        ``deadline`` (never looked at if infinite); how many were read. A socket that is
+        closing, closed or fails leaves the tick."""
+        drain_each = self._drain_each
+        if drain_each is not None:
+            failed: list[tuple[StunProtocol, BaseException | None]] = []
+            read: int = drain_each(entries, start, deadline, self._c_time, PER_TICK_LIMIT, failed)
+            for protocol, exc in failed:
+                self._failed(protocol, exc)
+            return read
+        count, time, timed = len(entries), self._time, deadline != math.inf
+        for read in range(count):
+            if timed and time() > deadline:
+                return read
+            protocol, port, sock, transport, error_received = entries[(start + read) % count]
+            try:
+                if transport.is_closing() or (
+                    self._reader.drain(port, sock, error_received, PER_TICK_LIMIT) < 0
+                ):
+                    self._failed(protocol, None)
+            except Exception as exc:
+                self._failed(protocol, exc)
+        return count
+
+    def _failed(self, protocol: StunProtocol, exc: BaseException | None) -> None:
+        """A socket that cannot be read at the tick (closing, closed, or its read raised:
+        not one datagram's handler, which the Reader reports and goes on): asyncio reads it
+        again if it can; the others' calls go on."""
+        if exc is not None:
+            logger.error("media socket read failed; it is read by asyncio again", exc_info=exc)
+        self.unregister(protocol)
 
     @staticmethod
     def _handler_failed(exc: BaseException) -> None:
         # What asyncio does with an exception from datagram_received.
         logger.error("media datagram handling failed", exc_info=exc)
+
+
+def _monotonic(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop.time()`` is asyncio's own (``time.monotonic()``)."""
+    return getattr(type(loop), "time", None) is asyncio.BaseEventLoop.time
 
 
 _reader = per_loop(lambda loop: TickReader(frame_clock(loop)))

@@ -4,6 +4,7 @@
  * One file per concept: module.c (the module: its types registered, its interned names),
  * rtp.c (the RTP header, the Opus TOC, reception statistics), inbound.c (Inbound: one call per
  * SRTP datagram), reader.c (Port and Reader: a socket's datagrams, at the frame clock's tick),
+ * tickread.c (Reader.drain_each: every socket of a tick in one call),
  * route.c (Route: protect and sendto), encoder.c (Encoder: libopus encoding), playout.c
  * (PlayoutState: the sender's clock) and outbound.c (Outbound: a sender's RTP stream).
  *
@@ -162,6 +163,15 @@ int inbound_take_rtcp(Inbound *self, const uint8_t *data, Py_ssize_t size);
 /* --- reader.c: Port (a socket's datagram_received) and Reader (recvmmsg at the tick) ---- */
 
 extern PyTypeObject PortType, ReaderType;
+typedef struct Reader Reader;
+/* Read a socket's datagrams through its Port (a PortType object): how many, -1 if the
+ * socket is closed, -2 with an exception. */
+long reader_drain(Reader *self, PyObject *port, PyObject *sock, PyObject *error_received,
+                  long limit);
+
+/* --- tickread.c: Reader.drain_each, a tick's sockets in one call ---------------------- */
+
+PyObject *Reader_drain_each(PyObject *self, PyObject *const *args, Py_ssize_t nargs);
 
 /* --- route.c: Route, where protected RTP goes ----------------------------------------- */
 

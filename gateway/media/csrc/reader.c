@@ -120,7 +120,7 @@ typedef struct {
     char controls[READ_BATCH][CMSG_SPACE(sizeof(struct timespec))];
 } read_batch;
 
-typedef struct {
+struct Reader {
     PyObject_HEAD
     read_batch *batch;
     uint8_t *slots;          /* READ_BATCH * SLOT_SIZE */
@@ -128,7 +128,7 @@ typedef struct {
     int busy;
     unsigned long long datagrams, drains, kernel_times;
     double waited; /* seconds from the kernel's arrival stamps to the reads, summed */
-} Reader;
+};
 
 static int Reader_init(Reader *self, PyObject *args, PyObject *kwargs) {
     static char *names[] = {"on_error", NULL};
@@ -257,37 +257,30 @@ static void reader_dispatch(Reader *self, Port *port, const uint8_t *data, Py_ss
     Py_XDECREF(result);
 }
 
-/* drain(port, sock, error_received, limit): read what sock holds, up to limit datagrams,
- * without blocking, each through port as asyncio would hand it over; a socket error goes to
- * error_received(OSError) as asyncio's _read_ready does. The number read (errors count
- * as one), or -1 if the socket is closed. */
-static PyObject *Reader_drain(Reader *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 4 || !PyObject_TypeCheck(args[0], &PortType)) {
-        PyErr_SetString(PyExc_TypeError, "drain(port: Port, sock, error_received, limit: int)");
-        return NULL;
-    }
-    Port *port = (Port *)args[0];
-    PyObject *sock = args[1], *error_received = args[2];
-    long limit = PyLong_AsLong(args[3]);
-    if (limit == -1 && PyErr_Occurred())
-        return NULL;
+/* Read what sock holds, up to limit datagrams, without blocking, each through port as
+ * asyncio would hand it over; a socket error goes to error_received(OSError) as asyncio's
+ * _read_ready does. The number read (errors count as one), -1 if the socket is closed, or
+ * -2 with an exception (the caller's arguments were wrong, or sock has no fileno()). */
+long reader_drain(Reader *self, PyObject *port_object, PyObject *sock, PyObject *error_received,
+                  long limit) {
+    Port *port = (Port *)port_object;
     if (port->inbound == NULL || port->other == NULL || self->batch == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "Port or Reader is not initialized");
-        return NULL;
+        return -2;
     }
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "Reader.drain is not reentrant");
-        return NULL;
+        return -2;
     }
     PyObject *fd_object = PyObject_CallMethodNoArgs(sock, fileno_name);
     if (fd_object == NULL)
-        return NULL;
+        return -2;
     long fd = PyLong_AsLong(fd_object);
     Py_DECREF(fd_object);
     if (fd == -1 && PyErr_Occurred())
-        return NULL;
+        return -2;
     if (fd < 0)
-        return PyLong_FromLong(-1);
+        return -1;
     /* Hold what the handlers might let go of: the port (an unregistered call) and sock. */
     Py_INCREF(port);
     Py_INCREF(sock);
@@ -345,7 +338,20 @@ static PyObject *Reader_drain(Reader *self, PyObject *const *args, Py_ssize_t na
     Py_DECREF(error_received);
     Py_DECREF(sock);
     Py_DECREF(port);
-    return PyLong_FromLong(read);
+    return read;
+}
+
+/* drain(port, sock, error_received, limit): reader_drain's count, -1 if sock is closed. */
+static PyObject *Reader_drain(Reader *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyObject_TypeCheck(args[0], &PortType)) {
+        PyErr_SetString(PyExc_TypeError, "drain(port: Port, sock, error_received, limit: int)");
+        return NULL;
+    }
+    long limit = PyLong_AsLong(args[3]);
+    if (limit == -1 && PyErr_Occurred())
+        return NULL;
+    long read = reader_drain(self, args[0], args[1], args[2], limit);
+    return read < -1 ? NULL : PyLong_FromLong(read);
 }
 
 /* timestamp_arrivals(sock, on): have the kernel stamp each datagram's arrival
@@ -374,6 +380,9 @@ static PyMethodDef Reader_methods[] = {
     {"drain", (PyCFunction)(void (*)(void))Reader_drain, METH_FASTCALL,
      "drain(port, sock, error_received, limit): read sock's datagrams through port, "
      "up to limit; the number read, -1 if sock is closed."},
+    {"drain_each", (PyCFunction)(void (*)(void))Reader_drain_each, METH_FASTCALL,
+     "drain_each(entries, start, deadline, time, limit, failed): drain() each entry's socket "
+     "in turn from start until time() passes deadline; how many were read (tickread.c)."},
     {"timestamp_arrivals", (PyCFunction)(void (*)(void))Reader_timestamp_arrivals, METH_FASTCALL,
      "timestamp_arrivals(sock, on): SO_TIMESTAMPNS on sock, read by drain()."},
     {NULL},
