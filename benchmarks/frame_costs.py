@@ -63,7 +63,8 @@ WRAPPED = [
     ("gateway.media.frameclock", "FrameClock", "_on_tick"),
     # The calls' media sockets, read at the tick (gateway.media.tickread).
     ("gateway.media.tickread", "TickReader", "_tick"),
-    ("gateway.media.tickread", "TickReader", "_read"),
+    ("gateway.media.tickread", "TickReader", "_read"),  # a socket (before drain_each)
+    ("gateway.media.tickread", "TickReader", "_read_turn"),  # a turn of sockets
     ("gateway.media.sender", "PlayoutSender", "_on_tick"),
     ("gateway.media.playout", "PlayoutTrack", "poll"),
     # Only where a frame is encoded before it is sent (a tap, an on_frame_sent callback):
