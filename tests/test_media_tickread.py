@@ -540,6 +540,29 @@ async def test_the_compiled_turn_reads_as_the_python_one() -> None:
     assert datagrams == limit + 5 + 3 + 1
 
 
+async def test_the_compiled_turn_reads_the_loops_own_clock() -> None:
+    """Without a clock of its own, drain_each reads the monotonic clock asyncio's
+    loop.time() reads: a deadline a second ago reads nothing, one in a minute reads all."""
+    loop = asyncio.get_running_loop()
+    reader = tickread.TickReader(frame_clock(loop), compiled=True)
+    assert reader._c_time is None  # C's CLOCK_MONOTONIC, not a Python call per socket
+    slow = Slow()
+    protocol, address = await endpoint()
+    protocol.transport.pause_reading()  # type: ignore[attr-defined]
+    sock = protocol.transport.get_extra_info("socket")._sock
+    entries = [(protocol, slow.port, sock, protocol.transport, protocol.error_received)]
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender.sendto(slow.srtp(1), address)
+    await until(lambda: readable([protocol]))
+    try:
+        assert reader._read_turn(entries, 0, loop.time() - 1) == 0
+        assert reader._read_turn(entries, 0, loop.time() + 60) == 1
+        assert slow.sequence_numbers() == [1]
+    finally:
+        sender.close()
+        protocol.transport.close()
+
+
 # --- a real call ------------------------------------------------------------------------------
 
 

@@ -168,6 +168,8 @@ typedef struct Reader Reader;
  * socket is closed, -2 with an exception. */
 long reader_drain(Reader *self, PyObject *port, PyObject *sock, PyObject *error_received,
                   long limit);
+/* The exception set now, normalized with its traceback (cleared), or NULL if none. */
+PyObject *raised_exception(void);
 
 /* --- tickread.c: Reader.drain_each, a tick's sockets in one call ---------------------- */
 

@@ -169,9 +169,9 @@ static void Reader_dealloc(Reader *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* The exception set now goes to on_error (or, if that fails too, to sys.unraisablehook):
- * one datagram's failure must not stop the rest of the tick. */
-static PyObject *raised_exception(void) {
+/* The exception set now, normalized with its traceback (cleared): a new reference, or NULL
+ * if none was set. */
+PyObject *raised_exception(void) {
     PyObject *type, *value, *traceback;
     PyErr_Fetch(&type, &value, &traceback);
     PyErr_NormalizeException(&type, &value, &traceback);
@@ -182,6 +182,8 @@ static PyObject *raised_exception(void) {
     return value;
 }
 
+/* The exception set now goes to on_error (or, if that fails too, to sys.unraisablehook):
+ * one datagram's failure must not stop the rest of the tick. */
 static void reader_report(Reader *self) {
     PyObject *exc = raised_exception();
     if (exc == NULL)

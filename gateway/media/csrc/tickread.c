@@ -46,20 +46,9 @@ static int read_time(PyObject *time, double *now) {
 
 /* failed.append((protocol, exc or None)); exc is the exception set now, if any. */
 static int note_failed(PyObject *failed, PyObject *protocol, int raised) {
-    PyObject *exc = Py_None;
-    if (raised) {
-        PyObject *type, *traceback;
-        PyErr_Fetch(&type, &exc, &traceback);
-        PyErr_NormalizeException(&type, &exc, &traceback);
-        if (exc != NULL && traceback != NULL)
-            PyException_SetTraceback(exc, traceback);
-        Py_XDECREF(type);
-        Py_XDECREF(traceback);
-        if (exc == NULL)
-            exc = Py_NewRef(Py_None);
-    } else {
-        Py_INCREF(exc);
-    }
+    PyObject *exc = raised ? raised_exception() : NULL;
+    if (exc == NULL)
+        exc = Py_NewRef(Py_None);
     PyObject *item = PyTuple_Pack(2, protocol, exc);
     Py_DECREF(exc);
     if (item == NULL)
