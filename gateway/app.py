@@ -208,12 +208,18 @@ class Gateway:
         await self.store.open()
         try:
             await self._prune()
-            await self.calls.start()
+            orphans = await self.calls.start()
         except BaseException:
             await self.store.close()
             raise
         self._pruner = asyncio.create_task(self._prune_forever(), name="store-prune")
         if self.outbox is not None:
+            # The calls a dead process left live, ended at start-up: the backend gets
+            # their call.ended as it would have from that process (same id; WhatsApp's
+            # terminate record if it comes within the wait), from the outbox's own
+            # background tasks, so nothing here waits for it.
+            for record in orphans:
+                self.outbox.ended(record)
             await self.outbox.start()
         await self.router.start()
         self.metrics.lag.start()

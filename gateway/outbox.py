@@ -5,8 +5,9 @@ and ``call.ended``: one ``POST`` of JSON each, with a ``type``, an ``id`` and th
 call record. The ``id`` is the same for the same event of the same call, whoever
 sends it (:func:`event_id`): a delivery may be repeated, never lost, and in a
 cluster a call's ``call.ended`` may come from the worker that ran it and from the
-worker that took it for lost (:mod:`gateway.cluster.node`); the backend keeps the
-first of each ``id``.
+worker that took it for lost (:mod:`gateway.cluster.reaper`), and a single process
+restarted after a crash sends it for the calls the dead one left live
+(:mod:`gateway.calls.recovery`); the backend keeps the first of each ``id``.
 ``call.ended`` carries the whole record: WhatsApp's terminate record (status,
 billed duration, start and end time, errors, ``biz_opaque_callback_data``), the
 end reason, the recording's path, and the conversation transcript when the bot
@@ -36,6 +37,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Final
 
@@ -56,6 +58,8 @@ EVENT_TYPES: Final = ("call.started", "call.answered", "call.ended")
 BASE_DELAY: Final = 1.0
 MAX_DELAY: Final = 300.0
 BATCH: Final = 50
+# How often a call.ended waiting for WhatsApp's terminate record looks for it.
+TERMINATE_POLL: Final = 0.2
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -149,6 +153,10 @@ class EventOutbox:
     async def start(self) -> None:
         """Start the writer and the deliverer (events left from a previous run go too)."""
         if not self._runner:
+            # Events queued before the start (the call.ended of calls a dead process left
+            # live) replace, under the same id, what that process stored: before any
+            # delivery, so that the backend never sees the version they replace.
+            await self._flush_writes()
             left = await self.store.outbox_due(float("inf"), 1_000_000)
             self.pending.set(len(left))
             if left:
@@ -208,7 +216,16 @@ class EventOutbox:
         pass
 
     def call_ended(self, call: Call) -> None:
-        record = call.record
+        self.ended(call.record)
+
+    def ended(self, record: CallRecord) -> None:
+        """Queue the ``call.ended`` of ``record``: at once if WhatsApp's terminate record
+        is on it, else once it is or after ``terminate_wait``.
+
+        For a call that ended here, or that a dead process left live (ended at
+        start-up, :mod:`gateway.calls.recovery`): ``record`` is the one the call
+        manager fills in when the terminate webhook comes.
+        """
         if record.terminate_status is not None or self.terminate_wait <= 0:
             self.publish("call.ended", record)
             return
@@ -218,24 +235,42 @@ class EventOutbox:
         held = make_event("call.ended", record)
         self._held.add(held.id)
         self._queue(replace(held, next_attempt_at=held.created_at + 2 * self.terminate_wait))
-        task = asyncio.create_task(self._end_after_terminate(record), name=f"{call.id}:event")
-        self._waiting[call.id] = task
-        task.add_done_callback(lambda _: self._waiting.pop(call.id, None))
+        call_id = record.call_id
+        task = asyncio.create_task(self._end_after_terminate(record), name=f"{call_id}:event")
+        self._waiting[call_id] = task
+        task.add_done_callback(lambda _: self._waiting.pop(call_id, None))
 
     async def _end_after_terminate(self, record: CallRecord) -> None:
         # WhatsApp's terminate webhook (the billing record) follows our own terminate.
-        # It fills in the record the manager keeps; a 0.2 s look for at most a few
-        # seconds per ended call costs less than another observer hook in every call.
         try:
-            async with asyncio.timeout(self.terminate_wait):
-                while record.terminate_status is None:  # noqa: ASYNC110
-                    await asyncio.sleep(0.2)
-        except TimeoutError:
-            log.info(
-                "call %s: no terminate record from WhatsApp; call.ended without it", record.call_id
-            )
+            await self.with_terminate_record(record)
         finally:
             self.publish("call.ended", record)
+
+    async def with_terminate_record(
+        self,
+        record: CallRecord,
+        reread: Callable[[], Awaitable[CallRecord | None]] | None = None,
+    ) -> CallRecord:
+        """``record`` once WhatsApp's terminate record (its billing record) is on it, or
+        as it is after ``terminate_wait``: what every ``call.ended`` of a call the
+        gateway ended itself waits for (its owner's, a restarted process's, a
+        cluster reaper's).
+
+        Without ``reread``, ``record`` is one the call manager fills in when the
+        terminate webhook comes; ``reread`` fetches it again (from another process's
+        store). A 0.2 s look for a few seconds per ended call costs less than another
+        hook in every call's path.
+        """
+        try:
+            async with asyncio.timeout(self.terminate_wait):
+                while record.terminate_status is None:
+                    await asyncio.sleep(TERMINATE_POLL)
+                    if reread is not None:
+                        record = await reread() or record
+        except TimeoutError:
+            log.info("call %s: no terminate record from WhatsApp", record.call_id)
+        return record
 
     # --- writing and delivering ----------------------------------------------------------
 

@@ -23,6 +23,7 @@ class Receiver:
         self.down = False
         self.events: list[dict[str, Any]] = []  # acknowledged (answered 200)
         self.refused = 0
+        self.refused_events: list[dict[str, Any]] = []  # answered 503 (down)
         self.bad_signatures = 0
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -50,6 +51,7 @@ class Receiver:
             return web.Response(status=401)
         if self.down:
             self.refused += 1
+            self.refused_events.append(json.loads(body))
             return web.Response(status=503)
         self.events.append(json.loads(body))
         return web.Response(status=204)

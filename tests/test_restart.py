@@ -21,6 +21,7 @@ import pytest
 from gateway.calls import RESTART_END_REASON
 from gateway.events import CallConnect, Direction
 from gateway.loadtest.target import GatewayUnderTest, start_local_gateway
+from gateway.outbox import event_id, make_event
 from gateway.records import CallRecord, CallState
 from gateway.sandbox import payloads
 from gateway.sandbox.cloud import CloudAPISandbox
@@ -29,14 +30,16 @@ from gateway.sandbox.user import SimulatedUser, UserCall
 from gateway.store import SQLiteStore
 from gateway.webhooks import parse_payload
 
+from .backend import SECRET, Receiver, wait_for
 from .conftest import ACCESS_TOKEN, API_KEY, APP_SECRET, PHONE_NUMBER_ID, VERIFY_TOKEN
 
 
 class Deployment:
     """The sandbox (Meta and the users) and one gateway process at a time on one data dir."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, events_url: str | None = None) -> None:
         self.data_dir = data_dir
+        self.events_url = events_url
         self.sandbox = CloudAPISandbox(
             webhook_url="",
             app_secret=APP_SECRET,
@@ -62,6 +65,11 @@ class Deployment:
                 "GATEWAY_DATA_DIR": str(self.data_dir),
                 # A drain on SIGTERM (if any) should not hold the tests up.
                 "GATEWAY_DRAIN_TIMEOUT": "1",
+                **(
+                    {"GATEWAY_EVENTS_URL": self.events_url, "GATEWAY_EVENTS_SECRET": SECRET}
+                    if self.events_url
+                    else {}
+                ),
             },
         )
         self.sandbox.webhook_url = f"{self.gateway.url}/webhook"
@@ -181,6 +189,129 @@ async def test_sigkill_mid_call_then_restart_ends_the_call_and_keeps_history(
     assert {r["call_id"] for r in listed["recent"]} == {done.call_id, live.call_id}
     assert listed["active"] == []
     print(f"\nSIGKILL mid-call: terminate {seconds:.2f} s after restart, records lost 0")
+
+
+async def test_sigkill_mid_call_then_restart_sends_the_backend_one_call_ended(
+    tmp_path: Path,
+) -> None:
+    """The backend hears the end of a call the dead process left live, and what that
+    process could not deliver (its outbox rows), from the process that follows it."""
+    backend = Receiver()
+    await backend.start()
+    d = Deployment(tmp_path / "data", events_url=backend.url)
+    await d.sandbox.start()
+    try:
+        await d.start_gateway()
+        backend.down = True  # call.started and call.answered stay in the dead process's outbox
+        live = await _live_call(d, SimulatedUser(d.sandbox, "15551230002", "Ben"))
+        await wait_for(
+            lambda: {e["type"] for e in backend.refused_events} == {"call.started", "call.answered"}
+        )
+        await d.kill()
+        backend.down = False
+        await d.start_gateway()
+        await wait_for(lambda: len(backend.of_type("call.ended", live.call_id)) == 1, 30)
+        assert d.gateway is not None
+        await d.gateway.stop()  # everything queued is written to the store first
+    finally:
+        await d.aclose()
+        await backend.stop()
+
+    # One of each event of the call, under the ids its owner gave (or would have given).
+    kinds = ("call.started", "call.answered", "call.ended")
+    assert sorted(e["type"] for e in backend.events) == sorted(kinds)
+    assert {e["type"]: e["id"] for e in backend.events} == {
+        k: event_id(k, live.call_id) for k in kinds
+    }
+    assert backend.bad_signatures == 0  # the receiver takes only bodies signed with SECRET
+    ended = backend.of_type("call.ended")[0]["call"]
+    assert ended["call_id"] == live.call_id and ended["state"] == "ENDED"
+    assert ended["end_reason"] == RESTART_END_REASON
+    # WhatsApp's terminate record (its answer to the restart's terminate) is on it.
+    assert ended["terminate_status"] == "COMPLETED"
+    # Nothing else waits to be sent (no second copy of the call.ended held back).
+    store = SQLiteStore(d.data_dir)
+    await store.open()
+    try:
+        assert await store.outbox_next_due() is None
+    finally:
+        await store.close()
+
+
+async def test_a_held_call_ended_of_the_dead_process_and_the_restarts_are_one_event(
+    tmp_path: Path,
+) -> None:
+    """The dead process ended its calls and stored their call.ended held (waiting for
+    WhatsApp's terminate record), then died before their records said ENDED. The next
+    process ends them at start-up: the backend gets one call.ended per call, under the
+    same id, the restart's (its end is the one the gateway's record keeps).
+
+    Two calls, their held events already due (the restart took longer than twice the
+    wait): the restart's versions must replace them before anything is delivered."""
+    data_dir = tmp_path / "data"
+    call_ids = ["wacid.HELD1", "wacid.HELD2"]
+    store = SQLiteStore(data_dir)
+    await store.open()
+    long_ago = time.time() - 600
+    for call_id in call_ids:
+        record = CallRecord(call_id, Direction.USER_INITIATED, "15551230006", created_at=long_ago)
+        record.state, record.accepted_at = CallState.ACTIVE, long_ago + 1
+        await store.save_call(record)  # the last write that reached the disk
+        record.state, record.end_reason, record.ended_at = (
+            CallState.ENDED,
+            "the bot hung up",
+            long_ago + 30,
+        )
+        held = make_event("call.ended", record, now=long_ago + 30)
+        await store.outbox_add(held)  # held: due after twice the wait, long past
+    await store.close()
+
+    backend = Receiver()
+    await backend.start()
+    sandbox = CloudAPISandbox(
+        webhook_url="",
+        app_secret=APP_SECRET,
+        access_token=ACCESS_TOKEN,
+        phone_number_id=PHONE_NUMBER_ID,
+    )
+    stack = await start_local_stack(
+        sandbox,
+        data_dir=str(data_dir),
+        env={"GATEWAY_EVENTS_URL": backend.url, "GATEWAY_EVENTS_SECRET": SECRET},
+    )
+    try:
+        for call_id in call_ids:  # WhatsApp's terminate records of the calls
+            await sandbox.deliver(
+                payloads.terminate(
+                    call_id=call_id,
+                    from_="15551230006",
+                    to=sandbox.business_number,
+                    business=sandbox.business_number,
+                    phone_number_id=PHONE_NUMBER_ID,
+                    direction="USER_INITIATED",
+                    start_time=int(long_ago),
+                    end_time=int(long_ago) + 30,
+                )
+            )
+        await wait_for(lambda: len(backend.of_type("call.ended")) >= len(call_ids))
+    finally:
+        await stack.aclose()
+        await backend.stop()
+
+    for call_id in call_ids:
+        (event,) = backend.of_type("call.ended", call_id)
+        assert event["id"] == event_id("call.ended", call_id)
+        assert event["call"]["end_reason"] == RESTART_END_REASON
+        assert event["call"]["terminate_status"] == "COMPLETED"
+    assert backend.bad_signatures == 0
+    store = SQLiteStore(data_dir)
+    await store.open()
+    try:
+        assert await store.outbox_next_due() is None  # the held versions are gone
+        kept = await store.get_call(call_ids[0])
+        assert kept is not None and kept.end_reason == RESTART_END_REASON
+    finally:
+        await store.close()
 
 
 async def test_sigterm_mid_call_ends_calls_keeps_records_and_exits_0(

@@ -118,11 +118,16 @@ class CallManager:
 
     # --- lifecycle -------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Recover what a dead predecessor left in the store, then start the event worker."""
-        if not self.inbox.started:
-            await self.recover()
-            self.inbox.start()
+    async def start(self) -> list[CallRecord]:
+        """Recover what a dead predecessor left in the store, then start the event worker.
+
+        Returns the records of the calls it left live, ended now (see :meth:`recover`).
+        """
+        if self.inbox.started:
+            return []
+        orphans = await self.recover()
+        self.inbox.start()
+        return orphans
 
     async def recover(self) -> list[CallRecord]:
         """End the calls a dead process left live, and queue the events it never handled.

@@ -1,9 +1,12 @@
 """Taking over from a dead process: ending the calls it left live, replaying its events.
 
 A call cannot move to another process (its ICE and DTLS state died with the old
-one), so each is recorded as ended at start-up and ``terminate`` goes to the
-Cloud API in the background; WhatsApp's terminate webhook completes the record
-later. Journaled events the dead process never handled are queued again.
+one), so each is recorded as ended at start-up (``RESTART_END_REASON``) and
+``terminate`` goes to the Cloud API in the background; WhatsApp's terminate
+webhook completes the record later (the record stays in the call manager's
+history, where the webhook finds it). The gateway then tells the business backend
+(``call.ended``, :meth:`gateway.outbox.EventOutbox.ended`). Journaled events the
+dead process never handled are queued again.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ async def recover(
         record.ended_at = time.time()
         record.end_reason = RESTART_END_REASON
         await ledger.save(record)
+        # The object WhatsApp's terminate webhook fills in, and the backend's call.ended
+        # waits for (as for a call that ended here).
+        ledger.remember(record)
         log.warning("call %s: was %s in a process that died; ending it", record.call_id, was)
         spawn(_end_orphan(graph, record, was), f"{record.call_id}:end-orphan")
     replayed = 0

@@ -47,8 +47,6 @@ log = logging.getLogger(__name__)
 # How long one reaper holds a lost worker (it releases it when done; this is for a
 # reaper that dies midway). Longer than ending the calls takes (terminate_wait).
 LOCK_SECONDS = 60
-# How often the reaper looks for WhatsApp's terminate record of a call it ended.
-TERMINATE_POLL = 0.2
 
 
 class Reaper:
@@ -144,29 +142,24 @@ class Reaper:
             self.reaped_calls += 1
             log.warning("call %s: ended by %s (%s)", call_id, self.node.id, reason)
         if self.events is not None:
-            await self._send_ended(self.events, await self._terminate_record(record))
+            await self._send_ended(self.events, record)
         await redis.srem(keys.worker_calls(worker), call_id)
 
-    async def _terminate_record(self, record: dict[str, Any]) -> dict[str, Any]:
-        """The record once WhatsApp's terminate record (its answer to the terminate,
-        through whichever worker) is on it, or as it is after ``terminate_wait``: the
-        owner's ``call.ended`` waits as long for it."""
-        assert self.events is not None
-        try:
-            async with asyncio.timeout(self.events.terminate_wait):
-                while record.get("terminate_status") is None:
-                    await asyncio.sleep(TERMINATE_POLL)
-                    raw = await self.node.redis.get(keys.record(str(record["call_id"])))
-                    record = json.loads(raw) if raw else record
-        except TimeoutError:
-            log.info("call %s: no terminate record from WhatsApp", record["call_id"])
-        return record
-
     async def _send_ended(self, events: EventOutbox, record: dict[str, Any]) -> None:
-        # Stored before this returns; the record Redis keeps, the owner's event id.
+        """Queue the call's ``call.ended`` (stored before this returns) with the record
+        Redis keeps once WhatsApp's terminate record (its answer to the terminate,
+        through whichever worker) is on it, or as it is after ``terminate_wait``: the
+        owner's ``call.ended`` waits as long for it; the owner's event id."""
+        call_id = str(record["call_id"])
         if "direction" not in record:
             # Redis lost the record (a restart without its data): nothing to tell.
-            log.error("call %s: no record; no call.ended for the backend", record["call_id"])
+            log.error("call %s: no record; no call.ended for the backend", call_id)
             return
-        event = await events.add("call.ended", CallRecord.from_dict(record))
-        log.info("call %s: call.ended %s queued for its lost owner", record["call_id"], event.id)
+
+        async def reread() -> CallRecord | None:
+            raw = await self.node.redis.get(keys.record(call_id))
+            return CallRecord.from_dict(json.loads(raw)) if raw else None
+
+        ended = await events.with_terminate_record(CallRecord.from_dict(record), reread)
+        event = await events.add("call.ended", ended)
+        log.info("call %s: call.ended %s queued for its lost owner", call_id, event.id)
