@@ -14,6 +14,13 @@ aiohttp's failures become the httpx errors the Graph client tells apart: one tha
 never connected (``ConnectError``, ``ConnectTimeout``: safe to retry even a
 ``connect``) from one that may have reached Meta (``ReadError``, ``ReadTimeout``,
 ``RemoteProtocolError``).
+
+One parsed copy of the CA certificates per process: aiohttp makes two default
+contexts at import, each loading the system's CA bundle (about 0.7 MiB of parsed
+certificates each; the unverified one for nothing), and the Graph transport's
+own context (httpx's) would be a third. :func:`share_ca_store` gives aiohttp
+the transport's context as its verified default and an unverified one without a
+store; the two it made are freed before any call.
 """
 
 from __future__ import annotations
@@ -23,7 +30,30 @@ import ssl
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpTransport"]
+__all__ = ["AiohttpTransport", "share_ca_store"]
+
+
+def share_ca_store(verified: ssl.SSLContext) -> None:
+    """Make ``verified`` aiohttp's default for sessions that verify (``ssl=True``, the
+    default), and its default for ``ssl=False`` a context with no CA store.
+
+    What aiohttp made at import (see the module's doc) is freed. Without aiohttp's
+    module-level defaults (another aiohttp version) nothing changes.
+    """
+    connector = aiohttp.connector
+    if not isinstance(getattr(connector, "_SSL_CONTEXT_UNVERIFIED", None), ssl.SSLContext):
+        return
+    if not isinstance(getattr(connector, "_SSL_CONTEXT_VERIFIED", None), ssl.SSLContext):
+        return
+    # As aiohttp's own (connector._make_ssl_context(False)), less the CA store that
+    # a context checking nothing never reads.
+    unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    unverified.options |= ssl.OP_NO_SSLv2 | ssl.OP_NO_SSLv3 | ssl.OP_NO_COMPRESSION
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    unverified.set_alpn_protocols(("http/1.1",))
+    connector._SSL_CONTEXT_VERIFIED = verified
+    connector._SSL_CONTEXT_UNVERIFIED = unverified
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -38,7 +68,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._limit = limit
         # Made here, as httpx's transport does (it reads certifi's CA bundle): not
         # in the first call's answer.
-        self._ssl = ssl_context if ssl_context is not None else httpx.create_ssl_context()
+        if ssl_context is None:
+            ssl_context = httpx.create_ssl_context()
+            share_ca_store(ssl_context)
+        self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:

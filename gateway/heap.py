@@ -9,6 +9,15 @@ seconds, so it costs nothing per packet and little per call; its timer is on the
 frame clock's grid, so with other calls still up it shares their audio's
 wake-up. Elsewhere than glibc it is a no-op.
 
+:func:`map_large_allocations` gives each allocation of
+:data:`MMAP_THRESHOLD` bytes or more a mapping of its own (glibc's
+``M_MMAP_THRESHOLD``), given back to the kernel when freed. A call's big
+buffers come and go at uneven times (the caller's turn as it grows, the
+utterance handed to the bot and played back): in the heap, each leaves a hole
+that the next call's smaller objects split, and the heap keeps the high-water
+mark of them all. glibc's own threshold starts at 128 KiB and rises to
+the largest block freed, so without it those buffers all land in the heap.
+
 :func:`freeze_startup_objects` keeps what start-up built (modules, classes, the
 app) out of the cyclic garbage collector's passes, which otherwise walk it again
 at every older-generation collection while calls run.
@@ -20,6 +29,7 @@ import asyncio
 import ctypes
 import gc
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -35,6 +45,11 @@ DELAY = 0.2
 # ...and comes at most this often.
 MIN_INTERVAL = 2.0
 
+# Allocations this large or larger get a mapping of their own (see the module's doc):
+# a second of a caller's speech is 32 KB; nothing per packet comes near it.
+MMAP_THRESHOLD = 32 * 1024
+_M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
+
 
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
@@ -42,6 +57,22 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return trim
     except (OSError, AttributeError):  # not glibc (musl, macOS)
         return None
+
+
+def map_large_allocations(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Have glibc's malloc map each block of ``threshold`` bytes or more on its own.
+
+    For a serving process, once, at start-up (see the module's doc). An operator's
+    ``MALLOC_MMAP_THRESHOLD_`` in the environment is left as it is. Returns whether
+    the threshold is now ``threshold`` (False elsewhere than glibc, or when left).
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def freeze_startup_objects() -> None:

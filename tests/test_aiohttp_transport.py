@@ -6,6 +6,7 @@ import asyncio
 import gzip
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 
 import httpx
@@ -152,3 +153,21 @@ async def test_no_answer_in_time_is_a_read_timeout() -> None:
 async def test_the_gateway_sends_graph_requests_with_aiohttp() -> None:
     transport = Metrics().graph.transport()
     assert isinstance(transport._inner, AiohttpTransport)  # type: ignore[attr-defined]
+
+
+def test_one_parsed_ca_store_per_process() -> None:
+    import aiohttp.connector as connector
+
+    transport = AiohttpTransport()
+    # aiohttp's default for verifying sessions is the transport's own context...
+    assert connector._SSL_CONTEXT_VERIFIED is transport._ssl
+    assert transport._ssl.verify_mode == ssl.CERT_REQUIRED and transport._ssl.check_hostname
+    assert transport._ssl.cert_store_stats()["x509_ca"] > 0
+    # ...and its default for ssl=False checks nothing and holds no CA certificates.
+    unverified = connector._SSL_CONTEXT_UNVERIFIED
+    assert unverified.verify_mode == ssl.CERT_NONE and not unverified.check_hostname
+    assert unverified.cert_store_stats()["x509"] == 0
+    # A transport given its own context leaves the defaults alone.
+    own = ssl.create_default_context()
+    assert AiohttpTransport(ssl_context=own)._ssl is own
+    assert connector._SSL_CONTEXT_VERIFIED is transport._ssl

@@ -22,12 +22,13 @@ async def serve(args: argparse.Namespace) -> int:
     """``gateway serve``: one process serving calls until a signal drains it."""
     from ..app import Gateway
     from ..config import load_settings
-    from ..heap import freeze_startup_objects
+    from ..heap import freeze_startup_objects, map_large_allocations
     from ..pipeline.plugins import session_for
     from ..pipeline.vad import VadConfig
     from ..shutdown import ExitDeadline
 
     settings = load_settings(**serving_options(args))
+    map_large_allocations()
     vad = VadConfig(voice_gate=settings.vad_voice_gate)
     gateway = Gateway(
         settings,
