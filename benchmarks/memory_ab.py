@@ -57,7 +57,10 @@ async def main() -> None:
         base = export(args.base, Path(tmp))
         servers = {f"base {base}": server_from(tmp), "this checkout": server_from(str(ROOT))}
         print(f"resident memory (MiB), echo, {args.calls} calls of {args.duration:.0f} s")
-        print(f"{'server':<16} {'round':>5} {'at rest':>8} {'peak':>7} {'anon':>6} {'file':>6} {'calls':>6}")
+        print(
+            f"{'server':<16} {'round':>5} {'at rest':>8} {'peak':>7} {'anon':>6} {'file':>6} "
+            f"{'calls':>6}"
+        )
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for round_ in range(1, args.rounds + 1):
             for name, server in servers.items():
@@ -75,7 +78,8 @@ async def main() -> None:
     }
     for name, m in medians.items():
         print(
-            f"{name:<16} {'':>5} {m['rest']:>8.1f} {m['peak']:>7.1f} {m['anon']:>6.1f} {m['file']:>6.1f}"
+            f"{name:<16} {'':>5} {m['rest']:>8.1f} {m['peak']:>7.1f} {m['anon']:>6.1f} "
+            f"{m['file']:>6.1f}"
         )
     (b, t) = medians.values()
     print(
