@@ -89,7 +89,7 @@ def test_ivr_loads_pocketsphinx_with_its_first_call_not_at_start_up(tmp_path: Pa
 # Threads Python did not start (numpy's OpenBLAS pool) outlive `main`: "native threads".
 SERVE = textwrap.dedent(
     """
-    import json, os, sys, threading, time
+    import ctypes, json, os, sys, threading, time
     from gateway.cli import main
 
     def native_threads():
@@ -102,6 +102,19 @@ SERVE = textwrap.dedent(
             time.sleep(0.05)
         return fewest
 
+    def blocks_mapped():
+        # Of 40 blocks of two seconds of speech (64 KB), how many glibc mapped on
+        # their own (gateway/heap.py: map_large_allocations, at serve's start-up).
+        class Info(ctypes.Structure):
+            _fields_ = [(name, ctypes.c_size_t) for name in (
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks "
+                "keepcost").split()]
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+        mallinfo2.restype = Info
+        before = mallinfo2().hblks
+        blocks = [bytearray(64000) for _ in range(40)]
+        return mallinfo2().hblks - before
+
     code = main(["serve"])
     modules = {name: type(module).__name__ for name, module in sys.modules.items() if module}
     with open(os.environ["PROBE_MODULES"], "w") as out:
@@ -111,6 +124,7 @@ SERVE = textwrap.dedent(
                 "deferred": sorted(n for n, kind in modules.items() if kind == "_LazyModule"),
                 "native threads": native_threads(),
                 "mime tables": getattr(sys.modules.get("mimetypes"), "_db", None) is not None,
+                "big blocks mapped": blocks_mapped(),
             },
             out,
         )
@@ -174,6 +188,7 @@ async def test_serve_with_the_echo_bot_imports_only_what_it_runs(tmp_path: Path)
     assert "aioice.mdns" in modules and "dns.message" in probe["deferred"]
     assert not probe["mime tables"]  # /etc/mime.types was not read (gateway/lazy_imports.py)
     assert probe["native threads"] == 0  # no BLAS thread pool (and no numpy at all)
+    assert probe["big blocks mapped"] >= 30  # glibc's default would map none of them
     loaded = [
         name
         for name in modules
