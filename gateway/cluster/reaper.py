@@ -29,7 +29,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import RedisError
 
@@ -39,8 +39,10 @@ from ..shutdown import stop_if_cancelled
 from . import keys
 
 if TYPE_CHECKING:
+    from ..graph import GraphClient
     from ..outbox import EventOutbox
-    from .node import WorkerNode
+    from .records import RecordWriter
+    from .store import RedisStore
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +51,24 @@ log = logging.getLogger(__name__)
 LOCK_SECONDS = 60
 
 
+class ReapingWorker(Protocol):
+    """What the reaper needs of the worker it runs in (:class:`.node.WorkerNode`)."""
+
+    id: str
+    redis: Any
+    tick: float
+    graph: GraphClient
+    records: RecordWriter
+    store: RedisStore | None
+
+    def went_down(self, exc: BaseException) -> None:
+        """Note that Redis could not be reached (``exc``)."""
+
+
 class Reaper:
     """Ends the calls of lost workers, for one worker (``node``)."""
 
-    def __init__(self, node: WorkerNode) -> None:
+    def __init__(self, node: ReapingWorker) -> None:
         self.node = node
         self.reaped_calls = 0
         # Awaited with a lost worker's id after its calls were ended.
