@@ -99,12 +99,18 @@ async def rest_map() -> Counter[str]:
 
 
 async def measure(
-    calls: int, duration: float, stock: bool, at_peak: Counter[str] | None = None
+    calls: int,
+    duration: float,
+    stock: bool,
+    at_peak: Counter[str] | None = None,
+    server: tuple[str, ...] | None = None,
 ) -> dict[str, float]:
+    """One fresh server under the load: its RSS figures (MiB). ``server`` is the command
+    of a gateway other than this checkout's (``memory_ab.py``'s base)."""
     peak: dict[str, int] = {}
     sampler = asyncio.create_task(_split_at_peak(peak, at_peak))
     try:
-        report = await _load(calls, duration, stock)
+        report = await _load(calls, duration, stock, server)
     finally:
         sampler.cancel()
         await asyncio.gather(sampler, return_exceptions=True)
@@ -120,11 +126,13 @@ async def measure(
     }
 
 
-async def _load(calls: int, duration: float, stock: bool) -> dict[str, Any]:
+async def _load(
+    calls: int, duration: float, stock: bool, server: tuple[str, ...] | None
+) -> dict[str, Any]:
     return await run_echo_calls(
         calls,
         duration,
-        server_command=(sys.executable, str(HERE / "stock_echo.py")) if stock else None,
+        server_command=(sys.executable, str(HERE / "stock_echo.py")) if stock else server,
     )
 
 

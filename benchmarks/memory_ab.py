@@ -21,27 +21,8 @@ import tempfile
 from pathlib import Path
 
 from cpu_ab import ROOT, export, server_from
-from echo_load import add_phases_option, run_echo_calls, use_phases
-from memory import MIB, _split_at_peak
-
-
-async def one_run(server: tuple[str, ...], calls: int, duration: float) -> dict[str, float]:
-    """A load of ``calls`` echo calls on a fresh ``server``: its memory figures (MiB)."""
-    peak: dict[str, int] = {}
-    sampler = asyncio.create_task(_split_at_peak(peak, None))
-    try:
-        report = await run_echo_calls(calls, duration, server_command=server)
-    finally:
-        sampler.cancel()
-        await asyncio.gather(sampler, return_exceptions=True)
-    g = report["gateway"]
-    return {
-        "rest": (g["rss_bytes_at_start"] or 0) / MIB,
-        "peak": g["rss_bytes_peak"] / MIB,
-        "anon": peak.get("RssAnon", 0) / 1024,
-        "file": peak.get("RssFile", 0) / 1024,
-        "calls": g["peak_active_calls"],
-    }
+from echo_load import add_phases_option, use_phases
+from memory import measure
 
 
 async def main() -> None:
@@ -64,26 +45,26 @@ async def main() -> None:
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for round_ in range(1, args.rounds + 1):
             for name, server in servers.items():
-                r = await one_run(server, args.calls, args.duration)
+                r = await measure(args.calls, args.duration, False, server=server)
                 runs[name].append(r)
                 print(
-                    f"{name:<16} {round_:>5} {r['rest']:>8.1f} {r['peak']:>7.1f} "
+                    f"{name:<16} {round_:>5} {r['start']:>8.1f} {r['peak']:>7.1f} "
                     f"{r['anon']:>6.1f} {r['file']:>6.1f} {int(r['calls']):>6}",
                     flush=True,
                 )
     print("\nmedians")
     medians = {
-        name: {k: statistics.median(r[k] for r in rs) for k in ("rest", "peak", "anon", "file")}
+        name: {k: statistics.median(r[k] for r in rs) for k in ("start", "peak", "anon", "file")}
         for name, rs in runs.items()
     }
     for name, m in medians.items():
         print(
-            f"{name:<16} {'':>5} {m['rest']:>8.1f} {m['peak']:>7.1f} {m['anon']:>6.1f} "
+            f"{name:<16} {'':>5} {m['start']:>8.1f} {m['peak']:>7.1f} {m['anon']:>6.1f} "
             f"{m['file']:>6.1f}"
         )
     (b, t) = medians.values()
     print(
-        f"{'change':<16} {'':>5} {t['rest'] - b['rest']:>+8.1f} {t['peak'] - b['peak']:>+7.1f} "
+        f"{'change':<16} {'':>5} {t['start'] - b['start']:>+8.1f} {t['peak'] - b['peak']:>+7.1f} "
         f"{t['anon'] - b['anon']:>+6.1f} {t['file'] - b['file']:>+6.1f}"
     )
 
