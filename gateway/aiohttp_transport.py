@@ -18,19 +18,30 @@ never connected (``ConnectError``, ``ConnectTimeout``: safe to retry even a
 One parsed copy of the CA certificates per process: aiohttp makes two default
 contexts at import, each loading the system's CA bundle (about 0.7 MiB of parsed
 certificates each; the unverified one for nothing), and the Graph transport's
-own context (httpx's) would be a third. :func:`share_ca_store` gives aiohttp
-the transport's context as its verified default and an unverified one without a
-store; the two it made are freed before any call.
+own context (httpx's) would be a third, and one more for each transport. Every
+transport made without a context of its own shares one (:func:`default_ssl_context`),
+and :func:`share_ca_store` gives aiohttp that context as its verified default and
+an unverified one without a store; the two it made are freed before any call.
 """
 
 from __future__ import annotations
 
 import ssl
+from functools import cache
 
 import aiohttp
 import httpx
 
-__all__ = ["AiohttpTransport", "share_ca_store"]
+__all__ = ["AiohttpTransport", "default_ssl_context", "share_ca_store"]
+
+
+@cache
+def default_ssl_context() -> ssl.SSLContext:
+    """The process's one context for transports made without their own: httpx's
+    default (certifi's CA bundle), made once and shared with aiohttp (:func:`share_ca_store`)."""
+    context = httpx.create_ssl_context()
+    share_ca_store(context)
+    return context
 
 
 def share_ca_store(verified: ssl.SSLContext) -> None:
@@ -66,12 +77,9 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
     def __init__(self, *, limit: int = 100, ssl_context: ssl.SSLContext | None = None) -> None:
         self._limit = limit
-        # Made here, as httpx's transport does (it reads certifi's CA bundle): not
-        # in the first call's answer.
-        if ssl_context is None:
-            ssl_context = httpx.create_ssl_context()
-            share_ca_store(ssl_context)
-        self._ssl = ssl_context
+        # Made here (once per process), as httpx's transport does (it reads certifi's
+        # CA bundle): not in the first call's answer.
+        self._ssl = ssl_context if ssl_context is not None else default_ssl_context()
         self._session: aiohttp.ClientSession | None = None
 
     def _open(self) -> aiohttp.ClientSession:

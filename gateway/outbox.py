@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from .aiohttp_transport import AiohttpTransport
 from .logsafe import clip
 from .shutdown import stop_if_cancelled
 from .store import OutboxEvent, Store
@@ -119,7 +120,11 @@ class EventOutbox:
         self._secret = secret
         self.max_age = max_age
         self.terminate_wait = terminate_wait
-        self._client = httpx.AsyncClient(timeout=timeout, transport=transport)
+        # aiohttp under httpx's API, as the Graph client's: its C parser, and no anyio
+        # backend for the process to import and keep (gateway/warmup.py).
+        self._client = httpx.AsyncClient(
+            timeout=timeout, transport=transport if transport is not None else AiohttpTransport()
+        )
         self._wake = asyncio.Event()
         self._writes: asyncio.Queue[OutboxEvent] = asyncio.Queue()
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -167,6 +167,8 @@ def test_one_parsed_ca_store_per_process() -> None:
     unverified = connector._SSL_CONTEXT_UNVERIFIED
     assert unverified.verify_mode == ssl.CERT_NONE and not unverified.check_hostname
     assert unverified.cert_store_stats()["x509"] == 0
+    # A second transport (the business events' beside the Graph API's) shares it.
+    assert AiohttpTransport()._ssl is transport._ssl
     # A transport given its own context leaves the defaults alone.
     own = ssl.create_default_context()
     assert AiohttpTransport(ssl_context=own)._ssl is own

@@ -148,6 +148,7 @@ NOT_FOR_ECHO = (
     "pocketsphinx",
     "gateway.sandbox",  # the demo and the tests' WhatsApp side
     "gateway.loadtest",
+    "anyio._backends",  # httpx's own transport's (the gateway's clients use aiohttp's)
     "click",  # httpx's command-line client
     "pygments",
     # The PCM path (decode, VAD, utterance, echo, playout, encode) is array('h') and

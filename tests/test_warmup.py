@@ -12,18 +12,20 @@ from gateway.heap import freeze_startup_objects
 
 from .test_lazy_loading import run_fresh
 
-# In a fresh interpreter: this test process imported anyio's backend long ago.
+# In a fresh interpreter: this test process imported anyio's backend long ago. The
+# gateway, with business events on, sends its first Graph request and its first event.
 PROBE = textwrap.dedent(
     """
     import asyncio, sys
     from aiortc.rtcdtlstransport import SRTP_PROFILES
     from gateway import rtc
     from gateway.app import Gateway
-    from gateway.config import load_settings
+    from gateway.config import Secret, load_settings
 
     async def main():
-        gateway = Gateway(load_settings(port=0))
-        print("anyio backend before start:", "anyio._backends._asyncio" in sys.modules)
+        gateway = Gateway(
+            load_settings(port=0, events_url="http://127.0.0.1:9/events", events_secret=Secret("s"))
+        )
         await gateway.start()
         try:
             before = set(sys.modules)
@@ -32,6 +34,10 @@ PROBE = textwrap.dedent(
             # The Graph client's first request, through the same httpx client and transport.
             await gateway.graph._client.get(gateway.url + "/healthz")
             print("imported by the first request:", sorted(set(sys.modules) - before))
+            # The backend's client: aiohttp too, so no anyio backend (gateway/warmup.py).
+            response = await gateway.outbox._client.get(gateway.url + "/healthz")
+            print("events' client:", response.status_code, sorted(set(sys.modules) - before))
+            print("anyio backend:", "anyio._backends._asyncio" in sys.modules)
         finally:
             await gateway.aclose()
 
@@ -42,9 +48,10 @@ PROBE = textwrap.dedent(
 
 def test_start_up_leaves_nothing_to_import_for_the_first_graph_request(tmp_path: Path) -> None:
     assert run_fresh(PROBE, tmp_path) == [
-        "anyio backend before start: False",  # so start-up is what imported it
         "dtls context made: True",
         "imported by the first request: []",
+        "events' client: 200 []",
+        "anyio backend: False",
     ]
 
 
