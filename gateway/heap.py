@@ -51,11 +51,12 @@ MMAP_THRESHOLD = 32 * 1024
 _M_MMAP_THRESHOLD = -3  # glibc's <malloc.h>
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _glibc(name: str) -> Callable[..., int] | None:
+    """glibc's malloc function ``name`` in this process, or None elsewhere (musl, macOS)."""
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
-        return trim
-    except (OSError, AttributeError):  # not glibc (musl, macOS)
+        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
+        return function
+    except (OSError, AttributeError):
         return None
 
 
@@ -68,11 +69,8 @@ def map_large_allocations(threshold: int = MMAP_THRESHOLD) -> bool:
     """
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
-    try:
-        mallopt: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold))
+    mallopt = _glibc("mallopt")
+    return mallopt is not None and bool(mallopt(_M_MMAP_THRESHOLD, threshold))
 
 
 def freeze_startup_objects() -> None:
@@ -91,7 +89,7 @@ class HeapTrimmer:
     """A call observer: trims the heap once calls have ended (see the module's doc)."""
 
     def __init__(self) -> None:
-        self._trim = _malloc_trim()
+        self._trim = _glibc("malloc_trim")
         self._pending: asyncio.TimerHandle | None = None
         self._running: asyncio.Future[int] | None = None
         self._last = float("-inf")
