@@ -199,9 +199,7 @@ class EventOutbox:
         raises the store's error (:class:`gateway.errors.StoreError`) if it is not.
         """
         event = make_event(kind, record)
-        await self.store.outbox_add(event)
-        self.pending.inc()
-        self._wake.set()
+        await self._store(event)
         return event
 
     def took_over(self, count: int) -> None:
@@ -293,15 +291,18 @@ class EventOutbox:
 
     async def _write(self, event: OutboxEvent) -> None:
         try:
-            await self.store.outbox_add(event)
-            if event.id in self._held and event.next_attempt_at <= event.created_at:
-                self._held.discard(event.id)  # it replaced the one held for it
-            else:
-                self.pending.inc()
+            await self._store(event)
         except Exception as exc:
             self.deliveries.labels(event.type, "undeliverable").inc()
             log.error("event %s (%s) could not be stored: %r", event.id, event.type, exc)
-            return
+
+    async def _store(self, event: OutboxEvent) -> None:
+        """Keep ``event`` in the outbox and wake the delivery; raises the store's error."""
+        await self.store.outbox_add(event)
+        if event.id in self._held and event.next_attempt_at <= event.created_at:
+            self._held.discard(event.id)  # it replaced the one held for it
+        else:
+            self.pending.inc()
         self._wake.set()
 
     async def _deliver_forever(self) -> None:
